@@ -1,0 +1,99 @@
+"""The storage protocol every backend implements, plus small shared helpers."""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from dataclasses import dataclass
+from datetime import datetime, timedelta, timezone
+from typing import Protocol, runtime_checkable
+
+
+@dataclass(frozen=True)
+class StoreOptions:
+    """Metadata attached to one stored version."""
+
+    message: str = ""
+    device: str = ""
+    run_id: str = ""
+    author: str = "DeviceVault"
+    timestamp: datetime | None = None
+
+
+@runtime_checkable
+class Backend(Protocol):
+    """Where configuration versions are kept.
+
+    Refs are opaque strings produced by :meth:`store` and understood by the
+    same backend's :meth:`read` / :meth:`delete`.
+
+    Idempotence: storing content identical to the current latest version at
+    ``path`` creates nothing and returns that version's ref.
+    """
+
+    name: str
+
+    def store(self, content: bytes, path: str, options: StoreOptions | None = None) -> str: ...
+
+    def read(self, ref: str, options: StoreOptions | None = None) -> bytes: ...
+
+    def delete(self, ref: str) -> None: ...
+
+    def latest(self, path: str) -> str | None: ...
+
+    def healthy(self) -> bool: ...
+
+
+# --- helpers shared by the timestamp-named backends (fs, s3) ---------------
+
+STAMP_FORMAT = "%Y%m%dT%H%M%S.%fZ"
+VERSION_NAME = re.compile(r"\A(\d{8}T\d{6}\.\d{6}Z)_([0-9a-f]{12})\.cfg\Z")
+
+
+def sha256_hex(content: bytes) -> str:
+    return hashlib.sha256(content).hexdigest()
+
+
+def as_utc(ts: datetime) -> datetime:
+    if ts.tzinfo is None:
+        return ts.replace(tzinfo=timezone.utc)
+    return ts.astimezone(timezone.utc)
+
+
+def format_stamp(ts: datetime) -> str:
+    return as_utc(ts).strftime(STAMP_FORMAT)
+
+
+def parse_stamp(stamp: str) -> datetime:
+    return datetime.strptime(stamp, STAMP_FORMAT).replace(tzinfo=timezone.utc)
+
+
+def next_stamp(options: StoreOptions, previous_name: str | None) -> str:
+    """Version timestamp for a new version.
+
+    An explicit ``options.timestamp`` is used as given.  Otherwise "now", but
+    strictly after the previous version so ``latest`` stays correct even if
+    the clock steps back or two stores share a microsecond.
+    """
+    if options.timestamp is not None:
+        return format_stamp(options.timestamp)
+    now = datetime.now(timezone.utc)
+    if previous_name:
+        m = VERSION_NAME.match(previous_name)
+        if m:
+            prev = parse_stamp(m.group(1))
+            if now <= prev:
+                now = prev + timedelta(microseconds=1)
+    return format_stamp(now)
+
+
+def version_name(stamp: str, digest: str) -> str:
+    return f"{stamp}_{digest[:12]}.cfg"
+
+
+def default_message(path: str, options: StoreOptions) -> str:
+    if options.message:
+        return options.message
+    who = options.device or path
+    run = f" (run {options.run_id})" if options.run_id else ""
+    return f"{who}: configuration changed{run}"
