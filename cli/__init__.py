@@ -1,0 +1,1 @@
+"""The ``devicevault`` command line (``cli/main.py``)."""

@@ -1,0 +1,352 @@
+"""``devicevault``: run backups, workers and the consumer; browse devices, versions and diffs.
+
+Every listing command prints a table, or JSON with ``--json`` for scripts. Settings come from the
+``DEVICEVAULT_*`` environment (see ``jobs/settings.py``).
+"""
+
+from __future__ import annotations
+
+import difflib
+import json
+import logging
+import os
+import signal
+import sys
+import time
+from pathlib import Path
+
+import click
+
+from jobs.errors import BackupError
+from jobs.settings import PROJECT_ROOT, Settings
+
+os.environ.setdefault("LC_ALL", "C.UTF-8")
+
+
+def _settings() -> Settings:
+    return Settings.load()
+
+
+def _redis(settings: Settings, *, blocking: bool = False):
+    from redis import Redis
+
+    return Redis.from_url(settings.redis_url, socket_timeout=None if blocking else 30)
+
+
+def _sessions(settings: Settings):
+    from storage.index.db import connect
+
+    return connect(settings.database_url)
+
+
+def _table(rows: list[dict], columns: list[str]) -> None:
+    if not rows:
+        click.echo("(none)")
+        return
+    widths = {c: max(len(c), *(len(str(r.get(c) if r.get(c) is not None else "")) for r in rows)) for c in columns}
+    widths = {c: min(w, 70) for c, w in widths.items()}
+    click.echo("  ".join(c.upper().ljust(widths[c]) for c in columns).rstrip())
+    for r in rows:
+        cells = []
+        for c in columns:
+            value = "" if r.get(c) is None else str(r.get(c))
+            cells.append((value[: widths[c] - 1] + "…" if len(value) > widths[c] else value).ljust(widths[c]))
+        click.echo("  ".join(cells).rstrip())
+
+
+def _emit(rows, columns, as_json: bool) -> None:
+    if as_json:
+        click.echo(json.dumps(rows, indent=2, default=str))
+    else:
+        _table(rows, columns)
+
+
+class _Fail(click.ClickException):
+    """A clear one-line error (no traceback)."""
+
+
+def _guard(fn):
+    import functools
+
+    from storage.errors import StorageError
+    from storage.index.queries import NotFound
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except (BackupError, NotFound, StorageError, OSError) as exc:
+            raise _Fail(str(exc)) from exc
+
+    return wrapper
+
+
+@click.group()
+@click.option("-v", "--verbose", count=True, help="More log output (-vv for debug).")
+def main(verbose: int) -> None:
+    """DeviceVault: network configuration backups driven by Ansible."""
+    level = logging.WARNING - 10 * verbose
+    logging.basicConfig(level=max(level, logging.DEBUG), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+
+# --- the lab ----------------------------------------------------------------------------------------------
+@main.group()
+def lab() -> None:
+    """The simulated device lab (SSH devices on loopback addresses)."""
+
+
+def _lab_state(state_dir: str | None, settings: Settings) -> Path:
+    return Path(state_dir) if state_dir else settings.home / "lab"
+
+
+@lab.command("up")
+@click.option("--inventory", type=click.Path(exists=True), help="Inventory the lab serves (default: the settings' inventory).")
+@click.option("--state-dir", help="Lab state directory (default: <home>/lab).")
+@_guard
+def lab_up(inventory: str | None, state_dir: str | None) -> None:
+    """Start the lab in the background; returns once every device accepts connections."""
+    from lab import commands
+
+    settings = _settings()
+    pid = commands.up(Path(inventory or settings.inventory), _lab_state(state_dir, settings), daemon=True)
+    click.echo(f"lab running (pid {pid}), state in {_lab_state(state_dir, settings)}")
+
+
+@lab.command("down")
+@click.option("--state-dir")
+@_guard
+def lab_down(state_dir: str | None) -> None:
+    """Stop the lab."""
+    from lab import commands
+
+    commands.down(_lab_state(state_dir, _settings()))
+    click.echo("lab stopped")
+
+
+@lab.command("change")
+@click.argument("host")
+@click.option("-n", "--count", default=1, show_default=True, help="How many changes to make.")
+@click.option("--state-dir")
+@_guard
+def lab_change(host: str, count: int, state_dir: str | None) -> None:
+    """Change a lab device's running configuration."""
+    from lab import commands
+
+    commands.change(_lab_state(state_dir, _settings()), host, count)
+    click.echo(f"{host}: configuration changed")
+
+
+@lab.command("fault")
+@click.argument("host")
+@click.argument("mode", type=click.Choice(["none", "auth_fail", "slow", "hang", "disconnect"]))
+@click.option("--delay", type=float, help="Seconds per response for 'slow'.")
+@click.option("--state-dir")
+@_guard
+def lab_fault(host: str, mode: str, delay: float | None, state_dir: str | None) -> None:
+    """Make a lab device misbehave (or behave again with 'none')."""
+    from lab import commands
+
+    params = {"delay": delay} if delay is not None else {}
+    commands.fault(_lab_state(state_dir, _settings()), host, mode, **params)
+    click.echo(f"{host}: fault {mode}")
+
+
+# --- running backups --------------------------------------------------------------------------------------
+@main.command()
+@click.option("--group", "groups", multiple=True, help="Back up this inventory group (repeatable).")
+@click.option("--host", "hosts", multiple=True, help="Back up this host (repeatable).")
+@click.option("--inventory", type=click.Path(exists=True))
+@click.option("--wait/--no-wait", default=False, help="Wait for the run to finish, with a progress bar.")
+@click.option("--timeout", default=3600, show_default=True, help="Seconds to wait with --wait.")
+@click.option("--json", "as_json", is_flag=True)
+@_guard
+def backup(groups, hosts, inventory, wait, timeout, as_json) -> None:
+    """Start a backup run of every device, or of --group/--host."""
+    from jobs.runs import start_backup
+
+    settings = _settings()
+    redis = _redis(settings)
+    started = start_backup(redis, settings, groups=list(groups), hosts=list(hosts), inventory=inventory, requested_by="cli")
+    if not wait:
+        payload = {"run_id": started.run_id, "devices": len(started.hosts), "jobs": started.job_ids}
+        click.echo(json.dumps(payload) if as_json else f"run {started.run_id}: {len(started.hosts)} device(s) queued")
+        return
+    rows = wait_for_run(settings, started.run_id, len(started.hosts), timeout, quiet=as_json)
+    if as_json:
+        click.echo(json.dumps({"run_id": started.run_id, "results": rows}, indent=2))
+    else:
+        _table(rows, ["device", "platform", "status", "sha256", "duration", "error"])
+        counts: dict[str, int] = {}
+        for r in rows:
+            counts[r["status"]] = counts.get(r["status"], 0) + 1
+        click.echo(f"run {started.run_id}: " + ", ".join(f"{v} {k}" for k, v in sorted(counts.items())))
+        click.echo(f"versions: git {settings.git_repo}  fs {settings.fs_root}  index {settings.database_url}")
+    if any(r["status"] == "failed" for r in rows):
+        sys.exit(1)
+
+
+def wait_for_run(settings: Settings, run_id: str, total: int, timeout: float, *, quiet: bool = False) -> list[dict]:
+    """Follow a run in the index until it is finished; a progress bar on stderr."""
+    from tqdm import tqdm
+
+    from storage.index.queries import run_progress, run_results
+
+    Session = _sessions(settings)
+    deadline = time.monotonic() + timeout
+    with tqdm(total=total, unit="device", desc="backup", disable=quiet, file=sys.stderr) as bar:
+        while True:
+            with Session() as session:
+                done, _, finished = run_progress(session, run_id)
+            bar.update(done - bar.n)
+            if finished:
+                break
+            if time.monotonic() > deadline:
+                raise _Fail(f"run {run_id} did not finish within {timeout}s ({done}/{total} devices reported); "
+                            "are a worker and the consumer running?")
+            time.sleep(0.5)
+    with Session() as session:
+        return [dict(r, sha256=(r["sha256"] or "")[:12]) for r in run_results(session, run_id)]
+
+
+@main.command()
+@click.option("--queue", "queues", multiple=True, help="Queues to serve (default: the collector and storage queues).")
+@click.option("--burst", is_flag=True, help="Exit when the queues are empty.")
+@click.option("--name", help="Worker name.")
+def worker(queues, burst, name) -> None:
+    """Run an RQ worker that collects and stores."""
+    from rq import Queue, Worker
+
+    settings = _settings()
+    redis = _redis(settings, blocking=True)
+    names = list(queues) or [settings.collector_queue, settings.storage_queue]
+    w = Worker([Queue(q, connection=redis) for q in names], connection=redis, name=name)
+    w.work(burst=burst, logging_level="INFO")
+
+
+@main.command()
+@click.option("--name", help="Consumer name in the group (default: host-pid).")
+@click.option("--idle-exit", type=float, help="Exit after this many seconds without messages.")
+@click.option("--claim-idle", default=30.0, show_default=True, help="Take over other consumers' messages pending this long (s).")
+@click.option("--crash-after-commit", type=int, hidden=True, help="Failure tests: exit after N commits, before acking.")
+def consumer(name, idle_exit, claim_idle, crash_after_commit) -> None:
+    """Write collection and storage results from the Redis streams into the index."""
+    from jobs.consumer import Consumer
+
+    settings = _settings()
+    stopping = []
+    signal.signal(signal.SIGTERM, lambda *_: stopping.append(1))
+    c = Consumer(
+        _redis(settings, blocking=True),
+        _sessions(settings),
+        name=name,
+        claim_idle_ms=int(claim_idle * 1000),
+        crash_after_commit=crash_after_commit,
+    )
+    try:
+        c.run(stop=lambda: bool(stopping), idle_exit=idle_exit)
+    except KeyboardInterrupt:
+        pass
+    click.echo(f"consumer {c.name}: {c.applied} result(s) applied", err=True)
+
+
+# --- browsing -----------------------------------------------------------------------------------------------
+@main.command()
+@click.option("--json", "as_json", is_flag=True)
+@_guard
+def devices(as_json) -> None:
+    """Devices in the index with their last status and number of versions."""
+    from storage.index.queries import list_devices
+
+    with _sessions(_settings())() as session:
+        rows = list_devices(session)
+    _emit(rows, ["name", "group", "platform", "status", "versions", "last_success", "last_change", "last_error"], as_json)
+
+
+@main.command()
+@click.option("--json", "as_json", is_flag=True)
+@click.option("--limit", default=20, show_default=True)
+@_guard
+def runs(as_json, limit) -> None:
+    """The latest backup runs."""
+    from storage.index.queries import list_runs
+
+    with _sessions(_settings())() as session:
+        rows = list_runs(session, limit)
+    _emit(rows, ["run_id", "created_at", "finished_at", "status", "selector", "total"], as_json)
+
+
+@main.command()
+@click.argument("run_id")
+@click.option("--json", "as_json", is_flag=True)
+@_guard
+def run(run_id, as_json) -> None:
+    """Per-device results of one run."""
+    from storage.index.queries import run_results
+
+    with _sessions(_settings())() as session:
+        rows = run_results(session, run_id)
+    _emit(rows, ["device", "platform", "status", "duration", "error"], as_json)
+
+
+@main.command()
+@click.argument("host")
+@click.option("--json", "as_json", is_flag=True)
+@_guard
+def versions(host, as_json) -> None:
+    """Stored versions of HOST, oldest first."""
+    from storage.index.queries import device_versions
+
+    with _sessions(_settings())() as session:
+        found = device_versions(session, host)
+    rows = [
+        dict(v.as_dict(), sha=v.sha256[:12], targets=",".join(b for b, _, s in v.copies if s != "failed"))
+        for v in found
+    ]
+    _emit(rows, ["number", "created_at", "sha", "size", "targets", "run_id"], as_json)
+
+
+def _version_text(settings: Settings, host: str, selector: str | None) -> tuple[str, object]:
+    from storage.index.queries import device_versions, resolve_version
+    from storage.registry import get_backend
+    from storage.retrieve import read_first
+
+    with _sessions(settings)() as session:
+        found = device_versions(session, host)
+    version = resolve_version(found, selector, device=host)
+    content, _ = read_first(version.copies, version.sha256, lambda name: get_backend(name, **settings.backend_options(name)))
+    return content.decode("utf-8", errors="surrogateescape"), version
+
+
+@main.command()
+@click.argument("host")
+@click.argument("version", required=False)
+@_guard
+def show(host, version) -> None:
+    """Print a stored configuration of HOST (the newest, or VERSION: a number, -1 for newest, or a sha prefix)."""
+    text, _ = _version_text(_settings(), host, version)
+    click.echo(text, nl=False)
+
+
+@main.command()
+@click.argument("host")
+@click.argument("a", required=False)
+@click.argument("b", required=False)
+@click.option("-U", "--context", "context_lines", default=3, show_default=True)
+@_guard
+def diff(host, a, b, context_lines) -> None:
+    """Unified diff between two versions of HOST (default: the previous and the newest)."""
+    settings = _settings()
+    old_text, old = _version_text(settings, host, a if a is not None else "-2")
+    new_text, new = _version_text(settings, host, b if b is not None else "-1")
+    lines = difflib.unified_diff(
+        old_text.splitlines(keepends=True),
+        new_text.splitlines(keepends=True),
+        fromfile=f"{host} v{old.number} {old.sha256[:12]}",
+        tofile=f"{host} v{new.number} {new.sha256[:12]}",
+        n=context_lines,
+    )
+    click.echo("".join(lines), nl=False)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

@@ -1,0 +1,141 @@
+"""Collect a batch of hosts: lock, fetch, normalise, decide changed/unchanged, publish, hand off storage."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+from redis import Redis
+
+from . import errors
+from .fetch import FetchOutcome, fetch_configs
+from .inventory import InventoryHost, load_inventory
+from .locks import host_locks
+from .normalize import normalize, sha256_text, to_bytes
+from .platforms import get_platform
+from .redact import Redactor
+from .results import DEVICE_RESULTS_STREAM, DeviceResult, DeviceStatus, utcnow
+from .settings import Settings
+
+log = logging.getLogger(__name__)
+
+#: host -> sha256 of the newest configuration handed to storage; the storage job removes an entry it failed to store
+LATEST_SHA_KEY = "devicevault:latest-sha256"
+
+
+@dataclass(frozen=True)
+class StorageItem:
+    """What a storage job needs for one new version (plain data: it travels inside the RQ job)."""
+
+    task_id: str
+    run_id: str
+    device: str
+    group: str
+    sha256: str
+    config: str
+    author: str = ""
+
+
+def device_task_id(run_id: str, host: str) -> str:
+    return f"{run_id}:{host}"
+
+
+def _result(run_id: str, host: str, inv: InventoryHost | None, status: DeviceStatus, **fields) -> DeviceResult:
+    return DeviceResult(
+        task_id=device_task_id(run_id, host),
+        run_id=run_id,
+        device=host,
+        status=status,
+        timestamp=utcnow(),
+        group=inv.group if inv else "",
+        platform=inv.network_os if inv else "",
+        **fields,
+    )
+
+
+def _failed(run_id: str, host: str, inv: InventoryHost | None, error: errors.DeviceError, **fields) -> DeviceResult:
+    return _result(run_id, host, inv, DeviceStatus.FAILED, error=str(error), error_kind=error.kind, **fields)
+
+
+def collect(
+    redis: Redis,
+    settings: Settings,
+    run_id: str,
+    hosts: list[str],
+    *,
+    inventory: Path | str | None = None,
+    enqueue_storage: Callable[[list[StorageItem]], None] | None = None,
+) -> list[DeviceResult]:
+    """Back up ``hosts`` (one ansible-runner call) and publish one result per host on ``device:results``.
+
+    Hosts locked by another job are reported ``skipped_locked`` and not touched. New configurations are
+    handed to ``enqueue_storage`` (the storage job); unchanged ones only produce a result.
+    """
+    inventory_path = Path(inventory or settings.inventory)
+    inv = load_inventory(inventory_path)
+    redactor = Redactor(secret for h in inv.values() for secret in h.secrets)
+    results: list[DeviceResult] = []
+    with host_locks(redis, hosts, settings.lock_ttl) as (locked, busy):
+        for host in busy:
+            results.append(
+                _result(run_id, host, inv.get(host), DeviceStatus.SKIPPED_LOCKED,
+                        error=f"{host}: skipped, another backup of this device is running")
+            )
+        runnable: list[str] = []
+        for host in locked:
+            entry = inv.get(host)
+            if entry is None:
+                results.append(_failed(run_id, host, None, errors.CollectionFailed(host, f"not in inventory {inventory_path}")))
+            elif get_platform(entry.network_os) is None:
+                results.append(
+                    _failed(run_id, host, entry, errors.UnknownPlatform(
+                        host, f"unknown platform {entry.network_os or '(no ansible_network_os)'}: "
+                              "no file for it in playbooks/platforms/"))
+                )
+            else:
+                runnable.append(host)
+        outcomes = fetch_configs(runnable, inventory=inventory_path, settings=settings, redactor=redactor)
+        new_versions: list[StorageItem] = []
+        for host in runnable:
+            result, item = _evaluate(redis, run_id, inv[host], outcomes[host], redactor)
+            results.append(result)
+            if item is not None:
+                new_versions.append(item)
+        if new_versions and enqueue_storage is not None:
+            enqueue_storage(new_versions)
+        publish(redis, results)
+    return results
+
+
+def _evaluate(
+    redis: Redis, run_id: str, entry: InventoryHost, outcome: FetchOutcome, redactor: Redactor
+) -> tuple[DeviceResult, StorageItem | None]:
+    host = entry.name
+    if outcome.error is not None:
+        return _failed(run_id, host, entry, outcome.error, log=outcome.log, duration=outcome.duration), None
+    platform = get_platform(entry.network_os)
+    assert platform is not None and outcome.outputs is not None
+    try:
+        config = normalize(host, platform, outcome.outputs)
+    except errors.DeviceError as exc:
+        exc = type(exc)(host, redactor.redact(exc.cause))
+        return _failed(run_id, host, entry, exc, log=outcome.log, duration=outcome.duration), None
+    sha = sha256_text(config)
+    previous = redis.hget(LATEST_SHA_KEY, host)
+    changed = previous is None or previous.decode() != sha
+    fields = dict(log=outcome.log, config=config, sha256=sha, size=len(to_bytes(config)), duration=outcome.duration)
+    if not changed:
+        return _result(run_id, host, entry, DeviceStatus.UNCHANGED, **fields), None
+    redis.hset(LATEST_SHA_KEY, host, sha)
+    result = _result(run_id, host, entry, DeviceStatus.CHANGED, **fields)
+    item = StorageItem(task_id=result.task_id, run_id=run_id, device=host, group=entry.group, sha256=sha, config=config)
+    return result, item
+
+
+def publish(redis: Redis, results: list[DeviceResult]) -> None:
+    pipe = redis.pipeline(transaction=False)
+    for result in results:
+        pipe.xadd(DEVICE_RESULTS_STREAM, result.to_message())
+    pipe.execute()

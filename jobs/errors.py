@@ -1,0 +1,67 @@
+"""Exceptions of the collection side. One base, specific children that also subclass the matching builtin."""
+
+from __future__ import annotations
+
+
+class BackupError(Exception):
+    """Base of every DeviceVault collection error."""
+
+    kind = "error"
+
+
+class InventoryError(BackupError, ValueError):
+    """The inventory cannot be read, or a host/group named on the command line is not in it."""
+
+    kind = "inventory"
+
+
+class DeviceError(BackupError):
+    """Something went wrong with one device; the message always starts with the device name."""
+
+    kind = "device"
+    #: transient errors may succeed on a retry; permanent ones will not
+    transient = False
+
+    def __init__(self, device: str, cause: str):
+        self.device = device
+        self.cause = cause
+        super().__init__(f"{device}: {cause}")
+
+
+class UnknownPlatform(DeviceError, LookupError):
+    kind = "unknown_platform"
+
+
+class AuthenticationFailed(DeviceError, PermissionError):
+    kind = "authentication"
+
+
+class DeviceTimeout(DeviceError, TimeoutError):
+    kind = "timeout"
+    transient = True
+
+
+class ConnectionLost(DeviceError, ConnectionError):
+    """The device closed or reset the connection (also: refused it)."""
+
+    kind = "connection"
+    transient = True
+
+
+class CommandRejected(DeviceError):
+    """The device answered with its error text instead of a configuration."""
+
+    kind = "command_rejected"
+
+
+class IncompleteOutput(DeviceError):
+    """The output does not look like a whole configuration (cut short, empty, or too large)."""
+
+    kind = "incomplete"
+    transient = True
+
+
+class CollectionFailed(DeviceError):
+    """Ansible failed for a reason none of the above describes."""
+
+    kind = "failed"

@@ -1,0 +1,170 @@
+"""The one function through which DeviceVault fetches configurations: :func:`fetch_configs`.
+
+It runs ``playbooks/backup.yml`` through ansible-runner for a batch of hosts at once (one runner call,
+``forks`` hosts in parallel) and turns the runner's events into one :class:`FetchOutcome` per host, read
+straight from the event data (no file round trip). Everything else in DeviceVault sees only this function,
+so the way configurations are fetched can change without touching the rest.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass, field
+from functools import lru_cache
+from pathlib import Path
+from typing import Callable, Iterable
+
+import yaml
+
+from . import errors
+from .redact import Redactor
+from .settings import ANSIBLE_CFG, PLAYBOOKS_DIR, Settings
+
+COLLECT_TASK = "Collect configuration"
+_ERROR_KINDS: dict[str, type[errors.DeviceError]] = {
+    "authentication": errors.AuthenticationFailed,
+    "timeout": errors.DeviceTimeout,
+    "connection": errors.ConnectionLost,
+}
+
+
+@dataclass
+class FetchOutcome:
+    host: str
+    outputs: list[str] | None = None  # one string per platform command, in order; None when it failed
+    error: errors.DeviceError | None = None
+    log: str = ""
+    duration: float = 0.0
+    _started: float | None = field(default=None, repr=False)
+
+
+@lru_cache(maxsize=1)
+def _error_patterns() -> list[tuple[type[errors.DeviceError], re.Pattern[str]]]:
+    data = yaml.safe_load((Path(__file__).parent / "ansible_errors.yml").read_text())
+    return [(_ERROR_KINDS[kind], re.compile(p, re.I)) for kind, patterns in data.items() for p in patterns]
+
+
+def classify(device: str, message: str) -> errors.DeviceError:
+    """The specific :class:`~jobs.errors.DeviceError` for one of Ansible's failure messages."""
+    cause = " ".join(message.split()) or "unknown failure"
+    for cls, pattern in _error_patterns():
+        if pattern.search(cause):
+            label = {
+                errors.AuthenticationFailed: "authentication failed",
+                errors.DeviceTimeout: "timed out",
+                errors.ConnectionLost: "connection lost",
+            }[cls]
+            return cls(device, f"{label}: {cause}")
+    return errors.CollectionFailed(device, cause)
+
+
+def _failure_message(res: dict) -> str:
+    for item in res.get("results") or []:
+        if isinstance(item, dict) and item.get("failed"):
+            return str(item.get("msg") or item.get("module_stderr") or item.get("stderr") or "")
+    return str(res.get("msg") or res.get("module_stderr") or res.get("stderr") or res.get("reason") or "")
+
+
+def runner_env(settings: Settings, workdir: Path) -> dict[str, str]:
+    """Environment of the ansible processes: our ansible.cfg, UTF-8, timeouts, nothing under ~/.ansible."""
+    return {
+        "ANSIBLE_CONFIG": str(ANSIBLE_CFG),
+        "LC_ALL": "C.UTF-8",
+        "LANG": "C.UTF-8",
+        "ANSIBLE_HOME": str(workdir / "ansible-home"),
+        "ANSIBLE_LOCAL_TEMP": str(workdir / "tmp"),
+        "ANSIBLE_PERSISTENT_CONTROL_PATH_DIR": str(workdir / "pc"),
+        "ANSIBLE_PERSISTENT_COMMAND_TIMEOUT": str(settings.device_timeout),
+        "ANSIBLE_PERSISTENT_CONNECT_TIMEOUT": str(settings.device_timeout),
+        "ANSIBLE_HOST_KEY_CHECKING": "False",
+        "ANSIBLE_RETRY_FILES_ENABLED": "False",
+        "ANSIBLE_NOCOLOR": "1",
+    }
+
+
+def fetch_configs(
+    hosts: Iterable[str],
+    *,
+    inventory: Path | str,
+    settings: Settings,
+    redactor: Redactor | None = None,
+    on_host_done: Callable[[FetchOutcome], None] | None = None,
+) -> dict[str, FetchOutcome]:
+    """Fetch the configuration of every host in ``hosts`` in one ansible-runner call.
+
+    Returns one outcome per host: ``outputs`` (the platform's command outputs in order) or ``error`` (a
+    :class:`~jobs.errors.DeviceError` naming the device and the cause). Credentials are masked in logs and
+    errors by ``redactor``.
+    """
+    import ansible_runner
+
+    hosts = list(dict.fromkeys(hosts))
+    outcomes = {h: FetchOutcome(host=h) for h in hosts}
+    if not hosts:
+        return outcomes
+    redactor = redactor or Redactor()
+    logs: dict[str, list[str]] = {h: [] for h in hosts}
+    workdir = Path(tempfile.mkdtemp(prefix="devicevault-runner-"))
+
+    def handle(event: dict) -> bool:
+        data = event.get("event_data") or {}
+        host = data.get("host")
+        if host not in outcomes:
+            return False
+        outcome = outcomes[host]
+        now = time.monotonic()
+        if outcome._started is None:
+            outcome._started = now
+        if event.get("stdout"):
+            logs[host].append(event["stdout"])
+        kind = event.get("event")
+        res = data.get("res") or {}
+        if kind == "runner_on_unreachable":
+            outcome.error = classify(host, _failure_message(res) or "unreachable")
+        elif kind == "runner_on_failed" and not data.get("ignore_errors"):
+            outcome.error = classify(host, _failure_message(res))
+        elif kind == "runner_on_ok" and data.get("task") == COLLECT_TASK:
+            outcome.outputs = [str(item.get("stdout", "")) for item in res.get("results", [])]
+        else:
+            return False
+        outcome.duration = now - outcome._started
+        if on_host_done and (outcome.error or outcome.outputs is not None):
+            on_host_done(outcome)
+        return False  # nothing is written to the artifact directory
+
+    try:
+        (workdir / "env").mkdir()
+        result = ansible_runner.run(
+            private_data_dir=str(workdir),
+            project_dir=str(PLAYBOOKS_DIR),
+            playbook="backup.yml",
+            inventory=str(Path(inventory).absolute()),
+            limit=",".join(hosts),
+            forks=max(1, min(settings.forks, len(hosts))),
+            envvars=runner_env(settings, workdir),
+            timeout=settings.job_timeout,
+            quiet=True,
+            event_handler=handle,
+            suppress_env_files=True,
+        )
+        status = result.status
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+
+    for host, outcome in outcomes.items():
+        outcome.log = redactor.redact("".join(logs[host]))
+        if outcome.error is not None:
+            outcome.outputs = None
+            outcome.error = type(outcome.error)(host, redactor.redact(outcome.error.cause))
+        elif outcome.outputs is None:
+            cause = (
+                f"no answer before the job's hard limit of {settings.job_timeout}s"
+                if status == "timeout"
+                else f"ansible-runner ended ({status}) without a result for this device"
+            )
+            outcome.error = (errors.DeviceTimeout if status == "timeout" else errors.CollectionFailed)(host, cause)
+    return outcomes

@@ -1,0 +1,91 @@
+"""Read an Ansible inventory with ansible-core's own parser and pick hosts from it."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .errors import InventoryError
+
+#: groups that say what a host *is* rather than where it is; a host's storage group is its first other group
+_IMPLICIT = {"all", "ungrouped"}
+_SECRET_VARS = ("ansible_password", "ansible_ssh_pass", "ansible_become_password", "ansible_become_pass")
+
+
+@dataclass(frozen=True)
+class InventoryHost:
+    name: str
+    network_os: str
+    address: str
+    group: str
+    groups: tuple[str, ...] = field(default=())
+    #: login and enable passwords of the host, only to mask them wherever text leaves a process
+    secrets: tuple[str, ...] = field(default=(), repr=False, compare=False)
+
+
+def _platform_groups() -> set[str]:
+    from .platforms import all_platforms
+
+    return set(all_platforms())
+
+
+def load_inventory(path: Path | str) -> dict[str, InventoryHost]:
+    """Every host of the inventory at ``path`` by name. Raises :class:`InventoryError` naming the file."""
+    path = Path(path)
+    if not path.exists():
+        raise InventoryError(f"{path}: inventory not found")
+    os.environ.setdefault("LC_ALL", "C.UTF-8")
+    os.environ.setdefault("ANSIBLE_LOCAL_TEMP", "/tmp/devicevault-ansible-tmp")
+    from ansible.errors import AnsibleError
+    from ansible.inventory.manager import InventoryManager
+    from ansible.parsing.dataloader import DataLoader
+
+    loader = DataLoader()
+    try:
+        manager = InventoryManager(loader=loader, sources=[str(path)], parse=False)
+        manager.parse_sources(cache=False)
+    except AnsibleError as exc:
+        raise InventoryError(f"{path}: cannot parse inventory: {exc}") from exc
+    if not manager._sources or not manager.get_hosts():  # noqa: SLF001 - no public "parsed ok" flag
+        raise InventoryError(f"{path}: no hosts found (malformed or empty inventory?)")
+    from ansible.vars.manager import VariableManager
+
+    variables = VariableManager(loader=loader, inventory=manager)
+    platform_groups = _platform_groups()
+    hosts = {}
+    for host in manager.get_hosts():
+        try:  # inventory vars plus group_vars/ and host_vars/ files, as a play would see them
+            hv = variables.get_vars(host=host, include_hostvars=False)
+        except AnsibleError as exc:
+            raise InventoryError(f"{path}: cannot read variables of host {host.name!r}: {exc}") from exc
+        groups = tuple(sorted(g.name for g in host.get_groups() if g.name not in _IMPLICIT))
+        site_groups = [g for g in groups if g not in platform_groups]
+        hosts[host.name] = InventoryHost(
+            name=host.name,
+            network_os=str(hv.get("ansible_network_os") or ""),
+            address=str(hv.get("ansible_host") or host.name),
+            group=(site_groups or list(groups) or ["ungrouped"])[0],
+            groups=groups,
+            secrets=tuple(str(hv[k]) for k in _SECRET_VARS if isinstance(hv.get(k), str) and "{{" not in hv[k]),
+        )
+    return hosts
+
+
+def select_hosts(
+    inventory: dict[str, InventoryHost], *, groups: list[str] | None = None, hosts: list[str] | None = None
+) -> list[InventoryHost]:
+    """Hosts in any of ``groups`` plus the named ``hosts``; everything when neither is given."""
+    if not groups and not hosts:
+        return sorted(inventory.values(), key=lambda h: h.name)
+    chosen: dict[str, InventoryHost] = {}
+    for name in hosts or []:
+        if name not in inventory:
+            raise InventoryError(f"host {name!r} is not in the inventory")
+        chosen[name] = inventory[name]
+    for group in groups or []:
+        members = [h for h in inventory.values() if group in h.groups]
+        if not members:
+            raise InventoryError(f"group {group!r} is not in the inventory (or has no hosts)")
+        chosen.update((h.name, h) for h in members)
+    return sorted(chosen.values(), key=lambda h: h.name)

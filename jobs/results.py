@@ -1,0 +1,122 @@
+"""Typed results that travel on the Redis streams ``device:results`` and ``storage:results``."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import MISSING, asdict, dataclass, fields
+from datetime import datetime, timezone
+from enum import Enum
+from typing import Any
+
+DEVICE_RESULTS_STREAM = "device:results"
+STORAGE_RESULTS_STREAM = "storage:results"
+
+
+class DeviceStatus(str, Enum):
+    """Outcome of collecting one device in one run."""
+
+    CHANGED = "changed"  # collected; differs from the last stored version (or is the first)
+    UNCHANGED = "unchanged"  # collected; same as the last stored version once volatile lines are removed
+    FAILED = "failed"  # not collected; ``error`` says why
+    SKIPPED_LOCKED = "skipped_locked"  # another job holds lock:device:<host>
+
+    @property
+    def ok(self) -> bool:
+        return self in (DeviceStatus.CHANGED, DeviceStatus.UNCHANGED)
+
+
+class StorageStatus(str, Enum):
+    """Outcome of storing one version on one storage target."""
+
+    STORED = "stored"  # a new version was written
+    UNCHANGED = "unchanged"  # the target already held this content as its latest version
+    FAILED = "failed"
+
+
+def utcnow() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+def _iso(value: datetime) -> str:
+    return value.astimezone(timezone.utc).isoformat()
+
+
+class _StreamRecord:
+    """Serialise to/from a flat ``{field: str}`` stream entry (a single JSON ``data`` field)."""
+
+    def to_message(self) -> dict[str, str]:
+        payload = asdict(self)  # type: ignore[call-overload]
+        for key, value in payload.items():
+            if isinstance(value, datetime):
+                payload[key] = _iso(value)
+            elif isinstance(value, Enum):
+                payload[key] = value.value
+        return {"task_id": payload["task_id"], "data": json.dumps(payload)}
+
+    @classmethod
+    def from_message(cls, message: dict[Any, Any]):
+        raw = message.get(b"data", message.get("data"))
+        if raw is None:
+            raise ValueError("stream message has no 'data' field")
+        payload = json.loads(raw)
+        names = {f.name for f in fields(cls)}  # type: ignore[arg-type]
+        missing = {f.name for f in fields(cls) if f.default is MISSING} - payload.keys()  # type: ignore[arg-type]
+        if missing:
+            raise ValueError(f"stream message lacks {sorted(missing)}")
+        kwargs = {k: v for k, v in payload.items() if k in names}
+        kwargs["timestamp"] = datetime.fromisoformat(kwargs["timestamp"])
+        return cls(**cls._coerce(kwargs))  # type: ignore[call-arg]
+
+    @classmethod
+    def _coerce(cls, kwargs: dict[str, Any]) -> dict[str, Any]:
+        return kwargs
+
+
+
+@dataclass
+class DeviceResult(_StreamRecord):
+    """One device in one run: the fields the issue names plus what the index needs."""
+
+    task_id: str
+    run_id: str
+    device: str
+    status: DeviceStatus
+    timestamp: datetime
+    group: str = ""
+    platform: str = ""
+    log: str = ""
+    config: str = ""
+    error: str = ""
+    error_kind: str = ""
+    sha256: str = ""
+    size: int = 0
+    duration: float = 0.0
+    author: str = ""
+
+    @classmethod
+    def _coerce(cls, kwargs: dict[str, Any]) -> dict[str, Any]:
+        kwargs["status"] = DeviceStatus(kwargs["status"])
+        return kwargs
+
+
+@dataclass
+class StorageResult(_StreamRecord):
+    """One version of one device on one storage target."""
+
+    task_id: str
+    run_id: str
+    device: str
+    backend: str
+    status: StorageStatus
+    timestamp: datetime
+    group: str = ""
+    sha256: str = ""
+    size: int = 0
+    ref: str = ""
+    error: str = ""
+    author: str = ""
+
+    @classmethod
+    def _coerce(cls, kwargs: dict[str, Any]) -> dict[str, Any]:
+        kwargs["status"] = StorageStatus(kwargs["status"])
+        return kwargs

@@ -1,0 +1,64 @@
+"""Start a backup run: choose hosts, record the run in the index, enqueue one collection job per batch."""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+
+from redis import Redis
+from rq import Queue
+
+from storage.index.db import connect
+from storage.index.records import create_run
+
+from .inventory import load_inventory, select_hosts
+from .settings import Settings
+from . import tasks
+
+
+@dataclass(frozen=True)
+class StartedRun:
+    run_id: str
+    hosts: list[str]
+    job_ids: list[str]
+
+
+def new_run_id() -> str:
+    return uuid.uuid4().hex
+
+
+def start_backup(
+    redis: Redis,
+    settings: Settings,
+    *,
+    groups: list[str] | None = None,
+    hosts: list[str] | None = None,
+    inventory: Path | str | None = None,
+    requested_by: str = "",
+    run_id: str | None = None,
+) -> StartedRun:
+    """Back up the chosen hosts (all by default). Raises :class:`~jobs.errors.InventoryError` on bad input."""
+    inventory_path = Path(inventory or settings.inventory).absolute()
+    chosen = [h.name for h in select_hosts(load_inventory(inventory_path), groups=groups, hosts=hosts)]
+    run_id = run_id or new_run_id()
+    selector = ",".join([f"group={g}" for g in groups or []] + [f"host={h}" for h in hosts or []]) or "all"
+    Session = connect(settings.database_url)
+    with Session.begin() as session:
+        create_run(session, run_id, total=len(chosen), selector=selector, targets=settings.targets, requested_by=requested_by)
+    queue = Queue(settings.collector_queue, connection=redis)
+    job_ids = []
+    for start in range(0, len(chosen), max(1, settings.batch_size)):
+        batch = chosen[start : start + settings.batch_size]
+        job = queue.enqueue(
+            tasks.collect_batch,
+            run_id,
+            batch,
+            str(inventory_path),
+            list(settings.targets),
+            job_timeout=settings.job_timeout,
+            description=f"backup run {run_id}: {len(batch)} device(s)",
+            meta={"run_id": run_id, "hosts": batch},
+        )
+        job_ids.append(job.id)
+    return StartedRun(run_id=run_id, hosts=chosen, job_ids=job_ids)

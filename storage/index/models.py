@@ -1,0 +1,107 @@
+"""Tables of the index.
+
+A *version* is one distinct configuration of one device (as normalised: volatile lines removed), created by
+the run that first saw it. Each version is kept on one or more storage targets; each target's copy is a
+*copy* row (backend, ref, status). ``device_results`` holds the outcome of every device in every run.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timezone
+
+from sqlalchemy import DateTime, Float, ForeignKey, Integer, String, Text, UniqueConstraint
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
+
+
+def utcnow() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+class Device(Base):
+    __tablename__ = "devices"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    name: Mapped[str] = mapped_column(String(255), unique=True, index=True)
+    group_name: Mapped[str] = mapped_column(String(255), default="", index=True)
+    platform: Mapped[str] = mapped_column(String(64), default="")
+    first_seen: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    last_status: Mapped[str] = mapped_column(String(32), default="")
+    last_attempt_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    last_success_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    last_change_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    last_error: Mapped[str] = mapped_column(Text, default="")
+
+    versions: Mapped[list["Version"]] = relationship(back_populates="device", order_by="Version.id")
+
+
+class Run(Base):
+    __tablename__ = "runs"
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow, index=True)
+    finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    status: Mapped[str] = mapped_column(String(32), default="running")
+    selector: Mapped[str] = mapped_column(String(512), default="all")
+    requested_by: Mapped[str] = mapped_column(String(255), default="")
+    total: Mapped[int] = mapped_column(Integer, default=0)
+    targets: Mapped[str] = mapped_column(String(255), default="")
+
+    results: Mapped[list["DeviceResultRow"]] = relationship(back_populates="run")
+
+
+class DeviceResultRow(Base):
+    __tablename__ = "device_results"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    task_id: Mapped[str] = mapped_column(String(128), unique=True)
+    run_id: Mapped[str] = mapped_column(ForeignKey("runs.id"), index=True)
+    device_id: Mapped[int] = mapped_column(ForeignKey("devices.id"), index=True)
+    status: Mapped[str] = mapped_column(String(32))
+    timestamp: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    duration: Mapped[float] = mapped_column(Float, default=0.0)
+    error: Mapped[str] = mapped_column(Text, default="")
+    error_kind: Mapped[str] = mapped_column(String(64), default="")
+    log: Mapped[str] = mapped_column(Text, default="")
+    sha256: Mapped[str] = mapped_column(String(64), default="")
+    size: Mapped[int] = mapped_column(Integer, default=0)
+
+    run: Mapped[Run] = relationship(back_populates="results")
+    device: Mapped[Device] = relationship()
+
+
+class Version(Base):
+    __tablename__ = "versions"
+    __table_args__ = (UniqueConstraint("device_id", "run_id", name="uq_version_device_run"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    device_id: Mapped[int] = mapped_column(ForeignKey("devices.id"), index=True)
+    run_id: Mapped[str] = mapped_column(String(64), index=True)
+    sha256: Mapped[str] = mapped_column(String(64), index=True)
+    size: Mapped[int] = mapped_column(Integer)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow, index=True)
+    author: Mapped[str] = mapped_column(String(255), default="")
+
+    device: Mapped[Device] = relationship(back_populates="versions")
+    copies: Mapped[list["Copy"]] = relationship(back_populates="version", order_by="Copy.id")
+
+
+class Copy(Base):
+    """One storage target's copy of a version."""
+
+    __tablename__ = "copies"
+    __table_args__ = (UniqueConstraint("version_id", "backend", name="uq_copy_version_backend"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    version_id: Mapped[int] = mapped_column(ForeignKey("versions.id"), index=True)
+    backend: Mapped[str] = mapped_column(String(32))
+    ref: Mapped[str] = mapped_column(Text, default="")
+    status: Mapped[str] = mapped_column(String(32))
+    task_id: Mapped[str] = mapped_column(String(160), unique=True)
+    stored_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    error: Mapped[str] = mapped_column(Text, default="")
+
+    version: Mapped[Version] = relationship(back_populates="copies")

@@ -1,0 +1,175 @@
+"""Writing outcomes into the index. Every function is idempotent on the message's task id, so a redelivered
+stream message changes nothing; the caller commits, then acknowledges the message.
+
+The functions take duck-typed results (``jobs.results.DeviceResult`` / ``StorageResult`` or anything with
+the same attributes), so this package stays independent of ``jobs``.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timezone
+from typing import Any
+
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session
+
+from .models import Copy, Device, DeviceResultRow, Run, Version
+
+OK_STATUSES = ("changed", "unchanged")
+
+
+def _value(status: Any) -> str:
+    return getattr(status, "value", status)
+
+
+def _aware(value: datetime | None) -> datetime | None:
+    if value is not None and value.tzinfo is None:
+        return value.replace(tzinfo=timezone.utc)
+    return value
+
+
+def create_run(
+    session: Session, run_id: str, *, total: int, selector: str, targets: list[str] | tuple[str, ...], requested_by: str = ""
+) -> Run:
+    run = session.get(Run, run_id)
+    if run is None:
+        run = Run(id=run_id, total=total, selector=selector, targets=",".join(targets), requested_by=requested_by)
+        session.add(run)
+    return run
+
+
+def get_or_create_device(session: Session, name: str, *, group: str = "", platform: str = "") -> Device:
+    device = session.scalar(select(Device).where(Device.name == name))
+    if device is None:
+        device = Device(name=name, group_name=group, platform=platform, last_error="")
+        session.add(device)
+        session.flush()
+    else:
+        device.group_name = group or device.group_name
+        device.platform = platform or device.platform
+    return device
+
+
+def apply_device_result(session: Session, result: Any) -> bool:
+    """Record one device's outcome in one run. Returns False if this task id was already recorded."""
+    if session.scalar(select(DeviceResultRow.id).where(DeviceResultRow.task_id == result.task_id)):
+        return False
+    status = _value(result.status)
+    device = get_or_create_device(session, result.device, group=result.group, platform=result.platform)
+    if session.get(Run, result.run_id) is None:  # a run started by someone who did not write the index
+        session.add(Run(id=result.run_id, total=0, selector="unknown", targets=""))
+        session.flush()
+    session.add(
+        DeviceResultRow(
+            task_id=result.task_id,
+            run_id=result.run_id,
+            device_id=device.id,
+            status=status,
+            timestamp=result.timestamp,
+            duration=result.duration,
+            error=result.error,
+            error_kind=result.error_kind,
+            log=result.log,
+            sha256=result.sha256,
+            size=result.size,
+        )
+    )
+    if status != "skipped_locked":
+        last = _aware(device.last_attempt_at)
+        if last is None or last <= result.timestamp:
+            device.last_attempt_at = result.timestamp
+            device.last_status = status
+            device.last_error = result.error if status == "failed" else ""
+        if status in OK_STATUSES:
+            success = _aware(device.last_success_at)
+            if success is None or success < result.timestamp:
+                device.last_success_at = result.timestamp
+    session.flush()
+    return True
+
+
+def apply_storage_result(session: Session, result: Any) -> bool:
+    """Record one target's copy of a new version. Returns False if this task id was already recorded.
+
+    A ``stored`` or ``unchanged`` copy makes sure the version (device, run) exists; a failed copy is recorded
+    with its error so it can be retried and shown.
+    """
+    if session.scalar(select(Copy.id).where(Copy.task_id == result.task_id)):
+        return False
+    status = _value(result.status)
+    device = get_or_create_device(session, result.device, group=result.group)
+    version = session.scalar(select(Version).where(Version.device_id == device.id, Version.run_id == result.run_id))
+    if version is None and status == "unchanged":
+        latest = session.scalar(select(Version).where(Version.device_id == device.id).order_by(Version.id.desc()).limit(1))
+        if latest is not None and latest.sha256 == result.sha256:
+            # The collector thought the config changed (stale cache, or two runs racing) but the target
+            # already holds it as the newest version: no new version; the device's result says unchanged.
+            _set_result_status(session, device.id, result.run_id, "unchanged")
+            return True
+    if version is None:
+        version = Version(
+            device_id=device.id,
+            run_id=result.run_id,
+            sha256=result.sha256,
+            size=result.size,
+            created_at=result.timestamp,
+            author=getattr(result, "author", "") or "",
+        )
+        session.add(version)
+        session.flush()
+        change = _aware(device.last_change_at)
+        if change is None or change < result.timestamp:
+            device.last_change_at = result.timestamp
+    existing = session.scalar(select(Copy).where(Copy.version_id == version.id, Copy.backend == result.backend))
+    if existing is not None:  # a retry of the same target: the newest outcome wins
+        existing.task_id, existing.ref, existing.status = result.task_id, result.ref, status
+        existing.error, existing.stored_at = result.error, result.timestamp
+    else:
+        session.add(
+            Copy(
+                version_id=version.id,
+                backend=result.backend,
+                ref=result.ref,
+                status=status,
+                task_id=result.task_id,
+                stored_at=result.timestamp,
+                error=result.error,
+            )
+        )
+    session.flush()
+    return True
+
+
+def _set_result_status(session: Session, device_id: int, run_id: str, status: str) -> None:
+    row = session.scalar(
+        select(DeviceResultRow).where(DeviceResultRow.device_id == device_id, DeviceResultRow.run_id == run_id)
+    )
+    if row is not None and row.status in OK_STATUSES:
+        row.status = status
+
+
+def refresh_run(session: Session, run_id: str, now: datetime | None = None) -> Run | None:
+    """Mark a run finished once every device has a result and every new version a copy on every target."""
+    run = session.get(Run, run_id)
+    if run is None or run.finished_at is not None:
+        return run
+    statuses = dict(
+        session.execute(
+            select(DeviceResultRow.status, func.count()).where(DeviceResultRow.run_id == run_id).group_by(DeviceResultRow.status)
+        ).all()
+    )
+    done = sum(statuses.values())
+    if run.total and done < run.total:
+        return run
+    targets = [t for t in run.targets.split(",") if t]
+    changed = statuses.get("changed", 0)
+    copies = session.scalar(
+        select(func.count(Copy.id)).join(Version).where(Version.run_id == run_id)
+    )
+    if changed and copies < changed * len(targets):
+        return run
+    run.finished_at = now or datetime.now(timezone.utc)
+    failed = statuses.get("failed", 0)
+    run.status = "succeeded" if not failed else ("failed" if failed == done else "partial")
+    session.flush()
+    return run
