@@ -1,0 +1,98 @@
+"""Settings precedence and redaction; normalisation rules from the platform data files."""
+
+from __future__ import annotations
+
+import pytest
+
+from jobs.errors import CommandRejected, DeviceTimeout, IncompleteOutput, InventoryError
+from jobs.fetch import classify
+from jobs.inventory import load_inventory
+from jobs.normalize import normalize
+from jobs.platforms import all_platforms, get_platform
+from jobs.redact import Redactor
+from jobs.settings import Settings
+
+IOS_RAW = """Building configuration...
+
+Current configuration : 1234 bytes
+!
+! Last configuration change at 10:01:02 UTC Sun Nov 22 2026 by admin
+! NVRAM config last updated at 10:01:03 UTC Sun Nov 22 2026 by admin
+!
+hostname r1
+ntp clock-period 17179869
+interface Gi0/1
+ description uplink
+end
+"""
+
+
+def test_settings_precedence_explicit_then_env_then_default(tmp_path):
+    env = {"DEVICEVAULT_HOME": str(tmp_path), "DEVICEVAULT_DEVICE_TIMEOUT": "12", "DEVICEVAULT_TARGETS": "fs"}
+    s = Settings.load(env=env, device_timeout=7)
+    assert s.device_timeout == 7  # explicit wins
+    assert s.targets == ("fs",)  # then the environment
+    assert s.batch_size == 50  # then the default
+    assert s.database_url == f"sqlite:///{tmp_path / 'index.sqlite'}"
+    assert s.lock_ttl == s.job_timeout + s.lock_margin
+
+
+def test_settings_repr_hides_passwords(tmp_path):
+    s = Settings.load(env={"DEVICEVAULT_HOME": str(tmp_path)}, redis_url="redis://:s3cr3t-pw@10.0.0.1:6379/0",
+                      database_url="postgresql://dv:db-pass-1@db/dv")
+    text = repr(s)
+    assert "s3cr3t-pw" not in text and "db-pass-1" not in text and "REDACTED" in text
+
+
+def test_ios_volatile_lines_removed_and_config_kept():
+    text = normalize("r1", get_platform("cisco.ios.ios"), [IOS_RAW])
+    assert "Last configuration change" not in text and "NVRAM" not in text and "clock-period" not in text
+    assert "Building configuration" not in text and "Current configuration" not in text
+    assert " description uplink" in text and text.rstrip().endswith("end")
+
+
+def test_two_reads_differing_only_in_volatile_lines_normalise_equal():
+    later = IOS_RAW.replace("10:01:02", "23:59:59").replace("17179869", "17180001").replace("1234 bytes", "1240 bytes")
+    ios = get_platform("cisco.ios.ios")
+    assert normalize("r1", ios, [IOS_RAW]) == normalize("r1", ios, [later])
+
+
+def test_error_text_is_refused_not_stored():
+    with pytest.raises(CommandRejected, match="^r1: .*Invalid input"):
+        normalize("r1", get_platform("cisco.ios.ios"), ["show running-config\n% Invalid input detected at '^' marker."])
+
+
+def test_truncated_output_is_refused():
+    with pytest.raises(IncompleteOutput, match="^r1: "):
+        normalize("r1", get_platform("cisco.ios.ios"), [IOS_RAW.split("interface")[0]])
+
+
+def test_non_utf8_output_survives():
+    raw = IOS_RAW.replace("uplink", "caf\udce9")  # a latin-1 byte kept as a surrogate escape
+    assert "caf\udce9" in normalize("r1", get_platform("cisco.ios.ios"), [raw])
+
+
+@pytest.mark.parametrize("name", ["ios", "eos", "nxos", "junos", "routeros"])
+def test_every_lab_platform_has_a_data_file(name):
+    platform = all_platforms()[name]
+    assert platform.commands and platform.noise and platform.complete
+
+
+def test_ansible_failures_are_classified_and_name_the_device():
+    err = classify("sw-9", "command timeout triggered, timeout value is 10 secs.")
+    assert isinstance(err, DeviceTimeout) and isinstance(err, TimeoutError) and str(err).startswith("sw-9: ")
+
+
+def test_redactor_masks_known_and_generic_secrets():
+    r = Redactor(["hunter22"])
+    out = r.redact("login hunter22 failed; ansible_password=abc123 redis://u:pw99@h")
+    assert "hunter22" not in out and "abc123" not in out and "pw99" not in out
+
+
+def test_malformed_inventory_error_names_the_file(tmp_path):
+    bad = tmp_path / "hosts.yml"
+    bad.write_text("all:\n  hosts: [oops\n")
+    with pytest.raises(InventoryError, match="hosts.yml"):
+        load_inventory(bad)
+    with pytest.raises(InventoryError, match="not found"):
+        load_inventory(tmp_path / "missing")
