@@ -29,6 +29,13 @@ class Backend(Protocol):
 
     Idempotence: storing content identical to the current latest version at
     ``path`` creates nothing and returns that version's ref.
+
+    ``delete(ref)`` retires one version (retention deletes *older* versions).
+    Unknown refs raise ``RefNotFound``.  fs and s3 erase the version (reading
+    it raises ``RefNotFound``; deleting the newest makes the previous one
+    latest).  git never rewrites history (``history_is_immutable = True``):
+    deleting an older version is a no-op, deleting the newest commits the
+    file's removal so ``latest`` becomes None.
     """
 
     name: str

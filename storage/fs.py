@@ -20,6 +20,7 @@ LOCK_NAME = ".devicevault.lock"
 
 class FilesystemBackend:
     name = "fs"
+    history_is_immutable = False
 
     def __init__(self, root: str | os.PathLike[str], *, create: bool = True) -> None:
         self.root = Path(root)

@@ -342,9 +342,9 @@ class GitBackend:
     def delete(self, ref: str) -> None:
         """Retire a version.
 
-        History is immutable: deleting the newest version commits the previous
-        content at that path (or removes the file if there is none); deleting
-        an older version changes nothing (it stays readable).
+        Git history is never rewritten: deleting the newest version commits
+        the removal of the file (``latest`` becomes None); deleting an older
+        version changes nothing and it stays readable.
         """
         path, sha = self._parse_ref(ref)
         self.read(ref)  # raises RefNotFound
@@ -352,21 +352,11 @@ class GitBackend:
             self._sync_cache()
             if path not in self._ls_tree([path]) or self._last_commits([path]).get(path) != sha:
                 return
-            try:
-                previous = self._repo.git.execute(
-                    self._cmd("cat-file", "blob", f"{sha}^:{path}"),
-                    env=self._env(), stdout_as_string=False, strip_newline_in_stdout=False,
-                )
-            except GitCommandError:
-                previous = None
-            if previous is None:
-                self._git("rm", "-q", "--", path, what=f"removal of {path!r}")
-                message = f"{path}: version {sha[:12]} deleted"
-            else:
-                self._write(path, previous)
-                self._git("add", "-f", "--", path, what="git add")
-                message = f"{path}: version {sha[:12]} deleted, previous configuration restored"
-            self._git("commit", "-q", "--no-verify", "-m", message, "--", path, what=f"commit of {path!r}")
+            self._git("rm", "-q", "--", path, what=f"removal of {path!r}")
+            self._git(
+                "commit", "-q", "--no-verify", "-m", f"{path}: version {sha[:12]} deleted", "--", path,
+                what=f"commit of {path!r}",
+            )
             self._cache.pop(path, None)
             self._cache_tip = self._tip()
 

@@ -61,7 +61,7 @@ def split_relpath(path: str, *, target: str = "storage") -> tuple[str, ...]:
         raise UnsafePath(f"{target}: empty path {path!r}")
     if "\\" in path or any(ord(c) < 0x20 or c == "\x7f" for c in path):
         raise UnsafePath(f"{target}: path {path!r} contains a control character or backslash")
-    if path.startswith("/") or re.match(r"\A[A-Za-z]:", path):
+    if path.startswith("/") or re.match(r"\A[A-Za-z]:/", path):
         raise UnsafePath(f"{target}: absolute path {path!r} refused")
     parts = tuple(path.split("/"))
     for part in parts:
