@@ -14,6 +14,7 @@ Credentials are handed to boto3 only; they never appear in repr or errors.
 
 from __future__ import annotations
 
+import threading
 from typing import Any
 from urllib.parse import parse_qs, quote, unquote, urlsplit, urlunsplit
 
@@ -26,6 +27,8 @@ from .base import VERSION_NAME, StoreOptions, next_stamp, sha256_hex, version_na
 from .errors import IntegrityError, RefNotFound, StorageError, TargetUnavailable
 from .paths import split_relpath
 
+_SESSION: boto3.session.Session | None = None
+_SESSION_LOCK = threading.Lock()
 _NOT_FOUND = {"NoSuchKey", "404", "NotFound", "NoSuchVersion"}
 _NO_BUCKET = {"NoSuchBucket"}
 
@@ -77,13 +80,19 @@ class S3Backend:
             retries={"max_attempts": max_attempts, "mode": "standard"},
             s3={"addressing_style": "path"} if endpoint_url else None,
         )
-        session = boto3.session.Session(
-            aws_access_key_id=access_key_id,
-            aws_secret_access_key=secret_access_key,
-            aws_session_token=session_token,
-            region_name=region_name,
-        )
-        self._client = session.client("s3", endpoint_url=endpoint_url, config=config)
+        with _SESSION_LOCK:  # one shared session: its data loaders are costly to build
+            global _SESSION
+            if _SESSION is None:
+                _SESSION = boto3.session.Session()
+            self._client = _SESSION.client(
+                "s3",
+                endpoint_url=endpoint_url,
+                region_name=region_name,
+                aws_access_key_id=access_key_id,
+                aws_secret_access_key=secret_access_key,
+                aws_session_token=session_token,
+                config=config,
+            )
         if create_bucket:
             self._create_bucket()
 
@@ -217,6 +226,11 @@ class S3Backend:
         return self._ref(key)
 
     def store_many(self, items: list[tuple[bytes, str, StoreOptions | None]]) -> list[str]:
+        """Store several versions (validated up front, then one by one); refs in input order."""
+        for content, path, _options in items:
+            if not isinstance(content, (bytes, bytearray, memoryview)):
+                raise TypeError(f"content for {path!r} must be bytes, not {type(content).__name__}")
+            self._base(path)
         return [self.store(content, path, options) for content, path, options in items]
 
     def read(self, ref: str, options: StoreOptions | None = None) -> bytes:
