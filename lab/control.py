@@ -1,0 +1,128 @@
+"""Python control API for a lab's per-device state (works while the lab runs).
+
+    from lab.control import LabControl
+    lc = LabControl("var/lab")
+    lc.change("ams-ios-01")            # -> ['ip route 10.250.0.1 ... name LAB-CHANGE-1']
+    lc.save("ams-ios-01")              # startup-config := running-config
+    lc.set_fault("ams-ios-01", "slow", delay=5)
+    lc.set_fault("ams-ios-01", "disconnect", fraction=0.4)
+    lc.clear_fault("ams-ios-01")
+
+The server re-reads a device's JSON file at each session and command, so
+changes take effect immediately without any IPC.
+"""
+from __future__ import annotations
+
+import datetime as _dt
+import time
+from pathlib import Path
+
+from . import state as S
+from .configgen import generate_config
+from .personality import load_personalities
+
+DEFAULT_FAULT_PARAMS = {"slow": {"delay": 5.0}, "disconnect": {"fraction": 0.4}}
+
+
+def new_device_state(device, personality) -> dict:
+    """Initial state of ``device`` (a :class:`lab.inventory.Device`): generated config, no fault."""
+    cfg = generate_config(device.name, personality.get("template"), site=device.site,
+                          spec=personality.get("model") or {}, facts=personality.get("facts") or {})
+    now = time.time()
+    return {"host": device.name, "personality": personality.name, "network_os": device.network_os,
+            "site": device.site, "address": device.host, "port": device.port,
+            "running": cfg, "startup": cfg, "change_seq": 0, "changes": [],
+            "changed_at": now, "changed_by": "admin", "saved_at": now,
+            "fault": {"mode": "none"}}
+
+
+class LabControl:
+    """Per-device state of the lab whose state directory is ``state_dir``."""
+
+    def __init__(self, state_dir):
+        self.state_dir = Path(state_dir)
+
+    # -- queries ---------------------------------------------------------
+    def hosts(self) -> list[str]:
+        """Names of all devices with state."""
+        return sorted(p.stem for p in S.devices_dir(self.state_dir).glob("*.json"))
+
+    def state(self, host: str) -> dict:
+        """The raw state dict of ``host`` (running/startup contain volatile markers)."""
+        return S.read_state(self.state_dir, host)
+
+    def running_config(self, host: str) -> str:
+        """Running config of ``host`` as the device would print it (volatile lines filled in)."""
+        from .server import render_config
+        st = self.state(host)
+        return render_config(st, "running", load_personalities()[st["personality"]])
+
+    def fault_of(self, host: str) -> dict:
+        return self.state(host).get("fault", {"mode": "none"})
+
+    # -- changes -----------------------------------------------------------
+    def change(self, host: str, n: int = 1, user: str = "labctl") -> list[str]:
+        """Make ``n`` real configuration changes on ``host``'s running-config.
+
+        Each change inserts one new line (the personality's ``change.line``)
+        after the last line matching ``change.after``; a diff of the config
+        before/after shows exactly the returned lines as added. Startup-config
+        is not touched (use :meth:`save`).
+        """
+        added = []
+        with S.modify(self.state_dir, host) as st:
+            p = load_personalities()[st["personality"]]
+            spec = p.get("change")
+            lines = st["running"].split("\n")
+            for _ in range(int(n)):
+                st["change_seq"] += 1
+                seq = st["change_seq"]
+                line = p.render(spec["line"], {"seq": seq, "a": (seq // 250) % 250, "b": seq % 250 + 1,
+                                               "host": host, "now": _dt.datetime.now(_dt.timezone.utc)})
+                idx = max((i for i, ln in enumerate(lines) if p.change_after.search(ln)), default=len(lines) - 2)
+                lines.insert(idx + 1, line)
+                added.append(line)
+            st["running"] = "\n".join(lines)
+            st["changed_at"] = time.time()
+            st["changed_by"] = user
+            st["changes"] = (st.get("changes", []) + added)[-100:]
+        return added
+
+    def save(self, host: str) -> None:
+        """startup-config := running-config (like ``write memory``)."""
+        with S.modify(self.state_dir, host) as st:
+            st["startup"] = st["running"]
+            st["saved_at"] = time.time()
+
+    def reset(self, host: str) -> None:
+        """Forget all changes: running and startup back to the generated config (keeps the fault)."""
+        with S.modify(self.state_dir, host) as st:
+            from .inventory import Device
+            p = load_personalities()[st["personality"]]
+            d = Device(name=host, host=st["address"], port=st["port"], user="", password="",
+                       network_os=st["network_os"], site=st.get("site", "lab"))
+            fresh = new_device_state(d, p)
+            fresh["fault"] = st.get("fault", {"mode": "none"})
+            st.clear()
+            st.update(fresh)
+
+    # -- faults ------------------------------------------------------------
+    def set_fault(self, host: str, mode: str, **params) -> dict:
+        """Inject a fault on ``host``.
+
+        Modes: ``none``; ``auth_fail`` (correct password rejected); ``slow``
+        (``delay`` seconds before each response, default 5); ``hang`` (login ok,
+        then no prompt and no answers ever); ``disconnect`` (config commands
+        send ``fraction`` (default 0.4) of the output, then the connection is
+        dropped). Returns the stored fault dict.
+        """
+        if mode not in S.FAULT_MODES:
+            raise ValueError(f"unknown fault mode {mode!r}; expected one of {', '.join(S.FAULT_MODES)}")
+        fault = {"mode": mode, **DEFAULT_FAULT_PARAMS.get(mode, {}), **params}
+        with S.modify(self.state_dir, host) as st:
+            st["fault"] = fault
+        return fault
+
+    def clear_fault(self, host: str) -> None:
+        """Back to normal behaviour (mode ``none``)."""
+        self.set_fault(host, "none")

@@ -1,0 +1,119 @@
+"""Data-driven device personalities (``lab/personalities/<name>.yml``).
+
+Schema (all text values are Jinja2 templates rendered with the session
+context: ``hostname``, ``user``, ``now`` (aware UTC datetime), ``level``,
+``command``, ``args`` (regex groups), ``state`` (device state dict), ``m`` (config
+model), ``p`` (the ``facts`` mapping), ``size`` (config size, for config commands)):
+
+    name: ios                         # personality name
+    network_os: [cisco.ios.ios, ios]  # ansible_network_os values served by it
+    template: ios.j2                  # config template (lab/templates)
+    facts: {...}                      # static values for templates (version, model, image ...)
+    model: {interfaces: [{fmt: 'GigabitEthernet1/0/{}', start: 1, count: 24}]}
+    banner: '...'                     # sent once after login, before the first prompt
+    login_level: user                 # level after login: user | enable
+    username_suffix_sep: '+'          # optional: strip 'admin+cet1024w' -> 'admin' (RouterOS)
+    prompts: {user: '{{hostname}}>', enable: '{{hostname}}#', config: '{{hostname}}(config)#'}
+    enable:                           # optional privilege escalation
+      password_prompt: 'Password: '
+      bad_password: '% Bad passwords'
+    volatile: {name: 'template'}      # values of {{ vol('name') }} markers in the config
+    change: {after: 'regex', line: 'template with {{ seq }} {{ a }} {{ b }}'}
+    commands:                         # first match wins; matched against the stripped line
+      - match: 'regex'                # re.fullmatch, case-sensitive
+        levels: [enable, config]      # allowed levels (default: all)
+        output: 'template'            # static output
+        config: running|startup       # print a configuration
+        transform: junos_set|routeros_export   # optional config transform
+        prefix: 'template'            # printed before a config
+        action: enable|save|set_level|exit    # side effect
+        to: config                    # for set_level
+        confirm: 'Destination filename [startup-config]? '   # ask, read one line, then act
+    error: 'template'                 # reply to anything unmatched (vars: caret, command)
+    denied: 'template'                # optional reply when a command's level is wrong (default: error)
+    newline: "\r\n"
+"""
+from __future__ import annotations
+
+import logging
+import re
+from dataclasses import dataclass, field
+from functools import lru_cache
+from pathlib import Path
+
+import jinja2
+import yaml
+
+from .configgen import jinja_env
+
+PERSONALITIES = Path(__file__).with_name("personalities")
+log = logging.getLogger("lab.personality")
+
+
+@dataclass
+class Command:
+    regex: re.Pattern
+    spec: dict
+
+
+@dataclass
+class Personality:
+    name: str
+    data: dict
+    network_os: list
+    commands: list = field(default_factory=list)
+    _tpl_cache: dict = field(default_factory=dict)
+
+    def tpl(self, text: str) -> jinja2.Template:
+        t = self._tpl_cache.get(text)
+        if t is None:
+            env = jinja_env()
+            t = self._tpl_cache[text] = env.from_string(text)
+        return t
+
+    def render(self, text: str | None, ctx: dict) -> str:
+        if not text:
+            return ""
+        return self.tpl(text).render(**ctx)
+
+    def get(self, key, default=None):
+        return self.data.get(key, default)
+
+    def match(self, line: str):
+        for c in self.commands:
+            mo = c.regex.fullmatch(line)
+            if mo:
+                return c, mo
+        return None, None
+
+
+def _load(path: Path) -> Personality:
+    data = yaml.safe_load(path.read_text())
+    nos = data.get("network_os") or []
+    if isinstance(nos, str):
+        nos = [nos]
+    p = Personality(name=data.get("name", path.stem), data=data, network_os=list(nos))
+    for c in data.get("commands", []):
+        p.commands.append(Command(re.compile(c["match"]), c))
+    p.change_after = re.compile(data["change"]["after"], re.M) if data.get("change") else None
+    return p
+
+
+@lru_cache(maxsize=None)
+def load_personalities(extra_dir: str | None = None) -> dict[str, Personality]:
+    """All personalities, keyed by name (``extra_dir`` may add/override)."""
+    out = {}
+    dirs = [PERSONALITIES] + ([Path(extra_dir)] if extra_dir else [])
+    for d in dirs:
+        for f in sorted(d.glob("*.yml")):
+            p = _load(f)
+            out[p.name] = p
+    return out
+
+
+def personality_for(network_os: str, extra_dir: str | None = None) -> Personality | None:
+    """Personality serving ``ansible_network_os`` (FQCN or short name), or None."""
+    for p in load_personalities(extra_dir).values():
+        if network_os in p.network_os:
+            return p
+    return None
