@@ -169,6 +169,8 @@ def build_model(hostname: str, site: str = "lab", spec: dict | None = None) -> d
     m["snmp"] = {"ro": sec.word(16), "rw": sec.word(16), "location": f"{site.upper()} DC, row {r.randint(1, 9)}",
                  "contact": "noc@devicevault.example", "auth": sec.word(20), "priv": sec.word(20),
                  "hosts": [f"10.{site_n}.5.{r.randint(10, 20)}", "10.0.5.10"]}
+    m["snmp"]["auth_hex"] = hashlib.md5(m["snmp"]["auth"].encode()).hexdigest()
+    m["snmp"]["priv_hex"] = hashlib.md5(m["snmp"]["priv"].encode()).hexdigest()
     m["ntp"] = ["10.0.0.123", "10.0.1.123", f"10.{site_n}.0.123"]
     m["ntp_key"] = sec.word(12)
     m["ntp_key_type7"] = sec.type7()

@@ -64,7 +64,7 @@ def junos_set(text: str, command: str, p: Personality) -> str:
     """Junos curly-brace configuration -> ``| display set`` lines."""
     out, path = [], []
     for raw in text.split("\n"):
-        line = raw.strip()
+        line = re.sub(r"\s+## .*$", "", raw).strip()
         if not line or line.startswith("#") or line.startswith("/*"):
             continue
         if line.endswith("{"):
@@ -283,7 +283,8 @@ class _Server(asyncssh.SSHServer):
     def validate_password(self, username, password):
         p = self.lab.personality[self.dev.name]
         sep = p.get("username_suffix_sep")
-        user = username.split(sep, 1)[0] if sep else username
+        strip = (lambda u: u.split(sep, 1)[0]) if sep else (lambda u: u)
+        user = strip(username)
         try:
             st = self.lab.cache.get(self.dev.name)
         except FileNotFoundError:
@@ -291,7 +292,7 @@ class _Server(asyncssh.SSHServer):
         if (st.get("fault") or {}).get("mode") == "auth_fail":
             log.info("%s: auth_fail fault: rejecting %s", self.dev.name, username)
             return False
-        ok = user == self.dev.user and password == self.dev.password
+        ok = user == strip(self.dev.user) and password == self.dev.password
         if not ok:
             log.info("%s: bad credentials for %s", self.dev.name, username)
         return ok
