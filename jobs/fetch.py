@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import re
 import shutil
+import sys
 import tempfile
 import time
 from dataclasses import dataclass, field
@@ -71,7 +72,9 @@ def _failure_message(res: dict) -> str:
 
 def runner_env(settings: Settings, workdir: Path) -> dict[str, str]:
     """Environment of the ansible processes: our ansible.cfg, UTF-8, timeouts, nothing under ~/.ansible."""
+    bindir = str(Path(sys.executable).parent)  # ansible-playbook and ansible-connection of this environment
     return {
+        "PATH": os.pathsep.join([bindir, os.environ.get("PATH", "/usr/bin:/bin")]),
         "ANSIBLE_CONFIG": str(ANSIBLE_CFG),
         "LC_ALL": "C.UTF-8",
         "LANG": "C.UTF-8",
@@ -108,12 +111,15 @@ def fetch_configs(
         return outcomes
     redactor = redactor or Redactor()
     logs: dict[str, list[str]] = {h: [] for h in hosts}
+    general: list[str] = []  # output not tied to a host (e.g. a playbook or inventory error)
     workdir = Path(tempfile.mkdtemp(prefix="devicevault-runner-"))
 
     def handle(event: dict) -> bool:
         data = event.get("event_data") or {}
         host = data.get("host")
         if host not in outcomes:
+            if event.get("stdout"):
+                general.append(event["stdout"])
             return False
         outcome = outcomes[host]
         now = time.monotonic()
@@ -166,5 +172,8 @@ def fetch_configs(
                 if status == "timeout"
                 else f"ansible-runner ended ({status}) without a result for this device"
             )
+            tail = [line for line in "".join(general).splitlines() if line.strip()][-3:]
+            if tail and status != "timeout":
+                cause += ": " + redactor.redact(" | ".join(tail))
             outcome.error = (errors.DeviceTimeout if status == "timeout" else errors.CollectionFailed)(host, cause)
     return outcomes

@@ -60,12 +60,13 @@ def load_inventory(path: Path | str) -> dict[str, InventoryHost]:
         except AnsibleError as exc:
             raise InventoryError(f"{path}: cannot read variables of host {host.name!r}: {exc}") from exc
         groups = tuple(sorted(g.name for g in host.get_groups() if g.name not in _IMPLICIT))
-        site_groups = [g for g in groups if g not in platform_groups]
+        own_platform = str(hv.get("ansible_network_os") or "").rsplit(".", 1)[-1]
+        site_groups = [g for g in groups if g not in platform_groups and g != own_platform]
         hosts[host.name] = InventoryHost(
             name=host.name,
             network_os=str(hv.get("ansible_network_os") or ""),
             address=str(hv.get("ansible_host") or host.name),
-            group=(site_groups or list(groups) or ["ungrouped"])[0],
+            group=str(hv.get("devicevault_group") or (site_groups or list(groups) or ["ungrouped"])[0]),
             groups=groups,
             secrets=tuple(str(hv[k]) for k in _SECRET_VARS if isinstance(hv.get(k), str) and "{{" not in hv[k]),
         )
