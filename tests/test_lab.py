@@ -1,0 +1,158 @@
+"""Simulated device lab, checked with real ansible-playbook (network_cli) against it."""
+from __future__ import annotations
+
+import difflib
+import re
+from pathlib import Path
+
+import pytest
+import yaml
+
+from lab.testing import run_playbook, running_lab, task_results
+
+REPO = Path(__file__).resolve().parent.parent
+PLATFORMS = ["ios", "eos", "nxos", "junos", "routeros"]
+END_MARKER = {"ios": r"^end$", "eos": r"^end$", "nxos": r"^boot nxos ", "junos": r"^\}$",
+              "routeros": r"set name=\S+"}
+
+FETCH = """
+- hosts: all
+  gather_facts: false
+  tasks:
+    - ansible.netcommon.cli_command:
+        command: "{{ cmds[inventory_hostname] }}"
+"""
+
+
+def platform_file(name: str) -> dict:
+    return yaml.safe_load((REPO / "playbooks" / "platforms" / f"{name}.yml").read_text())
+
+
+def plat_of(host: str) -> str:
+    return host.split("-")[1]
+
+
+@pytest.fixture(scope="session")
+def lab(tmp_path_factory):
+    with running_lab(count=5, base="127.0.30.0", workdir=tmp_path_factory.mktemp("lab")) as handle:
+        yield handle
+
+
+def fetch(lab, hosts=None, command=None, **env):
+    hosts = hosts or lab.hosts
+    cmds = {h: command or platform_file(plat_of(h))["commands"][0] for h in hosts}
+    rc, data = run_playbook(lab.inventory, FETCH, extra_vars={"cmds": cmds}, limit=",".join(hosts), **env)
+    return rc, task_results(data)
+
+
+def normalize(text: str, pf: dict) -> list[str]:
+    return [ln for ln in text.splitlines() if not any(re.search(n, ln) for n in pf["noise"])]
+
+
+def test_inventory_covers_all_platforms(lab):
+    assert sorted(plat_of(h) for h in lab.hosts) == sorted(PLATFORMS)
+
+
+def test_backup_every_platform(lab):
+    rc, res = fetch(lab)
+    assert rc == 0, res
+    for host, r in res.items():
+        pf = platform_file(plat_of(host))
+        out = r["stdout"]
+        assert not r.get("failed"), (host, r.get("msg"))
+        assert len(out.splitlines()) > 140, host
+        assert host in out, host
+        assert re.search(END_MARKER[plat_of(host)], out, re.M), host
+        for c in pf["complete"]:
+            assert re.search(c, out, re.M), (host, c)
+        assert not any(re.search(e, out, re.M) for e in pf["errors"]), host
+        noisy = [ln for ln in out.splitlines() if any(re.search(n, ln) for n in pf["noise"])]
+        assert noisy, f"{host}: no volatile lines"
+        # truncated output is never "complete"
+        cut = out[: len(out) * 2 // 5]
+        assert not all(re.search(c, cut, re.M) for c in pf["complete"]), host
+
+
+def test_volatile_lines_change_between_reads(lab):
+    import time
+    h = lab.host("ios")
+    a = lab.control.running_config(h)
+    time.sleep(1.1)
+    b = lab.control.running_config(h)
+    assert a != b
+    pf = platform_file("ios")
+    assert normalize(a, pf) == normalize(b, pf)
+
+
+def test_change_alters_exactly_intended_lines(lab):
+    rc, before = fetch(lab)
+    assert rc == 0
+    added = {h: lab.control.change(h, n=2) for h in lab.hosts}
+    rc, after = fetch(lab)
+    assert rc == 0
+    for h in lab.hosts:
+        pf = platform_file(plat_of(h))
+        diff = [d for d in difflib.unified_diff(normalize(before[h]["stdout"], pf),
+                                                normalize(after[h]["stdout"], pf), lineterm="", n=0)
+                if d[:1] in "+-" and not d.startswith(("+++", "---"))]
+        want = added[h]
+        if plat_of(h) == "routeros":   # terse export prints the section path in front
+            assert [d[1:].split(" add ", 1)[1] for d in diff] == [w.split("add ", 1)[1] for w in want], (h, diff)
+        else:
+            assert diff == ["+" + w for w in want], (h, diff)
+
+
+def test_startup_config_and_save(lab):
+    h = lab.host("ios")
+    lab.control.change(h)
+    st = lab.control.state(h)
+    assert st["running"] != st["startup"]
+    rc, res = fetch(lab, [h], command="write memory")
+    assert rc == 0 and "[OK]" in res[h]["stdout"]
+    st = lab.control.state(h)
+    assert st["running"] == st["startup"]
+
+
+def test_unknown_command_fails(lab):
+    rc, res = fetch(lab, command="show frobnicate")
+    assert rc != 0
+    for h, r in res.items():
+        assert r.get("failed"), h
+
+
+def test_auth_fail(lab):
+    h = lab.host("eos")
+    lab.control.set_fault(h, "auth_fail")
+    try:
+        rc, res = fetch(lab, [h])
+    finally:
+        lab.control.clear_fault(h)
+    assert rc != 0
+    assert res[h].get("failed")
+    assert re.search(r"authenticat", res[h]["msg"], re.I), res[h]["msg"]
+
+
+def test_disconnect_never_yields_complete_config(lab):
+    h = lab.host("nxos")
+    lab.control.set_fault(h, "disconnect", fraction=0.5)
+    try:
+        rc, res = fetch(lab, [h])
+    finally:
+        lab.control.clear_fault(h)
+    r = res[h]
+    if not r.get("failed"):      # network_cli/libssh returns what it had when the socket closes
+        pf = platform_file("nxos")
+        assert not all(re.search(c, str(r.get("stdout") or ""), re.M) for c in pf["complete"])
+
+
+def test_junos_display_set_and_routeros_sensitive(lab):
+    j = lab.host("junos")
+    rc, res = fetch(lab, [j], command="show configuration | display set")
+    assert rc == 0
+    lines = res[j]["stdout"].splitlines()
+    assert lines and all(ln.startswith("set ") for ln in lines)
+    assert f"set system host-name {j}" in lines
+    r = lab.host("routeros")
+    rc, res = fetch(lab, [r], command="/export")
+    assert rc == 0
+    assert "secret=" not in res[r]["stdout"] and "/ip route" in res[r]["stdout"]
