@@ -119,8 +119,8 @@ def lab_down(state_dir: str | None) -> None:
     """Stop the lab."""
     from lab import commands
 
-    commands.down(_lab_state(state_dir, _settings()))
-    click.echo("lab stopped")
+    state = _lab_state(state_dir, _settings())
+    click.echo("lab stopped" if commands.down(state) else f"no lab running for {state}")
 
 
 @lab.command("change")
