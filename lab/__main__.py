@@ -89,4 +89,7 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    try:
+        sys.exit(main())
+    except BrokenPipeError:   # e.g. `python -m lab status | head`
+        sys.exit(0)
