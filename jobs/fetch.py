@@ -134,7 +134,14 @@ def fetch_configs(
         elif kind == "runner_on_failed" and not data.get("ignore_errors"):
             outcome.error = classify(host, _failure_message(res))
         elif kind == "runner_on_ok" and data.get("task") == COLLECT_TASK:
-            outcome.outputs = [str(item.get("stdout", "")) for item in res.get("results", [])]
+            items = res.get("results", [])
+            if any(item.get("stdout") is None for item in items):
+                # network_cli over libssh takes a closed socket for the end of the reply: no output at all
+                outcome.error = errors.ConnectionLost(
+                    host, "connection closed by the device before its output was complete"
+                )
+            else:
+                outcome.outputs = [str(item["stdout"]) for item in items]
         else:
             return False
         outcome.duration = now - outcome._started

@@ -25,7 +25,7 @@ PLATFORMS = {"ios", "eos", "nxos", "junos", "routeros"}
 @pytest.fixture(scope="module")
 def dv(tmp_path_factory, redis_server):
     from lab.generate_inventory import generate_inventory
-    from lab.testing import running_lab
+    from lab.testing import start_lab, stop_lab
 
     from tests.conftest import DeviceVault
 
@@ -41,13 +41,13 @@ def dv(tmp_path_factory, redis_server):
         "DEVICEVAULT_BATCH_SIZE": "10",
     }
     tool = DeviceVault(env, home)
-    with running_lab(inventory, home / "lab"):
-        procs = [tool.process("worker", "--name", f"w{i}-{free_port()}", name=f"worker{i}").start() for i in (1, 2)]
-        consumer = tool.process("consumer", "--name", "indexer-1", "--claim-idle", "2", name="consumer").start()
-        tool.consumer = consumer
-        yield tool
-        for p in [*procs, tool.consumer]:
-            p.stop()
+    start_lab(inventory, home / "lab")
+    procs = [tool.process("worker", "--name", f"w{i}-{free_port()}", name=f"worker{i}").start() for i in (1, 2)]
+    tool.consumer = tool.process("consumer", "--name", "indexer-1", "--claim-idle", "2", name="consumer").start()
+    yield tool
+    for p in [*procs, tool.consumer]:
+        p.stop()
+    stop_lab(home / "lab")
 
 
 def _git_commits(repo: Path) -> int:
@@ -148,12 +148,12 @@ def test_broken_devices_fail_cleanly_and_the_rest_succeed(dv):
     finally:
         for host in (auth, hang, drop):
             dv("lab", "fault", host, "none")
-    for host, cause in ((auth, r"authentication"), (hang, r"timed out|timeout"), (drop, r"connection|incomplete|closed")):
+    for host, cause in ((auth, r"authentication"), (hang, r"timed out|timeout"), (drop, r"connection (lost|closed)")):
         r = results[host]
         assert r["status"] == "failed", r
         assert r["error"].startswith(f"{host}: "), r
         assert re.search(cause, r["error"], re.I), r
-        assert "lab" not in r["error"].split(":", 1)[1].split() or True
+        assert "lab-admin" not in r["error"] and "lab-admin" not in r.get("log", "")  # the lab's password
     assert all(results[h]["status"] in ("changed", "unchanged") for h in healthy), results
     after = _total_versions(dv)
     for host in (auth, hang, drop):
@@ -180,7 +180,7 @@ def test_two_backups_of_one_host_at_once_one_is_skipped_locked(dv):
     finally:
         dv("lab", "fault", host, "none")
     statuses = sorted(o["results"][0]["status"] for o in outs)
-    assert statuses[1] == "skipped_locked" and statuses[0] in ("changed", "unchanged"), outs
+    assert statuses in (["changed", "skipped_locked"], ["skipped_locked", "unchanged"]), outs
 
 
 def test_consumer_killed_before_ack_then_restarted_applies_everything_once(dv):

@@ -141,6 +141,7 @@ def run_results(session: Session, run_id: str) -> list[dict]:
             "duration": round(r.duration, 2),
             "sha256": r.sha256,
             "error": r.error,
+            "log": r.log,
             "timestamp": _iso(r.timestamp),
         }
         for r, name, group, platform in rows
