@@ -39,7 +39,9 @@ def normalize(device: str, platform: Platform, outputs: list[str]) -> str:
     for pattern in platform.complete:
         if not pattern.search(text):
             raise IncompleteOutput(
-                device, f"the configuration is incomplete (cut short?): no match for {pattern.pattern!r}"
+                device,
+                "the configuration is incomplete: the output ended early (connection closed or cut short); "
+                f"no match for {pattern.pattern!r}",
             )
     kept = [line.rstrip() for line in text.split("\n") if not any(p.search(line) for p in platform.noise)]
     while kept and not kept[0].strip():

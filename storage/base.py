@@ -57,6 +57,13 @@ STAMP_FORMAT = "%Y%m%dT%H%M%S.%fZ"
 VERSION_NAME = re.compile(r"\A(\d{8}T\d{6}\.\d{6}Z)_([0-9a-f]{12})\.cfg\Z")
 
 
+def as_content(content: object, path: str) -> bytes:
+    """``content`` as bytes; anything but a bytes-like object is a caller's mistake."""
+    if not isinstance(content, (bytes, bytearray, memoryview)):
+        raise TypeError(f"content for {path!r} must be bytes, not {type(content).__name__}")
+    return bytes(content)
+
+
 def sha256_hex(content: bytes) -> str:
     return hashlib.sha256(content).hexdigest()
 

@@ -11,7 +11,7 @@ import tempfile
 from pathlib import Path
 
 from ._lock import file_lock
-from .base import VERSION_NAME, StoreOptions, next_stamp, sha256_hex, version_name
+from .base import VERSION_NAME, StoreOptions, as_content, next_stamp, sha256_hex, version_name
 from .errors import IntegrityError, RefNotFound, StorageError, TargetUnavailable, UnsafePath
 from .paths import resolve_inside, split_relpath
 
@@ -68,9 +68,7 @@ class FilesystemBackend:
         """Store several versions under one lock acquisition; refs in input order."""
         prepared = []
         for content, path, options in items:
-            if not isinstance(content, (bytes, bytearray, memoryview)):
-                raise TypeError(f"content for {path!r} must be bytes, not {type(content).__name__}")
-            prepared.append((bytes(content), path, self._dir(path), options or StoreOptions()))
+            prepared.append((as_content(content, path), path, self._dir(path), options or StoreOptions()))
         with self._lock():
             return [self._store_one(*item) for item in prepared]
 

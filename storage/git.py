@@ -26,7 +26,7 @@ import git as gitpython
 from git.exc import GitCommandError, InvalidGitRepositoryError, NoSuchPathError
 
 from ._lock import file_lock
-from .base import StoreOptions, as_utc, default_message
+from .base import StoreOptions, as_content, as_utc, default_message
 from .errors import RefNotFound, StorageError, TargetUnavailable, UnsafePath
 from .paths import resolve_inside, split_relpath
 
@@ -266,9 +266,7 @@ class GitBackend:
         """Store several versions under one lock: one commit per changed item, refs in input order."""
         prepared = []
         for content, path, options in items:
-            if not isinstance(content, (bytes, bytearray, memoryview)):
-                raise TypeError(f"content for {path!r} must be bytes, not {type(content).__name__}")
-            prepared.append((bytes(content), self._check_path(path), options or StoreOptions()))
+            prepared.append((as_content(content, path), self._check_path(path), options or StoreOptions()))
         refs: list[str] = [""] * len(prepared)
         with self._tlock, self._locked():
             self._sync_cache()

@@ -207,3 +207,59 @@ def test_consumer_killed_before_ack_then_restarted_applies_everything_once(dv):
         assert all(a != b for a, b in zip(shas, shas[1:])), (host, shas)  # no version recorded twice
         for v in found:
             assert sorted(c["backend"] for c in v["copies"]) == ["fs", "git"], (host, v)
+
+
+def test_plain_ansible_playbook_writes_one_file_per_device(dv, tmp_path):
+    import os
+    import sys
+
+    out = tmp_path / "configs"
+    out.mkdir()
+    env = {**os.environ, "LC_ALL": "C.UTF-8", "ANSIBLE_CONFIG": str(Path(__file__).resolve().parent.parent / "ansible.cfg"),
+           "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+    proc = subprocess.run(
+        [str(Path(sys.executable).parent / "ansible-playbook"), "-i", str(dv.settings.inventory),
+         "playbooks/backup.yml", "-e", f"backup_dir={out}", "--limit", "*-ios-*:*-routeros-*"],
+        env=env, cwd=Path(__file__).resolve().parent.parent, capture_output=True, text=True, timeout=300,
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:]
+    files = sorted(p.name for p in out.iterdir())
+    assert files and all(f.endswith(".cfg") for f in files)
+    assert any("-ios-" in f for f in files) and any("-routeros-" in f for f in files)
+    assert all((out / f).stat().st_size > 1000 for f in files)
+
+
+def test_no_credential_reaches_index_git_logs_or_job_metadata(dv, redis_server):
+    from redis import Redis
+
+    secrets = [b"lab-admin", b"lab-enable"]  # the lab inventory's login and enable passwords
+    places = [dv.home / "index.sqlite", *sorted((dv.home / "logs").glob("*.log"))]
+    for place in places:
+        data = place.read_bytes()
+        assert not any(s in data for s in secrets), place
+    history = subprocess.run(["git", "-C", str(dv.settings.git_repo), "log", "-p", "--all"], capture_output=True).stdout
+    assert history and not any(s in history for s in secrets)
+    import zlib
+
+    def values(client, key) -> list[bytes]:
+        kind = client.type(key)
+        if kind == b"string":
+            return [client.get(key) or b""]
+        if kind == b"hash":
+            return [k + b"=" + v for k, v in client.hgetall(key).items()]
+        if kind == b"stream":
+            return [v for _, fields in client.xrange(key) for v in fields.values()]
+        if kind == b"list":
+            return client.lrange(key, 0, -1)
+        if kind in (b"set", b"zset"):
+            return list(client.smembers(key)) if kind == b"set" else client.zrange(key, 0, -1)
+        return []
+
+    client = Redis.from_url(redis_server.url)
+    for key in client.scan_iter(count=1000):
+        for blob in values(client, key):
+            try:
+                blob += zlib.decompress(blob.split(b"=", 1)[-1])  # RQ stores job payloads compressed
+            except zlib.error:
+                pass
+            assert not any(s in blob for s in secrets), key
