@@ -18,7 +18,7 @@ from pathlib import Path
 import click
 
 from jobs.errors import BackupError
-from jobs.settings import PROJECT_ROOT, Settings
+from jobs.settings import Settings
 
 os.environ.setdefault("LC_ALL", "C.UTF-8")
 
@@ -175,14 +175,19 @@ def backup(groups, hosts, inventory, wait, timeout, as_json) -> None:
     if as_json:
         click.echo(json.dumps({"run_id": started.run_id, "results": rows}, indent=2))
     else:
-        _table(rows, ["device", "platform", "status", "sha256", "duration", "error"])
-        counts: dict[str, int] = {}
-        for r in rows:
-            counts[r["status"]] = counts.get(r["status"], 0) + 1
-        click.echo(f"run {started.run_id}: " + ", ".join(f"{v} {k}" for k, v in sorted(counts.items())))
+        _run_summary(started.run_id, rows)
         click.echo(f"versions: git {settings.git_repo}  fs {settings.fs_root}  index {settings.database_url}")
     if any(r["status"] == "failed" for r in rows):
         sys.exit(1)
+
+
+def _run_summary(run_id: str, rows: list[dict]) -> None:
+    """One line per device, then the run's count per status."""
+    from collections import Counter
+
+    _table(rows, ["device", "platform", "status", "sha256", "duration", "error"])
+    counts = Counter(r["status"] for r in rows)
+    click.echo(f"run {run_id}: " + ", ".join(f"{v} {k}" for k, v in sorted(counts.items())))
 
 
 def wait_for_run(settings: Settings, run_id: str, total: int, timeout: float, *, quiet: bool = False) -> list[dict]:
@@ -267,11 +272,7 @@ def demo(stop, timeout) -> None:
     started = start_backup(_redis(settings), settings, requested_by="demo")
     click.echo(f"backing up {len(started.hosts)} devices (run {started.run_id})")
     rows = wait_for_run(settings, started.run_id, len(started.hosts), timeout)
-    _table(rows, ["device", "platform", "status", "sha256", "duration", "error"])
-    counts: dict[str, int] = {}
-    for r in rows:
-        counts[r["status"]] = counts.get(r["status"], 0) + 1
-    click.echo(f"\nrun {started.run_id}: " + ", ".join(f"{v} {k}" for k, v in sorted(counts.items())))
+    _run_summary(started.run_id, rows)
     click.echo(f"versions in git: {settings.git_repo}  (git -C {settings.git_repo} log --stat)")
     click.echo(f"versions in fs:  {settings.fs_root}")
     click.echo(f"index:           {settings.database_url}")

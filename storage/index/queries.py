@@ -3,23 +3,16 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import datetime
 
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session, selectinload
 
-from .models import Copy, Device, DeviceResultRow, Run, Version
+from .models import Copy, Device, DeviceResultRow, Run, Version, aware
 
 
 class NotFound(LookupError):
     """A device, version or run that the index does not hold (the message names it)."""
-
-
-def aware(value: datetime | None) -> datetime | None:
-    """SQLite hands back naive datetimes; everything in the index is UTC."""
-    if value is not None and value.tzinfo is None:
-        return value.replace(tzinfo=timezone.utc)
-    return value
 
 
 @dataclass(frozen=True)

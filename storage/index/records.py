@@ -13,19 +13,13 @@ from typing import Any
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from .models import Copy, Device, DeviceResultRow, Run, Version
+from .models import Copy, Device, DeviceResultRow, Run, Version, aware
 
 OK_STATUSES = ("changed", "unchanged")
 
 
 def _value(status: Any) -> str:
     return getattr(status, "value", status)
-
-
-def _aware(value: datetime | None) -> datetime | None:
-    if value is not None and value.tzinfo is None:
-        return value.replace(tzinfo=timezone.utc)
-    return value
 
 
 def create_run(
@@ -75,13 +69,13 @@ def apply_device_result(session: Session, result: Any) -> bool:
         )
     )
     if status != "skipped_locked":
-        last = _aware(device.last_attempt_at)
+        last = aware(device.last_attempt_at)
         if last is None or last <= result.timestamp:
             device.last_attempt_at = result.timestamp
             device.last_status = status
             device.last_error = result.error if status == "failed" else ""
         if status in OK_STATUSES:
-            success = _aware(device.last_success_at)
+            success = aware(device.last_success_at)
             if success is None or success < result.timestamp:
                 device.last_success_at = result.timestamp
     session.flush()
@@ -117,7 +111,7 @@ def apply_storage_result(session: Session, result: Any) -> bool:
         )
         session.add(version)
         session.flush()
-        change = _aware(device.last_change_at)
+        change = aware(device.last_change_at)
         if change is None or change < result.timestamp:
             device.last_change_at = result.timestamp
     existing = session.scalar(select(Copy).where(Copy.version_id == version.id, Copy.backend == result.backend))
