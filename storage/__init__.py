@@ -1,12 +1,16 @@
 """Where configuration versions are kept: a tiny protocol and its backends.
 
->>> from storage import get_backend, StoreOptions, device_path
+>>> from storage import Codec, EncodedBackend, StoreOptions, device_path, get_backend
 >>> backend = get_backend("fs", root="/var/lib/devicevault")   # doctest: +SKIP
 >>> ref = backend.store(b"hostname r1\\n", device_path("ams", "r1"))  # doctest: +SKIP
+>>> private = EncodedBackend(backend, Codec("zstd", keys={"k1": key}))  # doctest: +SKIP
 """
 
 from .base import Backend, StoreOptions
+from .codec import Codec
+from .encoded import EncodedBackend
 from .errors import (
+    DecodeError,
     IntegrityError,
     RefNotFound,
     StorageError,
@@ -25,6 +29,9 @@ __all__ = [
     "RefNotFound",
     "UnsafePath",
     "IntegrityError",
+    "DecodeError",
+    "Codec",
+    "EncodedBackend",
     "UnknownBackend",
     "encode_component",
     "decode_component",

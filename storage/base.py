@@ -36,6 +36,13 @@ class Backend(Protocol):
     latest).  git never rewrites history (``history_is_immutable = True``):
     deleting an older version is a no-op, deleting the newest commits the
     file's removal so ``latest`` becomes None.
+
+    ``restore(content, ref)`` puts ``content`` back as the version ``ref``
+    names, to repair a missing or corrupt copy (a scrub).  Afterwards
+    ``read(returned_ref) == content``; the returned ref may differ from
+    ``ref``.  If ``ref`` already reads back as ``content`` nothing is written
+    and ``ref`` is returned.  Restoring a version that is not the newest does
+    not change ``latest`` (git: see :meth:`storage.git.GitBackend.restore`).
     """
 
     name: str
@@ -45,6 +52,8 @@ class Backend(Protocol):
     def read(self, ref: str, options: StoreOptions | None = None) -> bytes: ...
 
     def delete(self, ref: str) -> None: ...
+
+    def restore(self, content: bytes, ref: str, options: StoreOptions | None = None) -> str: ...
 
     def latest(self, path: str) -> str | None: ...
 
@@ -103,6 +112,15 @@ def next_stamp(options: StoreOptions, previous_name: str | None) -> str:
 
 def version_name(stamp: str, digest: str) -> str:
     return f"{stamp}_{digest[:12]}.cfg"
+
+
+def restored_name(name: str, digest: str) -> str:
+    """Name for restored bytes of the version file ``name``: same timestamp, so the
+    same place in history, and the digest of the bytes actually written."""
+    m = VERSION_NAME.match(name)
+    if not m:
+        raise ValueError(f"not a version file name: {name!r}")
+    return version_name(m.group(1), digest)
 
 
 def default_message(path: str, options: StoreOptions) -> str:

@@ -31,5 +31,12 @@ class IntegrityError(StorageError):
     """Stored bytes do not match their recorded checksum."""
 
 
+class DecodeError(IntegrityError):
+    """Stored bytes cannot be decoded: unknown key id, wrong key, altered or corrupt data.
+
+    The message names the key id (when there is one) and the cause, never key material.
+    """
+
+
 class UnknownBackend(StorageError, LookupError):
     """No backend is registered under that name."""

@@ -2,6 +2,7 @@
 
 Layout: ``<root>/<path>/<UTC %Y%m%dT%H%M%S.%fZ>_<sha256[:12]>.cfg``.
 Ref: that file's path relative to the root, posix style.
+``restore`` rewrites a version file in place (same timestamp), see :meth:`FilesystemBackend.restore`.
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ import tempfile
 from pathlib import Path
 
 from ._lock import file_lock
-from .base import VERSION_NAME, StoreOptions, as_content, next_stamp, sha256_hex, version_name
+from .base import VERSION_NAME, StoreOptions, as_content, next_stamp, restored_name, sha256_hex, version_name
 from .errors import IntegrityError, RefNotFound, StorageError, TargetUnavailable, UnsafePath
 from .paths import resolve_inside, split_relpath
 
@@ -60,6 +61,28 @@ class FilesystemBackend:
             raise TargetUnavailable(f"fs {self.root}: storage root does not exist")
         return file_lock(self.root / LOCK_NAME)
 
+    @staticmethod
+    def _write_atomic(directory: Path, name: str, content: bytes) -> None:
+        """Write ``directory/name`` via a temp file in the same directory, fsync, rename."""
+        fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=directory)
+        try:
+            with os.fdopen(fd, "wb") as fh:
+                fh.write(content)
+                fh.flush()
+                os.fsync(fh.fileno())
+            os.replace(tmp, directory / name)
+        except BaseException:
+            try:
+                os.unlink(tmp)
+            except FileNotFoundError:
+                pass
+            raise
+        dfd = os.open(directory, os.O_RDONLY)
+        try:
+            os.fsync(dfd)
+        finally:
+            os.close(dfd)
+
     # --- Backend -------------------------------------------------------------
     def store(self, content: bytes, path: str, options: StoreOptions | None = None) -> str:
         return self.store_many([(content, path, options)])[0]
@@ -84,24 +107,7 @@ class FilesystemBackend:
             final = directory / name
             if final.exists() and final.read_bytes() == content:
                 return f"{path}/{name}"
-            fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=directory)
-            try:
-                with os.fdopen(fd, "wb") as fh:
-                    fh.write(content)
-                    fh.flush()
-                    os.fsync(fh.fileno())
-                os.replace(tmp, final)
-            except BaseException:
-                try:
-                    os.unlink(tmp)
-                except FileNotFoundError:
-                    pass
-                raise
-            dfd = os.open(directory, os.O_RDONLY)
-            try:
-                os.fsync(dfd)
-            finally:
-                os.close(dfd)
+            self._write_atomic(directory, name, content)
         except UnsafePath:
             raise
         except OSError as exc:
@@ -119,6 +125,36 @@ class FilesystemBackend:
         if sha256_hex(data)[:12] != sha12:
             raise IntegrityError(f"fs {self.root}: checksum mismatch for {ref!r}")
         return data
+
+    def restore(self, content: bytes, ref: str, options: StoreOptions | None = None) -> str:
+        """Put ``content`` back as the version file ``ref`` names (missing or corrupt copy).
+
+        If the file already holds ``content`` nothing is written.  Otherwise the
+        file is rewritten atomically (temp file + rename, inside the root) under
+        the same timestamp, so the version keeps its place in history and a
+        restored old version never becomes ``latest``.  The name's digest part is
+        that of ``content``: when it matches ``ref`` the returned ref is ``ref``;
+        when it does not (e.g. re-encrypted bytes) the restored file gets the new
+        digest in its name, the old file is removed and the new ref returned.
+        """
+        path, _sha12, file = self._parse_ref(ref)
+        content = as_content(content, ref)
+        try:
+            if self.read(ref) == content:
+                return ref
+        except (RefNotFound, IntegrityError):
+            pass
+        name = restored_name(file.name, sha256_hex(content))
+        directory = file.parent
+        with self._lock():
+            try:
+                directory.mkdir(parents=True, exist_ok=True)
+                self._write_atomic(directory, name, content)
+                if name != file.name:
+                    file.unlink(missing_ok=True)
+            except OSError as exc:
+                raise StorageError(f"fs {self.root}: cannot restore {ref!r}: {exc.strerror or exc}") from exc
+        return f"{path}/{name}"
 
     def delete(self, ref: str) -> None:
         _path, _sha12, file = self._parse_ref(ref)

@@ -8,7 +8,8 @@ git CLI (via GitPython's command wrapper), serialised across processes by an
 Ref format: ``<branch>:<path>@<40-hex commit sha>`` -- the commit that
 produced (last changed) that version.  Git history is immutable here:
 :meth:`GitBackend.delete` of the newest version commits the previous content
-(or removes the file); deleting an older version is a no-op.
+(or removes the file); deleting an older version is a no-op.  ``restore`` of a
+lost version lands as a new commit (see :meth:`GitBackend.restore`).
 """
 
 from __future__ import annotations
@@ -336,6 +337,45 @@ class GitBackend:
             return None
         sha = self._last_commits([path]).get(path)
         return self._ref(path, sha) if sha else None
+
+    def restore(self, content: bytes, ref: str, options: StoreOptions | None = None) -> str:
+        """Put ``content`` back as the version ``ref`` names.
+
+        Git history is immutable, so a version whose commit still reads back as
+        ``content`` is left alone and ``ref`` is returned unchanged (restoring an
+        old version then changes nothing, ``latest`` included).  Otherwise -- the
+        commit or blob was lost, e.g. a rewound or re-created repository -- the
+        restore lands as a new commit "restore <path>" that puts ``content`` at
+        ``path``, made only if the file currently differs (if it already holds
+        ``content``, the ref of the commit that last changed it is returned).
+        Such a commit makes ``content`` the file's current content, so a scrub
+        that restores several lost versions of one path restores them oldest first.
+        """
+        path, old_sha = self._parse_ref(ref)
+        content = as_content(content, ref)
+        try:
+            if self.read(ref) == content:
+                return ref
+        except RefNotFound:
+            pass
+        blob = git_blob_sha(content)
+        with self._tlock, self._locked():
+            self._sync_cache()
+            if self._ls_tree([path]).get(path) == blob:
+                sha = self._last_commits([path]).get(path)
+                if sha:
+                    self._cache[path] = (blob, sha)
+                    return self._ref(path, sha)
+            self._write(path, content)
+            self._git("add", "-f", "--", path, what="git add")
+            self._git(
+                "commit", "-q", "--no-verify", "-m", f"restore {path}", "-m", f"Restores version {old_sha}.",
+                "--", path, options=options or StoreOptions(), what=f"commit of {path!r}",
+            )
+            sha = self._tip()
+            self._cache[path] = (blob, sha)
+            self._cache_tip = sha
+        return self._ref(path, sha)
 
     def delete(self, ref: str) -> None:
         """Retire a version.

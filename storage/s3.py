@@ -6,7 +6,8 @@ ref ``s3://<bucket>/<key>``.
 
 Versioned bucket (versioning "Enabled"): one key per device,
 ``<prefix>/<path>.cfg``, each version an S3 object version,
-ref ``s3://<bucket>/<key>?versionId=<id>``.
+ref ``s3://<bucket>/<key>?versionId=<id>``.  A restored *older* version of a
+versioned key is kept beside it, see :meth:`S3Backend.restore`.
 
 Keys in refs are percent-quoted (``/`` kept), so refs parse unambiguously.
 Credentials are handed to boto3 only; they never appear in repr or errors.
@@ -23,7 +24,16 @@ from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError, HTTPClientError
 from botocore.exceptions import ConnectionError as BotoConnectionError
 
-from .base import VERSION_NAME, StoreOptions, next_stamp, sha256_hex, version_name
+from .base import (
+    VERSION_NAME,
+    StoreOptions,
+    as_content,
+    format_stamp,
+    next_stamp,
+    restored_name,
+    sha256_hex,
+    version_name,
+)
 from .errors import IntegrityError, RefNotFound, StorageError, TargetUnavailable
 from .paths import split_relpath
 
@@ -190,6 +200,21 @@ class S3Backend:
         except RefNotFound:
             return None
 
+    @staticmethod
+    def _metadata(digest: str, options: StoreOptions) -> dict[str, str]:
+        metadata = {"sha256": digest}
+        if options.device:
+            metadata["device"] = quote(options.device, safe="")
+        if options.run_id:
+            metadata["run-id"] = quote(options.run_id, safe="")
+        return metadata
+
+    def _put(self, key: str, content: bytes, metadata: dict[str, str], what: str) -> dict[str, Any]:
+        return self._call(
+            "put_object", what, Bucket=self.bucket, Key=key, Body=content,
+            Metadata=metadata, ContentType="application/octet-stream",
+        )
+
     # --- Backend -------------------------------------------------------------------
     def store(self, content: bytes, path: str, options: StoreOptions | None = None) -> str:
         if not isinstance(content, (bytes, bytearray, memoryview)):
@@ -198,20 +223,13 @@ class S3Backend:
         options = options or StoreOptions()
         base = self._base(path)
         digest = sha256_hex(content)
-        metadata = {"sha256": digest}
-        if options.device:
-            metadata["device"] = quote(options.device, safe="")
-        if options.run_id:
-            metadata["run-id"] = quote(options.run_id, safe="")
+        metadata = self._metadata(digest, options)
         if self.versioned:
             key = f"{base}.cfg"
             head = self._head(key)
             if head is not None and head.get("Metadata", {}).get("sha256") == digest:
                 return self._ref(key, head.get("VersionId"))
-            resp = self._call(
-                "put_object", f"store {path!r}", Bucket=self.bucket, Key=key, Body=content,
-                Metadata=metadata, ContentType="application/octet-stream",
-            )
+            resp = self._put(key, content, metadata, f"store {path!r}")
             return self._ref(key, resp.get("VersionId"))
         latest = self._latest_name(base)
         if latest is not None and VERSION_NAME.match(latest).group(2) == digest[:12]:
@@ -219,10 +237,7 @@ class S3Backend:
             if head is not None and head.get("Metadata", {}).get("sha256") == digest:
                 return self._ref(f"{base}/{latest}")
         key = f"{base}/{version_name(next_stamp(options, latest), digest)}"
-        self._call(
-            "put_object", f"store {path!r}", Bucket=self.bucket, Key=key, Body=content,
-            Metadata=metadata, ContentType="application/octet-stream",
-        )
+        self._put(key, content, metadata, f"store {path!r}")
         return self._ref(key)
 
     def store_many(self, items: list[tuple[bytes, str, StoreOptions | None]]) -> list[str]:
@@ -249,6 +264,61 @@ class S3Backend:
         if (expected and expected != digest) or (m and m.group(2) != digest[:12]):
             raise IntegrityError(f"s3 {self._target}: checksum mismatch for {ref!r}")
         return data
+
+    def restore(self, content: bytes, ref: str, options: StoreOptions | None = None) -> str:
+        """Put ``content`` back as the version ``ref`` names (missing or corrupt copy).
+
+        If ``ref`` already reads back as ``content`` nothing is written.  Otherwise:
+
+        * one object per version (ref without ``versionId``): the object is
+          written again under the same timestamp name, so it keeps its place in
+          history and an old version never becomes ``latest``.  The name's digest
+          part is that of ``content``; if it differs from ``ref``'s (e.g.
+          re-encrypted bytes) the new name is used, the old object deleted and
+          the new ref returned.
+        * versioned bucket, ``ref`` is the key's current version or the key has
+          no current version: ``content`` is put at the same key and the new
+          object version's ref returned (it is, rightly, ``latest``).
+        * versioned bucket, the key's current version is another one (``ref``
+          is an older version): S3 cannot insert a version below the current one,
+          and putting it on top would make the old content ``latest``.  The
+          version is restored *beside* the key instead, as the object
+          ``<key>~restored/<timestamp>_<sha256[:12]>.cfg`` (timestamp of the
+          lost version when S3 still knows it, else ``options.timestamp``, else
+          now); its ref has no ``versionId``.  ``latest`` is unchanged, and ``~``
+          never occurs in paths made by :func:`storage.paths.device_path`.
+        """
+        key, version = self._parse_ref(ref)
+        content = as_content(content, ref)
+        try:
+            if self.read(ref) == content:
+                return ref
+        except (RefNotFound, IntegrityError):
+            pass
+        options = options or StoreOptions()
+        digest = sha256_hex(content)
+        metadata = self._metadata(digest, options)
+        what = f"restore {ref!r}"
+        if version is None:
+            folder, _, name = key.rpartition("/")
+            new_key = f"{folder}/{restored_name(name, digest)}" if folder else restored_name(name, digest)
+            self._put(new_key, content, metadata, what)
+            if new_key != key:
+                try:
+                    self._call("delete_object", what, missing=key, Bucket=self.bucket, Key=key)
+                except RefNotFound:
+                    pass
+            return self._ref(new_key)
+        head = self._head(key)
+        current = head.get("VersionId") if head is not None else None
+        if current is None or current == version:
+            resp = self._put(key, content, metadata, what)
+            return self._ref(key, resp.get("VersionId"))
+        lost = self._head(key, version)
+        stamp = format_stamp(lost["LastModified"]) if lost and lost.get("LastModified") else next_stamp(options, None)
+        new_key = f"{key}~restored/{version_name(stamp, digest)}"
+        self._put(new_key, content, metadata, what)
+        return self._ref(new_key)
 
     def delete(self, ref: str) -> None:
         key, version = self._parse_ref(ref)

@@ -1,4 +1,5 @@
-"""One contract every storage backend runs unchanged (fs, git, s3, s3 versioned).
+"""One contract every storage backend runs unchanged (fs, git, s3, s3 versioned), and the same
+backends wrapped in an :class:`EncodedBackend` (gzip, AES-256-GCM + zstd/gzip).
 
 The s3 backends talk to moto's standalone server over real HTTP.
 """
@@ -9,15 +10,20 @@ import functools
 import os
 import socket
 import subprocess
+import base64
 import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
+from urllib.parse import unquote
 
 import pytest
 
 from storage import (
     Backend,
+    Codec,
+    EncodedBackend,
+    IntegrityError,
     RefNotFound,
     StoreOptions,
     UnknownBackend,
@@ -30,6 +36,8 @@ from storage import (
 
 DUMMY_KEY = "AKIADUMMYKEY0000TEST"
 DUMMY_SECRET = "dummy-secret-do-not-print-0123456789"
+ENC_KEY = b"contract-test-key-0123456789abcd"  # 32 printable bytes, so "raw" can be searched for
+ENC_SECRETS = [ENC_KEY.decode(), base64.b64encode(ENC_KEY).decode(), ENC_KEY.hex()]
 
 
 # --- moto server (real HTTP endpoint) ---------------------------------------------
@@ -73,23 +81,61 @@ class Harness:
     backend: Backend
     versions: Callable[[], int]  # how many versions/commits/objects exist
     secrets: list[str] = field(default_factory=list)
+    # damage(ref, "missing" | "garbage") -> False when the target cannot be damaged that way
+    damage: Callable[[str, str], bool] = lambda ref, how: False
+    raw: Callable[[], list[bytes]] = list  # every stored byte string, as the target holds it
+    encrypted: bool = False
+
+
+def _prune(directory: Path, root: Path) -> None:
+    while directory != root and not any(directory.iterdir()):
+        directory.rmdir()
+        directory = directory.parent
 
 
 def _fs_harness(tmp_path: Path, _request) -> Harness:
     root = tmp_path / "root"
     backend = get_backend("fs", root=root)
-    return Harness(backend, lambda: sum(1 for p in root.rglob("*.cfg") if p.is_file()))
+
+    def damage(ref: str, how: str) -> bool:
+        file = root / ref
+        if how == "garbage":
+            file.write_bytes(b"garbage, not the version that was stored\n")
+        else:
+            file.unlink()
+            _prune(file.parent, root)
+        return True
+
+    def raw() -> list[bytes]:
+        return [p.read_bytes() for p in root.rglob("*") if p.is_file() and p.name != ".devicevault.lock"]
+
+    return Harness(backend, lambda: sum(1 for p in root.rglob("*.cfg") if p.is_file()), damage=damage, raw=raw)
 
 
 def _git_harness(tmp_path: Path, _request) -> Harness:
     repo = tmp_path / "root"
     backend = get_backend("git", repo_path=repo)
 
+    def git(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run(["git", *args], cwd=repo, capture_output=True, text=True)
+
     def commits() -> int:
-        out = subprocess.run(["git", "rev-list", "--count", "--all"], cwd=repo, capture_output=True, text=True)
+        out = git("rev-list", "--count", "--all")
         return int(out.stdout.strip()) if out.returncode == 0 else 0
 
-    return Harness(backend, commits)
+    def damage(ref: str, how: str) -> bool:
+        """Lose the newest commit for good (history rewound, then garbage-collected)."""
+        sha = ref.rsplit("@", 1)[1]
+        parent = git("rev-parse", "-q", "--verify", f"{sha}^").stdout.strip()
+        if how != "missing" or git("rev-parse", "main").stdout.strip() != sha or not parent:
+            return False  # git objects cannot be overwritten, and older commits live on in their children
+        for args in (["reset", "-q", "--hard", parent], ["reflog", "expire", "--expire=now", "--all"],
+                     ["gc", "-q", "--prune=now"]):
+            assert git(*args).returncode == 0, args
+        assert git("cat-file", "-e", f"{sha}^{{commit}}").returncode != 0
+        return True
+
+    return Harness(backend, commits, damage=damage)
 
 
 def _s3_harness(versioned: bool):
@@ -105,13 +151,44 @@ def _s3_harness(versioned: bool):
             access_key_id=DUMMY_KEY, secret_access_key=DUMMY_SECRET,
         )
 
-        def count() -> int:
+        def versions() -> list[dict]:
             pages = client.get_paginator("list_object_versions").paginate(Bucket="vault")
-            return sum(len(p.get("Versions", [])) for p in pages)
+            return [v for p in pages for v in p.get("Versions", [])]
 
-        return Harness(backend, count, secrets=[DUMMY_KEY, DUMMY_SECRET])
+        def damage(ref: str, how: str) -> bool:
+            key, _, version = ref[len("s3://vault/"):].partition("?versionId=")
+            key, version = unquote(key), unquote(version)
+            if version:
+                if how == "garbage":
+                    return False  # an S3 object version cannot be overwritten
+                client.delete_object(Bucket="vault", Key=key, VersionId=version)
+            elif how == "garbage":
+                client.put_object(Bucket="vault", Key=key, Body=b"garbage, not the version that was stored\n")
+            else:
+                client.delete_object(Bucket="vault", Key=key)
+            return True
+
+        def raw() -> list[bytes]:
+            return [
+                client.get_object(Bucket="vault", Key=v["Key"], VersionId=v["VersionId"])["Body"].read()
+                for v in versions()
+            ]
+
+        return Harness(backend, lambda: len(versions()), secrets=[DUMMY_KEY, DUMMY_SECRET], damage=damage, raw=raw)
 
     return make
+
+
+def _encoded(make, codec: Callable[[], Codec]):
+    def wrapped(tmp_path: Path, request) -> Harness:
+        h = make(tmp_path, request)
+        c = codec()
+        h.backend = EncodedBackend(h.backend, c)
+        h.encrypted = c.encrypts
+        h.secrets = h.secrets + (ENC_SECRETS if c.encrypts else [])
+        return h
+
+    return wrapped
 
 
 HARNESSES = {
@@ -119,6 +196,9 @@ HARNESSES = {
     "git": _git_harness,
     "s3": _s3_harness(versioned=False),
     "s3-versioned": _s3_harness(versioned=True),
+    "fs+gzip": _encoded(_fs_harness, lambda: Codec("gzip")),
+    "fs+aes": _encoded(_fs_harness, lambda: Codec("zstd", keys={"k1": ENC_KEY})),
+    "s3+aes": _encoded(_s3_harness(versioned=False), lambda: Codec("gzip", keys={"k1": ENC_KEY})),
 }
 
 
@@ -318,6 +398,109 @@ def test_error_messages_have_no_secrets(harness, backend):
         backend.read(ref.replace("dev-one", "dev-two"))
     for secret in harness.secrets:
         assert secret not in str(exc.value)
+
+
+# --- restore (a scrub repairing a copy) -------------------------------------------
+SAMPLE = (
+    b"hostname ams-r1\n"
+    b"interface GigabitEthernet0/1\n"
+    b" description uplink to ams-core-01\n"
+    b" ip address 10.20.30.1 255.255.255.0\n"
+    b"snmp-server community n0t-public RO\n"
+    b"end\n"
+)
+
+
+def test_restore_intact_version_writes_nothing(harness, backend):
+    r1 = backend.store(b"version one\n", "g/r1", OPTS)
+    r2 = backend.store(b"version two\n", "g/r1", OPTS)
+    before = harness.versions()
+    assert backend.restore(b"version one\n", r1) == r1
+    assert backend.restore(b"version two\n", r2, OPTS) == r2
+    assert harness.versions() == before
+    assert backend.latest("g/r1") == r2
+
+
+@pytest.mark.parametrize("how", ["missing", "garbage"])
+def test_restore_latest_version(harness, backend, how):
+    other = backend.store(b"another device\n", "g/r0", OPTS)
+    ref = backend.store(SAMPLE, "g/r1", OPTS)
+    before = harness.versions()
+    if not harness.damage(ref, how):
+        pytest.skip(f"{backend.name}: a stored version cannot be made {how}")
+    with pytest.raises((RefNotFound, IntegrityError)):
+        backend.read(ref)
+    restored = backend.restore(SAMPLE, ref, OPTS)
+    assert backend.read(restored) == SAMPLE
+    assert backend.latest("g/r1") == restored
+    assert harness.versions() == before  # exactly the lost version came back
+    assert backend.restore(SAMPLE, restored) == restored  # intact now: nothing to do
+    assert backend.store(SAMPLE, "g/r1", OPTS) == restored  # and storing it again is a no-op
+    assert harness.versions() == before
+    assert backend.read(other) == b"another device\n"
+
+
+@pytest.mark.parametrize("how", ["missing", "garbage"])
+def test_restore_old_version_keeps_latest(harness, backend, how):
+    r1 = backend.store(b"version one\n", "g/r1", OPTS)
+    r2 = backend.store(b"version two\n", "g/r1", OPTS)
+    before = harness.versions()
+    if not harness.damage(r1, how) and not backend.history_is_immutable:
+        pytest.skip(f"{backend.name}: a stored version cannot be made {how}")
+    restored = backend.restore(b"version one\n", r1, OPTS)
+    assert backend.read(restored) == b"version one\n"
+    assert backend.latest("g/r1") == r2
+    assert backend.read(r2) == b"version two\n"
+    assert harness.versions() == before
+    assert backend.store(b"version two\n", "g/r1") == r2
+
+
+def test_restore_refuses_bad_input(harness, backend):
+    ref = backend.store(b"x\n", "g/r1")
+    before = harness.versions()
+    with pytest.raises(RefNotFound):
+        backend.restore(b"x\n", "not a ref at all")
+    with pytest.raises(TypeError):
+        backend.restore("x\n", ref)  # type: ignore[arg-type]
+    assert harness.versions() == before
+
+
+def test_fs_restore_stays_inside_root(tmp_path):
+    backend = get_backend("fs", root=tmp_path / "root")
+    with pytest.raises(UnsafePath):
+        backend.restore(b"evil", "../../outside/20240101T000000.000000Z_0123456789ab.cfg")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["root"]
+
+
+def test_git_restore_of_a_lost_version_is_a_new_commit(tmp_path, request):
+    h = _git_harness(tmp_path, request)
+    h.backend.store(b"first\n", "g/r0")
+    ref = h.backend.store(b"lost\n", "g/r1")
+    assert h.damage(ref, "missing")
+    restored = h.backend.restore(b"lost\n", ref, StoreOptions(author="Scrub <scrub@example.net>"))
+    assert restored != ref and h.backend.read(restored) == b"lost\n"
+    out = subprocess.run(["git", "log", "-1", "--format=%an|%s"], cwd=tmp_path / "root", capture_output=True, text=True)
+    assert out.stdout.strip() == "Scrub|restore g/r1"
+    h.backend.close()
+
+
+# --- encrypted targets ------------------------------------------------------------
+@pytest.mark.parametrize("name", [n for n in HARNESSES if "+aes" in n])
+def test_encrypted_target_holds_no_plaintext(tmp_path, request, name):
+    h = HARNESSES[name](tmp_path, request)
+    assert h.encrypted
+    first = h.backend.store(SAMPLE, "site_ams/ams-r1", OPTS)
+    h.backend.store(SAMPLE + b"ntp server 10.0.0.1\n", "site_ams/ams-r1", OPTS)
+    h.damage(first, "missing")
+    h.backend.restore(SAMPLE, first, OPTS)
+    blobs = h.raw()
+    assert len(blobs) >= 2
+    for blob in blobs:
+        assert blob.startswith(b"DVENC1\n")
+        for line in SAMPLE.splitlines()[:-1]:  # all but "end", too short not to occur by chance
+            assert line.strip() not in blob, line
+        for secret in ENC_SECRETS:
+            assert secret.encode() not in blob
 
 
 # --- registry -------------------------------------------------------------------
