@@ -33,6 +33,12 @@ def _redis(settings: Settings, *, blocking: bool = False):
     return Redis.from_url(settings.redis_url, socket_timeout=None if blocking else 30)
 
 
+def _layout(settings: Settings):
+    from jobs.locations import StorageLayout
+
+    return StorageLayout.load(settings)
+
+
 def _sessions(settings: Settings):
     from storage.index.db import connect
 
@@ -172,11 +178,12 @@ def backup(groups, hosts, inventory, wait, timeout, as_json) -> None:
         click.echo(json.dumps(payload) if as_json else f"run {started.run_id}: {len(started.hosts)} device(s) queued")
         return
     rows = wait_for_run(settings, started.run_id, len(started.hosts), timeout, quiet=as_json)
+    copies = _run_copies(settings, started.run_id)
     if as_json:
-        click.echo(json.dumps({"run_id": started.run_id, "results": rows}, indent=2))
+        click.echo(json.dumps({"run_id": started.run_id, "results": rows, "copies": copies}, indent=2))
     else:
         _run_summary(started.run_id, rows)
-        click.echo(f"versions: git {settings.git_repo}  fs {settings.fs_root}  index {settings.database_url}")
+        _copies_summary(copies)
     if any(r["status"] == "failed" for r in rows):
         sys.exit(1)
 
@@ -188,6 +195,23 @@ def _run_summary(run_id: str, rows: list[dict]) -> None:
     _table(rows, ["device", "platform", "status", "sha256", "duration", "error"])
     counts = Counter(r["status"] for r in rows)
     click.echo(f"run {run_id}: " + ", ".join(f"{v} {k}" for k, v in sorted(counts.items())))
+
+
+def _run_copies(settings: Settings, run_id: str) -> dict[str, dict[str, int]]:
+    from storage.index.queries import copy_counts
+
+    with _sessions(settings)() as session:
+        return copy_counts(session, run_id)
+
+
+def _copies_summary(copies: dict[str, dict[str, int]]) -> None:
+    """One line: what each storage target did with the run's new versions."""
+    if copies:
+        parts = [f"{target} " + ", ".join(f"{n} {status}" for status, n in sorted(by.items()))
+                 for target, by in sorted(copies.items())]
+        click.echo("copies: " + "; ".join(parts))
+        if any("pending" in by for by in copies.values()):
+            click.echo("pending copies are retried until they land (devicevault pending)")
 
 
 def wait_for_run(settings: Settings, run_id: str, total: int, timeout: float, *, quiet: bool = False) -> list[dict]:
@@ -214,18 +238,51 @@ def wait_for_run(settings: Settings, run_id: str, total: int, timeout: float, *,
 
 
 @main.command()
-@click.option("--queue", "queues", multiple=True, help="Queues to serve (default: the collector and storage queues).")
+@click.option("--queue", "queues", multiple=True,
+              help="Queues to serve (default: the collector queue and storage.<type> of every target type).")
 @click.option("--burst", is_flag=True, help="Exit when the queues are empty.")
 @click.option("--name", help="Worker name.")
 def worker(queues, burst, name) -> None:
-    """Run an RQ worker that collects and stores."""
+    """Run an RQ worker that collects and/or stores.
+
+    A worker serving storage queues also hands copies that are due again (retries with backoff, or whose
+    job was lost) to new storage jobs of the target types it serves, every DEVICEVAULT_RETRY_POLL seconds.
+    """
     from rq import Queue, Worker
 
     settings = _settings()
     redis = _redis(settings, blocking=True)
-    names = list(queues) or [settings.collector_queue, settings.storage_queue]
+    layout = _layout(settings)
+    names = list(queues) or [settings.collector_queue] + [settings.storage_queue_for(t) for t in layout.types()]
+    served = [t for t in layout.types() if settings.storage_queue_for(t) in names]
+    if served and not burst:
+        _start_retry_pump(settings, layout, served)
     w = Worker([Queue(q, connection=redis) for q in names], connection=redis, name=name)
     w.work(burst=burst, logging_level="INFO")
+
+
+def _start_retry_pump(settings: Settings, layout, types: list[str]) -> None:
+    """A daemon thread of the worker's main process: hand due outbox copies to storage jobs."""
+    import threading
+
+    from jobs.store import requeue_due
+    from jobs.tasks import enqueue_store
+
+    log = logging.getLogger("devicevault.retry")
+    redis = _redis(settings)
+
+    def pump() -> None:
+        while True:
+            try:
+                handed = requeue_due(redis, settings, layout,
+                                     lambda target, ids: enqueue_store(redis, settings, layout, target, ids), types)
+                for target, n in handed.items():
+                    log.info("handed %d due copy(ies) to a storage job for %s", n, target)
+            except Exception as exc:  # noqa: BLE001 - keep pumping; Redis may be restarting
+                log.warning("retry pump: %s", exc)
+            time.sleep(max(0.2, settings.retry_poll))
+
+    threading.Thread(target=pump, name="devicevault-retry-pump", daemon=True).start()
 
 
 @main.command()
@@ -330,7 +387,8 @@ def versions(host, as_json) -> None:
     with _sessions(_settings())() as session:
         found = device_versions(session, host)
     rows = [
-        dict(v.as_dict(), sha=v.sha256[:12], targets=",".join(b for b, _, s in v.copies if s != "failed"))
+        dict(v.as_dict(), sha=v.sha256[:12],
+             targets=",".join(b if s in ("stored", "unchanged") else f"{b}({s})" for b, _, s in v.copies))
         for v in found
     ]
     _emit(rows, ["number", "created_at", "sha", "size", "targets", "run_id"], as_json)
@@ -338,13 +396,13 @@ def versions(host, as_json) -> None:
 
 def _version_text(settings: Settings, host: str, selector: str | None) -> tuple[str, object]:
     from storage.index.queries import device_versions, resolve_version
-    from storage.registry import get_backend
     from storage.retrieve import read_first
 
     with _sessions(settings)() as session:
         found = device_versions(session, host)
     version = resolve_version(found, selector, device=host)
-    content, _ = read_first(version.copies, version.sha256, lambda name: get_backend(name, **settings.backend_options(name)))
+    layout = _layout(settings)
+    content, _ = read_first(version.copies, version.sha256, layout.open)
     return content.decode("utf-8", errors="surrogateescape"), version
 
 
@@ -377,6 +435,73 @@ def diff(host, a, b, context_lines) -> None:
         n=context_lines,
     )
     click.echo("".join(lines), nl=False)
+
+
+# --- storage upkeep ---------------------------------------------------------------------------------------
+@main.command()
+@click.option("--repair", is_flag=True, help="Write missing and corrupt copies back from a good copy.")
+@click.option("--target", "targets", multiple=True, help="Check only this target (repeatable).")
+@click.option("--host", "hosts", multiple=True, help="Check only this device (repeatable).")
+@click.option("--json", "as_json", is_flag=True)
+@_guard
+def verify(repair, targets, hosts, as_json) -> None:
+    """Scrub: read every version back from every target and check its sha256.
+
+    Reports missing and corrupt copies (and targets that cannot be reached); exits 1 while any problem is
+    left unrepaired.
+    """
+    from tqdm import tqdm
+
+    from jobs.verify import verify as scrub
+
+    settings = _settings()
+    with tqdm(unit="copy", desc="verify", file=sys.stderr, disable=as_json) as bar:
+        report = scrub(_sessions(settings), _layout(settings), repair=repair, targets=list(targets) or None,
+                       devices=list(hosts) or None, progress=bar.update, total=lambda n: setattr(bar, "total", n))
+    rows = [p.as_dict() for p in report.problems]
+    if as_json:
+        click.echo(json.dumps({"checked": report.checked, "skipped": report.skipped, "problems": rows}, indent=2))
+    else:
+        if rows:
+            _table(rows, ["device", "version", "sha256", "target", "problem", "repaired", "detail"])
+        fixed = sum(p.repaired for p in report.problems)
+        click.echo(f"verify: {report.checked} copies checked, {len(rows)} problem(s), {fixed} repaired, "
+                   f"{report.skipped} pending or pruned not read")
+    if not report.clean:
+        sys.exit(1)
+
+
+@main.command()
+@click.option("--dry-run", is_flag=True, help="Only list what would be removed.")
+@click.option("--target", "targets", multiple=True, help="Only this target (repeatable).")
+@click.option("--json", "as_json", is_flag=True)
+@_guard
+def prune(dry_run, targets, as_json) -> None:
+    """Apply each target's retention (keep_last / keep_days); never the newest version nor the last copy."""
+    from jobs.retention import prune as apply_retention
+
+    settings = _settings()
+    removed = apply_retention(_sessions(settings), _layout(settings), dry_run=dry_run, targets=list(targets) or None)
+    _emit([r.as_dict() for r in removed], ["device", "target", "created_at", "ref"], as_json)
+    if not as_json:
+        click.echo(f"{'would remove' if dry_run else 'removed'} {len(removed)} copy(ies)")
+
+
+@main.command()
+@click.option("--json", "as_json", is_flag=True)
+@_guard
+def pending(as_json) -> None:
+    """Copies that have not reached their target yet (they are retried with backoff until they land)."""
+    from jobs.outbox import waiting
+    from storage.index.queries import pending_copies
+
+    settings = _settings()
+    with _sessions(settings)() as session:
+        rows = pending_copies(session)
+    _emit(rows, ["device", "target", "sha256", "attempts", "next_attempt", "error"], as_json)
+    if not as_json:
+        counts = waiting(_redis(settings), _layout(settings).all_targets())
+        click.echo("in the outbox: " + ", ".join(f"{t} {n}" for t, n in counts.items()))
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+import time
 from pathlib import Path
 from typing import Callable
 
@@ -12,8 +12,10 @@ from redis import Redis
 from . import errors
 from .fetch import FetchOutcome, fetch_configs
 from .inventory import InventoryHost, load_inventory
+from .locations import StorageLayout, StorageConfigError
 from .locks import host_locks
 from .normalize import normalize, sha256_text, to_bytes
+from .outbox import StorageItem
 from .platforms import get_platform
 from .redact import Redactor
 from .results import DEVICE_RESULTS_STREAM, DeviceResult, DeviceStatus, utcnow
@@ -21,21 +23,8 @@ from .settings import Settings
 
 log = logging.getLogger(__name__)
 
-#: host -> sha256 of the newest configuration handed to storage; the storage job removes an entry it failed to store
+#: host -> sha256 of the newest configuration handed to storage (the outbox then keeps it until it lands)
 LATEST_SHA_KEY = "devicevault:latest-sha256"
-
-
-@dataclass(frozen=True)
-class StorageItem:
-    """What a storage job needs for one new version (plain data: it travels inside the RQ job)."""
-
-    task_id: str
-    run_id: str
-    device: str
-    group: str
-    sha256: str
-    config: str
-    author: str = ""
 
 
 def device_task_id(run_id: str, host: str) -> str:
@@ -67,6 +56,7 @@ def collect(
     *,
     inventory: Path | str | None = None,
     enqueue_storage: Callable[[list[StorageItem]], None] | None = None,
+    layout: StorageLayout | None = None,
 ) -> list[DeviceResult]:
     """Back up ``hosts`` (one ansible-runner call) and publish one result per host on ``device:results``.
 
@@ -76,6 +66,7 @@ def collect(
     inventory_path = Path(inventory or settings.inventory)
     inv = load_inventory(inventory_path)
     redactor = Redactor(secret for h in inv.values() for secret in h.secrets)
+    layout = layout or StorageLayout.load(settings)
     results: list[DeviceResult] = []
     with host_locks(redis, hosts, settings.lock_ttl) as (locked, busy):
         for host in busy:
@@ -95,11 +86,16 @@ def collect(
                               "no file for it in playbooks/platforms/"))
                 )
             else:
+                try:
+                    layout.targets_for(entry.group, entry.location)
+                except StorageConfigError as exc:
+                    results.append(_failed(run_id, host, entry, errors.CollectionFailed(host, str(exc))))
+                    continue
                 runnable.append(host)
         outcomes = fetch_configs(runnable, inventory=inventory_path, settings=settings, redactor=redactor)
         new_versions: list[StorageItem] = []
         for host in runnable:
-            result, item = _evaluate(redis, run_id, inv[host], outcomes[host], redactor)
+            result, item = _evaluate(redis, run_id, inv[host], outcomes[host], redactor, layout)
             results.append(result)
             if item is not None:
                 new_versions.append(item)
@@ -110,7 +106,7 @@ def collect(
 
 
 def _evaluate(
-    redis: Redis, run_id: str, entry: InventoryHost, outcome: FetchOutcome, redactor: Redactor
+    redis: Redis, run_id: str, entry: InventoryHost, outcome: FetchOutcome, redactor: Redactor, layout: StorageLayout
 ) -> tuple[DeviceResult, StorageItem | None]:
     host = entry.name
     if outcome.error is not None:
@@ -129,8 +125,10 @@ def _evaluate(
     if not changed:
         return _result(run_id, host, entry, DeviceStatus.UNCHANGED, **fields), None
     redis.hset(LATEST_SHA_KEY, host, sha)
-    result = _result(run_id, host, entry, DeviceStatus.CHANGED, **fields)
-    item = StorageItem(task_id=result.task_id, run_id=run_id, device=host, group=entry.group, sha256=sha, config=config)
+    targets = tuple(layout.targets_for(entry.group, entry.location))
+    result = _result(run_id, host, entry, DeviceStatus.CHANGED, targets=",".join(targets), **fields)
+    item = StorageItem(task_id=result.task_id, run_id=run_id, device=host, group=entry.group, sha256=sha,
+                       config=config, collected_at=time.time(), targets=targets)
     return result, item
 
 

@@ -20,6 +20,8 @@ class InventoryHost:
     address: str
     group: str
     groups: tuple[str, ...] = field(default=())
+    #: ``devicevault_location``: the storage location (``jobs/locations.py``); "" = by group, else default
+    location: str = ""
     #: login and enable passwords of the host, only to mask them wherever text leaves a process
     secrets: tuple[str, ...] = field(default=(), repr=False, compare=False)
 
@@ -68,6 +70,7 @@ def load_inventory(path: Path | str) -> dict[str, InventoryHost]:
             address=str(hv.get("ansible_host") or host.name),
             group=str(hv.get("devicevault_group") or (site_groups or list(groups) or ["ungrouped"])[0]),
             groups=groups,
+            location=str(hv.get("devicevault_location") or ""),
             secrets=tuple(str(hv[k]) for k in _SECRET_VARS if isinstance(hv.get(k), str) and "{{" not in hv[k]),
         )
     return hosts

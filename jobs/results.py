@@ -30,7 +30,12 @@ class StorageStatus(str, Enum):
 
     STORED = "stored"  # a new version was written
     UNCHANGED = "unchanged"  # the target already held this content as its latest version
-    FAILED = "failed"
+    PENDING = "pending"  # this attempt failed; the copy waits in the outbox and is retried with backoff
+    FAILED = "failed"  # given up (not produced any more: copies are retried until they land)
+
+    @property
+    def landed(self) -> bool:
+        return self in (StorageStatus.STORED, StorageStatus.UNCHANGED)
 
 
 def utcnow() -> datetime:
@@ -92,6 +97,7 @@ class DeviceResult(_StreamRecord):
     size: int = 0
     duration: float = 0.0
     author: str = ""
+    targets: str = ""  # changed devices: the storage targets of the device's location, comma separated
 
     @classmethod
     def _coerce(cls, kwargs: dict[str, Any]) -> dict[str, Any]:
@@ -115,6 +121,9 @@ class StorageResult(_StreamRecord):
     ref: str = ""
     error: str = ""
     author: str = ""
+    attempt: int = 1  # 1 for the first try; a retry's outcome replaces an earlier attempt's in the index
+    next_attempt_at: str = ""  # pending: when the copy is tried again (ISO 8601, UTC)
+    key_id: str = ""  # encryption key the copy was written with ("" = not encrypted)
 
     @classmethod
     def _coerce(cls, kwargs: dict[str, Any]) -> dict[str, Any]:

@@ -13,6 +13,7 @@ from storage.index.db import connect
 from storage.index.records import create_run
 
 from .inventory import load_inventory, select_hosts
+from .locations import StorageConfigError, StorageLayout
 from .settings import Settings
 from . import tasks
 
@@ -40,12 +41,20 @@ def start_backup(
 ) -> StartedRun:
     """Back up the chosen hosts (all by default). Raises :class:`~jobs.errors.InventoryError` on bad input."""
     inventory_path = Path(inventory or settings.inventory).absolute()
-    chosen = [h.name for h in select_hosts(load_inventory(inventory_path), groups=groups, hosts=hosts)]
+    inv = load_inventory(inventory_path)
+    chosen = [h.name for h in select_hosts(inv, groups=groups, hosts=hosts)]
+    layout = StorageLayout.load(settings)
+    targets: dict[str, None] = {}
+    for name in chosen:
+        try:
+            targets.update(dict.fromkeys(layout.targets_for(inv[name].group, inv[name].location)))
+        except StorageConfigError:  # reported per device by the collector
+            pass
     run_id = run_id or new_run_id()
     selector = ",".join([f"group={g}" for g in groups or []] + [f"host={h}" for h in hosts or []]) or "all"
     Session = connect(settings.database_url)
     with Session.begin() as session:
-        create_run(session, run_id, total=len(chosen), selector=selector, targets=settings.targets, requested_by=requested_by)
+        create_run(session, run_id, total=len(chosen), selector=selector, targets=list(targets), requested_by=requested_by)
     queue = Queue(settings.collector_queue, connection=redis)
     job_ids = []
     for start in range(0, len(chosen), max(1, settings.batch_size)):
@@ -55,7 +64,6 @@ def start_backup(
             run_id,
             batch,
             str(inventory_path),
-            list(settings.targets),
             job_timeout=settings.job_timeout,
             description=f"backup run {run_id}: {len(batch)} device(s)",
             meta={"run_id": run_id, "hosts": batch},

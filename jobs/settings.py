@@ -21,8 +21,28 @@ lock_margin                   DEVICEVAULT_LOCK_MARGIN          ``60`` seconds ad
 batch_size                    DEVICEVAULT_BATCH_SIZE           ``50`` hosts per ansible-runner call
 forks                         DEVICEVAULT_FORKS                ``50``
 collector_queue               DEVICEVAULT_COLLECTOR_QUEUE      ``collector``
-storage_queue                 DEVICEVAULT_STORAGE_QUEUE        ``storage``
+storage_queue                 DEVICEVAULT_STORAGE_QUEUE        ``storage`` (prefix: one queue ``storage.<type>`` per
+                                                               backend type: ``storage.git``, ``storage.fs``, ...)
+storage_config                DEVICEVAULT_STORAGE_CONFIG       ``<home>/storage.yml`` if that file exists, else none
+                                                               (targets, locations, per-group locations; see
+                                                               ``jobs/locations.py``)
+s3_bucket                     DEVICEVAULT_S3_BUCKET            ``devicevault``
+s3_prefix                     DEVICEVAULT_S3_PREFIX            empty
+s3_endpoint_url               DEVICEVAULT_S3_ENDPOINT_URL      none (AWS); set it for R2, B2, MinIO, moto
+s3_region                     DEVICEVAULT_S3_REGION            none (boto3's default chain)
+s3_access_key_id              DEVICEVAULT_S3_ACCESS_KEY_ID     none (boto3's chain: ``AWS_ACCESS_KEY_ID``, profile...)
+s3_secret_access_key          DEVICEVAULT_S3_SECRET_ACCESS_KEY none (secret; prints as REDACTED)
+encryption_keys               DEVICEVAULT_ENCRYPTION_KEYS      none; ``kid:base64key[,kid2:base64key]``, 32-byte
+                                                               AES-256-GCM keys (secret; prints as REDACTED)
+encryption_key_id             DEVICEVAULT_ENCRYPTION_KEY_ID    the first key id in ``encryption_keys``
+retry_base                    DEVICEVAULT_RETRY_BASE           ``30`` seconds: first retry of a copy that failed
+retry_max                     DEVICEVAULT_RETRY_MAX            ``3600`` seconds: longest wait between retries
+retry_poll                    DEVICEVAULT_RETRY_POLL           ``5`` seconds: how often a worker looks for due copies
 ============================  ==============================  ===============================================
+
+Per-target options for the three built-in targets (when there is no storage file, or to override it):
+``DEVICEVAULT_<FS|GIT|S3>_COMPRESSION`` (``gzip``, ``zstd``, ``none``), ``DEVICEVAULT_<...>_ENCRYPT``
+(``true``/``false``), ``DEVICEVAULT_<...>_KEEP_LAST`` and ``DEVICEVAULT_<...>_KEEP_DAYS`` (retention).
 """
 
 from __future__ import annotations
@@ -47,6 +67,17 @@ def redact_url(url: str) -> str:
     return _URL_PASSWORD.sub(lambda m: f"{m['scheme']}{m['user']}:REDACTED@", url)
 
 
+_TARGET_ENV = re.compile(r"\ADEVICEVAULT_(FS|GIT|S3)_(COMPRESSION|ENCRYPT|KEEP_LAST|KEEP_DAYS)\Z")
+SECRET_FIELDS = ("s3_secret_access_key", "encryption_keys")
+
+
+def _storage_config(value: Any, home: Path) -> Path | None:
+    if value:
+        return Path(value).absolute()
+    default = home / "storage.yml"
+    return default if default.is_file() else None
+
+
 def _split(value: str) -> list[str]:
     return [part.strip() for part in value.split(",") if part.strip()]
 
@@ -68,6 +99,19 @@ class Settings:
     forks: int
     collector_queue: str
     storage_queue: str
+    storage_config: Path | None = None
+    s3_bucket: str = "devicevault"
+    s3_prefix: str = ""
+    s3_endpoint_url: str | None = None
+    s3_region: str | None = None
+    s3_access_key_id: str | None = None
+    s3_secret_access_key: str | None = None
+    encryption_keys: str | None = None
+    encryption_key_id: str | None = None
+    retry_base: float = 30.0
+    retry_max: float = 3600.0
+    retry_poll: float = 5.0
+    target_env: dict[str, str] = field(default_factory=dict, compare=False)
     extra: dict[str, Any] = field(default_factory=dict, compare=False)
 
     @property
@@ -103,24 +147,50 @@ class Settings:
             forks=int(pick("forks", 50)),
             collector_queue=str(pick("collector_queue", "collector")),
             storage_queue=str(pick("storage_queue", "storage")),
+            storage_config=_storage_config(pick("storage_config", None), home),
+            s3_bucket=str(pick("s3_bucket", "devicevault")),
+            s3_prefix=str(pick("s3_prefix", "")),
+            s3_endpoint_url=pick("s3_endpoint_url", None),
+            s3_region=pick("s3_region", None),
+            s3_access_key_id=pick("s3_access_key_id", None),
+            s3_secret_access_key=pick("s3_secret_access_key", None),
+            encryption_keys=pick("encryption_keys", None),
+            encryption_key_id=pick("encryption_key_id", None),
+            retry_base=float(pick("retry_base", 30.0)),
+            retry_max=float(pick("retry_max", 3600.0)),
+            retry_poll=float(pick("retry_poll", 5.0)),
+            target_env={k: v for k, v in env.items() if _TARGET_ENV.match(k) and v != ""},
         )
 
     def backend_options(self, name: str) -> dict[str, Any]:
-        """Constructor options for a storage backend named in ``targets``."""
+        """Constructor options of the built-in target named ``name`` (``git``, ``fs``, ``s3``)."""
         if name == "git":
             return {"repo_path": str(self.git_repo), "branch": self.git_branch}
         if name == "fs":
             return {"root": str(self.fs_root)}
+        if name == "s3":
+            options = {
+                "bucket": self.s3_bucket, "prefix": self.s3_prefix, "endpoint_url": self.s3_endpoint_url,
+                "region_name": self.s3_region, "access_key_id": self.s3_access_key_id,
+                "secret_access_key": self.s3_secret_access_key, "create_bucket": True,
+            }
+            return {k: v for k, v in options.items() if v not in (None, "")} | {"bucket": self.s3_bucket}
         return dict(self.extra.get(name, {}))
+
+    def storage_queue_for(self, backend_type: str) -> str:
+        """The queue that workers with access to ``backend_type`` targets serve: ``storage.git`` etc."""
+        return f"{self.storage_queue}.{backend_type}"
 
     def __repr__(self) -> str:
         parts = []
         for f in dataclasses.fields(self):
-            if f.name == "extra":
+            if f.name in ("extra", "target_env"):
                 continue
             value = getattr(self, f.name)
             if f.name in ("database_url", "redis_url"):
                 value = redact_url(value)
+            elif f.name in SECRET_FIELDS and value:
+                value = "REDACTED"
             parts.append(f"{f.name}={value!r}")
         return f"Settings({', '.join(parts)})"
 

@@ -1,17 +1,19 @@
 """RQ entry points. Thin: they take the Redis connection from the running job and call plain functions.
 
-Arguments are explicit and plain data (no credentials); settings come from the worker's own environment.
+Arguments are explicit and plain data (no credentials, no configuration text: storage jobs carry outbox
+ids); settings come from the worker's own environment.
 """
 
 from __future__ import annotations
 
-from dataclasses import asdict
-
+from redis import Redis
 from rq import Queue, get_current_job
 
-from .collect import StorageItem, collect
+from .collect import collect
+from .locations import StorageLayout
+from .outbox import StorageItem
 from .settings import Settings
-from .store import store_items
+from .store import dispatch, store_to_target
 
 
 def _connection():
@@ -21,27 +23,38 @@ def _connection():
     return job.connection
 
 
-def collect_batch(run_id: str, hosts: list[str], inventory: str, targets: list[str]) -> dict[str, str]:
-    """Collect ``hosts``; new versions go to one storage job on the storage queue. Returns host -> status."""
+def enqueue_store(redis: Redis, settings: Settings, layout: StorageLayout, target: str, item_ids: list[str]):
+    """One storage job for ``item_ids`` on ``target``'s queue (``storage.<type>``)."""
+    return Queue(layout.queue_for(target), connection=redis).enqueue(
+        store_batch,
+        target,
+        list(item_ids),
+        job_timeout=settings.job_timeout,
+        description=f"store {len(item_ids)} version(s) on {target}",
+        meta={"target": target, "items": len(item_ids)},
+    )
+
+
+def collect_batch(run_id: str, hosts: list[str], inventory: str, targets: list[str] | None = None) -> dict[str, str]:
+    """Collect ``hosts``; new versions go to the outbox and one storage job per target. Returns host -> status.
+
+    ``targets`` is accepted for jobs enqueued by older versions and ignored: each device's targets come
+    from its storage location.
+    """
     redis = _connection()
     settings = Settings.load()
+    layout = StorageLayout.load(settings)
 
     def enqueue_storage(items: list[StorageItem]) -> None:
-        Queue(settings.storage_queue, connection=redis).enqueue(
-            store_batch,
-            [asdict(item) for item in items],
-            list(targets),
-            job_timeout=settings.job_timeout,
-            description=f"store {len(items)} version(s) of run {run_id}",
-            meta={"run_id": run_id},
-        )
+        dispatch(redis, settings, items, lambda target, ids: enqueue_store(redis, settings, layout, target, ids))
 
-    results = collect(redis, settings, run_id, hosts, inventory=inventory, enqueue_storage=enqueue_storage)
+    results = collect(redis, settings, run_id, hosts, inventory=inventory, enqueue_storage=enqueue_storage, layout=layout)
     return {r.device: r.status.value for r in results}
 
 
-def store_batch(items: list[dict], targets: list[str]) -> dict[str, str]:
-    """Store new versions on every target. Returns ``device@target`` -> status."""
+def store_batch(target: str, item_ids: list[str]) -> dict[str, str]:
+    """Store outbox items on one target. Returns ``device`` -> status."""
     redis = _connection()
-    outcomes = store_items(redis, Settings.load(), [StorageItem(**item) for item in items], targets)
-    return {f"{o.device}@{o.backend}": o.status.value for o in outcomes}
+    settings = Settings.load()
+    outcomes = store_to_target(redis, settings, StorageLayout.load(settings), target, item_ids)
+    return {o.device: o.status.value for o in outcomes}

@@ -45,7 +45,7 @@ class LabControl:
     # -- queries ---------------------------------------------------------
     def hosts(self) -> list[str]:
         """Names of all devices with state."""
-        return sorted(p.stem for p in S.devices_dir(self.state_dir).glob("*.json"))
+        return sorted(S.host_of(p) for p in S.devices_dir(self.state_dir).glob("*.json"))
 
     def state(self, host: str) -> dict:
         """The raw state dict of ``host`` (running/startup contain volatile markers)."""

@@ -13,6 +13,7 @@ import os
 import tempfile
 import time
 from pathlib import Path
+from urllib.parse import quote, unquote
 
 FAULT_MODES = ("none", "auth_fail", "slow", "hang", "disconnect")
 
@@ -22,7 +23,12 @@ def devices_dir(state_dir) -> Path:
 
 
 def state_path(state_dir, host: str) -> Path:
-    return devices_dir(state_dir) / f"{host}.json"
+    """The state file of ``host``; the name is %-quoted, so any inventory name stays inside the directory."""
+    return devices_dir(state_dir) / f"{quote(host, safe='')}.json"
+
+
+def host_of(path: Path) -> str:
+    return unquote(path.stem)
 
 
 def atomic_write_json(path: Path, data) -> None:
@@ -44,7 +50,7 @@ def locked(state_dir, host: str):
     """Exclusive inter-process lock for read-modify-write of one device."""
     d = devices_dir(state_dir)
     d.mkdir(parents=True, exist_ok=True)
-    with open(d / f".{host}.lock", "a") as fh:
+    with open(d / f".{quote(host, safe='')}.lock", "a") as fh:
         fcntl.flock(fh, fcntl.LOCK_EX)
         try:
             yield

@@ -10,6 +10,9 @@ from .errors import IntegrityError, StorageError
 
 log = logging.getLogger(__name__)
 
+_LANDED = ("stored", "unchanged")
+_READABLE = _LANDED + ("missing", "corrupt")
+
 
 def read_first(
     copies: Iterable[tuple[str, str, str]], sha256: str, open_backend: Callable[[str], object]
@@ -20,8 +23,10 @@ def read_first(
     tried. Raises :class:`StorageError` when none is good.
     """
     problems = []
-    for backend_name, ref, status in copies:
-        if status == "failed" or not ref:
+    # landed copies first; copies a scrub found missing or corrupt last (someone may have fixed them)
+    ordered = sorted(copies, key=lambda c: c[2] not in _LANDED)
+    for backend_name, ref, status in ordered:
+        if status not in _READABLE or not ref:
             continue
         try:
             content = open_backend(backend_name).read(ref)  # type: ignore[attr-defined]
@@ -33,6 +38,8 @@ def read_first(
             problems.append(f"{backend_name}: sha256 mismatch for {ref}")
             log.warning("copy %s on %s does not match its sha256; trying the next copy", ref, backend_name)
             continue
+        if problems:
+            log.warning("read %s from %s after %d bad copy(ies): %s", ref, backend_name, len(problems), "; ".join(problems))
         return content, backend_name
     if problems:
         raise IntegrityError("no good copy: " + "; ".join(problems))

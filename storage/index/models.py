@@ -75,6 +75,8 @@ class DeviceResultRow(Base):
     log: Mapped[str] = mapped_column(Text, default="")
     sha256: Mapped[str] = mapped_column(String(64), default="")
     size: Mapped[int] = mapped_column(Integer, default=0)
+    #: changed devices: the targets of the device's location (comma separated): the copies the run waits for
+    targets: Mapped[str] = mapped_column(String(512), default="")
 
     run: Mapped[Run] = relationship(back_populates="results")
     device: Mapped[Device] = relationship()
@@ -96,6 +98,21 @@ class Version(Base):
     copies: Mapped[list["Copy"]] = relationship(back_populates="version", order_by="Copy.id")
 
 
+class CopyStatus:
+    """Values of ``Copy.status``."""
+
+    STORED = "stored"  # written by this version's run
+    UNCHANGED = "unchanged"  # the target already held it as its newest version
+    PENDING = "pending"  # not landed yet: waits in the outbox, retried with backoff
+    MISSING = "missing"  # verify found no copy at ``ref``
+    CORRUPT = "corrupt"  # verify read it back with another sha256 (or could not decode it)
+    PRUNED = "pruned"  # removed on purpose by retention
+    FAILED = "failed"  # written by older versions of DeviceVault only
+
+    LANDED = (STORED, UNCHANGED)
+    CHECKED = (STORED, UNCHANGED, MISSING, CORRUPT)  # copies verify reads
+
+
 class Copy(Base):
     """One storage target's copy of a version."""
 
@@ -106,9 +123,13 @@ class Copy(Base):
     version_id: Mapped[int] = mapped_column(ForeignKey("versions.id"), index=True)
     backend: Mapped[str] = mapped_column(String(32))
     ref: Mapped[str] = mapped_column(Text, default="")
-    status: Mapped[str] = mapped_column(String(32))
+    status: Mapped[str] = mapped_column(String(32), index=True)
     task_id: Mapped[str] = mapped_column(String(160), unique=True)
     stored_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
     error: Mapped[str] = mapped_column(Text, default="")
+    attempts: Mapped[int] = mapped_column(Integer, default=1)
+    next_attempt_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    key_id: Mapped[str] = mapped_column(String(64), default="")  # encryption key of the copy ("" = plain)
+    checked_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)  # last verify
 
     version: Mapped[Version] = relationship(back_populates="copies")

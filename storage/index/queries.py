@@ -173,3 +173,38 @@ def count_copies(session: Session, backend: str | None = None) -> int:
     if backend:
         query = query.where(Copy.backend == backend)
     return session.scalar(query) or 0
+
+
+def copy_counts(session: Session, run_id: str | None = None) -> dict[str, dict[str, int]]:
+    """target -> status -> number of copies (of one run's versions, or of all)."""
+    query = select(Copy.backend, Copy.status, func.count()).group_by(Copy.backend, Copy.status)
+    if run_id is not None:
+        query = query.join(Version).where(Version.run_id == run_id)
+    counts: dict[str, dict[str, int]] = {}
+    for backend, status, n in session.execute(query).all():
+        counts.setdefault(backend, {})[status] = n
+    return counts
+
+
+def pending_copies(session: Session, limit: int = 100) -> list[dict]:
+    """Copies that have not landed yet, oldest first, with their last error and next attempt."""
+    rows = session.execute(
+        select(Copy, Version.sha256, Version.run_id, Device.name)
+        .join(Version, Version.id == Copy.version_id)
+        .join(Device, Device.id == Version.device_id)
+        .where(Copy.status == "pending")
+        .order_by(Copy.id)
+        .limit(limit)
+    ).all()
+    return [
+        {
+            "device": name,
+            "target": c.backend,
+            "sha256": sha[:12],
+            "run_id": run_id,
+            "attempts": c.attempts,
+            "next_attempt": _iso(c.next_attempt_at),
+            "error": c.error,
+        }
+        for c, sha, run_id, name in rows
+    ]

@@ -13,7 +13,7 @@ from typing import Any
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from .models import Copy, Device, DeviceResultRow, Run, Version, aware
+from .models import Copy, CopyStatus, Device, DeviceResultRow, Run, Version, aware
 
 OK_STATUSES = ("changed", "unchanged")
 
@@ -66,6 +66,7 @@ def apply_device_result(session: Session, result: Any) -> bool:
             log=result.log,
             sha256=result.sha256,
             size=result.size,
+            targets=getattr(result, "targets", "") or "",
         )
     )
     if status != "skipped_locked":
@@ -85,15 +86,17 @@ def apply_device_result(session: Session, result: Any) -> bool:
 def apply_storage_result(session: Session, result: Any) -> bool:
     """Record one target's copy of a new version. Returns False if this task id was already recorded.
 
-    A ``stored`` or ``unchanged`` copy makes sure the version (device, run) exists; a failed copy is recorded
-    with its error so it can be retried and shown.
+    Any outcome makes sure the version (device, run) exists: the collector has the text, the outbox keeps it
+    until every target has it. One copy row per (version, target): a later attempt's outcome replaces an
+    earlier one's, and a landed copy is never turned back into a pending one by a late message.
     """
     if session.scalar(select(Copy.id).where(Copy.task_id == result.task_id)):
         return False
     status = _value(result.status)
+    attempt = int(getattr(result, "attempt", 1) or 1)
     device = get_or_create_device(session, result.device, group=result.group)
     version = session.scalar(select(Version).where(Version.device_id == device.id, Version.run_id == result.run_id))
-    if version is None and status == "unchanged":
+    if version is None and status == CopyStatus.UNCHANGED:
         latest = session.scalar(select(Version).where(Version.device_id == device.id).order_by(Version.id.desc()).limit(1))
         if latest is not None and latest.sha256 == result.sha256:
             # The collector thought the config changed (stale cache, or two runs racing) but the target
@@ -114,22 +117,20 @@ def apply_storage_result(session: Session, result: Any) -> bool:
         change = aware(device.last_change_at)
         if change is None or change < result.timestamp:
             device.last_change_at = result.timestamp
+    next_at = getattr(result, "next_attempt_at", "") or None
+    fields = dict(
+        task_id=result.task_id, ref=result.ref, status=status, stored_at=result.timestamp, error=result.error,
+        attempts=attempt, key_id=getattr(result, "key_id", "") or "",
+        next_attempt_at=datetime.fromisoformat(next_at) if isinstance(next_at, str) else next_at,
+    )
     existing = session.scalar(select(Copy).where(Copy.version_id == version.id, Copy.backend == result.backend))
-    if existing is not None:  # a retry of the same target: the newest outcome wins
-        existing.task_id, existing.ref, existing.status = result.task_id, result.ref, status
-        existing.error, existing.stored_at = result.error, result.timestamp
-    else:
-        session.add(
-            Copy(
-                version_id=version.id,
-                backend=result.backend,
-                ref=result.ref,
-                status=status,
-                task_id=result.task_id,
-                stored_at=result.timestamp,
-                error=result.error,
-            )
-        )
+    if existing is None:
+        session.add(Copy(version_id=version.id, backend=result.backend, **fields))
+    elif existing.status in CopyStatus.LANDED and status not in CopyStatus.LANDED:
+        return True  # a late message about an earlier, failed attempt
+    elif status in CopyStatus.LANDED or attempt >= (existing.attempts or 0):
+        for key, value in fields.items():
+            setattr(existing, key, value)
     session.flush()
     return True
 
@@ -155,13 +156,22 @@ def refresh_run(session: Session, run_id: str, now: datetime | None = None) -> R
     done = sum(statuses.values())
     if run.total and done < run.total:
         return run
-    targets = [t for t in run.targets.split(",") if t]
-    changed = statuses.get("changed", 0)
-    copies = session.scalar(
-        select(func.count(Copy.id)).join(Version).where(Version.run_id == run_id)
-    )
-    if changed and copies < changed * len(targets):
-        return run
+    if statuses.get("changed", 0):
+        # every changed device's version needs an outcome (landed or pending) from each target of its location
+        expected = {
+            device_id: [t for t in (targets or run.targets).split(",") if t]
+            for device_id, targets in session.execute(
+                select(DeviceResultRow.device_id, DeviceResultRow.targets).where(
+                    DeviceResultRow.run_id == run_id, DeviceResultRow.status == "changed")
+            ).all()
+        }
+        have: dict[int, set[str]] = {}
+        for device_id, backend in session.execute(
+            select(Version.device_id, Copy.backend).join(Copy).where(Version.run_id == run_id)
+        ).all():
+            have.setdefault(device_id, set()).add(backend)
+        if any(not set(targets) <= have.get(device_id, set()) for device_id, targets in expected.items()):
+            return run
     run.finished_at = now or datetime.now(timezone.utc)
     failed = statuses.get("failed", 0)
     run.status = "succeeded" if not failed else ("failed" if failed == done else "partial")

@@ -1,0 +1,140 @@
+"""The storage outbox (real Redis) and the storage layout file."""
+
+from __future__ import annotations
+
+import base64
+import time
+
+import pytest
+
+from jobs import outbox
+from jobs.locations import StorageConfigError, StorageLayout, TargetConfig
+from jobs.outbox import StorageItem
+from jobs.settings import Settings
+
+
+@pytest.fixture()
+def r(redis_server):
+    from redis import Redis
+
+    client = Redis.from_url(redis_server.url.rsplit("/", 1)[0] + "/7")
+    client.flushdb()
+    yield client
+    client.flushdb()
+    client.close()
+
+
+def item(device: str, n: int, targets=("git", "s3")) -> StorageItem:
+    return StorageItem(task_id=f"run{n}:{device}", run_id=f"run{n}", device=device, group="g", sha256=f"{n:064x}",
+                       config=f"hostname {device}\n! v{n}\n", collected_at=1000.0 + n, targets=tuple(targets))
+
+
+def test_an_item_leaves_the_outbox_only_when_every_target_has_it(r):
+    a = item("r1", 1)
+    outbox.add(r, [a], lease=60)
+    assert outbox.load(r, [a.task_id]) == [a]
+    assert outbox.claim_due(r, "git", lease=60) == []  # leased to the job being enqueued
+    outbox.done(r, "git", a)
+    assert outbox.load(r, [a.task_id]) == [a]  # s3 still needs it
+    assert outbox.waiting(r, ["git", "s3"]) == {"git": 0, "s3": 1}
+    outbox.done(r, "s3", a)
+    assert outbox.load(r, [a.task_id]) == []
+    assert list(r.scan_iter()) == []  # nothing left behind
+
+
+def test_a_lost_job_lease_expires_and_the_item_is_due_again(r):
+    a = item("r1", 1)
+    outbox.add(r, [a], lease=0.2)
+    time.sleep(0.3)
+    assert outbox.claim_due(r, "s3", lease=60) == [a.task_id]
+    assert outbox.claim_due(r, "s3", lease=60) == []  # a second claimer gets nothing while leased
+
+
+def test_failures_back_off_exponentially_and_keep_the_error(r):
+    a = item("r1", 1)
+    outbox.add(r, [a], lease=60)
+    now = 10_000.0
+    delays = []
+    for _ in range(5):
+        tries, due = outbox.failed(r, "s3", a, "s3 endpoint unreachable", base=2, cap=20, now=now)
+        delays.append(due - now)
+    assert [round(d / x) for d, x in zip(delays, [2, 4, 8, 16, 20])] == [1] * 5
+    assert tries == 5 and outbox.tries(r, "s3", a.task_id) == 5
+    assert r.hget("storage:outbox:error:s3", a.task_id) == b"s3 endpoint unreachable"
+    outbox.done(r, "s3", a)
+    assert outbox.tries(r, "s3", a.task_id) == 0
+
+
+def test_a_newer_version_waits_for_an_older_one_of_the_same_device(r):
+    old, new, other = item("r1", 1), item("r1", 2), item("r2", 3)
+    outbox.add(r, [new, old, other], lease=60)
+    assert outbox.older_waiting(r, "git", new) == old.task_id
+    assert outbox.older_waiting(r, "git", old) is None
+    assert outbox.older_waiting(r, "git", other) is None
+    assert [i.task_id for i in outbox.load(r, [new.task_id, old.task_id])] == [old.task_id, new.task_id]
+    outbox.done(r, "git", old)
+    assert outbox.older_waiting(r, "git", new) is None
+
+
+# --- the layout ------------------------------------------------------------------------------------------
+KEY = base64.b64encode(b"k" * 32).decode()
+
+
+def layout(tmp_path, text: str | None, **env) -> StorageLayout:
+    environ = {"DEVICEVAULT_HOME": str(tmp_path), **env}
+    if text is not None:
+        (tmp_path / "storage.yml").write_text(text)
+    return StorageLayout.load(Settings.load(env=environ))
+
+
+def test_without_a_file_the_default_location_is_the_targets_setting(tmp_path):
+    lay = layout(tmp_path, None, DEVICEVAULT_TARGETS="fs,s3", DEVICEVAULT_FS_KEEP_LAST="3")
+    assert lay.targets_for("anything") == ["fs", "s3"]
+    assert lay.targets["fs"] == TargetConfig(name="fs", type="fs", keep_last=3)
+    assert (lay.targets["s3"].keep_last, lay.targets["s3"].keep_days) == (None, 365)
+    assert lay.targets["git"].has_retention is False
+    assert lay.queue_for("s3") == "storage.s3"
+
+
+def test_groups_and_the_inventory_variable_choose_a_location(tmp_path):
+    lay = layout(tmp_path, "targets: {git: {type: git}, vault: {type: fs, encrypt: true}}\n"
+                           "locations: {default: [git], safe: [git, vault]}\ngroups: {dc1: safe}\n",
+                 DEVICEVAULT_ENCRYPTION_KEYS=f"k1:{KEY}")
+    assert lay.targets_for("dc1") == ["git", "vault"]
+    assert lay.targets_for("dc2") == ["git"]
+    assert lay.targets_for("dc2", "safe") == ["git", "vault"]
+    assert lay.key_id_for("vault") == "k1" and lay.key_id_for("git") == ""
+    assert lay.types() == ["fs", "git"]
+    with pytest.raises(StorageConfigError, match="unknown location 'nowhere'"):
+        lay.targets_for("dc1", "nowhere")
+
+
+@pytest.mark.parametrize(
+    "text, env, message",
+    [
+        ("targets: [", {}, "not valid YAML"),
+        ("locations: {default: [nas]}\n", {}, "location 'default' names unknown target 'nas'"),
+        ("targets: {x: {type: tape}}\n", {}, "unknown type 'tape'"),
+        ("targets: {fs: {type: fs, compression: lzma}}\n", {}, "compression 'lzma'"),
+        ("targets: {fs: {type: fs, keep_last: many}}\n", {}, "keep_last must be a whole number"),
+        ("targets: {fs: {type: fs, encrypt: true}}\n", {}, "DEVICEVAULT_ENCRYPTION_KEYS is empty"),
+        ("targets: {fs: {type: fs}}\ngroups: {dc1: offsite}\n", {}, "group 'dc1' uses unknown location 'offsite'"),
+        ("", {"DEVICEVAULT_ENCRYPTION_KEYS": "k1:c2hvcnQ="}, "key 'k1' is 5 bytes"),
+    ],
+)
+def test_a_bad_storage_file_names_the_file_and_the_cause(tmp_path, text, env, message):
+    with pytest.raises(StorageConfigError, match=message) as info:
+        lay = layout(tmp_path, text, **env)
+        lay.keys  # keys are parsed on first use
+    if "KEYS" not in str(env):
+        assert str(tmp_path / "storage.yml") in str(info.value)
+    assert "c2hvcnQ" not in str(info.value)
+
+
+def test_secrets_print_as_redacted(tmp_path):
+    settings = Settings.load(env={"DEVICEVAULT_HOME": str(tmp_path), "DEVICEVAULT_ENCRYPTION_KEYS": f"k1:{KEY}",
+                                  "DEVICEVAULT_S3_SECRET_ACCESS_KEY": "topsecret-s3"})
+    text = repr(settings)
+    assert KEY not in text and "topsecret-s3" not in text and text.count("REDACTED") == 2
+    lay = StorageLayout.load(settings)
+    assert "topsecret-s3" not in repr(lay.targets["s3"])
