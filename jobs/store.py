@@ -73,34 +73,38 @@ def requeue_due(redis: Redis, settings: Settings, layout: StorageLayout, enqueue
 
 def store_to_target(redis: Redis, settings: Settings, layout: StorageLayout, target: str,
                     item_ids: list[str]) -> list[StorageResult]:
-    """Store the outbox items ``item_ids`` on ``target``; publish and return one result each."""
+    """Store the outbox items ``item_ids`` on ``target``; publish and return one result each.
+
+    The items go to the backend in one ``store_many`` call (one lock, one git process per chunk); if that
+    fails, each item is tried on its own so one bad item cannot hold back the others.
+    """
     items = outbox.load(redis, item_ids)
     outcomes: list[StorageResult] = []
-    backend = None
+    ready: list[StorageItem] = []
+    for item in items:
+        behind = outbox.older_waiting(redis, target, item)
+        if behind is not None and behind not in {i.task_id for i in ready}:
+            due = outbox.defer(redis, target, item, behind)
+            outcomes.append(_outcome(item, target, StorageStatus.PENDING, attempt=outbox.tries(redis, target, item.task_id) + 1,
+                                     next_at=due, error=f"{item.device} on {target}: waiting for an older version to land first"))
+            continue
+        ready.append(item)
     try:
         backend = layout.open(target)
     except Exception as exc:  # noqa: BLE001 - a target that cannot be opened is an outcome, not a crash
-        opening_error = f"{target}: cannot open target: {exc}"
+        failures = {item.task_id: f"{item.device} on {target}: cannot open target: {exc}" for item in ready}
+        stored: dict[str, tuple[str, StorageStatus]] = {}
+    else:
+        stored, failures = _store_all(backend, target, ready)
     key_id = layout.key_id_for(target)
-    for item in items:
+    for item in ready:
         attempt = outbox.tries(redis, target, item.task_id) + 1
-        behind = outbox.older_waiting(redis, target, item)
-        if behind is not None:
-            due = outbox.defer(redis, target, item, behind)
-            outcomes.append(_outcome(item, target, StorageStatus.PENDING, attempt=attempt, next_at=due,
-                                     error=f"{item.device} on {target}: waiting for an older version to land first"))
+        if item.task_id in stored:
+            ref, status = stored[item.task_id]
+            outbox.done(redis, target, item)
+            outcomes.append(_outcome(item, target, status, attempt=attempt, ref=ref, key_id=key_id))
             continue
-        if backend is None:
-            error = f"{item.device} on {target}: {opening_error}"
-        else:
-            try:
-                ref, status = _store_one(backend, item)
-            except (StorageError, OSError) as exc:
-                error = f"{item.device} on {target}: {exc}"
-            else:
-                outbox.done(redis, target, item)
-                outcomes.append(_outcome(item, target, status, attempt=attempt, ref=ref, key_id=key_id))
-                continue
+        error = failures[item.task_id]
         log.warning("storing %s on %s failed (attempt %d): %s", item.device, target, attempt, error)
         tries, due = outbox.failed(redis, target, item, error, base=settings.retry_base, cap=settings.retry_max)
         outcomes.append(_outcome(item, target, StorageStatus.PENDING, attempt=tries, next_at=due, error=error))
@@ -111,8 +115,32 @@ def store_to_target(redis: Redis, settings: Settings, layout: StorageLayout, tar
     return outcomes
 
 
-def _store_one(backend: Any, item: StorageItem) -> tuple[str, StorageStatus]:
-    path = device_path(item.group or "ungrouped", item.device)
+def _store_all(backend: Any, target: str, items: list[StorageItem]) -> tuple[dict[str, tuple[str, StorageStatus]], dict[str, str]]:
+    """(task id -> (ref, status) for stored items, task id -> error for the others)."""
+    if not items:
+        return {}, {}
+    requests = [_request(item) for item in items]
+    try:
+        previous = [backend.latest(path) for _, path, _ in requests]
+        refs = backend.store_many(requests)
+    except (StorageError, OSError):
+        stored, failures = {}, {}
+        for item, request in zip(items, requests):  # one at a time: find the item(s) at fault
+            try:
+                before = backend.latest(request[1])
+                ref = backend.store(*request)
+            except (StorageError, OSError) as exc:
+                failures[item.task_id] = f"{item.device} on {target}: {exc}"
+            else:
+                stored[item.task_id] = (ref, StorageStatus.UNCHANGED if before == ref else StorageStatus.STORED)
+        return stored, failures
+    return {
+        item.task_id: (ref, StorageStatus.UNCHANGED if before == ref else StorageStatus.STORED)
+        for item, before, ref in zip(items, previous, refs)
+    }, {}
+
+
+def _request(item: StorageItem) -> tuple[bytes, str, StoreOptions]:
     options = StoreOptions(
         message=f"{item.device}: configuration changed (run {item.run_id})",
         device=item.device,
@@ -120,9 +148,7 @@ def _store_one(backend: Any, item: StorageItem) -> tuple[str, StorageStatus]:
         author=item.author or "DeviceVault",
         timestamp=datetime.fromtimestamp(item.collected_at, timezone.utc) if item.collected_at else None,
     )
-    previous = backend.latest(path)
-    ref = backend.store(to_bytes(item.config), path, options)
-    return ref, StorageStatus.UNCHANGED if previous == ref else StorageStatus.STORED
+    return to_bytes(item.config), device_path(item.group or "ungrouped", item.device), options
 
 
 def _outcome(item: StorageItem, target: str, status: StorageStatus, *, attempt: int, ref: str = "",

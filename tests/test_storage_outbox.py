@@ -138,3 +138,36 @@ def test_secrets_print_as_redacted(tmp_path):
     assert KEY not in text and "topsecret-s3" not in text and text.count("REDACTED") == 2
     lay = StorageLayout.load(settings)
     assert "topsecret-s3" not in repr(lay.targets["s3"])
+
+
+# --- storage jobs against real targets (fs in a temp dir, an S3 endpoint nobody listens on) -------------
+def test_a_down_target_keeps_its_copies_pending_while_the_others_store(tmp_path, r):
+    from cli.services import free_port
+    from jobs.results import StorageStatus
+    from jobs.store import dispatch, requeue_due, store_to_target
+
+    dead = f"http://127.0.0.1:{free_port()}"
+    lay = layout(tmp_path, "targets: {fs: {type: fs}, s3: {type: s3, bucket: nowhere}}\n"
+                           "locations: {default: [fs, s3]}\n",
+                 DEVICEVAULT_S3_ENDPOINT_URL=dead, DEVICEVAULT_S3_ACCESS_KEY_ID="x", DEVICEVAULT_S3_SECRET_ACCESS_KEY="y",
+                 DEVICEVAULT_RETRY_BASE="0.1", DEVICEVAULT_RETRY_MAX="0.2")
+    settings = lay.settings
+    items = [item("r1", 1, ("fs", "s3")), item("r1", 2, ("fs", "s3")), item("r2", 3, ("fs", "s3"))]
+    jobs: list[tuple[str, list[str]]] = []
+    dispatch(r, settings, items, lambda target, ids: jobs.append((target, ids)))
+    assert sorted(t for t, _ in jobs) == ["fs", "s3"]
+
+    fs_out = store_to_target(r, settings, lay, "fs", [i.task_id for i in items])
+    assert [o.status for o in fs_out] == [StorageStatus.STORED] * 3
+    assert len(list((tmp_path / "fs").rglob("*.cfg"))) == 3
+    s3_out = store_to_target(r, settings, lay, "s3", [i.task_id for i in items])
+    assert [o.status for o in s3_out] == [StorageStatus.PENDING] * 3
+    assert all("unreachable" in o.error or "cannot open" in o.error for o in s3_out), s3_out
+    assert outbox.waiting(r, ["fs", "s3"]) == {"fs": 0, "s3": 3}
+    assert outbox.load(r, [i.task_id for i in items]) == sorted(items, key=lambda i: i.collected_at)
+
+    time.sleep(0.3)  # the backoff is over: a worker's pump hands them to a new job
+    handed: list[tuple[str, list[str]]] = []
+    assert requeue_due(r, settings, lay, lambda t, ids: handed.append((t, ids))) == {"s3": 3}
+    assert [(t, sorted(ids)) for t, ids in handed] == [("s3", sorted(i.task_id for i in items))]
+    assert requeue_due(r, settings, lay, lambda t, ids: handed.append((t, ids)), types=["s3"]) == {}  # leased
