@@ -129,3 +129,13 @@ def default_message(path: str, options: StoreOptions) -> str:
     who = options.device or path
     run = f" (run {options.run_id})" if options.run_id else ""
     return f"{who}: configuration changed{run}"
+
+
+def already_holds(backend: object, ref: str, content: bytes) -> bool:
+    """Whether ``ref`` reads back as ``content`` (a restore then writes nothing). Unreadable = False."""
+    from .errors import IntegrityError, RefNotFound
+
+    try:
+        return backend.read(ref) == content  # type: ignore[attr-defined]
+    except (RefNotFound, IntegrityError):
+        return False

@@ -11,7 +11,7 @@ readable.
 
 from __future__ import annotations
 
-from .base import Backend, StoreOptions, as_content
+from .base import already_holds, Backend, StoreOptions, as_content
 from .codec import Codec
 from .errors import DecodeError, IntegrityError, RefNotFound
 
@@ -106,11 +106,8 @@ class EncodedBackend:
         name versions by digest return a new ref (see their ``restore``).
         """
         content = as_content(content, ref)
-        try:
-            if self.read(ref) == content:
-                return ref
-        except (RefNotFound, IntegrityError):
-            pass
+        if already_holds(self, ref, content):
+            return ref
         return self.inner.restore(self.codec.encode(content), ref, options)
 
     def delete(self, ref: str) -> None:

@@ -12,7 +12,7 @@ import tempfile
 from pathlib import Path
 
 from ._lock import file_lock
-from .base import VERSION_NAME, StoreOptions, as_content, next_stamp, restored_name, sha256_hex, version_name
+from .base import already_holds, VERSION_NAME, StoreOptions, as_content, next_stamp, restored_name, sha256_hex, version_name
 from .errors import IntegrityError, RefNotFound, StorageError, TargetUnavailable, UnsafePath
 from .paths import resolve_inside, split_relpath
 
@@ -139,11 +139,8 @@ class FilesystemBackend:
         """
         path, _sha12, file = self._parse_ref(ref)
         content = as_content(content, ref)
-        try:
-            if self.read(ref) == content:
-                return ref
-        except (RefNotFound, IntegrityError):
-            pass
+        if already_holds(self, ref, content):
+            return ref
         name = restored_name(file.name, sha256_hex(content))
         directory = file.parent
         with self._lock():

@@ -19,7 +19,6 @@ import os
 import re
 import subprocess
 import threading
-from datetime import timezone
 from email.utils import parseaddr
 from pathlib import Path
 

@@ -25,6 +25,7 @@ from botocore.exceptions import BotoCoreError, ClientError, HTTPClientError
 from botocore.exceptions import ConnectionError as BotoConnectionError
 
 from .base import (
+    already_holds,
     VERSION_NAME,
     StoreOptions,
     as_content,
@@ -290,11 +291,8 @@ class S3Backend:
         """
         key, version = self._parse_ref(ref)
         content = as_content(content, ref)
-        try:
-            if self.read(ref) == content:
-                return ref
-        except (RefNotFound, IntegrityError):
-            pass
+        if already_holds(self, ref, content):
+            return ref
         options = options or StoreOptions()
         digest = sha256_hex(content)
         metadata = self._metadata(digest, options)

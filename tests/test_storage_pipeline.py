@@ -25,7 +25,7 @@ from pathlib import Path
 
 import pytest
 
-from cli.services import Process, free_port
+from cli.services import free_port
 from storage.paths import decode_component
 
 DUMMY_KEY = "AKIADVTESTKEY0000000"
