@@ -57,18 +57,27 @@ def collect(
     inventory: Path | str | None = None,
     enqueue_storage: Callable[[list[StorageItem]], None] | None = None,
     layout: StorageLayout | None = None,
+    attempt: int = 1,
+    retry: Callable[[list[str], int, float], None] | None = None,
+    owner: str | None = None,
 ) -> list[DeviceResult]:
     """Back up ``hosts`` (one ansible-runner call) and publish one result per host on ``device:results``.
 
     Hosts locked by another job are reported ``skipped_locked`` and not touched. New configurations are
     handed to ``enqueue_storage`` (the storage job); unchanged ones only produce a result.
+
+    A host that fails transiently (timeout, connection refused/reset/lost, output cut short) is handed to
+    ``retry(hosts, next_attempt, delay)`` while ``attempt <= settings.collect_retries``, with exponential
+    backoff; its result is published by the attempt that ends it. Permanent failures (authentication,
+    unknown platform, command rejected) are never retried and say so. ``owner`` is the lock token
+    (``jobs.locks.host_locks``).
     """
     inventory_path = Path(inventory or settings.inventory)
     inv = load_inventory(inventory_path)
     redactor = Redactor(secret for h in inv.values() for secret in h.secrets)
     layout = layout or StorageLayout.load(settings)
     results: list[DeviceResult] = []
-    with host_locks(redis, hosts, settings.lock_ttl) as (locked, busy):
+    with host_locks(redis, hosts, settings.lock_ttl, owner=owner) as (locked, busy):
         for host in busy:
             results.append(
                 _result(run_id, host, inv.get(host), DeviceStatus.SKIPPED_LOCKED,
@@ -101,8 +110,35 @@ def collect(
                 new_versions.append(item)
         if new_versions and enqueue_storage is not None:
             enqueue_storage(new_versions)
+        results, again = _retry_or_final(results, attempt, settings, retry is not None)
         publish(redis, results)
+    if again and retry is not None:
+        delay = settings.collect_retry_base * 2 ** (attempt - 1)
+        log.info("retrying %d host(s) in %.0fs (attempt %d): %s", len(again), delay, attempt + 1, ", ".join(again))
+        retry(again, attempt + 1, delay)
     return results
+
+
+def _retry_or_final(results: list[DeviceResult], attempt: int, settings: Settings, can_retry: bool):
+    """Split off transient failures that get another attempt; say on every final failure whether and how
+    often it was retried."""
+    final: list[DeviceResult] = []
+    again: list[str] = []
+    attempts = 1 + max(0, settings.collect_retries)
+    for result in results:
+        if result.status is not DeviceStatus.FAILED or not result.error_kind:
+            final.append(result)
+            continue
+        transient = errors.kind_is_transient(result.error_kind)
+        if transient and can_retry and attempt < attempts:
+            again.append(result.device)
+            continue
+        if transient:
+            result.error += f" (transient; attempt {attempt} of {attempts}, no retries left)"
+        else:
+            result.error += " (permanent: not retried)"
+        final.append(result)
+    return final, again
 
 
 def _evaluate(

@@ -65,3 +65,17 @@ class CollectionFailed(DeviceError):
     """Ansible failed for a reason none of the above describes."""
 
     kind = "failed"
+
+
+def kind_is_transient(kind: str) -> bool:
+    """Whether a device error of this ``kind`` may succeed on a retry."""
+    return any(cls.kind == kind and cls.transient for cls in _all_device_errors())
+
+
+def _all_device_errors() -> list[type[DeviceError]]:
+    found, todo = [], [DeviceError]
+    while todo:
+        cls = todo.pop()
+        found.append(cls)
+        todo.extend(cls.__subclasses__())
+    return found

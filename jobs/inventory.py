@@ -22,6 +22,10 @@ class InventoryHost:
     groups: tuple[str, ...] = field(default=())
     #: ``devicevault_location``: the storage location (``jobs/locations.py``); "" = by group, else default
     location: str = ""
+    #: ``devicevault_collector_group``: collected from queue ``collector.group.<name>`` ("" = ``collector``)
+    collector_group: str = ""
+    #: ``devicevault_max_age``: hours without a successful backup before the device is stale (0 = default)
+    max_age: float = 0.0
     #: login and enable passwords of the host, only to mask them wherever text leaves a process
     secrets: tuple[str, ...] = field(default=(), repr=False, compare=False)
 
@@ -71,9 +75,20 @@ def load_inventory(path: Path | str) -> dict[str, InventoryHost]:
             group=str(hv.get("devicevault_group") or (site_groups or list(groups) or ["ungrouped"])[0]),
             groups=groups,
             location=str(hv.get("devicevault_location") or ""),
+            collector_group=str(hv.get("devicevault_collector_group") or ""),
+            max_age=_hours(hv.get("devicevault_max_age"), path, host.name),
             secrets=tuple(str(hv[k]) for k in _SECRET_VARS if isinstance(hv.get(k), str) and "{{" not in hv[k]),
         )
     return hosts
+
+
+def _hours(value, path, host: str) -> float:
+    if value in (None, ""):
+        return 0.0
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        raise InventoryError(f"{path}: host {host!r}: devicevault_max_age must be a number of hours, not {value!r}") from None
 
 
 def select_hosts(

@@ -18,17 +18,27 @@ def lock_key(host: str) -> str:
 
 
 @contextlib.contextmanager
-def host_locks(redis: Redis, hosts: Iterable[str], ttl: int) -> Iterator[tuple[list[str], list[str]]]:
+def host_locks(
+    redis: Redis, hosts: Iterable[str], ttl: int, owner: str | None = None
+) -> Iterator[tuple[list[str], list[str]]]:
     """Try to lock every host without waiting; yields ``(locked, busy)``. Releases every lock on the way out.
 
     The TTL is the job's timeout plus a margin, so a lock left behind by a killed worker expires by itself.
+    ``owner`` (the RQ job id) is the lock's token: when a job is retried after its worker died, the retry
+    (same job id) takes over the locks its dead attempt left instead of waiting for them to expire.
     """
     held: dict[str, Lock] = {}
     busy: list[str] = []
     try:
         for host in hosts:
             lock = redis.lock(lock_key(host), timeout=ttl, blocking=False)
-            if lock.acquire(blocking=False):
+            token = owner.encode() if owner else None
+            if lock.acquire(blocking=False, token=token):
+                held[host] = lock
+            elif token is not None and redis.get(lock_key(host)) == token:
+                lock.local.token = token  # our own lock from an attempt that died
+                lock.reacquire()
+                log.info("took over %s from an earlier attempt of job %s", lock_key(host), owner)
                 held[host] = lock
             else:
                 busy.append(host)

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from redis import Redis
-from rq import Queue
+from rq import Queue, Retry
 
 from storage.index.db import connect
 from storage.index.records import create_run
@@ -55,18 +55,32 @@ def start_backup(
     Session = connect(settings.database_url)
     with Session.begin() as session:
         create_run(session, run_id, total=len(chosen), selector=selector, targets=list(targets), requested_by=requested_by)
-    queue = Queue(settings.collector_queue, connection=redis)
+    by_queue: dict[str, list[str]] = {}
+    for name in chosen:  # devices bound to a collection group go to that group's queue
+        by_queue.setdefault(settings.collector_queue_for(inv[name].collector_group), []).append(name)
     job_ids = []
-    for start in range(0, len(chosen), max(1, settings.batch_size)):
-        batch = chosen[start : start + settings.batch_size]
-        job = queue.enqueue(
-            tasks.collect_batch,
-            run_id,
-            batch,
-            str(inventory_path),
-            job_timeout=settings.job_timeout,
-            description=f"backup run {run_id}: {len(batch)} device(s)",
-            meta={"run_id": run_id, "hosts": batch},
-        )
-        job_ids.append(job.id)
+    for queue_name, names in by_queue.items():
+        queue = Queue(queue_name, connection=redis)
+        for start in range(0, len(names), max(1, settings.batch_size)):
+            batch = names[start : start + settings.batch_size]
+            job = queue.enqueue(
+                tasks.collect_batch,
+                run_id,
+                batch,
+                str(inventory_path),
+                job_timeout=settings.job_timeout,
+                retry=job_retry(settings),
+                description=f"backup run {run_id}: {len(batch)} device(s)",
+                meta={"run_id": run_id, "hosts": batch},
+            )
+            job_ids.append(job.id)
     return StartedRun(run_id=run_id, hosts=chosen, job_ids=job_ids)
+
+
+def job_retry(settings: Settings) -> Retry | None:
+    """RQ retries of a whole collection job (its worker died, or it raised): at once, with the same job id,
+    so the retry takes over the host locks its dead attempt left (``jobs.locks``). Devices that fail
+    transiently inside a job are retried with backoff by the job itself (``jobs.collect``)."""
+    if settings.collect_retries <= 0:
+        return None
+    return Retry(max=settings.collect_retries)

@@ -38,6 +38,14 @@ encryption_key_id             DEVICEVAULT_ENCRYPTION_KEY_ID    the first key id 
 retry_base                    DEVICEVAULT_RETRY_BASE           ``30`` seconds: first retry of a copy that failed
 retry_max                     DEVICEVAULT_RETRY_MAX            ``3600`` seconds: longest wait between retries
 retry_poll                    DEVICEVAULT_RETRY_POLL           ``5`` seconds: how often a worker looks for due copies
+collect_retries               DEVICEVAULT_COLLECT_RETRIES      ``2``: extra attempts for a device that failed
+                                                               transiently (timeout, connection refused/reset/lost)
+                                                               and for a collection job whose worker died
+collect_retry_base            DEVICEVAULT_COLLECT_RETRY_BASE   ``30`` seconds before the first retry (doubling)
+max_age                       DEVICEVAULT_MAX_AGE              ``24`` hours without a successful backup before a
+                                                               device is stale (per host: ``devicevault_max_age``)
+log_format                    DEVICEVAULT_LOG_FORMAT           ``json`` for the long-running processes (worker,
+                                                               consumer, scheduler, up); ``text`` for people
 ============================  ==============================  ===============================================
 
 Per-target options for the three built-in targets (when there is no storage file, or to override it):
@@ -111,6 +119,10 @@ class Settings:
     retry_base: float = 30.0
     retry_max: float = 3600.0
     retry_poll: float = 5.0
+    collect_retries: int = 2
+    collect_retry_base: float = 30.0
+    max_age: float = 24.0
+    log_format: str = "json"
     target_env: dict[str, str] = field(default_factory=dict, compare=False)
     extra: dict[str, Any] = field(default_factory=dict, compare=False)
 
@@ -159,6 +171,10 @@ class Settings:
             retry_base=float(pick("retry_base", 30.0)),
             retry_max=float(pick("retry_max", 3600.0)),
             retry_poll=float(pick("retry_poll", 5.0)),
+            collect_retries=int(pick("collect_retries", 2)),
+            collect_retry_base=float(pick("collect_retry_base", 30.0)),
+            max_age=float(pick("max_age", 24.0)),
+            log_format=str(pick("log_format", "json")),
             target_env={k: v for k, v in env.items() if _TARGET_ENV.match(k) and v != ""},
         )
 
@@ -176,6 +192,21 @@ class Settings:
             }
             return {k: v for k, v in options.items() if v not in (None, "")} | {"bucket": self.s3_bucket}
         return dict(self.extra.get(name, {}))
+
+    def collector_queue_for(self, collector_group: str = "") -> str:
+        """``collector`` for devices without a collection group, ``collector.group.<name>`` for the others."""
+        return f"{self.collector_queue}.group.{collector_group}" if collector_group else self.collector_queue
+
+    def secrets(self) -> list[str]:
+        """Secret values held by the settings (to mask them in logs)."""
+        values = [self.s3_secret_access_key or ""]
+        for part in (self.encryption_keys or "").split(","):
+            values.append(part.partition(":")[2].strip())
+        for url in (self.database_url, self.redis_url):
+            m = _URL_PASSWORD.search(url)
+            if m:
+                values.append(m["pw"])
+        return [v for v in values if len(v) >= 4]
 
     def storage_queue_for(self, backend_type: str) -> str:
         """The queue that workers with access to ``backend_type`` targets serve: ``storage.git`` etc."""

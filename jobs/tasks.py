@@ -6,6 +6,8 @@ ids); settings come from the worker's own environment.
 
 from __future__ import annotations
 
+from datetime import timedelta
+
 from redis import Redis
 from rq import Queue, get_current_job
 
@@ -35,12 +37,15 @@ def enqueue_store(redis: Redis, settings: Settings, layout: StorageLayout, targe
     )
 
 
-def collect_batch(run_id: str, hosts: list[str], inventory: str, targets: list[str] | None = None) -> dict[str, str]:
+def collect_batch(run_id: str, hosts: list[str], inventory: str, targets: list[str] | None = None,
+                  attempt: int = 1) -> dict[str, str]:
     """Collect ``hosts``; new versions go to the outbox and one storage job per target. Returns host -> status.
 
+    Hosts that failed transiently come back as a new job on the same queue after a backoff (``attempt`` + 1).
     ``targets`` is accepted for jobs enqueued by older versions and ignored: each device's targets come
     from its storage location.
     """
+    job = get_current_job()
     redis = _connection()
     settings = Settings.load()
     layout = StorageLayout.load(settings)
@@ -48,7 +53,16 @@ def collect_batch(run_id: str, hosts: list[str], inventory: str, targets: list[s
     def enqueue_storage(items: list[StorageItem]) -> None:
         dispatch(redis, settings, items, lambda target, ids: enqueue_store(redis, settings, layout, target, ids))
 
-    results = collect(redis, settings, run_id, hosts, inventory=inventory, enqueue_storage=enqueue_storage, layout=layout)
+    def retry(again: list[str], next_attempt: int, delay: float) -> None:
+        Queue(job.origin, connection=redis).enqueue_in(
+            timedelta(seconds=delay), collect_batch, run_id, again, inventory, None, next_attempt,
+            job_timeout=settings.job_timeout,
+            description=f"backup run {run_id}: retry {next_attempt - 1} of {len(again)} device(s)",
+            meta={"run_id": run_id, "hosts": again, "attempt": next_attempt},
+        )
+
+    results = collect(redis, settings, run_id, hosts, inventory=inventory, enqueue_storage=enqueue_storage,
+                      layout=layout, attempt=attempt, retry=retry, owner=job.id)
     return {r.device: r.status.value for r in results}
 
 

@@ -39,6 +39,7 @@ def dv(tmp_path_factory, redis_server):
         "DEVICEVAULT_DEVICE_TIMEOUT": str(DEVICE_TIMEOUT),
         "DEVICEVAULT_JOB_TIMEOUT": "180",
         "DEVICEVAULT_BATCH_SIZE": "10",
+        "DEVICEVAULT_COLLECT_RETRIES": "0",  # the fault tests look at the first failure
     }
     tool = DeviceVault(env, home)
     start_lab(inventory, home / "lab")
