@@ -504,5 +504,10 @@ def pending(as_json) -> None:
         click.echo("in the outbox: " + ", ".join(f"{t} {n}" for t, n in counts.items()))
 
 
+from .schedule import schedule, scheduler  # noqa: E402 - registers the schedule commands
+
+main.add_command(schedule)
+main.add_command(scheduler)
+
 if __name__ == "__main__":  # pragma: no cover
     main()

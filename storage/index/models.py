@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from datetime import datetime, timezone
 
-from sqlalchemy import DateTime, Float, ForeignKey, Integer, String, Text, UniqueConstraint
+from sqlalchemy import Boolean, DateTime, Float, ForeignKey, Integer, String, Text, UniqueConstraint
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
 
@@ -41,6 +41,8 @@ class Device(Base):
     last_success_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
     last_change_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
     last_error: Mapped[str] = mapped_column(Text, default="")
+    #: since when the device has had no successful backup for too long (None = not stale)
+    stale_since: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
 
     versions: Mapped[list["Version"]] = relationship(back_populates="device", order_by="Version.id")
 
@@ -133,3 +135,25 @@ class Copy(Base):
     checked_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)  # last verify
 
     version: Mapped[Version] = relationship(back_populates="copies")
+
+
+class Schedule(Base):
+    """A recurring backup of one inventory group ("" = every device) on a 5-field cron expression.
+
+    Managed by ``jobs/schedules.py``; ``devicevault scheduler`` turns every enabled row into an rq-scheduler
+    cron job. ``last_run_at`` is when it last fired, ``last_run_id`` the run it started, ``last_error`` why
+    the last firing started no run ("" when it did).
+    """
+
+    __tablename__ = "schedules"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    name: Mapped[str | None] = mapped_column(String(255), unique=True, nullable=True)  # optional label
+    group: Mapped[str] = mapped_column("group_name", String(255), default="")  # "" = every device
+    cron: Mapped[str] = mapped_column(String(255))
+    enabled: Mapped[bool] = mapped_column(Boolean, default=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)  # definition changed
+    last_run_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    last_run_id: Mapped[str] = mapped_column(String(64), default="")
+    last_error: Mapped[str] = mapped_column(Text, default="")
