@@ -44,6 +44,8 @@ collect_retries               DEVICEVAULT_COLLECT_RETRIES      ``2``: extra atte
 collect_retry_base            DEVICEVAULT_COLLECT_RETRY_BASE   ``30`` seconds before the first retry (doubling)
 max_age                       DEVICEVAULT_MAX_AGE              ``24`` hours without a successful backup before a
                                                                device is stale (per host: ``devicevault_max_age``)
+users_file                    DEVICEVAULT_USERS_FILE           ``<home>/users.yml``: portal users (hashed passwords,
+                                                               roles viewer / operator / admin)
 log_format                    DEVICEVAULT_LOG_FORMAT           ``json`` for the long-running processes (worker,
                                                                consumer, scheduler, up); ``text`` for people
 ============================  ==============================  ===============================================
@@ -123,6 +125,7 @@ class Settings:
     collect_retry_base: float = 30.0
     max_age: float = 24.0
     log_format: str = "json"
+    users_file: Path | None = None
     target_env: dict[str, str] = field(default_factory=dict, compare=False)
     extra: dict[str, Any] = field(default_factory=dict, compare=False)
 
@@ -175,6 +178,7 @@ class Settings:
             collect_retry_base=float(pick("collect_retry_base", 30.0)),
             max_age=float(pick("max_age", 24.0)),
             log_format=str(pick("log_format", "json")),
+            users_file=Path(pick("users_file", home / "users.yml")).absolute(),
             target_env={k: v for k, v in env.items() if _TARGET_ENV.match(k) and v != ""},
         )
 
