@@ -21,6 +21,10 @@ setup: $(VENV)/.installed
 	  echo "installing Debian's redis-server"; \
 	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server) >/dev/null \
 	  || { echo "could not install redis-server (run as root, or: sudo apt-get install redis-server)"; exit 1; }; }
+	@command -v chromium >/dev/null || { \
+	  echo "installing Debian's chromium (the portal's browser test)"; \
+	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium) >/dev/null \
+	  || { echo "could not install chromium (run as root, or: sudo apt-get install chromium)"; exit 1; }; }
 
 demo: setup
 	$(VENV)/bin/devicevault demo

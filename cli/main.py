@@ -509,5 +509,9 @@ from .schedule import schedule, scheduler  # noqa: E402 - registers the schedule
 main.add_command(schedule)
 main.add_command(scheduler)
 
+from .portal import portal, users  # noqa: E402 - the web portal and its users
+main.add_command(portal)
+main.add_command(users)
+
 if __name__ == "__main__":  # pragma: no cover
     main()

@@ -1,0 +1,127 @@
+"""``devicevault portal`` (the Streamlit portal) and ``devicevault users`` (who may log in to it).
+
+The portal is ``streamlit run portal/app.py`` with the flags it needs on a server: headless, no usage
+statistics, no file watcher, no error details in the browser (the portal shows readable messages itself).
+Users live in ``DEVICEVAULT_USERS_FILE`` (default ``$DEVICEVAULT_HOME/users.yml``); see ``portal/users.py``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+
+import click
+
+from jobs.settings import Settings
+
+APP = Path(__file__).resolve().parent.parent / "portal" / "app.py"
+
+
+def streamlit_command(port: int, address: str | None = None) -> list[str]:
+    """The command line that serves the portal on ``port`` (``address``: the interface, default all)."""
+    args = [
+        sys.executable, "-m", "streamlit", "run", str(APP),
+        "--server.port", str(port),
+        "--server.headless", "true",
+        "--browser.gatherUsageStats", "false",
+        "--server.fileWatcherType", "none",
+        "--client.showErrorDetails", "none",
+        "--client.toolbarMode", "minimal",
+    ]
+    if address:
+        args += ["--server.address", address]
+    return args
+
+
+@click.command()
+@click.option("--port", default=8501, show_default=True, help="HTTP port.")
+@click.option("--address", default=None, help="Interface to listen on (default: every interface).")
+def portal(port: int, address: str | None) -> None:
+    """Serve the web portal (Streamlit). Log in with a user from `devicevault users add`."""
+    settings = Settings.load()
+    users_path = settings.users_file or settings.home / "users.yml"
+    from portal.users import UsersError, UsersFile
+
+    try:
+        if not UsersFile(users_path).users():
+            click.echo(f"note: no portal user in {users_path} yet; create one with "
+                       "`devicevault users add NAME --role admin`", err=True)
+    except UsersError as exc:
+        raise click.ClickException(str(exc)) from exc
+    os.environ.setdefault("LC_ALL", "C.UTF-8")
+    command = streamlit_command(port, address)
+    os.execv(command[0], command)
+
+
+@click.group()
+def users() -> None:
+    """Portal users: names, roles (viewer, operator, admin) and bcrypt-hashed passwords."""
+
+
+def _file():
+    from portal.users import UsersFile
+
+    settings = Settings.load()
+    return UsersFile(settings.users_file or settings.home / "users.yml")
+
+
+def _fail(exc: Exception):
+    return click.ClickException(str(exc))
+
+
+@users.command("add")
+@click.argument("name")
+@click.option("--role", type=click.Choice(["viewer", "operator", "admin"]), required=True,
+              help="viewer: read only; operator: also starts backups; admin: also manages users.")
+@click.option("--password-stdin", is_flag=True, help="Read the password from the first line of standard input.")
+@click.option("--replace", is_flag=True, help="Set a new password and role for an existing user.")
+def users_add(name: str, role: str, password_stdin: bool, replace: bool) -> None:
+    """Add a user (asks for the password twice unless --password-stdin)."""
+    from portal.users import UsersError
+
+    if password_stdin:
+        password = sys.stdin.readline().rstrip("\r\n")
+    else:
+        password = click.prompt("Password", hide_input=True, confirmation_prompt=True)
+    users_file = _file()
+    try:
+        user = users_file.add(name, role, password, replace=replace)
+    except UsersError as exc:
+        raise _fail(exc) from exc
+    click.echo(f"user {user.name} ({user.role}) saved in {users_file.path}")
+
+
+@users.command("list")
+@click.option("--json", "as_json", is_flag=True)
+def users_list(as_json: bool) -> None:
+    """Every portal user and role (never the password hashes)."""
+    from portal.users import UsersError
+
+    try:
+        rows = [{"name": u.name, "role": u.role} for u in _file().users()]
+    except UsersError as exc:
+        raise _fail(exc) from exc
+    if as_json:
+        click.echo(json.dumps(rows, indent=2))
+    elif not rows:
+        click.echo("(none)")
+    else:
+        width = max(len("NAME"), *(len(r["name"]) for r in rows))
+        click.echo(f"{'NAME'.ljust(width)}  ROLE")
+        for r in rows:
+            click.echo(f"{r['name'].ljust(width)}  {r['role']}")
+
+
+@users.command("remove")
+@click.argument("name")
+def users_remove(name: str) -> None:
+    """Remove a user (never the last admin)."""
+    from portal.users import UsersError
+
+    try:
+        _file().remove(name)
+    except UsersError as exc:
+        raise _fail(exc) from exc
+    click.echo(f"user {name} removed")

@@ -1,0 +1,247 @@
+"""Configuration texts for the portal: read through the storage layout (failover, sha256 check), cached by
+sha256, diffed and searched. No Streamlit here, so the bench and the tests call it directly.
+
+A version's content never changes (its sha256 is checked on every read), so the cache is keyed by sha256
+alone, shared by every session of the process, and bounded by size (least recently used texts go first).
+"""
+
+from __future__ import annotations
+
+import difflib
+import re
+import threading
+import time
+from collections import OrderedDict
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Callable, Iterable, Sequence
+
+from storage.errors import StorageError
+from storage.retrieve import read_first
+
+Copies = Sequence[tuple[str, str, str]]  # (backend, ref, status)
+
+
+class ContentCache:
+    """sha256 -> bytes, at most ``max_bytes`` in all (LRU). Thread safe."""
+
+    def __init__(self, max_bytes: int = 256 * 1024 * 1024):
+        self.max_bytes = max_bytes
+        self._items: OrderedDict[str, bytes] = OrderedDict()
+        self._size = 0
+        self._lock = threading.Lock()
+        self.hits = 0
+        self.misses = 0
+
+    def get(self, sha256: str) -> bytes | None:
+        with self._lock:
+            value = self._items.get(sha256)
+            if value is None:
+                self.misses += 1
+                return None
+            self._items.move_to_end(sha256)
+            self.hits += 1
+            return value
+
+    def put(self, sha256: str, content: bytes) -> None:
+        if len(content) > self.max_bytes:
+            return
+        with self._lock:
+            if sha256 in self._items:
+                return
+            self._items[sha256] = content
+            self._size += len(content)
+            while self._size > self.max_bytes:
+                _, dropped = self._items.popitem(last=False)
+                self._size -= len(dropped)
+
+    def clear(self) -> None:
+        with self._lock:
+            self._items.clear()
+            self._size = 0
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+
+CACHE = ContentCache()
+
+
+def read_version(sha256: str, copies: Copies, open_backend: Callable[[str], object],
+                 cache: ContentCache | None = CACHE) -> bytes:
+    """The content of the version ``sha256`` from the first good copy (``storage.retrieve.read_first``)."""
+    if cache is not None:
+        cached = cache.get(sha256)
+        if cached is not None:
+            return cached
+    content, _ = read_first(copies, sha256, open_backend)
+    if cache is not None:
+        cache.put(sha256, content)
+    return content
+
+
+def as_text(content: bytes) -> str:
+    return content.decode("utf-8", errors="replace")
+
+
+def read_many(items: Iterable[tuple[str, Copies]], open_backend: Callable[[str], object], *, workers: int = 8,
+              cache: ContentCache | None = CACHE) -> dict[str, bytes | StorageError]:
+    """sha256 -> content (or the error that kept it from being read), reading uncached ones in parallel."""
+    todo: dict[str, Copies] = {}
+    out: dict[str, bytes | StorageError] = {}
+    for sha, copies in items:
+        hit = cache.get(sha) if cache is not None else None
+        if hit is not None:
+            out[sha] = hit
+        else:
+            todo.setdefault(sha, copies)
+
+    def one(sha: str) -> tuple[str, bytes | StorageError]:
+        try:
+            return sha, read_version(sha, todo[sha], open_backend, cache)
+        except StorageError as exc:
+            return sha, exc
+
+    if len(todo) <= 1:
+        out.update(one(sha) for sha in todo)
+    else:
+        with ThreadPoolExecutor(max_workers=min(workers, len(todo))) as pool:
+            out.update(pool.map(one, list(todo)))
+    return out
+
+
+# --- diffs ----------------------------------------------------------------------------------------------
+def unified_diff(old: str, new: str, old_label: str, new_label: str, context: int = 3) -> str:
+    return "".join(difflib.unified_diff(old.splitlines(keepends=True), new.splitlines(keepends=True),
+                                        fromfile=old_label, tofile=new_label, n=context))
+
+
+_STATS: OrderedDict[tuple[str, str], tuple[int, int]] = OrderedDict()
+_STATS_LOCK = threading.Lock()
+
+
+def line_stats(old: str, new: str, key: tuple[str, str] | None = None) -> tuple[int, int]:
+    """(lines added, lines removed) from ``old`` to ``new``; cached under ``key`` (the two sha256s)."""
+    if key is not None:
+        with _STATS_LOCK:
+            if key in _STATS:
+                return _STATS[key]
+    added = removed = 0
+    matcher = difflib.SequenceMatcher(None, old.splitlines(), new.splitlines(), autojunk=False)
+    for tag, i1, i2, j1, j2 in matcher.get_opcodes():
+        if tag in ("replace", "delete"):
+            removed += i2 - i1
+        if tag in ("replace", "insert"):
+            added += j2 - j1
+    if key is not None:
+        with _STATS_LOCK:
+            _STATS[key] = (added, removed)
+            while len(_STATS) > 100_000:
+                _STATS.popitem(last=False)
+    return added, removed
+
+
+@dataclass(frozen=True)
+class SideRow:
+    old_no: int | None
+    old: str
+    new_no: int | None
+    new: str
+    change: str  # "" (same), "changed", "removed", "added"
+
+
+def side_by_side(old: str, new: str, context: int | None = 3) -> list[SideRow]:
+    """Rows pairing the two texts' lines; ``context`` lines around each change (None = the whole file).
+    A row with ``change == "..."`` stands for skipped unchanged lines."""
+    a, b = old.splitlines(), new.splitlines()
+    matcher = difflib.SequenceMatcher(None, a, b, autojunk=False)
+    groups = [matcher.get_opcodes()] if context is None else list(matcher.get_grouped_opcodes(context))
+    rows: list[SideRow] = []
+    for n, group in enumerate(groups):
+        if n and context is not None:
+            rows.append(SideRow(None, "…", None, "…", "..."))
+        for tag, i1, i2, j1, j2 in group:
+            if tag == "equal":
+                rows.extend(SideRow(i + 1, a[i], j + 1, b[j], "") for i, j in zip(range(i1, i2), range(j1, j2)))
+            elif tag == "replace":
+                for k in range(max(i2 - i1, j2 - j1)):
+                    i, j = i1 + k, j1 + k
+                    rows.append(SideRow(i + 1 if i < i2 else None, a[i] if i < i2 else "",
+                                        j + 1 if j < j2 else None, b[j] if j < j2 else "",
+                                        "changed" if i < i2 and j < j2 else ("removed" if i < i2 else "added")))
+            elif tag == "delete":
+                rows.extend(SideRow(i + 1, a[i], None, "", "removed") for i in range(i1, i2))
+            elif tag == "insert":
+                rows.extend(SideRow(None, "", j + 1, b[j], "added") for j in range(j1, j2))
+    return rows
+
+
+# --- search ---------------------------------------------------------------------------------------------
+class SearchError(ValueError):
+    """An invalid search (empty, or a regular expression that does not compile)."""
+
+
+def compile_pattern(text: str, *, regex: bool, case_sensitive: bool) -> re.Pattern[str]:
+    if not text:
+        raise SearchError("type something to search for")
+    flags = 0 if case_sensitive else re.IGNORECASE
+    try:
+        return re.compile(text if regex else re.escape(text), flags)
+    except re.error as exc:
+        raise SearchError(f"invalid regular expression {text!r}: {exc}") from None
+
+
+@dataclass(frozen=True)
+class Target:
+    """One configuration to search: a device's version."""
+
+    device: str
+    number: int
+    sha256: str
+    created_at: object
+    copies: Copies
+
+
+@dataclass
+class SearchResult:
+    rows: list[dict] = field(default_factory=list)
+    searched: int = 0  # configurations searched
+    unreadable: list[str] = field(default_factory=list)  # "device vN: why"
+    truncated: str = ""  # why the search stopped early ("" = it did not)
+
+
+def search(targets: Sequence[Target], pattern: re.Pattern[str], open_backend: Callable[[str], object], *,
+           context: int = 2, max_results: int = 2000, time_budget: float = 60.0, chunk: int = 64) -> SearchResult:
+    """Every line matching ``pattern`` in ``targets`` with ``context`` lines before and after.
+
+    Reads configurations in parallel (through the cache) ``chunk`` at a time; stops after ``max_results``
+    matching lines or ``time_budget`` seconds and says so in ``truncated``.
+    """
+    result = SearchResult()
+    deadline = time.monotonic() + time_budget
+    for start in range(0, len(targets), chunk):
+        part = targets[start:start + chunk]
+        contents = read_many(((t.sha256, t.copies) for t in part), open_backend)
+        for t in part:
+            content = contents.get(t.sha256)
+            if isinstance(content, Exception) or content is None:
+                result.unreadable.append(f"{t.device} v{t.number}: {content}")
+                continue
+            result.searched += 1
+            lines = as_text(content).splitlines()
+            for i, line in enumerate(lines):
+                if pattern.search(line):
+                    lo, hi = max(0, i - context), min(len(lines), i + context + 1)
+                    result.rows.append({
+                        "device": t.device, "version": t.number, "sha": t.sha256[:12], "line": i + 1,
+                        "text": line,
+                        "context": "\n".join(f"{n + 1:>5}{'>' if n == i else ' '} {lines[n]}" for n in range(lo, hi)),
+                    })
+                    if len(result.rows) >= max_results:
+                        result.truncated = f"stopped at {max_results} matching lines"
+                        return result
+        if time.monotonic() > deadline and start + chunk < len(targets):
+            result.truncated = (f"stopped after {time_budget:.0f} s: searched {result.searched} of "
+                                f"{len(targets)} configurations")
+            return result
+    return result

@@ -1,0 +1,394 @@
+"""The portal's reads of the index: small aggregate queries that stay fast on 10,000 devices and
+1,000,000 versions (paged tables, counts grouped in SQL, versions' copies fetched only for what is shown).
+
+Every function takes an open SQLAlchemy session and returns plain values or pandas DataFrames; the pages in
+``portal/views/`` only lay them out. Times are UTC (tz-aware).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime, timedelta, timezone
+from typing import Sequence
+
+import pandas as pd
+from sqlalchemy import case, func, or_, select
+from sqlalchemy.orm import Session
+
+from storage.index.models import Copy, Device, DeviceResultRow, Run, Version, aware
+from storage.index.queries import NotFound
+
+from .content import Target
+
+OK_STATUSES = ("changed", "unchanged")
+#: the status filter's choices on the Devices page
+STATUS_FILTERS = ("ok", "failed", "stale", "never backed up")
+SORTS = {
+    "name": Device.name,
+    "group": Device.group_name,
+    "platform": Device.platform,
+    "status": Device.last_status,
+    "last success": Device.last_success_at,
+    "last change": Device.last_change_at,
+    "last attempt": Device.last_attempt_at,
+}
+_CHUNK = 500  # ids per IN (...) list
+
+
+def utcnow() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+def _chunks(items: Sequence, size: int = _CHUNK):
+    for start in range(0, len(items), size):
+        yield items[start:start + size]
+
+
+def stale_condition(now: datetime, max_age_hours: float):
+    """A device is stale when the freshness check marked it (``stale_since``, which honours per-host
+    ``devicevault_max_age``) or when its last successful backup is older than ``max_age_hours`` (or never)."""
+    cutoff = now - timedelta(hours=max_age_hours)
+    return or_(Device.stale_since.is_not(None), Device.last_success_at.is_(None), Device.last_success_at < cutoff)
+
+
+def _status_condition(status: str, now: datetime, max_age_hours: float):
+    if status == "ok":
+        return Device.last_status.in_(OK_STATUSES)
+    if status == "failed":
+        return Device.last_status == "failed"
+    if status == "stale":
+        return stale_condition(now, max_age_hours)
+    if status == "never backed up":
+        return Device.last_success_at.is_(None)
+    raise ValueError(f"unknown status filter {status!r} (choices: {', '.join(STATUS_FILTERS)})")
+
+
+# --- dashboard --------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Overview:
+    total: int
+    ok: int  # last backup succeeded
+    failed: int  # last backup failed
+    stale: int  # no successful backup within max_age_hours (may overlap with failed)
+    versions: int
+
+
+def overview(session: Session, *, now: datetime | None = None, max_age_hours: float = 24.0) -> Overview:
+    now = now or utcnow()
+    row = session.execute(
+        select(
+            func.count(Device.id),
+            func.sum(case((Device.last_status.in_(OK_STATUSES), 1), else_=0)),
+            func.sum(case((Device.last_status == "failed", 1), else_=0)),
+            func.sum(case((stale_condition(now, max_age_hours), 1), else_=0)),
+        )
+    ).one()
+    versions = session.scalar(select(func.count(Version.id))) or 0
+    return Overview(int(row[0] or 0), int(row[1] or 0), int(row[2] or 0), int(row[3] or 0), int(versions))
+
+
+def activity_per_day(session: Session, *, days: int = 30, now: datetime | None = None) -> pd.DataFrame:
+    """One row per day and kind: ``day``, ``kind`` (changes / successful backups / failed backups), ``count``.
+
+    Backups are counted by the day their run started (runs.created_at and device_results.run_id are
+    indexed); changes are new versions by the day they were collected.
+    """
+    now = now or utcnow()
+    since = (now - timedelta(days=days - 1)).replace(hour=0, minute=0, second=0, microsecond=0)
+    day = func.date(Run.created_at)
+    backups = session.execute(
+        select(day, DeviceResultRow.status, func.count())
+        .join(DeviceResultRow, DeviceResultRow.run_id == Run.id)
+        .where(Run.created_at >= since)
+        .group_by(day, DeviceResultRow.status)
+    ).all()
+    vday = func.date(Version.created_at)
+    changes = session.execute(select(vday, func.count()).where(Version.created_at >= since).group_by(vday)).all()
+    counts: dict[tuple[str, str], int] = {}
+    for d, status, n in backups:
+        kind = "successful backups" if status in OK_STATUSES else ("failed backups" if status == "failed" else None)
+        if kind:
+            counts[(str(d), kind)] = counts.get((str(d), kind), 0) + n
+    for d, n in changes:
+        counts[(str(d), "changes")] = n
+    all_days = [(since + timedelta(days=i)).date().isoformat() for i in range(days)]
+    rows = [{"day": d, "kind": k, "count": counts.get((d, k), 0)}
+            for d in all_days for k in ("successful backups", "changes", "failed backups")]
+    frame = pd.DataFrame(rows, columns=["day", "kind", "count"])
+    frame["day"] = pd.to_datetime(frame["day"])
+    return frame
+
+
+def recently_changed(session: Session, limit: int = 10) -> pd.DataFrame:
+    rows = session.execute(
+        select(Device.name, Device.group_name, Device.platform, Device.last_change_at)
+        .where(Device.last_change_at.is_not(None))
+        .order_by(Device.last_change_at.desc())
+        .limit(limit)
+    ).all()
+    return pd.DataFrame(
+        [{"device": n, "group": g, "platform": p, "last change": _ts(c)} for n, g, p, c in rows],
+        columns=["device", "group", "platform", "last change"],
+    )
+
+
+def failing_devices(session: Session, limit: int = 100) -> pd.DataFrame:
+    rows = session.execute(
+        select(Device.name, Device.group_name, Device.last_attempt_at, Device.last_success_at, Device.last_error)
+        .where(Device.last_status == "failed")
+        .order_by(Device.last_attempt_at.desc())
+        .limit(limit)
+    ).all()
+    return pd.DataFrame(
+        [{"device": n, "group": g, "failed at": _ts(a), "last success": _ts(s), "error": e}
+         for n, g, a, s, e in rows],
+        columns=["device", "group", "failed at", "last success", "error"],
+    )
+
+
+# --- devices ----------------------------------------------------------------------------------------------
+def filter_choices(session: Session) -> tuple[list[str], list[str]]:
+    """(groups, platforms) present in the index."""
+    groups = [g for (g,) in session.execute(select(Device.group_name).distinct().order_by(Device.group_name)) if g]
+    platforms = [p for (p,) in session.execute(select(Device.platform).distinct().order_by(Device.platform)) if p]
+    return groups, platforms
+
+
+def device_names(session: Session) -> list[str]:
+    return list(session.scalars(select(Device.name).order_by(Device.name)))
+
+
+DEVICE_COLUMNS = ["device", "group", "platform", "status", "stale", "last success", "last change", "versions",
+                  "last error"]
+
+
+def devices_table(
+    session: Session,
+    *,
+    name: str = "",
+    groups: Sequence[str] = (),
+    platforms: Sequence[str] = (),
+    statuses: Sequence[str] = (),
+    sort: str = "name",
+    descending: bool = False,
+    offset: int = 0,
+    limit: int = 200,
+    now: datetime | None = None,
+    max_age_hours: float = 24.0,
+) -> tuple[pd.DataFrame, int]:
+    """One page of the devices matching the filters, sorted in SQL; returns (page, number matching).
+
+    ``statuses`` are :data:`STATUS_FILTERS` (a device matching any of them is shown). The version count is
+    computed for the page's devices only, except when sorting by it.
+    """
+    now = now or utcnow()
+    where = []
+    if name:
+        where.append(Device.name.icontains(name.strip(), autoescape=True))
+    if groups:
+        where.append(Device.group_name.in_(list(groups)))
+    if platforms:
+        where.append(Device.platform.in_(list(platforms)))
+    if statuses:
+        where.append(or_(*[_status_condition(s, now, max_age_hours) for s in statuses]))
+    total = session.scalar(select(func.count(Device.id)).where(*where)) or 0
+    stale = stale_condition(now, max_age_hours)
+    columns = [Device.id, Device.name, Device.group_name, Device.platform, Device.last_status,
+               case((stale, True), else_=False), Device.last_success_at, Device.last_change_at, Device.last_error]
+    if sort == "versions":
+        counts = select(Version.device_id.label("device_id"), func.count().label("n")).group_by(Version.device_id).subquery()
+        n = func.coalesce(counts.c.n, 0)
+        query = (select(*columns, n).outerjoin(counts, counts.c.device_id == Device.id).where(*where)
+                 .order_by(n.desc() if descending else n.asc(), Device.name))
+    else:
+        key = SORTS.get(sort)
+        if key is None:
+            raise ValueError(f"cannot sort by {sort!r} (choices: {', '.join([*SORTS, 'versions'])})")
+        order = key.desc().nulls_last() if descending else key.asc().nulls_first()
+        query = select(*columns).where(*where).order_by(order, Device.name)
+    rows = session.execute(query.offset(max(0, offset)).limit(max(1, limit))).all()
+    if sort == "versions":
+        counts_by_id = {r[0]: r[-1] for r in rows}
+    else:
+        counts_by_id = version_counts(session, [r[0] for r in rows])
+    frame = pd.DataFrame(
+        [{"device": r[1], "group": r[2], "platform": r[3], "status": r[4] or "never", "stale": bool(r[5]),
+          "last success": _ts(r[6]), "last change": _ts(r[7]), "versions": int(counts_by_id.get(r[0], 0)),
+          "last error": r[8] or ""} for r in rows],
+        columns=DEVICE_COLUMNS,
+    )
+    for column in ("last success", "last change"):
+        frame[column] = pd.to_datetime(frame[column], utc=True)
+    return frame, int(total)
+
+
+def version_counts(session: Session, device_ids: Sequence[int]) -> dict[int, int]:
+    counts: dict[int, int] = {}
+    for part in _chunks(list(device_ids)):
+        counts.update(session.execute(
+            select(Version.device_id, func.count()).where(Version.device_id.in_(part)).group_by(Version.device_id)
+        ).all())
+    return counts
+
+
+# --- one device ---------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class DeviceInfo:
+    id: int
+    name: str
+    group: str
+    platform: str
+    status: str
+    last_attempt: datetime | None
+    last_success: datetime | None
+    last_change: datetime | None
+    last_error: str
+    stale_since: datetime | None
+
+
+def device_info(session: Session, name: str) -> DeviceInfo:
+    d = session.scalar(select(Device).where(Device.name == name))
+    if d is None:
+        raise NotFound(f"device {name!r} is not in the index")
+    return DeviceInfo(d.id, d.name, d.group_name, d.platform, d.last_status or "never", aware(d.last_attempt_at),
+                      aware(d.last_success_at), aware(d.last_change_at), d.last_error or "", aware(d.stale_since))
+
+
+@dataclass(frozen=True)
+class VersionRow:
+    number: int  # 1 = the device's first version
+    id: int
+    sha256: str
+    size: int
+    created_at: datetime
+    run_id: str
+    author: str
+
+
+def versions_of(session: Session, device_id: int) -> list[VersionRow]:
+    """Every version of a device, oldest first (no copies: see :func:`copies_of`)."""
+    rows = session.execute(
+        select(Version.id, Version.sha256, Version.size, Version.created_at, Version.run_id, Version.author)
+        .where(Version.device_id == device_id).order_by(Version.id)
+    ).all()
+    return [VersionRow(i, r[0], r[1], r[2], aware(r[3]), r[4], r[5] or "") for i, r in enumerate(rows, start=1)]
+
+
+def copies_of(session: Session, version_ids: Sequence[int]) -> dict[int, tuple[tuple[str, str, str], ...]]:
+    """version id -> its copies ``(backend, ref, status)``, in the order they were recorded."""
+    found: dict[int, list[tuple[str, str, str]]] = {v: [] for v in version_ids}
+    for part in _chunks(list(version_ids)):
+        for vid, backend, ref, status in session.execute(
+            select(Copy.version_id, Copy.backend, Copy.ref, Copy.status).where(Copy.version_id.in_(part)).order_by(Copy.id)
+        ):
+            found[vid].append((backend, ref, status))
+    return {k: tuple(v) for k, v in found.items()}
+
+
+# --- runs -------------------------------------------------------------------------------------------------
+RUN_COLUMNS = ["run", "started", "finished", "status", "selector", "requested by", "devices", "changed",
+               "unchanged", "failed", "skipped", "duration s"]
+
+
+def runs_table(session: Session, *, limit: int = 50, offset: int = 0) -> pd.DataFrame:
+    """The newest runs with the number of devices per outcome."""
+    runs = session.execute(
+        select(Run.id, Run.created_at, Run.finished_at, Run.status, Run.selector, Run.requested_by, Run.total)
+        .order_by(Run.created_at.desc()).offset(offset).limit(limit)
+    ).all()
+    counts: dict[str, dict[str, int]] = {}
+    ids = [r[0] for r in runs]
+    for part in _chunks(ids):
+        for run_id, status, n in session.execute(
+            select(DeviceResultRow.run_id, DeviceResultRow.status, func.count())
+            .where(DeviceResultRow.run_id.in_(part)).group_by(DeviceResultRow.run_id, DeviceResultRow.status)
+        ):
+            counts.setdefault(run_id, {})[status] = n
+    rows = []
+    for run_id, created, finished, status, selector, who, total in runs:
+        c = counts.get(run_id, {})
+        created, finished = aware(created), aware(finished)
+        rows.append({
+            "run": run_id, "started": created, "finished": finished,
+            "status": status if finished else "running", "selector": selector, "requested by": who or "",
+            "devices": total or sum(c.values()), "changed": c.get("changed", 0), "unchanged": c.get("unchanged", 0),
+            "failed": c.get("failed", 0), "skipped": c.get("skipped_locked", 0),
+            "duration s": round((finished - created).total_seconds(), 1) if finished and created else None,
+        })
+    frame = pd.DataFrame(rows, columns=RUN_COLUMNS)
+    for column in ("started", "finished"):
+        frame[column] = pd.to_datetime(frame[column], utc=True)
+    return frame
+
+
+@dataclass(frozen=True)
+class RunState:
+    run_id: str
+    status: str  # running / succeeded / partial / failed
+    total: int
+    done: int
+    finished: bool
+    requested_by: str
+    selector: str
+    created_at: datetime | None
+    finished_at: datetime | None
+
+
+def run_state(session: Session, run_id: str) -> RunState:
+    run = session.get(Run, run_id)
+    if run is None:
+        raise NotFound(f"run {run_id!r} is not in the index")
+    done = session.scalar(select(func.count(DeviceResultRow.id)).where(DeviceResultRow.run_id == run_id)) or 0
+    finished = run.finished_at is not None
+    return RunState(run.id, run.status if finished else "running", run.total or 0, int(done), finished,
+                    run.requested_by or "", run.selector, aware(run.created_at), aware(run.finished_at))
+
+
+RUN_DEVICE_COLUMNS = ["device", "group", "status", "duration s", "error", "sha"]
+
+
+def run_devices(session: Session, run_id: str, hosts: Sequence[str] = ()) -> pd.DataFrame:
+    """Each device of a run with its outcome; ``hosts`` without a result yet are listed as ``waiting``."""
+    rows = session.execute(
+        select(Device.name, Device.group_name, DeviceResultRow.status, DeviceResultRow.duration,
+               DeviceResultRow.error, DeviceResultRow.sha256)
+        .join(Device, Device.id == DeviceResultRow.device_id)
+        .where(DeviceResultRow.run_id == run_id).order_by(Device.name)
+    ).all()
+    seen = {r[0] for r in rows}
+    data = [{"device": n, "group": g, "status": s, "duration s": round(d or 0.0, 2), "error": e or "",
+             "sha": (sha or "")[:12]} for n, g, s, d, e, sha in rows]
+    data += [{"device": h, "group": "", "status": "waiting", "duration s": None, "error": "", "sha": ""}
+             for h in hosts if h not in seen]
+    return pd.DataFrame(sorted(data, key=lambda r: r["device"]), columns=RUN_DEVICE_COLUMNS)
+
+
+# --- search -----------------------------------------------------------------------------------------------
+def search_targets(session: Session, *, all_versions: bool = False, devices: Sequence[str] = (),
+                   groups: Sequence[str] = ()) -> list[Target]:
+    """The configurations a search reads: each device's newest version (or every version), by device name."""
+    where = []
+    if devices:
+        where.append(Device.name.in_(list(devices)))
+    if groups:
+        where.append(Device.group_name.in_(list(groups)))
+    if all_versions:
+        number = func.row_number().over(partition_by=Version.device_id, order_by=Version.id).label("number")
+        numbered = (select(Version.id.label("id"), Version.device_id.label("device_id"), number)
+                    .join(Device, Device.id == Version.device_id).where(*where).subquery())
+        query = (select(numbered.c.id, Device.name, numbered.c.number, Version.sha256, Version.created_at)
+                 .join(Device, Device.id == numbered.c.device_id).join(Version, Version.id == numbered.c.id)
+                 .order_by(Device.name, numbered.c.number.desc()))
+    else:
+        latest = (select(Version.device_id.label("device_id"), func.max(Version.id).label("id"), func.count().label("n"))
+                  .join(Device, Device.id == Version.device_id).where(*where).group_by(Version.device_id).subquery())
+        query = (select(latest.c.id, Device.name, latest.c.n, Version.sha256, Version.created_at)
+                 .join(Device, Device.id == latest.c.device_id).join(Version, Version.id == latest.c.id)
+                 .order_by(Device.name))
+    rows = session.execute(query).all()
+    copies = copies_of(session, [r[0] for r in rows])
+    return [Target(name, int(n), sha, aware(created), copies.get(vid, ())) for vid, name, n, sha, created in rows]
+
+
+def _ts(value: datetime | None) -> datetime | None:
+    return aware(value)

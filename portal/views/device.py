@@ -1,0 +1,238 @@
+"""Device: its version timeline, any version as text (and its download), the diff of any two versions
+(unified or side by side) and a jump to the previous / next change.
+
+The device comes from the ``?device=`` query parameter (the Devices and Runs pages link here with it) or
+the selector. Contents are read through the storage layout with failover and cached by sha256.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+
+import pandas as pd
+import streamlit as st
+
+from portal import content, queries, ui
+
+TIMELINE_PAGE = 50
+PER_DEVICE_KEYS = ("device_diff_a", "device_diff_b", "device_show_version", "device_timeline_page", "device_timeline")
+SIDE_COLOURS = {"removed": ("#fde2e1", ""), "added": ("", "#dcf5dc"), "changed": ("#fdf1d6", "#fdf1d6")}
+
+
+def _sync_query() -> None:
+    st.query_params["device"] = st.session_state["device_name"]
+
+
+def _shift(delta: int) -> None:
+    """Previous change (-1) / next change (+1): compare the version before/after with its predecessor."""
+    b = int(st.session_state.get("device_diff_b", 2)) + delta
+    st.session_state["device_diff_b"] = b
+    st.session_state["device_diff_a"] = b - 1
+
+
+def _pick_timeline() -> None:
+    rows = st.session_state.get("device_timeline", {}).get("selection", {}).get("rows", [])
+    numbers = st.session_state.get("_device_timeline_numbers", [])
+    if rows and rows[0] < len(numbers):
+        number = numbers[rows[0]]
+        st.session_state["device_show_version"] = number
+        if number > 1:
+            st.session_state["device_diff_b"] = number
+            st.session_state["device_diff_a"] = number - 1
+
+
+def _safe_name(name: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", name).strip("._") or "device"
+
+
+def _read(s, session, chosen) -> dict[int, bytes | Exception]:
+    """version number -> content (or why it cannot be read)."""
+    copies = queries.copies_of(session, [v.id for v in chosen])
+    got = content.read_many(((v.sha256, copies[v.id]) for v in chosen), ui.layout(s).open)
+    return {v.number: got.get(v.sha256, LookupError("not read")) for v in chosen}
+
+
+def _copies_text(copies) -> str:
+    return ", ".join(b if st_ in ("stored", "unchanged") else f"{b} ({st_})" for b, _, st_ in copies) or "none"
+
+
+def render(user) -> None:
+    s = ui.settings()
+    sessions = ui.sessions(s)
+    with sessions() as session:
+        names = queries.device_names(session)
+    st.title("Device")
+    if not names:
+        st.info("The index holds no device yet: start a backup on the Runs page (or `devicevault backup`).")
+        return
+    wanted = st.query_params.get("device")
+    if wanted in names and st.session_state.get("device_name") != wanted:
+        st.session_state["device_name"] = wanted
+    elif wanted and wanted not in names:
+        st.warning(f"Device {wanted!r} is not in the index.")
+    name = st.selectbox("Device", names, key="device_name", on_change=_sync_query)
+    st.query_params["device"] = name
+    if st.session_state.get("_device_state_for") != name:  # another device: forget the last one's choices
+        for key in PER_DEVICE_KEYS:
+            st.session_state.pop(key, None)
+        st.session_state["_device_state_for"] = name
+
+    with sessions() as session:
+        info = queries.device_info(session, name)
+        versions = queries.versions_of(session, info.id)
+        _header(info, versions)
+        if not versions:
+            st.info(f"{name} has no stored version yet.")
+            return
+        by_number = {v.number: v for v in versions}
+        diff_tab, timeline_tab, show_tab = st.tabs(["Diff", "Timeline", "Version"])
+        with diff_tab:
+            _diff(s, session, info, versions, by_number)
+        with timeline_tab:
+            _timeline(s, session, versions)
+        with show_tab:
+            _show(s, session, info, versions, by_number)
+
+
+def _header(info, versions) -> None:
+    m = st.columns(5)
+    m[0].metric("Status", info.status)
+    m[1].metric("Last success", ui.when(info.last_success))
+    m[2].metric("Last change", ui.when(info.last_change))
+    m[3].metric("Versions", len(versions))
+    m[4].metric("Group / platform", f"{info.group or '-'} / {info.platform or '-'}")
+    if info.status == "failed" and info.last_error:
+        st.error(f"Last backup failed ({ui.when(info.last_attempt)}): {ui.mask(info.last_error)}")
+    if info.stale_since is not None:
+        st.warning(f"Stale since {ui.when(info.stale_since)}: no successful backup for too long.")
+
+
+def _label(by_number):
+    return lambda n: f"v{n} · {ui.when(by_number[n].created_at)} · {by_number[n].sha256[:12]}"
+
+
+def _diff(s, session, info, versions, by_number) -> None:
+    n = len(versions)
+    if n < 2:
+        st.info("Only one version so far: nothing to compare yet.")
+        return
+    numbers = list(range(n, 0, -1))
+    for key, default in (("device_diff_b", n), ("device_diff_a", n - 1)):
+        value = st.session_state.get(key, default)
+        st.session_state[key] = min(max(int(value), 1), n)
+    c = st.columns([3, 3, 1.4, 1.4])
+    a = c[0].selectbox("From", numbers, key="device_diff_a", format_func=_label(by_number))
+    b = c[1].selectbox("To", numbers, key="device_diff_b", format_func=_label(by_number))
+    c[2].button("◀ Previous change", key="device_prev_change", on_click=_shift, args=(-1,), disabled=b <= 2,
+                help="Compare the change before this one")
+    c[3].button("Next change ▶", key="device_next_change", on_click=_shift, args=(1,), disabled=b >= n,
+                help="Compare the change after this one")
+    o = st.columns([2, 1, 3])
+    mode = o[0].radio("View", ["unified", "side by side"], horizontal=True, key="device_diff_mode")
+    context = o[1].number_input("Context lines", min_value=0, max_value=1000, value=3, key="device_diff_context")
+    texts = _read(s, session, [by_number[a], by_number[b]])
+    for number in (a, b):
+        if isinstance(texts[number], Exception):
+            st.error(f"Version {number} cannot be read: {ui.friendly(texts[number])}")
+            return
+    old, new = content.as_text(texts[a]), content.as_text(texts[b])
+    if a == b:
+        st.info("Pick two different versions.")
+        return
+    added, removed = content.line_stats(old, new, key=(by_number[a].sha256, by_number[b].sha256))
+    st.caption(f"v{a} → v{b}: **+{added}** / **−{removed}** lines")
+    if added == removed == 0:
+        st.info("The two versions have the same lines.")
+        return
+    if mode == "unified":
+        patch = content.unified_diff(old, new, f"{info.name} v{a} {by_number[a].sha256[:12]}",
+                                     f"{info.name} v{b} {by_number[b].sha256[:12]}", context=int(context))
+        st.code(patch, language="diff")
+        st.download_button("Download diff", patch.encode(), file_name=f"{_safe_name(info.name)}_v{a}-v{b}.diff",
+                           mime="text/x-diff", key="device_diff_download")
+    else:
+        rows = content.side_by_side(old, new, context=int(context))
+        frame = pd.DataFrame(
+            [{"#": r.old_no, f"v{a}": r.old, "# ": r.new_no, f"v{b}": r.new, "change": r.change} for r in rows]
+        )
+        old_col, new_col = f"v{a}", f"v{b}"
+
+        def colour(row):
+            left, right = SIDE_COLOURS.get(row["change"], ("", ""))
+            bg = lambda c: f"background-color: {c}" if c else ""  # noqa: E731
+            return [bg(left), bg(left), bg(right), bg(right), ""]
+
+        styled = frame.style.apply(colour, axis=1)
+        st.dataframe(styled, hide_index=True, width="stretch", key="device_diff_side", height=min(38 + 35 * len(frame), 700),
+                     column_config={"#": st.column_config.NumberColumn(width="small", format="%d"),
+                                    "# ": st.column_config.NumberColumn(width="small", format="%d"),
+                                    old_col: st.column_config.TextColumn(width="large"),
+                                    new_col: st.column_config.TextColumn(width="large"),
+                                    "change": st.column_config.TextColumn(width="small")})
+
+
+def _timeline(s, session, versions) -> None:
+    n = len(versions)
+    pages = max(1, math.ceil(n / TIMELINE_PAGE))
+    page = int(st.session_state.get("device_timeline_page", 1))
+    page = min(max(page, 1), pages)
+    hi = n - (page - 1) * TIMELINE_PAGE
+    lo = max(0, hi - TIMELINE_PAGE)
+    shown = list(reversed(versions[lo:hi]))  # newest first
+    needed = shown + ([versions[lo - 1]] if lo > 0 else [])
+    texts = _read(s, session, needed)
+    copies = queries.copies_of(session, [v.id for v in shown])
+    rows = []
+    for v in shown:
+        added = removed = None
+        this, before = texts.get(v.number), texts.get(v.number - 1)
+        if isinstance(this, bytes) and v.number == 1:
+            added, removed = len(content.as_text(this).splitlines()), 0
+        elif isinstance(this, bytes) and isinstance(before, bytes):
+            prev = versions[v.number - 2]
+            added, removed = content.line_stats(content.as_text(before), content.as_text(this), key=(prev.sha256, v.sha256))
+        rows.append({"version": v.number, "time": v.created_at, "sha": v.sha256[:12], "size": v.size,
+                     "added": added, "removed": removed, "copies": _copies_text(copies.get(v.id, ())),
+                     "run": v.run_id, "author": v.author})
+    st.session_state["_device_timeline_numbers"] = [v.number for v in shown]
+    unreadable = [num for num, t in texts.items() if isinstance(t, Exception)]
+    st.caption(f"Versions {lo + 1}–{hi} of {n}, newest first. Select a row to compare it with the version before "
+               "it (Diff tab) and to show it (Version tab).")
+    if unreadable:
+        st.warning(f"{len(unreadable)} version(s) could not be read, so their line counts are missing: "
+                   + ", ".join(f"v{x}" for x in sorted(unreadable)[:10]))
+    frame = pd.DataFrame(rows, columns=["version", "time", "sha", "size", "added", "removed", "copies", "run", "author"])
+    frame["time"] = pd.to_datetime(frame["time"], utc=True)
+    st.dataframe(frame, hide_index=True, width="stretch", key="device_timeline", on_select=_pick_timeline,
+                 selection_mode="single-row",
+                 column_config={"time": st.column_config.DatetimeColumn(format="YYYY-MM-DD HH:mm:ss z"),
+                                "added": st.column_config.NumberColumn("+ lines", format="%d"),
+                                "removed": st.column_config.NumberColumn("− lines", format="%d"),
+                                "size": st.column_config.NumberColumn("bytes", format="%d")})
+    if pages > 1:
+        st.session_state["device_timeline_page"] = page
+        st.number_input(f"Timeline page (of {pages})", min_value=1, max_value=pages, step=1,
+                        key="device_timeline_page")
+
+
+def _show(s, session, info, versions, by_number) -> None:
+    n = len(versions)
+    numbers = list(range(n, 0, -1))
+    if st.session_state.get("device_show_version") not in by_number:
+        st.session_state["device_show_version"] = n
+    number = st.selectbox("Version", numbers, key="device_show_version", format_func=_label(by_number))
+    v = by_number[number]
+    data = _read(s, session, [v])[number]
+    if isinstance(data, Exception):
+        st.error(f"Version {number} cannot be read: {ui.friendly(data)}")
+        return
+    copies = queries.copies_of(session, [v.id])[v.id]
+    st.caption(f"sha256 `{v.sha256}` · {v.size} bytes · {ui.when(v.created_at)} · run `{v.run_id}` · "
+               f"copies: {_copies_text(copies)}")
+    st.download_button("Download this version", data, file_name=f"{_safe_name(info.name)}_v{number}_{v.sha256[:12]}.cfg",
+                       mime="text/plain", key="device_download")
+    st.code(content.as_text(data), language=None, line_numbers=True)
+
+
+ui.run_page(render)

@@ -1,0 +1,72 @@
+"""Devices: every device with its group, platform, last success, last change, status and number of versions.
+
+Filtered and sorted in SQL and paged, so it stays fast with tens of thousands of devices; clicking a row
+opens the device.
+"""
+
+from __future__ import annotations
+
+import math
+
+import streamlit as st
+
+from portal import queries, ui
+
+PAGE_SIZES = [50, 200, 1000]
+SORTS = [*queries.SORTS, "versions"]
+TIME = st.column_config.DatetimeColumn(format="YYYY-MM-DD HH:mm z")
+
+
+def _reset_page() -> None:
+    st.session_state["devices_page"] = 1
+
+
+def render(user) -> None:
+    s = ui.settings()
+    st.title("Devices")
+    sessions = ui.sessions(s)
+    with sessions() as session:
+        groups, platforms = queries.filter_choices(session)
+    f1, f2, f3, f4 = st.columns([2, 2, 2, 2])
+    name = f1.text_input("Name contains", key="devices_name", on_change=_reset_page)
+    chosen_groups = f2.multiselect("Group", groups, key="devices_groups", on_change=_reset_page)
+    chosen_platforms = f3.multiselect("Platform", platforms, key="devices_platforms", on_change=_reset_page)
+    statuses = f4.multiselect("Status", list(queries.STATUS_FILTERS), key="devices_status", on_change=_reset_page,
+                              help=f"stale: no successful backup in {s.max_age:g} h (DEVICEVAULT_MAX_AGE)")
+    o1, o2, o3, o4 = st.columns([2, 1, 1, 1])
+    sort = o1.selectbox("Sort by", SORTS, key="devices_sort", on_change=_reset_page)
+    descending = o2.toggle("Descending", key="devices_desc", on_change=_reset_page)
+    size = o3.selectbox("Rows per page", PAGE_SIZES, index=1, key="devices_page_size", on_change=_reset_page)
+    page_number = int(st.session_state.get("devices_page", 1) or 1)
+    with sessions() as session:
+        frame, total = queries.devices_table(
+            session, name=name, groups=chosen_groups, platforms=chosen_platforms, statuses=statuses, sort=sort,
+            descending=descending, offset=(page_number - 1) * size, limit=size, max_age_hours=s.max_age,
+        )
+    pages = max(1, math.ceil(total / size))
+    if page_number > pages:  # the filters shrank the list: show its last page
+        page_number = st.session_state["devices_page"] = pages
+        with sessions() as session:
+            frame, total = queries.devices_table(
+                session, name=name, groups=chosen_groups, platforms=chosen_platforms, statuses=statuses, sort=sort,
+                descending=descending, offset=(page_number - 1) * size, limit=size, max_age_hours=s.max_age,
+            )
+    o4.number_input(f"Page (of {pages})", min_value=1, max_value=pages, step=1, key="devices_page")
+    first = (page_number - 1) * size
+    st.caption(f"{total} device(s) match; showing {first + 1 if total else 0}–{min(first + size, total)}. "
+               "Select a row to open the device.")
+    picked = st.dataframe(
+        frame, hide_index=True, width="stretch", key="devices_table", on_select="rerun",
+        selection_mode="single-row",
+        column_config={
+            "last success": TIME, "last change": TIME,
+            "stale": st.column_config.CheckboxColumn(help="No successful backup for too long"),
+            "versions": st.column_config.NumberColumn(format="%d"),
+        },
+    )
+    rows = picked.selection.rows if picked is not None else []
+    if rows and rows[0] < len(frame):
+        st.switch_page("views/device.py", query_params={"device": frame.iloc[rows[0]]["device"]})
+
+
+ui.run_page(render)

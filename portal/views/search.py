@@ -1,0 +1,76 @@
+"""Search: a text or regular expression across the newest configuration of every device (optionally every
+version), with line numbers and context; results export as CSV.
+
+Configurations are read through the storage layout (parallel, cached by sha256: they never change). A
+search stops after 2,000 matching lines or 60 seconds and says so.
+"""
+
+from __future__ import annotations
+
+import pandas as pd
+import streamlit as st
+
+from portal import content, queries, ui
+
+MAX_RESULTS = 2000
+TIME_BUDGET = 60.0
+COLUMNS = ["device", "version", "line", "text", "context", "sha"]
+
+
+def render(user) -> None:
+    s = ui.settings()
+    st.title("Search")
+    with ui.sessions(s)() as session:
+        groups, _ = queries.filter_choices(session)
+    with st.form("search_form"):
+        query = st.text_input("Text or regular expression", key="search_query",
+                              placeholder="e.g. access-list 101 or ^ip route 10\\.")
+        c = st.columns(4)
+        regex = c[0].checkbox("Regular expression", key="search_regex")
+        case = c[1].checkbox("Match case", key="search_case")
+        every = c[2].checkbox("Every version (not only the newest)", key="search_all_versions")
+        context = c[3].number_input("Context lines", min_value=0, max_value=20, value=2, key="search_context")
+        chosen_groups = st.multiselect("Only these groups", groups, key="search_groups")
+        submitted = st.form_submit_button("Search", type="primary")
+    if submitted:
+        pattern = content.compile_pattern(query, regex=regex, case_sensitive=case)
+        with st.spinner("Searching…"):
+            with ui.sessions(s)() as session:
+                targets = queries.search_targets(session, all_versions=every, groups=chosen_groups)
+            result = content.search(targets, pattern, ui.layout(s).open, context=int(context),
+                                    max_results=MAX_RESULTS, time_budget=TIME_BUDGET)
+        st.session_state["search_result"] = {
+            "query": query, "regex": regex, "every": every,
+            "frame": pd.DataFrame(result.rows, columns=COLUMNS), "searched": result.searched,
+            "unreadable": result.unreadable, "truncated": result.truncated,
+        }
+    found = st.session_state.get("search_result")
+    if not found:
+        return
+    frame: pd.DataFrame = found["frame"]
+    what = "every version" if found["every"] else "the newest configuration"
+    devices = frame["device"].nunique() if not frame.empty else 0
+    st.subheader(f"{len(frame)} matching line(s) in {devices} device(s)")
+    st.caption(f"{'regex' if found['regex'] else 'text'} {found['query']!r} in {what} of each device; "
+               f"{found['searched']} configuration(s) searched.")
+    if found["truncated"]:
+        st.warning(f"The search {found['truncated']}; narrow it down to see everything.")
+    if found["unreadable"]:
+        st.warning(f"{len(found['unreadable'])} configuration(s) could not be read: "
+                   + "; ".join(ui.mask(u) for u in found["unreadable"][:5]))
+    if frame.empty:
+        return
+    st.download_button("Export CSV", frame.to_csv(index=False).encode(), file_name="devicevault-search.csv",
+                       mime="text/csv", key="search_csv")
+    picked = st.dataframe(frame[["device", "version", "line", "text"]], hide_index=True, width="stretch",
+                          key="search_table", on_select="rerun", selection_mode="single-row",
+                          column_config={"text": st.column_config.TextColumn(width="large")})
+    rows = picked.selection.rows if picked is not None else []
+    row = frame.iloc[rows[0] if rows and rows[0] < len(frame) else 0]
+    st.markdown(f"**{row['device']}** v{row['version']}, line {row['line']} (select a row to see another match)")
+    st.code(row["context"], language=None)
+    if st.button(f"Open {row['device']}", key="search_open_device"):
+        st.switch_page("views/device.py", query_params={"device": row["device"]})
+
+
+ui.run_page(render)

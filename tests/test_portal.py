@@ -1,0 +1,458 @@
+"""The portal through Streamlit's AppTest: every page renders on a real index, and the interactions work
+(log in, filter, pick two versions, search, trigger a run, roles, readable errors, no credentials shown).
+
+The index is filled once per module through the real record functions (``storage.index.records``) in a
+real SQLite file, with every version written through the real git and fs backends; the trigger test uses
+the session's real redis-server (database 12, which no worker serves, so the job stays queued).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+
+import pytest
+from streamlit.testing.v1 import AppTest
+
+ROOT = Path(__file__).resolve().parent.parent
+APP = ROOT / "portal" / "app.py"
+NOW = datetime.now(timezone.utc).replace(microsecond=0)
+PASSWORDS = {"alice": ("admin", "alice-password"), "oscar": ("operator", "oscar-password"),
+             "victor": ("viewer", "victor-password")}
+
+
+def config_text(name: str, version: int) -> str:
+    """A plausible device configuration; every version changes one ACL line and adds one route."""
+    lines = [f"hostname {name}", "!", "interface Loopback0", f" ip address 10.255.0.{version} 255.255.255.255", "!"]
+    lines += [f"ip route 10.{i}.0.0 255.255.0.0 192.0.2.1" for i in range(version)]
+    lines += ["!", f"ip access-list extended MGMT-{version}", " permit tcp 192.0.2.0 0.0.0.255 any eq 22", "!", "end"]
+    return "\n".join(lines) + "\n"
+
+
+class Seeder:
+    """Writes runs, device results and versions the way the workers and the consumer do."""
+
+    def __init__(self, settings):
+        from jobs.locations import StorageLayout
+        from storage.index.db import connect
+
+        self.settings = settings
+        self.layout = StorageLayout.load(settings)
+        self.sessions = connect(settings.database_url)
+        self.n = 0
+
+    def run(self, when: datetime, results: dict[str, tuple[str, str | None]], *, group_of, platform_of,
+            requested_by: str = "cron") -> str:
+        """``results``: device -> (status, config text or error)."""
+        from jobs.results import DeviceResult, DeviceStatus, StorageResult, StorageStatus
+        from storage.base import StoreOptions
+        from storage.index.records import apply_device_result, apply_storage_result, create_run, refresh_run
+        from storage.paths import device_path
+
+        self.n += 1
+        run_id = f"run{self.n:03d}-" + hashlib.sha1(str(when).encode()).hexdigest()[:8]
+        with self.sessions.begin() as session:
+            run = create_run(session, run_id, total=len(results), selector="all", targets=["git", "fs"],
+                             requested_by=requested_by)
+            run.created_at = when
+        for device, (status, payload) in results.items():
+            group, platform = group_of(device), platform_of(device)
+            task = f"{run_id}:{device}"
+            if status == "changed":
+                data = payload.encode()
+                sha = hashlib.sha256(data).hexdigest()
+                result = DeviceResult(task_id=task, run_id=run_id, device=device, status=DeviceStatus.CHANGED,
+                                      timestamp=when, group=group, platform=platform, sha256=sha, size=len(data),
+                                      duration=1.5, targets="git,fs")
+                stored = []
+                for target in ("git", "fs"):
+                    ref = self.layout.open(target).store(
+                        data, device_path(group, device),
+                        StoreOptions(device=device, run_id=run_id, timestamp=when, message=f"{device} changed"))
+                    stored.append(StorageResult(task_id=f"{task}:{target}", run_id=run_id, device=device,
+                                                backend=target, status=StorageStatus.STORED, timestamp=when,
+                                                group=group, sha256=sha, size=len(data), ref=ref))
+            else:
+                result = DeviceResult(task_id=task, run_id=run_id, device=device, status=DeviceStatus(status),
+                                      timestamp=when, group=group, platform=platform, duration=0.8,
+                                      error=payload or "" if status == "failed" else "",
+                                      error_kind="timeout" if status == "failed" else "")
+                stored = []
+            with self.sessions.begin() as session:
+                apply_device_result(session, result)
+                for s in stored:
+                    apply_storage_result(session, s)
+        with self.sessions.begin() as session:
+            refresh_run(session, run_id, now=when + timedelta(seconds=30))
+        return run_id
+
+    def broken_version(self, device: str, group: str, platform: str, when: datetime) -> None:
+        """A version whose only copy is gone (its ref names nothing): reading it must fail readably."""
+        from jobs.results import DeviceResult, DeviceStatus, StorageResult, StorageStatus
+        from storage.index.records import apply_device_result, apply_storage_result, create_run, refresh_run
+
+        run_id = "run-broken"
+        sha = hashlib.sha256(b"lost").hexdigest()
+        with self.sessions.begin() as session:
+            create_run(session, run_id, total=1, selector=f"host={device}", targets=["fs"])
+            apply_device_result(session, DeviceResult(
+                task_id=f"{run_id}:{device}", run_id=run_id, device=device, status=DeviceStatus.CHANGED,
+                timestamp=when, group=group, platform=platform, sha256=sha, size=4, targets="fs"))
+            apply_storage_result(session, StorageResult(
+                task_id=f"{run_id}:{device}:fs", run_id=run_id, device=device, backend="fs",
+                status=StorageStatus.STORED, timestamp=when, group=group, sha256=sha, size=4,
+                ref=f"{group}/{device}/20000101T000000.000000Z_{sha[:12]}.cfg"))
+            refresh_run(session, run_id, now=when)
+
+
+@pytest.fixture(scope="module")
+def portal_env(tmp_path_factory, redis_server):
+    """A home with an inventory of 6 devices, an index of 3 runs with real copies in git and fs, 3 users."""
+    from cli.services import free_port
+    from jobs.inventory import load_inventory
+    from jobs.settings import Settings
+    from lab.generate_inventory import generate_inventory
+    from portal.users import UsersFile
+
+    home = tmp_path_factory.mktemp("portal")
+    inventory = home / "inventory"
+    names = generate_inventory(count=6, out=inventory, port=free_port(), base="127.0.91.0")
+    env = {
+        "DEVICEVAULT_HOME": str(home),
+        "DEVICEVAULT_INVENTORY": str(inventory),
+        "DEVICEVAULT_REDIS_URL": redis_server.url.rsplit("/", 1)[0] + "/12",
+        "DEVICEVAULT_USERS_FILE": str(home / "users.yml"),
+    }
+    mp = pytest.MonkeyPatch()
+    for key, value in env.items():
+        mp.setenv(key, value)
+    mp.delenv("DEVICEVAULT_DATABASE_URL", raising=False)
+    mp.delenv("DEVICEVAULT_STORAGE_CONFIG", raising=False)
+    settings = Settings.load()
+    hosts = load_inventory(inventory)
+    seed = Seeder(settings)
+    kw = dict(group_of=lambda d: hosts[d].group, platform_of=lambda d: hosts[d].network_os)
+    busy, failing, stale = names[0], names[1], names[2]
+    seed.run(NOW - timedelta(days=5), {n: ("changed", config_text(n, 1)) for n in names}, **kw)
+    seed.run(NOW - timedelta(days=2), {n: ("changed", config_text(n, 2)) if n == busy else ("unchanged", None)
+                                       for n in names}, **kw)
+    third = {n: ("unchanged", None) for n in names if n != stale}
+    third[busy] = ("changed", config_text(busy, 3))
+    third[failing] = ("failed", f"{failing}: timeout after 8 s waiting for the prompt")
+    seed.run(NOW - timedelta(hours=2), third, requested_by="oscar", **kw)
+    seed.broken_version(names[3], hosts[names[3]].group, hosts[names[3]].network_os, NOW - timedelta(hours=1))
+    users = UsersFile(home / "users.yml")
+    for name, (role, password) in PASSWORDS.items():
+        users.add(name, role, password, rounds=4)
+    yield {"home": home, "names": names, "busy": busy, "failing": failing, "stale": stale, "broken": names[3],
+           "settings": settings, "hosts": hosts, "env": env}
+    mp.undo()
+
+
+def app(user: str | None = None) -> AppTest:
+    at = AppTest.from_file(str(APP), default_timeout=60)
+    if user:
+        at.session_state["portal_user"] = user
+    return at
+
+
+def page(user: str, path: str, **query) -> AppTest:
+    at = app(user).run()
+    assert not at.exception, at.exception
+    at.query_params.update(query)
+    return at.switch_page(path).run()
+
+
+def texts(at: AppTest) -> str:
+    """Everything a user can read on the page (for 'is X shown' checks)."""
+    parts = []
+    for kind in ("title", "header", "subheader", "markdown", "caption", "code", "error", "warning", "info",
+                 "success", "metric", "text"):
+        for element in getattr(at, kind):
+            parts.append(str(getattr(element, "value", "")) + " " + str(getattr(element, "label", "")))
+    for frame in at.dataframe:
+        parts.append(frame.value.to_string())
+    return "\n".join(parts)
+
+
+def click(at: AppTest, label: str) -> AppTest:
+    """Click the button labelled ``label`` (form submit buttons included) and run the script."""
+    (button,) = [b for b in at.button if b.label == label]
+    return button.click().run()
+
+
+def table(at: AppTest, *columns: str):
+    """The first table showing all ``columns`` (read-only tables carry no key in AppTest)."""
+    for frame in at.dataframe:
+        if set(columns) <= set(frame.value.columns):
+            return frame.value
+    raise AssertionError(f"no table with columns {columns}: {[list(f.value.columns) for f in at.dataframe]}")
+
+
+def ok(at: AppTest) -> AppTest:
+    assert not at.exception, at.exception
+    assert not at.error, [e.value for e in at.error]
+    return at
+
+
+# --- login ------------------------------------------------------------------------------------------------
+def test_nothing_but_the_login_form_before_login(portal_env):
+    at = app().run()
+    assert not at.exception
+    assert [t.value for t in at.title] == ["DeviceVault"]
+    assert not at.dataframe and not at.metric and not at.code
+    assert [w.key for w in at.text_input] == ["login_username", "login_password"]
+    # a page file run on its own (someone guessing a URL) shows nothing either
+    direct = AppTest.from_file(str(ROOT / "portal" / "views" / "devices.py"), default_timeout=30).run()
+    assert not direct.dataframe and not direct.metric
+    assert "log in" in texts(direct).lower()
+    assert portal_env["busy"] not in texts(at) + texts(direct)
+
+
+def test_login_with_the_right_password_only(portal_env):
+    at = app().run()
+    at.text_input(key="login_username").set_value("victor")
+    at.text_input(key="login_password").set_value("wrong-password")
+    click(at, "Log in")
+    assert "Wrong user name or password." in [e.value for e in at.error]
+    assert "portal_user" not in at.session_state and not at.metric
+    at.text_input(key="login_username").set_value("victor")
+    at.text_input(key="login_password").set_value("victor-password")
+    click(at, "Log in")
+    ok(at)
+    assert at.session_state["portal_user"] == "victor"
+    assert [t.value for t in at.title] == ["Dashboard"]
+    assert any("victor" in c.value and "viewer" in c.value for c in at.sidebar.caption)
+    at.button(key="logout").click().run()
+    assert "portal_user" not in at.session_state and not at.metric
+
+
+def test_a_removed_user_is_logged_out(portal_env):
+    from portal.users import UsersFile
+
+    users = UsersFile(portal_env["home"] / "users.yml")
+    users.add("temp", "viewer", "temp-password", rounds=4)
+    at = app("temp").run()
+    assert [t.value for t in at.title] == ["Dashboard"]
+    users.remove("temp")
+    at.run()
+    assert "portal_user" not in at.session_state and not at.metric
+
+
+# --- pages ------------------------------------------------------------------------------------------------
+def test_dashboard(portal_env):
+    at = ok(app("victor").run())
+    metrics = {m.label: m.value for m in at.metric}
+    assert metrics["Devices"] == "6"
+    assert metrics["Failed"] == "1"
+    assert metrics["OK"] == "5"
+    assert metrics["Stale"] == "2"  # last success 2 days ago: the device the last run left out, the failing one
+    assert metrics["Versions"] == str(6 + 2 + 1)
+    recent = table(at, "device", "last change")
+    assert recent["device"].iloc[0] == portal_env["broken"]
+    assert portal_env["busy"] in set(recent["device"])
+    failing = table(at, "device", "failed at", "error")
+    assert list(failing["device"]) == [portal_env["failing"]]
+    assert "timeout after 8 s" in failing["error"].iloc[0]
+    at.number_input(key="dash_max_age").set_value(24 * 7).run()
+    assert {m.label: m.value for m in at.metric}["Stale"] == "0"
+
+
+def test_devices_filter_and_sort(portal_env):
+    at = ok(page("victor", "views/devices.py"))
+    table = at.dataframe(key="devices_table").value
+    assert sorted(table["device"]) == sorted(portal_env["names"])
+    assert table.set_index("device").loc[portal_env["busy"], "versions"] == 3
+    at.multiselect(key="devices_status").set_value(["failed"]).run()
+    table = ok(at).dataframe(key="devices_table").value
+    assert list(table["device"]) == [portal_env["failing"]]
+    at.multiselect(key="devices_status").set_value(["stale"]).run()
+    assert sorted(at.dataframe(key="devices_table").value["device"]) == sorted([portal_env["stale"], portal_env["failing"]])
+    at.multiselect(key="devices_status").set_value([]).run()
+    at.text_input(key="devices_name").set_value(portal_env["busy"][-6:]).run()
+    assert portal_env["busy"] in list(at.dataframe(key="devices_table").value["device"])
+    at.text_input(key="devices_name").set_value("").run()
+    at.selectbox(key="devices_sort").set_value("versions").run()
+    at.toggle(key="devices_desc").set_value(True).run()
+    table = ok(at).dataframe(key="devices_table").value
+    assert table["device"].iloc[0] == portal_env["busy"]
+    assert list(table["versions"]) == sorted(table["versions"], reverse=True)
+    group = portal_env["hosts"][portal_env["busy"]].group
+    at.multiselect(key="devices_groups").set_value([group]).run()
+    assert set(at.dataframe(key="devices_table").value["group"]) == {group}
+
+
+def test_device_page_diff_of_two_chosen_versions(portal_env):
+    busy = portal_env["busy"]
+    at = ok(page("victor", "views/device.py", device=busy))
+    assert at.selectbox(key="device_name").value == busy
+    # default: the previous and the newest version, unified
+    diff = at.code[0].value
+    assert f"{busy} v2" in diff and f"{busy} v3" in diff
+    assert "-ip access-list extended MGMT-2" in diff and "+ip access-list extended MGMT-3" in diff
+    at.selectbox(key="device_diff_a").set_value(1)
+    at.selectbox(key="device_diff_b").set_value(3)
+    at.run()
+    diff = ok(at).code[0].value
+    assert "+ip route 10.1.0.0 255.255.0.0 192.0.2.1" in diff and "+ip route 10.2.0.0 255.255.0.0 192.0.2.1" in diff
+    assert "-ip access-list extended MGMT-1" in diff
+    at.radio(key="device_diff_mode").set_value("side by side").run()
+    side = table(ok(at), "change")
+    assert list(side.columns) == ["#", "v1", "# ", "v3", "change"]
+    assert "ip access-list extended MGMT-3" in set(side["v3"]) and "added" in set(side["change"])
+    # previous change: v1 -> v2
+    at.button(key="device_prev_change").click().run()
+    assert (at.selectbox(key="device_diff_a").value, at.selectbox(key="device_diff_b").value) == (1, 2)
+    assert at.button(key="device_prev_change").disabled
+    at.button(key="device_next_change").click().run()
+    assert (at.selectbox(key="device_diff_a").value, at.selectbox(key="device_diff_b").value) == (2, 3)
+    # timeline: newest first, with line counts
+    timeline = at.dataframe(key="device_timeline").value
+    assert list(timeline["version"]) == [3, 2, 1]
+    assert list(timeline["added"]) == [3, 3, len(config_text(busy, 1).splitlines())]
+    assert list(timeline["removed"]) == [2, 2, 0]
+    assert set(timeline["copies"]) == {"git, fs"}
+    # any version as text
+    at.selectbox(key="device_show_version").set_value(1).run()
+    shown = [c.value for c in ok(at).code]
+    assert config_text(busy, 1).rstrip("\n") in [c.rstrip("\n") for c in shown]
+
+
+def test_device_page_reads_over_a_missing_copy_and_says_when_none_is_left(portal_env):
+    settings = portal_env["settings"]
+    busy = portal_env["busy"]
+    # the fs copy of v1 is gone: the page reads git's
+    from portal import content
+
+    from storage.index.db import connect
+    from storage.index.queries import device_versions
+
+    content.CACHE.clear()
+    with connect(settings.database_url)() as session:
+        first = device_versions(session, busy)[0]
+    (settings.fs_root / dict((b, r) for b, r, _ in first.copies)["fs"]).unlink()
+    at = page("victor", "views/device.py", device=busy)
+    at.selectbox(key="device_show_version").set_value(1).run()
+    assert ok(at)
+    broken = portal_env["broken"]
+    at = page("victor", "views/device.py", device=broken)
+    assert not at.exception
+    errors = " ".join(e.value for e in at.error)
+    assert "cannot be read" in errors and "Traceback" not in texts(at)
+
+
+def test_search_text_regex_all_versions_and_csv(portal_env):
+    busy = portal_env["busy"]
+    at = ok(page("victor", "views/search.py"))
+    at.text_input(key="search_query").set_value("access-list extended MGMT")
+    click(at, "Search")
+    frame = ok(at).session_state["search_result"]["frame"]
+    assert len(frame) == 5  # one line in the newest configuration of each readable device (not the broken one)
+    row = frame[frame["device"] == busy].iloc[0]
+    assert row["text"] == "ip access-list extended MGMT-3" and row["version"] == 3
+    assert row["line"] == config_text(busy, 3).splitlines().index("ip access-list extended MGMT-3") + 1
+    assert "permit tcp" in row["context"] and ">" in row["context"]
+    csv = frame.to_csv(index=False)
+    assert csv.splitlines()[0] == "device,version,line,text,context,sha"
+    assert any("readable" in w.value or "could not be read" in w.value for w in at.warning)  # the broken device
+    at.checkbox(key="search_regex").set_value(True)
+    at.checkbox(key="search_all_versions").set_value(True)
+    at.text_input(key="search_query").set_value(r"^ip route 10\.[12]\.")
+    click(at, "Search")
+    frame = ok(at).session_state["search_result"]["frame"]
+    assert sorted(zip(frame["version"], frame["line"])) == [(2, 7), (3, 7), (3, 8)]
+    assert set(frame["device"]) == {busy}
+    at.text_input(key="search_query").set_value("ip route (")
+    click(at, "Search")
+    assert not at.exception
+    assert any("invalid regular expression" in e.value for e in at.error)
+
+
+def test_runs_history_shows_each_device(portal_env):
+    at = ok(page("victor", "views/runs.py"))
+    history = at.dataframe(key="runs_history").value
+    assert len(history) == 4
+    third = history[history["requested by"] == "oscar"].iloc[0]
+    assert (third["changed"], third["failed"], third["status"]) == (1, 1, "partial")
+
+
+def test_a_viewer_cannot_trigger_a_run(portal_env):
+    at = ok(page("victor", "views/runs.py"))
+    assert "runs_start" not in [b.key for b in at.button]
+    assert any("operator role" in i.value for i in at.info)
+
+
+def test_an_operator_triggers_a_backup_of_one_device(portal_env, redis_server):
+    from redis import Redis
+    from rq import Queue
+    from sqlalchemy import select
+
+    from storage.index.db import connect
+    from storage.index.models import Run
+
+    device = portal_env["names"][4]
+    redis = Redis.from_url(portal_env["env"]["DEVICEVAULT_REDIS_URL"])
+    queue = Queue("collector", connection=redis)
+    queue.empty()
+    at = ok(page("oscar", "views/runs.py"))
+    at.radio(key="runs_scope").set_value("one device").run()
+    at.selectbox(key="runs_device").set_value(device).run()
+    at.button(key="runs_start").click().run()
+    ok(at)
+    follow = at.session_state["runs_follow"]
+    assert follow["hosts"] == [device]
+    with connect(portal_env["settings"].database_url)() as session:
+        run = session.scalar(select(Run).where(Run.id == follow["run_id"]))
+        assert (run.requested_by, run.total, run.selector) == ("oscar", 1, f"host={device}")
+    jobs = queue.get_jobs()
+    assert [j.meta["hosts"] for j in jobs] == [[device]] and jobs[0].meta["run_id"] == follow["run_id"]
+    waiting = table(at, "device", "status", "duration s")
+    assert list(zip(waiting["device"], waiting["status"])) == [(device, "waiting")]
+    assert "0 of 1 device(s) done" in at.get("progress")[0].proto.text
+    queue.empty()
+
+
+def test_health(portal_env):
+    at = ok(page("victor", "views/health.py"))
+    targets = table(at, "target", "state")
+    assert dict(zip(targets["target"], targets["state"])) == {"git": "healthy", "fs": "healthy"}
+    assert any("Redis answers" in s.value for s in at.success)
+    assert {m.label for m in at.metric} >= {"Workers", "Jobs queued", "Stale devices"}
+
+
+def test_health_hides_credentials_when_redis_is_down(portal_env, monkeypatch):
+    from cli.services import free_port
+
+    monkeypatch.setenv("DEVICEVAULT_REDIS_URL", f"redis://:Sup3rS3cret@127.0.0.1:{free_port()}/12")
+    at = page("victor", "views/health.py")
+    assert not at.exception
+    assert any("Redis does not answer" in e.value for e in at.error), [e.value for e in at.error]
+    assert table(at, "target", "state") is not None  # the storage targets are still checked
+    assert "Sup3rS3cret" not in texts(at)
+    assert "REDACTED" in texts(at)
+
+
+def test_users_page_is_for_admins(portal_env):
+    at = app("oscar").run()
+    with pytest.raises(ValueError):  # not even registered for an operator
+        at.switch_page("views/users.py")
+    direct = AppTest.from_file(str(ROOT / "portal" / "views" / "users.py"), default_timeout=30)
+    direct.session_state["portal_user"] = "oscar"
+    direct.run()
+    assert not direct.dataframe and any("admin role" in e.value for e in direct.error)
+    at = ok(page("alice", "views/users.py"))
+    assert set(table(at, "user", "role")["user"]) >= {"alice", "oscar", "victor"}
+    assert "$2b$" not in texts(at)
+    at.text_input(key="users_add_name").set_value("nora")
+    at.selectbox(key="users_add_role").set_value("operator")
+    at.text_input(key="users_add_password").set_value("nora-password")
+    at.text_input(key="users_add_password2").set_value("nora-password")
+    click(at, "Add user")
+    assert not at.exception
+    from portal.users import UsersFile
+
+    users = UsersFile(portal_env["home"] / "users.yml")
+    assert users.get("nora").role == "operator"
+    assert users.authenticate("nora", "nora-password") is not None
