@@ -159,6 +159,7 @@ def list_runs(session: Session, limit: int = 20) -> list[dict]:
             "selector": r.selector,
             "total": r.total,
             "targets": r.targets,
+            "requested_by": r.requested_by,
         }
         for r in runs
     ]
