@@ -513,5 +513,8 @@ from .portal import portal, users  # noqa: E402 - the web portal and its users
 main.add_command(portal)
 main.add_command(users)
 
+from .streams import dlq  # noqa: E402 - the dead-letter commands
+main.add_command(dlq)
+
 if __name__ == "__main__":  # pragma: no cover
     main()

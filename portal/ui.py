@@ -9,6 +9,7 @@ the settings' secrets.
 from __future__ import annotations
 
 import logging
+import re
 import threading
 import time
 from datetime import datetime
@@ -111,7 +112,7 @@ def login_page() -> None:
     try:
         known = users_file().users()
     except UsersError as exc:
-        st.error(mask(str(exc)))
+        st.error(md(mask(str(exc))))
         return
     if not known:
         st.warning("No portal user exists yet. Create one on the server with "
@@ -142,7 +143,7 @@ def logout() -> None:
 
 def sidebar(user: User) -> None:
     with st.sidebar:
-        st.caption(f"Logged in as **{user.name}** ({user.role})")
+        st.caption(f"Logged in as **{md(user.name)}** ({user.role})")
         st.button("Log out", key="logout", on_click=logout)
 
 
@@ -164,7 +165,7 @@ def run_page(render: Callable[[User], None], *, role: str = "viewer") -> None:
 
 def show_error(exc: BaseException, what: str = "") -> None:
     log.warning("portal: %s%s", f"{what}: " if what else "", exc, exc_info=exc)
-    st.error((f"{what}: " if what else "") + friendly(exc))
+    st.error((f"{what}: " if what else "") + md(friendly(exc)))
 
 
 def friendly(exc: BaseException) -> str:
@@ -205,6 +206,11 @@ def mask(text: str) -> str:
     for secret in s.secrets():
         text = text.replace(secret, "REDACTED")
     return redact_url(text)
+
+
+def md(text: str) -> str:
+    """``text`` with Markdown's special characters escaped (names and errors shown inside Markdown)."""
+    return re.sub(r"([\\`*_{}\[\]()#+\-.!|<>~$])", r"\\\1", str(text))
 
 
 def when(value: datetime | None) -> str:

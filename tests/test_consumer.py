@@ -1,9 +1,12 @@
 """The index consumer against a real redis-server and a real SQLite index: ack after commit, idempotent on
-task id, pending messages taken over, malformed messages dead-lettered."""
+task id, pending messages taken over, malformed messages dead-lettered, results checked against a real
+Ansible inventory."""
 
 from __future__ import annotations
 
+import time
 import uuid
+from pathlib import Path
 
 import pytest
 from sqlalchemy import func, select
@@ -23,16 +26,51 @@ from storage.index.models import Copy, DeviceResultRow, Run, Version
 from storage.index.records import create_run
 
 
+ALL_STREAMS = (DEVICE_RESULTS_STREAM, STORAGE_RESULTS_STREAM,
+               dead_letter_stream(DEVICE_RESULTS_STREAM), dead_letter_stream(STORAGE_RESULTS_STREAM))
+HOSTS = [f"r{i}" for i in range(1, 4)]
+
+
+def within(seconds: float):
+    """A ``stop`` for ``Consumer.run``: a test never waits forever, even when the consumer keeps retrying."""
+    deadline = time.monotonic() + seconds
+    return lambda: time.monotonic() > deadline
+
+
+def write_inventory(path: Path, hosts: list[str]) -> Path:
+    """A tiny Ansible inventory (INI) naming ``hosts``."""
+    lines = ["[site_x]"] + [f"{h} ansible_host=127.0.0.1 ansible_network_os=cisco.ios.ios" for h in hosts]
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
 @pytest.fixture()
 def streams(redis):
     # each test gets fresh streams, as if on a new installation
-    redis.delete(DEVICE_RESULTS_STREAM, STORAGE_RESULTS_STREAM, dead_letter_stream(DEVICE_RESULTS_STREAM))
+    redis.delete(*ALL_STREAMS)
     yield redis
+    redis.delete(*ALL_STREAMS)
 
 
 @pytest.fixture()
 def sessions(tmp_path):
     return connect(f"sqlite:///{tmp_path / 'index.sqlite'}")
+
+
+@pytest.fixture()
+def inventory(tmp_path) -> Path:
+    return write_inventory(tmp_path / "hosts.ini", HOSTS)
+
+
+@pytest.fixture()
+def consumer(streams, sessions, inventory):
+    """``consumer(name, **options)``: a Consumer on the test's streams, index and inventory."""
+
+    def make(name: str, **options) -> Consumer:
+        options = {"block_ms": 100, "inventory": inventory, **options}
+        return Consumer(streams, sessions, name=name, **options)
+
+    return make
 
 
 def _device_result(run_id: str, host: str, status=DeviceStatus.CHANGED, sha="a" * 64) -> DeviceResult:
@@ -58,13 +96,12 @@ def _count(sessions, model) -> int:
         return s.scalar(select(func.count()).select_from(model))
 
 
-def test_results_land_once_and_run_finishes(streams, sessions):
+def test_results_land_once_and_run_finishes(streams, sessions, consumer):
     run_id = uuid.uuid4().hex
     with sessions.begin() as s:
         create_run(s, run_id, total=3, selector="all", targets=["git", "fs"])
     _publish(streams, run_id, ["r1", "r2", "r3"])
-    consumer = Consumer(streams, sessions, name="c1", block_ms=100)
-    consumer.run(idle_exit=0.3)
+    consumer("c1").run(idle_exit=0.3, stop=within(20))
     assert _count(sessions, DeviceResultRow) == 3
     assert _count(sessions, Version) == 3
     assert _count(sessions, Copy) == 6
@@ -75,40 +112,40 @@ def test_results_land_once_and_run_finishes(streams, sessions):
     assert streams.xpending(STORAGE_RESULTS_STREAM, GROUP)["pending"] == 0
 
 
-def test_redelivered_message_changes_nothing(streams, sessions):
+def test_redelivered_message_changes_nothing(streams, sessions, consumer):
     run_id = uuid.uuid4().hex
     _publish(streams, run_id, ["r1"])
-    Consumer(streams, sessions, name="c1", block_ms=100).run(idle_exit=0.3)
+    consumer("c1").run(idle_exit=0.3, stop=within(20))
     before = (_count(sessions, DeviceResultRow), _count(sessions, Version), _count(sessions, Copy))
     _publish(streams, run_id, ["r1"])  # the same task ids again, as after a crash between commit and ack
-    Consumer(streams, sessions, name="c2", block_ms=100).run(idle_exit=0.3)
+    consumer("c2").run(idle_exit=0.3, stop=within(20))
     assert (_count(sessions, DeviceResultRow), _count(sessions, Version), _count(sessions, Copy)) == before == (1, 1, 2)
 
 
-def test_messages_pending_on_a_dead_consumer_are_taken_over(streams, sessions):
+def test_messages_pending_on_a_dead_consumer_are_taken_over(streams, sessions, consumer):
     run_id = uuid.uuid4().hex
-    Consumer(streams, sessions, name="dead")  # creates the group
+    consumer("dead")  # creates the group
     _publish(streams, run_id, ["r1", "r2"])
     # "dead" receives everything and dies before applying or acknowledging any of it
     streams.xreadgroup(GROUP, "dead", {DEVICE_RESULTS_STREAM: ">", STORAGE_RESULTS_STREAM: ">"})
     assert streams.xpending(DEVICE_RESULTS_STREAM, GROUP)["pending"] == 2
-    Consumer(streams, sessions, name="alive", block_ms=100, claim_idle_ms=0).run(idle_exit=0.3)
+    consumer("alive", claim_idle_ms=0).run(idle_exit=0.3, stop=within(20))
     assert _count(sessions, DeviceResultRow) == 2
     assert _count(sessions, Copy) == 4
     assert streams.xpending(DEVICE_RESULTS_STREAM, GROUP)["pending"] == 0
 
 
-def test_malformed_message_is_dead_lettered_not_dropped(streams, sessions):
+def test_malformed_message_is_dead_lettered_not_dropped(streams, sessions, consumer):
     run_id = uuid.uuid4().hex
     streams.xadd(DEVICE_RESULTS_STREAM, {"task_id": "x", "data": "{not json"})
     _publish(streams, run_id, ["r1"])
-    Consumer(streams, sessions, name="c1", block_ms=100).run(idle_exit=0.3)
+    consumer("c1").run(idle_exit=0.3, stop=within(20))
     dead = streams.xrange(dead_letter_stream(DEVICE_RESULTS_STREAM))
     assert len(dead) == 1 and b"malformed" in dead[0][1][b"error"]
     assert _count(sessions, DeviceResultRow) == 1  # the message behind it flowed on
 
 
-def test_unchanged_storage_outcome_of_the_latest_version_adds_no_version(streams, sessions):
+def test_unchanged_storage_outcome_of_the_latest_version_adds_no_version(streams, sessions, consumer):
     first, second = uuid.uuid4().hex, uuid.uuid4().hex
     _publish(streams, first, ["r1"])
     # a second run believed r1 changed (stale cache) but every target already held it
@@ -117,8 +154,113 @@ def test_unchanged_storage_outcome_of_the_latest_version_adds_no_version(streams
         msg = _storage_result(second, "r1", t)
         msg.status = StorageStatus.UNCHANGED
         streams.xadd(STORAGE_RESULTS_STREAM, msg.to_message())
-    Consumer(streams, sessions, name="c1", block_ms=100).run(idle_exit=0.3)
+    consumer("c1").run(idle_exit=0.3, stop=within(20))
     assert _count(sessions, Version) == 1
     with sessions() as s:
         statuses = sorted(s.scalars(select(DeviceResultRow.status)).all())
     assert statuses == ["changed", "unchanged"]
+
+
+# --- failures: retried without blocking, then dead-lettered ------------------------------------------------
+def _pending(redis, stream) -> list[dict]:
+    return redis.xpending_range(stream, GROUP, "-", "+", 100)
+
+
+def test_malformed_message_dead_letter_entry_format(streams, consumer):
+    bad_id = streams.xadd(DEVICE_RESULTS_STREAM, {"task_id": "x", "data": "{not json", "error": "theirs"})
+    consumer("c1").run(idle_exit=0.3, stop=within(20))
+    (dead_id, entry), = streams.xrange(dead_letter_stream(DEVICE_RESULTS_STREAM))
+    assert entry[b"task_id"] == b"x" and entry[b"data"] == b"{not json"
+    assert entry[b"original:error"] == b"theirs"  # an original field never hides the dead-letter fields
+    assert entry[b"error"].startswith(b"malformed message:")
+    assert entry[b"source_stream"] == DEVICE_RESULTS_STREAM.encode() and entry[b"source_id"] == bad_id
+    assert entry[b"deliveries"] == b"1"  # it can never succeed: dead-lettered at once
+    from datetime import datetime
+
+    assert datetime.fromisoformat(entry[b"dead_at"].decode()).tzinfo is not None
+    assert _pending(streams, DEVICE_RESULTS_STREAM) == []
+
+
+def test_unknown_device_is_retried_and_applied_once_the_inventory_knows_it(streams, sessions, consumer, inventory):
+    run_id = uuid.uuid4().hex
+    streams.xadd(DEVICE_RESULTS_STREAM, _device_result(run_id, "r9").to_message())
+    _publish(streams, run_id, ["r1"])
+    c = consumer("c1", claim_idle_ms=100, max_deliveries=5)
+    assert c.poll() == 4
+    assert _count(sessions, DeviceResultRow) == 1  # r1 flowed past r9
+    (entry,) = _pending(streams, DEVICE_RESULTS_STREAM)
+    assert entry["times_delivered"] == 1 and c.failed == 1
+    write_inventory(inventory, HOSTS + ["r9"])  # the inventory is fixed before the last retry
+    c.run(idle_exit=0.5, stop=within(20))
+    assert _count(sessions, DeviceResultRow) == 2
+    assert streams.xlen(dead_letter_stream(DEVICE_RESULTS_STREAM)) == 0
+    assert _pending(streams, DEVICE_RESULTS_STREAM) == []
+
+
+def test_an_inventory_that_cannot_be_read_rejects_nothing(streams, sessions, consumer, tmp_path, caplog):
+    _publish(streams, uuid.uuid4().hex, ["not-in-any-inventory"])
+    consumer("c1", inventory=tmp_path / "no-such-inventory").run(idle_exit=0.3, stop=within(20))
+    assert _count(sessions, DeviceResultRow) == 1 and _count(sessions, Copy) == 2
+    assert "cannot read the inventory" in caplog.text
+
+
+def test_an_apply_that_raises_is_retried_then_dead_lettered(streams, sessions, consumer, monkeypatch):
+    run_id = uuid.uuid4().hex
+    broken = _storage_result(run_id, "r1", "git")
+    broken.status = StorageStatus.PENDING
+    broken.next_attempt_at = "soon"  # parses as a message, but the index cannot store it
+    streams.xadd(STORAGE_RESULTS_STREAM, broken.to_message())
+    _publish(streams, run_id, ["r2"])
+    monkeypatch.setenv("DEVICEVAULT_STREAM_MAX_DELIVERIES", "2")
+    c = consumer("c1", claim_idle_ms=50)
+    assert c.max_deliveries == 2
+    c.run(idle_exit=0.5, stop=within(20))
+    assert _count(sessions, Copy) == 2  # r2's copies
+    (_, entry), = streams.xrange(dead_letter_stream(STORAGE_RESULTS_STREAM))
+    assert entry[b"deliveries"] == b"2" and b"ValueError" in entry[b"error"] and b"soon" in entry[b"error"]
+    assert c.failed == 1 and c.dead == 1
+    assert _pending(streams, STORAGE_RESULTS_STREAM) == []
+
+
+def test_deliveries_are_counted_across_consumers(streams, sessions, consumer):
+    run_id = uuid.uuid4().hex
+    first = consumer("first", claim_idle_ms=60_000, max_deliveries=2)
+    streams.xadd(DEVICE_RESULTS_STREAM, _device_result(run_id, "unknown-host").to_message())
+    assert first.poll() == 1 and first.failed == 1  # delivery 1 fails; then "first" dies
+    second = consumer("second", claim_idle_ms=0, max_deliveries=2)
+    second.run(idle_exit=0.3, stop=within(20))
+    (_, entry), = streams.xrange(dead_letter_stream(DEVICE_RESULTS_STREAM))
+    assert entry[b"deliveries"] == b"2" and second.failed == 0 and second.dead == 1
+
+
+def test_entry_deleted_while_pending_is_acknowledged_not_dead_lettered(streams, consumer):
+    consumer("dead")
+    message_id = streams.xadd(DEVICE_RESULTS_STREAM, _device_result(uuid.uuid4().hex, "r1").to_message())
+    streams.xreadgroup(GROUP, "dead", {DEVICE_RESULTS_STREAM: ">"})
+    streams.xdel(DEVICE_RESULTS_STREAM, message_id)
+    consumer("dead").run(idle_exit=0.3, stop=within(20))  # restarts under the same name: its own pending entry is gone
+    assert _pending(streams, DEVICE_RESULTS_STREAM) == []
+    assert streams.xlen(dead_letter_stream(DEVICE_RESULTS_STREAM)) == 0
+
+
+def test_an_unreachable_index_is_an_outage_not_a_poison_message(streams, sessions, consumer, tmp_path):
+    import sqlite3
+
+    _publish(streams, uuid.uuid4().hex, ["r1", "r2"])
+    lock = sqlite3.connect(tmp_path / "index.sqlite", timeout=0, isolation_level=None)
+    lock.execute("BEGIN IMMEDIATE")  # another writer holds the index: "database is locked"
+    c = consumer("c1", max_deliveries=1, claim_idle_ms=60_000)
+    try:
+        deadline = time.monotonic() + 1.5
+        c.run(stop=lambda: time.monotonic() > deadline)
+    finally:
+        lock.rollback()
+        lock.close()
+    assert c.dead == 0 and c.failed == 0 and streams.xlen(dead_letter_stream(DEVICE_RESULTS_STREAM)) == 0
+    assert _count(sessions, DeviceResultRow) == 0
+    assert len(_pending(streams, DEVICE_RESULTS_STREAM)) == 2 and len(_pending(streams, STORAGE_RESULTS_STREAM)) == 4
+    held = _pending(streams, DEVICE_RESULTS_STREAM) + _pending(streams, STORAGE_RESULTS_STREAM)
+    assert {e["times_delivered"] for e in held} == {1}  # kept in hand, not redelivered
+    c.run(idle_exit=0.3, stop=within(20))  # the index is back: what was in hand is applied
+    assert (_count(sessions, DeviceResultRow), _count(sessions, Copy)) == (2, 4)
+    assert _pending(streams, DEVICE_RESULTS_STREAM) == [] and _pending(streams, STORAGE_RESULTS_STREAM) == []

@@ -70,7 +70,7 @@ def render(user) -> None:
     if wanted in names and st.session_state.get("device_name") != wanted:
         st.session_state["device_name"] = wanted
     elif wanted and wanted not in names:
-        st.warning(f"Device {wanted!r} is not in the index.")
+        st.warning(f"Device {ui.md(wanted)} is not in the index.")
     name = st.selectbox("Device", names, key="device_name", on_change=_sync_query)
     st.query_params["device"] = name
     if st.session_state.get("_device_state_for") != name:  # another device: forget the last one's choices
@@ -96,14 +96,16 @@ def render(user) -> None:
 
 
 def _header(info, versions) -> None:
-    m = st.columns(5)
+    m = st.columns([1, 1, 2, 2, 2])
     m[0].metric("Status", info.status)
-    m[1].metric("Last success", ui.when(info.last_success))
-    m[2].metric("Last change", ui.when(info.last_change))
-    m[3].metric("Versions", len(versions))
-    m[4].metric("Group / platform", f"{info.group or '-'} / {info.platform or '-'}")
+    m[1].metric("Versions", len(versions))
+    for col, (label, value) in zip(m[2:], (("Last success", ui.when(info.last_success)),
+                                           ("Last change", ui.when(info.last_change)),
+                                           ("Group · platform", f"{info.group or '-'} · {info.platform or '-'}"))):
+        col.caption(label)
+        col.markdown(f"**{ui.md(value)}**")
     if info.status == "failed" and info.last_error:
-        st.error(f"Last backup failed ({ui.when(info.last_attempt)}): {ui.mask(info.last_error)}")
+        st.error(f"Last backup failed ({ui.when(info.last_attempt)}): {ui.md(ui.mask(info.last_error))}")
     if info.stale_since is not None:
         st.warning(f"Stale since {ui.when(info.stale_since)}: no successful backup for too long.")
 
@@ -134,7 +136,7 @@ def _diff(s, session, info, versions, by_number) -> None:
     texts = _read(s, session, [by_number[a], by_number[b]])
     for number in (a, b):
         if isinstance(texts[number], Exception):
-            st.error(f"Version {number} cannot be read: {ui.friendly(texts[number])}")
+            st.error(f"Version {number} cannot be read: {ui.md(ui.friendly(texts[number]))}")
             return
     old, new = content.as_text(texts[a]), content.as_text(texts[b])
     if a == b:
@@ -154,7 +156,8 @@ def _diff(s, session, info, versions, by_number) -> None:
     else:
         rows = content.side_by_side(old, new, context=int(context))
         frame = pd.DataFrame(
-            [{"#": r.old_no, f"v{a}": r.old, "# ": r.new_no, f"v{b}": r.new, "change": r.change} for r in rows]
+            [{"#": _no(r.old_no), f"v{a}": r.old, "# ": _no(r.new_no), f"v{b}": r.new, "change": r.change}
+             for r in rows], columns=["#", f"v{a}", "# ", f"v{b}", "change"],
         )
         old_col, new_col = f"v{a}", f"v{b}"
 
@@ -165,11 +168,15 @@ def _diff(s, session, info, versions, by_number) -> None:
 
         styled = frame.style.apply(colour, axis=1)
         st.dataframe(styled, hide_index=True, width="stretch", key="device_diff_side", height=min(38 + 35 * len(frame), 700),
-                     column_config={"#": st.column_config.NumberColumn(width="small", format="%d"),
-                                    "# ": st.column_config.NumberColumn(width="small", format="%d"),
+                     column_config={"#": st.column_config.TextColumn(width="small"),
+                                    "# ": st.column_config.TextColumn(width="small"),
                                     old_col: st.column_config.TextColumn(width="large"),
                                     new_col: st.column_config.TextColumn(width="large"),
                                     "change": st.column_config.TextColumn(width="small")})
+
+
+def _no(number: int | None) -> str:
+    return "" if number is None else str(number)
 
 
 def _timeline(s, session, versions) -> None:
@@ -225,7 +232,7 @@ def _show(s, session, info, versions, by_number) -> None:
     v = by_number[number]
     data = _read(s, session, [v])[number]
     if isinstance(data, Exception):
-        st.error(f"Version {number} cannot be read: {ui.friendly(data)}")
+        st.error(f"Version {number} cannot be read: {ui.md(ui.friendly(data))}")
         return
     copies = queries.copies_of(session, [v.id])[v.id]
     st.caption(f"sha256 `{v.sha256}` · {v.size} bytes · {ui.when(v.created_at)} · run `{v.run_id}` · "

@@ -60,7 +60,9 @@ def _trigger(s, user) -> None:
         if c[2].button("Start backup", type="primary", key="runs_start", disabled=count == 0):
             from jobs.runs import start_backup
 
-            started = start_backup(ui.redis(s), s, hosts=hosts_chosen or None, groups=groups_chosen or None,
+            redis = ui.redis(s)
+            redis.ping()  # Redis down: say so before a run is recorded that no worker would ever see
+            started = start_backup(redis, s, hosts=hosts_chosen or None, groups=groups_chosen or None,
                                    inventory=s.inventory, requested_by=user.name)
             st.session_state[FOLLOW_KEY] = {"run_id": started.run_id, "hosts": list(started.hosts)}
             ui.log.info("portal: %s started run %s (%d device(s))", user.name, started.run_id, len(started.hosts))

@@ -51,13 +51,13 @@ def render(user) -> None:
     what = "every version" if found["every"] else "the newest configuration"
     devices = frame["device"].nunique() if not frame.empty else 0
     st.subheader(f"{len(frame)} matching line(s) in {devices} device(s)")
-    st.caption(f"{'regex' if found['regex'] else 'text'} {found['query']!r} in {what} of each device; "
+    st.caption(f"{'regex' if found['regex'] else 'text'} `{found['query'].replace('`', '')}` in {what} of each device; "
                f"{found['searched']} configuration(s) searched.")
     if found["truncated"]:
         st.warning(f"The search {found['truncated']}; narrow it down to see everything.")
     if found["unreadable"]:
         st.warning(f"{len(found['unreadable'])} configuration(s) could not be read: "
-                   + "; ".join(ui.mask(u) for u in found["unreadable"][:5]))
+                   + "; ".join(ui.md(ui.mask(u)) for u in found["unreadable"][:5]))
     if frame.empty:
         return
     st.download_button("Export CSV", frame.to_csv(index=False).encode(), file_name="devicevault-search.csv",
@@ -67,7 +67,7 @@ def render(user) -> None:
                           column_config={"text": st.column_config.TextColumn(width="large")})
     rows = picked.selection.rows if picked is not None else []
     row = frame.iloc[rows[0] if rows and rows[0] < len(frame) else 0]
-    st.markdown(f"**{row['device']}** v{row['version']}, line {row['line']} (select a row to see another match)")
+    st.markdown(f"**{ui.md(row['device'])}** v{row['version']}, line {row['line']} (select a row to see another match)")
     st.code(row["context"], language=None)
     if st.button(f"Open {row['device']}", key="search_open_device"):
         st.switch_page("views/device.py", query_params={"device": row["device"]})
