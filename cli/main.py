@@ -240,25 +240,39 @@ def wait_for_run(settings: Settings, run_id: str, total: int, timeout: float, *,
 @main.command()
 @click.option("--queue", "queues", multiple=True,
               help="Queues to serve (default: the collector queue and storage.<type> of every target type).")
+@click.option("--group", "groups", multiple=True,
+              help="Serve only the devices of this collection group (queue collector.group.<name>; repeatable).")
 @click.option("--burst", is_flag=True, help="Exit when the queues are empty.")
 @click.option("--name", help="Worker name.")
-def worker(queues, burst, name) -> None:
+def worker(queues, groups, burst, name) -> None:
     """Run an RQ worker that collects and/or stores.
 
-    A worker serving storage queues also hands copies that are due again (retries with backoff, or whose
-    job was lost) to new storage jobs of the target types it serves, every DEVICEVAULT_RETRY_POLL seconds.
+    Devices whose inventory sets ``devicevault_collector_group: <name>`` are collected from
+    ``collector.group.<name>``: run ``devicevault worker --group <name>`` on a host of that site (against
+    the same Redis). A worker serving storage queues also hands copies that are due again (retries with
+    backoff, or whose job was lost) to new storage jobs, every DEVICEVAULT_RETRY_POLL seconds.
     """
     from rq import Queue, Worker
 
     settings = _settings()
+    _daemon_logging(settings)
     redis = _redis(settings, blocking=True)
     layout = _layout(settings)
-    names = list(queues) or [settings.collector_queue] + [settings.storage_queue_for(t) for t in layout.types()]
+    names = list(queues) + [settings.collector_queue_for(g) for g in groups]
+    if not names:
+        names = [settings.collector_queue] + [settings.storage_queue_for(t) for t in layout.types()]
     served = [t for t in layout.types() if settings.storage_queue_for(t) in names]
     if served and not burst:
         _start_retry_pump(settings, layout, served)
     w = Worker([Queue(q, connection=redis) for q in names], connection=redis, name=name)
-    w.work(burst=burst, logging_level="INFO")
+    w.work(burst=burst, logging_level="INFO", with_scheduler=True)
+
+
+def _daemon_logging(settings: Settings) -> None:
+    """Long-running processes log JSON lines (DEVICEVAULT_LOG_FORMAT), credentials masked."""
+    from jobs.logs import configure_logging
+
+    configure_logging(settings, level=logging.INFO)
 
 
 def _start_retry_pump(settings: Settings, layout, types: list[str]) -> None:
@@ -289,12 +303,15 @@ def _start_retry_pump(settings: Settings, layout, types: list[str]) -> None:
 @click.option("--name", help="Consumer name in the group (default: host-pid).")
 @click.option("--idle-exit", type=float, help="Exit after this many seconds without messages.")
 @click.option("--claim-idle", default=30.0, show_default=True, help="Take over other consumers' messages pending this long (s).")
+@click.option("--max-deliveries", type=int, default=5, show_default=True, envvar="DEVICEVAULT_STREAM_MAX_DELIVERIES",
+              help="Tries before a message that keeps failing moves to the dead-letter stream.")
 @click.option("--crash-after-commit", type=int, hidden=True, help="Failure tests: exit after N commits, before acking.")
-def consumer(name, idle_exit, claim_idle, crash_after_commit) -> None:
+def consumer(name, idle_exit, claim_idle, max_deliveries, crash_after_commit) -> None:
     """Write collection and storage results from the Redis streams into the index."""
     from jobs.consumer import Consumer
 
     settings = _settings()
+    _daemon_logging(settings)
     stopping = []
     signal.signal(signal.SIGTERM, lambda *_: stopping.append(1))
     c = Consumer(
@@ -302,6 +319,8 @@ def consumer(name, idle_exit, claim_idle, crash_after_commit) -> None:
         _sessions(settings),
         name=name,
         claim_idle_ms=int(claim_idle * 1000),
+        max_deliveries=max_deliveries,
+        inventory=settings.inventory,
         crash_after_commit=crash_after_commit,
     )
     try:
@@ -503,6 +522,12 @@ def pending(as_json) -> None:
         counts = waiting(_redis(settings), _layout(settings).all_targets())
         click.echo("in the outbox: " + ", ".join(f"{t} {n}" for t, n in counts.items()))
 
+
+from .operations import hygiene, status, up  # noqa: E402 - the commands need this module's helpers
+
+main.add_command(status)
+main.add_command(hygiene)
+main.add_command(up)
 
 from .schedule import schedule, scheduler  # noqa: E402 - registers the schedule commands
 

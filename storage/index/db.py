@@ -22,12 +22,36 @@ def _alembic_config(url: str):
 
 
 def upgrade(url: str) -> None:
-    """Bring the database at ``url`` to the newest schema (creates it from nothing)."""
+    """Bring the database at ``url`` to the newest schema (creates it from nothing).
+
+    Processes starting together (a worker, the consumer, a CLI command) migrate one at a time: SQLite
+    through a lock file beside the database, PostgreSQL through an advisory lock held for the migration.
+    """
     from alembic import command
 
+    config = _alembic_config(url)
     if url.startswith("sqlite:///"):
-        Path(url[len("sqlite:///"):]).parent.mkdir(parents=True, exist_ok=True)
-    command.upgrade(_alembic_config(url), "head")
+        path = Path(url[len("sqlite:///"):])
+        path.parent.mkdir(parents=True, exist_ok=True)
+        from storage._lock import file_lock
+
+        with file_lock(path.with_name(path.name + ".migrate.lock")):
+            command.upgrade(config, "head")
+    elif url.startswith("postgresql"):
+        from sqlalchemy import text
+
+        engine = create_engine(url)
+        try:
+            with engine.connect() as connection:
+                connection.execute(text("SELECT pg_advisory_lock(7400321)"))  # any fixed number, ours
+                try:
+                    command.upgrade(config, "head")
+                finally:
+                    connection.execute(text("SELECT pg_advisory_unlock(7400321)"))
+        finally:
+            engine.dispose()
+    else:
+        command.upgrade(config, "head")
 
 
 def _engine(url: str) -> Engine:

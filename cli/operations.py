@@ -1,0 +1,138 @@
+"""Running DeviceVault: ``devicevault up`` (everything on one machine), ``status`` and ``hygiene``."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import signal
+import sys
+import time
+
+import click
+
+from jobs.settings import Settings
+
+log = logging.getLogger("devicevault.up")
+
+
+@click.command()
+@click.option("--json", "as_json", is_flag=True)
+def status(as_json) -> None:
+    """Queues and their depth, workers and what they run, stream lag, dead letters, stale devices, last runs."""
+    from .main import _guard, _table
+
+    @_guard
+    def show() -> None:
+        from jobs.status import gather_status
+
+        data = gather_status(Settings.load())
+        if as_json:
+            click.echo(json.dumps(data, indent=2, default=str))
+            return
+        for row in data["streams"]:
+            if isinstance(row.get("consumers"), list):
+                row["consumers"] = ", ".join(f"{c['name']}({c['pending']})" for c in row["consumers"]) or "-"
+        for title, key, columns in (
+            ("queues", "queues", ["queue", "queued", "started", "scheduled", "deferred", "failed"]),
+            ("workers", "workers", ["worker", "state", "queues", "job"]),
+            ("streams (lag: entries not yet delivered to the group)", "streams",
+             ["stream", "group", "length", "pending", "lag", "consumers", "dead_letters"]),
+            ("stale devices (no successful backup within their allowed age)", "stale",
+             ["device", "group", "last_success", "stale_since"]),
+            ("last runs", "runs", ["run_id", "created_at", "status", "selector", "total"]),
+        ):
+            click.echo(f"== {title}")
+            rows = data[key]
+            _table(rows, columns or sorted({k for r in rows for k in r}))
+        click.echo("== storage outbox (copies waiting for their target): "
+                   + (", ".join(f"{t} {n}" for t, n in data["outbox"].items()) or "none"))
+
+    show()
+
+
+@click.command()
+@click.option("--json", "as_json", is_flag=True)
+@click.option("--grace", default=60.0, show_default=True, help="Seconds a queued job may be missing from its queue.")
+def hygiene(as_json, grace) -> None:
+    """One maintenance pass now: lost/abandoned/orphaned jobs, stale devices, stream trimming."""
+    from redis import Redis
+
+    from jobs.maintenance import run_maintenance
+
+    settings = Settings.load()
+    report = run_maintenance(Redis.from_url(settings.redis_url), settings, grace=grace)
+    data = {
+        "hygiene": [f.as_dict() for f in report["hygiene"]],
+        "stale": [s.device for s in report["stale"]],
+        "trimmed": report["trimmed"],
+        "errors": report["errors"],
+    }
+    if as_json:
+        click.echo(json.dumps(data, indent=2, default=str))
+    else:
+        from .main import _table
+
+        _table(data["hygiene"], ["kind", "queue", "job_id", "action", "reason"])
+        click.echo(f"stale devices: {len(data['stale'])}; trimmed: {data['trimmed'] or 'nothing'}")
+        for error in data["errors"]:
+            click.echo(f"error: {error}", err=True)
+    if report["errors"]:
+        sys.exit(1)
+
+
+@click.command()
+@click.option("--workers", default=1, show_default=True, help="How many workers (each serves every queue).")
+@click.option("--portal/--no-portal", default=True, show_default=True, help="Also run the Streamlit portal, when present.")
+@click.option("--portal-port", default=8501, show_default=True)
+def up(workers, portal, portal_port) -> None:
+    """Run everything a small installation needs on this machine: Redis (if none answers), worker(s), the
+    scheduler, the index consumer and the portal. Ctrl-C (or SIGTERM) stops them all cleanly."""
+    from pathlib import Path
+
+    from .services import Process, RedisServer, port_open, redis_address
+
+    settings = Settings.load()
+    from jobs.logs import configure_logging
+
+    configure_logging(settings)
+    logs = settings.home / "logs"
+    started: list[tuple[str, Process]] = []
+    redis_server = None
+    host, port = redis_address(settings.redis_url)
+    if not port_open(host, port):
+        redis_server = RedisServer(settings.home / "redis", port, host).start()
+        log.info("redis-server started on %s:%s", host, port)
+    plan = [(f"worker-{i}", ["worker", "--name", f"{os.uname().nodename}-worker-{i}-{os.getpid()}"])
+            for i in range(1, workers + 1)]
+    plan += [("scheduler", ["scheduler"]), ("consumer", ["consumer"])]
+    app = Path(__file__).resolve().parent.parent / "portal" / "app.py"
+    if portal and app.exists():
+        plan.append(("portal", ["portal", "--port", str(portal_port)]))
+    stopping: list[int] = []
+
+    def stop(signum, _frame) -> None:
+        stopping.append(signum)
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+    try:
+        for name, args in plan:
+            started.append((name, Process(args, logs / f"{name}.log").start()))
+            log.info("%s started (log %s)", name, logs / f"{name}.log")
+        click.echo(f"devicevault up: {', '.join(n for n, _ in started)} running; logs in {logs}; Ctrl-C stops",
+                   err=True)
+        while not stopping:
+            for name, proc in started:
+                code = proc.popen.poll()
+                if code is not None:
+                    log.error("%s exited with %s; restarting it (log %s)", name, code, logs / f"{name}.log")
+                    proc.start()
+            time.sleep(1)
+    finally:
+        for name, proc in reversed(started):
+            proc.stop()
+            log.info("%s stopped", name)
+        if redis_server is not None:
+            redis_server.stop()
+        click.echo("devicevault up: stopped", err=True)

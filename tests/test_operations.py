@@ -1,0 +1,251 @@
+"""Issue 4 through the CLI: collection groups, retries, killed workers, lost jobs, freshness, status, logs, up.
+
+Real redis-server, real RQ workers as processes (one per collection group plus one for storage), real
+Ansible against the lab. Tests share the lab and run in file order.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from cli.services import Process, free_port
+
+AMS = ["ams-ios-01", "ams-eos-01", "ams-nxos-01"]
+NYC = ["nyc-ios-01", "nyc-eos-01", "nyc-nxos-01"]
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="module")
+def ops(tmp_path_factory, redis_server):
+    from lab.generate_inventory import generate_inventory
+    from lab.testing import start_lab, stop_lab
+
+    from tests.conftest import DeviceVault
+
+    home = tmp_path_factory.mktemp("ops")
+    inventory = home / "inventory"
+    hosts = generate_inventory(count=6, out=inventory, port=free_port(), base="127.0.70.0",
+                               platforms=["ios", "eos", "nxos"])
+    assert sorted(hosts) == sorted(AMS + NYC), hosts
+    (inventory / "group_vars" / "site_ams.yml").write_text("devicevault_collector_group: ams\n")
+    (inventory / "group_vars" / "site_nyc.yml").write_text("devicevault_collector_group: nyc\n")
+    (inventory / "host_vars").mkdir()
+    (inventory / "host_vars" / "nyc-nxos-01.yml").write_text("devicevault_max_age: 0.003\n")  # 10.8 s
+    env = {
+        "DEVICEVAULT_HOME": str(home),
+        "DEVICEVAULT_REDIS_URL": redis_server.url.rsplit("/", 1)[0] + "/8",
+        "DEVICEVAULT_INVENTORY": str(inventory),
+        "DEVICEVAULT_DEVICE_TIMEOUT": "5",
+        "DEVICEVAULT_JOB_TIMEOUT": "60",
+        "DEVICEVAULT_LOCK_MARGIN": "10",
+        "DEVICEVAULT_COLLECT_RETRIES": "1",
+        "DEVICEVAULT_COLLECT_RETRY_BASE": "1",
+    }
+    tool = DeviceVault(env, home)
+    start_lab(inventory, home / "lab")
+    tool.workers = {
+        "ams": tool.process("worker", "--group", "ams", "--name", f"ams-{free_port()}", name="worker-ams"),
+        "nyc": tool.process("worker", "--group", "nyc", "--name", f"nyc-{free_port()}", name="worker-nyc"),
+        "store": tool.process("worker", "--queue", "collector", "--queue", "storage.git", "--queue", "storage.fs",
+                              "--name", f"store-{free_port()}", name="worker-store"),
+    }
+    for proc in tool.workers.values():
+        proc.start()
+    consumer = tool.process("consumer", "--name", "indexer-ops", "--claim-idle", "2", name="consumer").start()
+    yield tool
+    for proc in [*tool.workers.values(), consumer]:
+        proc.stop()
+    stop_lab(home / "lab")
+
+
+def _redis(ops):
+    from redis import Redis
+
+    return Redis.from_url(ops.settings.redis_url)
+
+
+def _worker_name(proc: Process) -> str:
+    return proc.args[proc.args.index("--name") + 1]
+
+
+def _results(ops, *args: str) -> dict[str, dict]:
+    proc = ops("backup", "--wait", "--json", *args, check=False)
+    assert proc.returncode in (0, 1) and proc.stdout.startswith("{"), proc.stdout + proc.stderr
+    return {r["device"]: r for r in json.loads(proc.stdout)["results"]}
+
+
+def _wait_run(ops, run_id: str, timeout: float = 120) -> list[dict]:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        runs = {r["run_id"]: r for r in ops.json("runs")}
+        if runs.get(run_id, {}).get("finished_at"):
+            return ops.json("run", run_id)
+        time.sleep(1)
+    raise AssertionError(f"run {run_id} did not finish")
+
+
+def test_each_collection_group_is_collected_only_by_its_own_worker(ops):
+    from rq import Queue
+    from rq.job import Job
+
+    results = _results(ops)
+    assert {r["status"] for r in results.values()} == {"changed"}, results
+    redis = _redis(ops)
+    for group, members in (("ams", AMS), ("nyc", NYC)):
+        ids = Queue(f"collector.group.{group}", connection=redis).finished_job_registry.get_job_ids()
+        jobs = [Job.fetch(i, connection=redis) for i in ids]
+        assert jobs, group
+        assert {j.worker_name for j in jobs} == {_worker_name(ops.workers[group])}
+        assert {h for j in jobs for h in j.meta["hosts"]} == set(members)
+    assert Queue("collector", connection=redis).finished_job_registry.get_job_ids() == []  # every device has a group
+
+
+def test_transient_failures_are_retried_and_permanent_ones_say_so(ops):
+    from lab.control import LabControl
+
+    lab = LabControl(ops.home / "lab")
+    lab.set_fault("nyc-ios-01", "hang")
+    lab.set_fault("ams-ios-01", "auth_fail")
+    try:
+        results = _results(ops, "--host", "nyc-ios-01", "--host", "ams-ios-01")
+    finally:
+        lab.set_fault("nyc-ios-01", "none")
+        lab.set_fault("ams-ios-01", "none")
+    hung, denied = results["nyc-ios-01"], results["ams-ios-01"]
+    assert hung["status"] == denied["status"] == "failed"
+    assert "timed out" in hung["error"] and "attempt 2 of 2" in hung["error"], hung
+    assert "authentication failed" in denied["error"] and "permanent: not retried" in denied["error"], denied
+
+
+def test_a_killed_worker_is_retried_without_duplicate_versions_and_its_locks_go(ops):
+    from lab.control import LabControl
+    from rq import Queue
+
+    lab = LabControl(ops.home / "lab")
+    for host in AMS:
+        lab.change(host)
+    lab.set_fault("ams-eos-01", "slow", delay=0.5)
+    before = {d["name"]: d["versions"] for d in ops.json("devices")}
+    redis = _redis(ops)
+    started = json.loads(ops("backup", "--group", "site_ams", "--json").stdout)
+    registry = Queue("collector.group.ams", connection=redis).started_job_registry
+    deadline = time.monotonic() + 60
+    while not registry.get_job_ids() and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert registry.get_job_ids(), "the collection job never started"
+    time.sleep(1.5)  # in the middle of Ansible's work
+    worker = ops.workers["ams"]
+    os.killpg(worker.popen.pid, signal.SIGKILL)  # the worker, its work horse and Ansible, at once
+    worker.popen.wait(10)
+    locks = [k for k in redis.scan_iter("lock:device:*")]
+    assert locks, "the dead job's locks should still be there"
+    assert all(0 < redis.ttl(k) <= ops.settings.lock_ttl for k in locks)  # they would expire on their own
+    lab.set_fault("ams-eos-01", "none")
+    worker.start()
+    hygiene = json.loads(ops("hygiene", "--json", "--grace", "0").stdout)
+    assert any(f["kind"] == "abandoned" and f["action"] == "requeued" for f in hygiene["hygiene"]), hygiene
+    rows = _wait_run(ops, started["run_id"])
+    assert sorted(r["device"] for r in rows) == sorted(AMS)
+    assert {r["status"] for r in rows} == {"changed"}, rows
+    after = {d["name"]: d["versions"] for d in ops.json("devices")}
+    assert all(after[h] == before[h] + 1 for h in AMS), (before, after)
+    assert list(redis.scan_iter("lock:device:*")) == []
+
+
+def test_a_job_removed_behind_rqs_back_is_found_and_its_devices_backed_up(ops):
+    worker = ops.workers["nyc"]
+    worker.stop()
+    started = json.loads(ops("backup", "--group", "site_nyc", "--json").stdout)
+    redis = _redis(ops)
+    (job_id,) = started["jobs"]
+    assert redis.lrem("rq:queue:collector.group.nyc", 0, job_id) == 1
+    hygiene = json.loads(ops("hygiene", "--json", "--grace", "0").stdout)
+    assert {(f["kind"], f["job_id"], f["action"]) for f in hygiene["hygiene"]} == {("lost", job_id, "requeued")}
+    worker.start()
+    rows = _wait_run(ops, started["run_id"])
+    assert sorted(r["device"] for r in rows) == sorted(NYC)
+    assert {r["status"] for r in rows} <= {"changed", "unchanged"}, rows
+
+
+def test_a_device_without_a_recent_success_is_stale_until_it_succeeds(ops):
+    host = "nyc-nxos-01"  # allowed age 0.003 h (10.8 s) in host_vars
+    _results(ops, "--host", host)
+    ops("hygiene")
+    assert ops.json("status")["stale"] == []
+    time.sleep(11)
+    ops("hygiene")
+    assert [s["device"] for s in ops.json("status")["stale"]] == [host]  # the others may be 24 h old
+    _results(ops, "--host", host)
+    ops("hygiene")
+    assert ops.json("status")["stale"] == []
+
+
+def test_status_shows_queues_workers_streams_and_runs(ops):
+    status = ops.json("status")
+    queues = {q["queue"] for q in status["queues"]}
+    assert {"collector.group.ams", "collector.group.nyc", "storage.git", "storage.fs"} <= queues
+    names = {w["worker"] for w in status["workers"]}
+    assert {_worker_name(p) for p in ops.workers.values()} <= names
+    assert status["runs"] and status["runs"][0]["status"] in ("succeeded", "partial", "failed")
+    text = ops("status").stdout
+    assert "== queues" in text and "collector.group.ams" in text
+
+
+def test_worker_logs_are_json_lines_without_credentials(ops):
+    for name in ("worker-ams", "worker-nyc", "worker-store"):
+        lines = [line for line in (ops.home / "logs" / f"{name}.log").read_text().splitlines() if line.strip()]
+        assert lines, name
+        records = [json.loads(line) for line in lines]  # every line is one JSON object
+        assert all({"time", "level", "logger", "message"} <= r.keys() for r in records)
+        text = "\n".join(lines)
+        assert "lab-admin" not in text and "lab-enable" not in text
+
+
+def test_up_runs_worker_scheduler_and_consumer_and_stops_on_ctrl_c(ops, tmp_path):
+    from redis import Redis
+    from rq import Worker
+
+    url = ops.settings.redis_url.rsplit("/", 1)[0] + "/9"
+    env = {**os.environ, "DEVICEVAULT_HOME": str(tmp_path), "DEVICEVAULT_REDIS_URL": url,
+           "DEVICEVAULT_INVENTORY": ops.env["DEVICEVAULT_INVENTORY"], "LC_ALL": "C.UTF-8"}
+    up = subprocess.Popen([sys.executable, "-m", "cli", "up", "--no-portal"], cwd=ROOT, env=env,
+                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
+    redis = Redis.from_url(url)
+    try:
+        deadline = time.monotonic() + 60
+        while not Worker.all(connection=redis) and time.monotonic() < deadline:
+            time.sleep(0.5)
+        assert len(Worker.all(connection=redis)) == 1
+        time.sleep(2)
+        for name in ("scheduler", "consumer"):
+            log = (tmp_path / "logs" / f"{name}.log")
+            assert log.exists(), name
+        up.send_signal(signal.SIGINT)
+        output = up.communicate(timeout=60)[0].decode()
+    finally:
+        if up.poll() is None:
+            os.killpg(up.pid, signal.SIGKILL)
+    assert up.returncode == 0, output
+    assert "devicevault up: stopped" in output
+    assert Worker.all(connection=redis) == []  # the worker unregistered: a clean shutdown
+    assert _processes_with(f"DEVICEVAULT_HOME={tmp_path}") == []  # every child process is gone
+
+
+def _processes_with(env_entry: str) -> list[int]:
+    found = []
+    for proc in Path("/proc").iterdir():
+        if proc.name.isdigit():
+            try:
+                if env_entry.encode() in (proc / "environ").read_bytes().split(b"\0"):
+                    found.append(int(proc.name))
+            except OSError:
+                pass
+    return found
