@@ -284,6 +284,32 @@ def test_devices_filter_and_sort(portal_env):
     assert set(at.dataframe(key="devices_table").value["group"]) == {group}
 
 
+def _select_row(at: AppTest, key: str, row: int) -> AppTest:
+    """What the browser sends when a table row is clicked."""
+    at.session_state[key] = {"selection": {"rows": [row], "columns": [], "cells": []}}
+    return at.run()
+
+
+def test_a_selected_device_row_opens_the_device(portal_env):
+    at = ok(page("victor", "views/devices.py"))
+    table = at.dataframe(key="devices_table").value
+    row = list(table["device"]).index(portal_env["busy"])
+    _select_row(at, "devices_table", row)
+    assert [t.value for t in ok(at).title] == ["Device"]
+    assert at.query_params["device"] == portal_env["busy"]
+    assert at.selectbox(key="device_name").value == portal_env["busy"]
+
+
+def test_a_selected_timeline_row_is_compared_with_its_predecessor(portal_env):
+    at = ok(page("victor", "views/device.py", device=portal_env["busy"]))
+    _select_row(at, "device_timeline", 1)  # newest first: v2
+    assert (at.selectbox(key="device_diff_a").value, at.selectbox(key="device_diff_b").value) == (1, 2)
+    assert at.selectbox(key="device_show_version").value == 2
+    assert "+ip access-list extended MGMT-2" in ok(at).code[0].value
+    at.selectbox(key="device_diff_a").set_value(3).run()  # a later manual choice is kept
+    assert at.selectbox(key="device_diff_a").value == 3
+
+
 def test_device_page_diff_of_two_chosen_versions(portal_env):
     busy = portal_env["busy"]
     at = ok(page("victor", "views/device.py", device=busy))

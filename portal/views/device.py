@@ -16,7 +16,8 @@ import streamlit as st
 from portal import content, queries, ui
 
 TIMELINE_PAGE = 50
-PER_DEVICE_KEYS = ("device_diff_a", "device_diff_b", "device_show_version", "device_timeline_page", "device_timeline")
+PER_DEVICE_KEYS = ("device_diff_a", "device_diff_b", "device_show_version", "device_timeline_page", "device_timeline",
+                   "_device_timeline_applied", "_device_timeline_numbers")
 SIDE_COLOURS = {"removed": ("#fde2e1", ""), "added": ("", "#dcf5dc"), "changed": ("#fdf1d6", "#fdf1d6")}
 
 
@@ -32,7 +33,12 @@ def _shift(delta: int) -> None:
 
 
 def _pick_timeline() -> None:
-    rows = st.session_state.get("device_timeline", {}).get("selection", {}).get("rows", [])
+    """A row newly selected in the timeline: compare that version with the one before, and show it.
+    Runs before the diff's widgets exist (they come first on the page)."""
+    rows = list(st.session_state.get("device_timeline", {}).get("selection", {}).get("rows", []))
+    if rows == st.session_state.get("_device_timeline_applied"):
+        return
+    st.session_state["_device_timeline_applied"] = rows
     numbers = st.session_state.get("_device_timeline_numbers", [])
     if rows and rows[0] < len(numbers):
         number = numbers[rows[0]]
@@ -77,6 +83,7 @@ def render(user) -> None:
         for key in PER_DEVICE_KEYS:
             st.session_state.pop(key, None)
         st.session_state["_device_state_for"] = name
+    _pick_timeline()
 
     with sessions() as session:
         info = queries.device_info(session, name)
@@ -211,7 +218,7 @@ def _timeline(s, session, versions) -> None:
                    + ", ".join(f"v{x}" for x in sorted(unreadable)[:10]))
     frame = pd.DataFrame(rows, columns=["version", "time", "sha", "size", "added", "removed", "copies", "run", "author"])
     frame["time"] = pd.to_datetime(frame["time"], utc=True)
-    st.dataframe(frame, hide_index=True, width="stretch", key="device_timeline", on_select=_pick_timeline,
+    st.dataframe(frame, hide_index=True, width="stretch", key="device_timeline", on_select="rerun",
                  selection_mode="single-row",
                  column_config={"time": st.column_config.DatetimeColumn(format="YYYY-MM-DD HH:mm:ss z"),
                                 "added": st.column_config.NumberColumn("+ lines", format="%d"),
