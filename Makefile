@@ -33,7 +33,7 @@ demo-stop:
 	$(VENV)/bin/devicevault demo --stop
 
 test: setup
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q -n 2 --dist loadfile
 
 clean:
 	-$(VENV)/bin/devicevault demo --stop

@@ -1,7 +1,7 @@
 """``devicevault demo``: everything on one machine, from nothing, with the embedded defaults.
 
-Starts a real redis-server (if none answers at the configured URL), the simulated lab, two workers and the
-index consumer in the background, backs up every lab device and prints a per-device summary. The
+Starts a real redis-server (if none answers at the configured URL), the simulated lab, two workers, the
+index consumer and the scheduler in the background, backs up every lab device and prints a per-device summary. The
 processes keep running so you can look around (``devicevault devices``, ``diff``, ``lab change``…);
 ``devicevault demo --stop`` stops them.
 """
@@ -42,7 +42,8 @@ def start_services(settings: Settings, echo=print) -> None:
     echo(f"lab up (pid {pid}): devices from {settings.inventory}")
     for name, args in (("worker-1", ["worker", "--name", f"demo-worker-1-{os.getpid()}"]),
                        ("worker-2", ["worker", "--name", f"demo-worker-2-{os.getpid()}"]),
-                       ("consumer", ["consumer", "--name", "demo-consumer"])):
+                       ("consumer", ["consumer", "--name", "demo-consumer"]),
+                       ("scheduler", ["scheduler"])):
         pidfile = _pidfile(settings, name)
         if _alive(pidfile):
             continue
@@ -50,12 +51,32 @@ def start_services(settings: Settings, echo=print) -> None:
         pidfile.parent.mkdir(parents=True, exist_ok=True)
         pidfile.write_text(str(proc.popen.pid))
         echo(f"{name} started (pid {proc.popen.pid}, log {settings.home / 'logs' / (name + '.log')})")
+    _start_portal(settings, echo)
+
+
+def _start_portal(settings: Settings, echo) -> None:
+    """The portal on port 8501; on first use a user ``admin`` with a random password, printed once here."""
+    import secrets
+
+    from portal.users import UsersFile
+
+    users = UsersFile(settings.users_file or settings.home / "users.yml")
+    if not users.users():
+        password = secrets.token_urlsafe(12)
+        users.add("admin", "admin", password)
+        echo(f"portal user admin created; its password (shown only now): {password}")
+    pidfile = _pidfile(settings, "portal")
+    if _alive(pidfile) or port_open("127.0.0.1", 8501):
+        return
+    proc = Process(["portal", "--port", "8501", "--address", "127.0.0.1"], settings.home / "logs" / "portal.log").start()
+    pidfile.write_text(str(proc.popen.pid))
+    echo("portal: http://127.0.0.1:8501 (more users: devicevault users add NAME --role viewer|operator|admin)")
 
 
 def stop_services(settings: Settings, echo=print) -> None:
     from lab import commands as lab
 
-    for name in ("worker-1", "worker-2", "consumer"):
+    for name in ("worker-1", "worker-2", "consumer", "scheduler", "portal"):
         pidfile = _pidfile(settings, name)
         if _alive(pidfile):
             os.killpg(int(pidfile.read_text()), signal.SIGTERM)
