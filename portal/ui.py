@@ -27,7 +27,7 @@ USER_KEY = "portal_user"
 _lock = threading.Lock()
 _layouts: dict[tuple, object] = {}
 _users_files: dict[str, UsersFile] = {}
-_inventories: dict[str, tuple[float, float, dict]] = {}
+_inventories: dict[str, tuple[float, dict]] = {}
 
 
 # --- the installation -----------------------------------------------------------------------------------
@@ -70,17 +70,16 @@ def users_file(s: Settings | None = None) -> UsersFile:
 
 
 def inventory(s: Settings | None = None, max_age: float = 60.0) -> dict:
-    """The inventory's hosts by name (parsed by Ansible; kept for ``max_age`` seconds)."""
+    """The inventory's hosts by name (parsed by Ansible, which takes a second: kept for ``max_age`` s)."""
     from jobs.inventory import load_inventory
 
     s = s or settings()
     path = str(s.inventory)
-    now = time.monotonic()
     cached = _inventories.get(path)
-    if cached and now - cached[0] < max_age:
-        return cached[2]
+    if cached and time.monotonic() - cached[0] < max_age:
+        return cached[1]
     hosts = load_inventory(path)
-    _inventories[path] = (now, 0.0, hosts)
+    _inventories[path] = (time.monotonic(), hosts)
     return hosts
 
 

@@ -126,6 +126,8 @@ def test_log_in_trigger_a_backup_and_open_its_diff(portal, tmp_path):
                 expect(page.get_by_role("heading", name=heading, exact=True)).to_be_visible()
                 if name == "Devices":
                     expect(page.get_by_text("3 device(s) match")).to_be_visible()
+                    expect(page.get_by_text("Rows per page")).to_be_visible()
+                    expect(page.get_by_role("combobox").first).to_be_visible()
                 elif name == "Search":
                     page.get_by_role("textbox", name="Text or regular expression").fill("hostname")
                     page.get_by_role("button", name="Search").click()

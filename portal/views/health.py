@@ -45,8 +45,7 @@ def render(user) -> None:
     s = ui.settings()
     st.title("Health")
     st.caption(f"Redis {redact_url(s.redis_url)} · index {redact_url(s.database_url)}")
-    if st.button("Refresh", key="health_refresh"):
-        st.rerun()
+    st.button("Refresh", key="health_refresh")  # a click reruns the page
     st.subheader("Storage targets")
     targets = target_health(s)
     bad = targets[targets["state"] != "healthy"]

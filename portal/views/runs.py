@@ -80,8 +80,8 @@ def _follow(s, run_id: str, hosts: list[str]) -> None:
             devices = queries.run_devices(session, run_id, hosts)
         total = max(now.total, len(hosts), 1)
         st.subheader(f"Run {run_id[:12]}")
-        label = (f"{now.done} of {total} device(s) done · {now.status}"
-                 + (f" · finished {ui.when(now.finished_at)}" if now.finished else " · running…"))
+        label = f"{now.done} of {total} device(s) done · " + (
+            f"{now.status} · finished {ui.when(now.finished_at)}" if now.finished else "running…")
         st.progress(min(now.done / total, 1.0), text=label)
         if now.finished:
             (st.success if now.status == "succeeded" else st.warning)(f"Run {run_id[:12]} {now.status}.")
