@@ -10,7 +10,9 @@ Generates, in a temporary directory (``--keep DIR`` keeps it and reuses it next 
 
 both migrated by Alembic (so with the real schema and indexes) and filled with bulk inserts (sqlite3
 ``executemany``): 2,000 runs every 6 hours, one ``changed`` device result and two copies (fs, git) per
-version; 3 % of the devices failed last, 2 % are stale. One device, ``ams-ios-heavy``, has
+version, and for the runs of the last 30 days an ``unchanged`` (or, in the newest run, ``failed``) result
+for every other device (about 1.2 million results, as a real installation has); 3 % of the devices failed
+last, 2 % are stale. One device, ``ams-ios-heavy``, has
 ``--heavy-versions`` versions (2,000) whose configurations (about 400 lines each) are really written
 through the fs backend, so its Device page reads, diffs and counts lines for real; so are the versions of
 one typical device (``site01-eos-00001``). The other versions' copies name files that do not exist; the
@@ -43,6 +45,8 @@ SITES = [f"site{i:02d}" for i in range(20)]
 PLATFORMS = ["cisco.ios.ios", "arista.eos.eos", "cisco.nxos.nxos", "junipernetworks.junos.junos",
              "community.routeros.routeros"]
 TARGET_SECONDS = 2.0
+RECENT_DAYS = 30  # runs of the last 30 days have a result for every device (changed, unchanged or failed)
+BENCH_VERSION = "2"  # generated data layout; an index kept with --keep is made again when it changes
 FMT = "%Y-%m-%d %H:%M:%S.%f"
 CHUNK = 50_000
 
@@ -103,6 +107,9 @@ def generate(home: Path, devices: int, versions: int, heavy_versions: int, seed:
     fs = FilesystemBackend(home / "fs")
     device_rows, version_rows, copy_rows, result_rows = [], [], [], []
     vid = 0
+    recent = {r for r in range(RUNS) if run_times[r] >= now - timedelta(days=RECENT_DAYS)}
+    changed_in: dict[int, set[int]] = {r: set() for r in recent}
+    failed_devices: set[int] = set()
 
     def flush(final: bool = False) -> None:
         if len(version_rows) >= CHUNK or final:
@@ -138,10 +145,13 @@ def generate(home: Path, devices: int, versions: int, heavy_versions: int, seed:
             copy_rows.append((vid, "fs", fs_ref, f"{task}:fs", when))
             copy_rows.append((vid, "git", f"main:{path}@{sha[:40]}", f"{task}:git", when))
             result_rows.append((task, run_ids[r], d, when, 2.0 + (k % 50) / 10, sha, size))
+            if r in recent:
+                changed_in[r].add(d)
         last_run = run_times[-1]
         last_change = run_times[runs[-1]] if runs else None
         roll = rng.random()
         if roll < 0.03:
+            failed_devices.add(d)
             status, success, error = "failed", last_run - timedelta(days=rng.randint(0, 4)), f"{name}: timeout after 30 s waiting for the prompt"
         else:
             status, success, error = "unchanged", last_run, ""
@@ -152,6 +162,22 @@ def generate(home: Path, devices: int, versions: int, heavy_versions: int, seed:
                             _stamp(last_change) if last_change else None, error, _stamp(success + timedelta(hours=24)) if stale else None))
         flush()
     flush(final=True)
+    # every other device of a recent run has an unchanged (or, in the newest run, failed) result, as in life
+    last = RUNS - 1
+    for r in sorted(recent):
+        rows = []
+        for d in range(1, devices + 1):
+            if d in changed_in[r]:
+                continue
+            failed = r == last and d in failed_devices
+            rows.append((f"{run_ids[r]}:{names[d - 1]}", run_ids[r], d, "failed" if failed else "unchanged",
+                         _stamp(run_times[r] + timedelta(seconds=d % 200)), 1.5,
+                         f"{names[d - 1]}: timeout after 30 s waiting for the prompt" if failed else "",
+                         "timeout" if failed else ""))
+        con.executemany("INSERT INTO device_results (task_id, run_id, device_id, status, timestamp, duration, error,"
+                        " error_kind, log, sha256, size, targets) VALUES (?, ?, ?, ?, ?, ?, ?, ?, '', '', 0, '')", rows)
+    con.execute("CREATE TABLE bench_meta (version TEXT)")
+    con.execute("INSERT INTO bench_meta VALUES (?)", (BENCH_VERSION,))
     con.executemany("INSERT INTO devices (id, name, group_name, platform, first_seen, last_status, last_attempt_at,"
                     " last_success_at, last_change_at, last_error, stale_since) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                     device_rows)
@@ -160,19 +186,21 @@ def generate(home: Path, devices: int, versions: int, heavy_versions: int, seed:
     return {"url": url, "devices": devices, "versions": vid, "heavy": HEAVY}
 
 
-def _counts(db: Path) -> tuple[int, int]:
+def _counts(db: Path) -> tuple[int, int, str]:
     con = sqlite3.connect(db)
     try:
-        return con.execute("SELECT count(*) FROM devices").fetchone()[0], con.execute("SELECT count(*) FROM versions").fetchone()[0]
+        return (con.execute("SELECT count(*) FROM devices").fetchone()[0],
+                con.execute("SELECT count(*) FROM versions").fetchone()[0],
+                con.execute("SELECT version FROM bench_meta").fetchone()[0])
     except sqlite3.Error:
-        return 0, 0
+        return 0, 0, ""
     finally:
         con.close()
 
 
 def prepare(home: Path, devices: int, versions: int, heavy_versions: int) -> dict:
     db = home / "index.sqlite"
-    if db.exists() and _counts(db) == (devices, versions):
+    if db.exists() and _counts(db) == (devices, versions, BENCH_VERSION):
         print(f"  reusing {db}", flush=True)
         return {"url": f"sqlite:///{db}", "devices": devices, "versions": versions, "heavy": HEAVY}
     if db.exists():
@@ -222,6 +250,8 @@ def measure(home: Path, made: dict, typical: str) -> dict[str, float]:
     render("Devices sorted by versions")
     at.multiselect(key="devices_status").set_value(["failed"])
     render("Devices filtered: failed")
+    render("Runs (cold)", "views/runs.py")
+    render("Runs (warm)")
     for name, label in ((made["heavy"], f"Device, {made['heavy']} (cold)"), (typical, "Device, typical (cold)")):
         content.CACHE.clear()
         content._STATS.clear()

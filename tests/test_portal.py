@@ -211,6 +211,13 @@ def test_nothing_but_the_login_form_before_login(portal_env):
     assert portal_env["busy"] not in texts(at) + texts(direct)
 
 
+def test_without_users_the_login_page_says_how_to_create_one(portal_env, monkeypatch, tmp_path):
+    monkeypatch.setenv("DEVICEVAULT_USERS_FILE", str(tmp_path / "none.yml"))
+    at = app().run()
+    assert not at.exception and not at.text_input
+    assert any("devicevault users add NAME --role admin" in w.value for w in at.warning)
+
+
 def test_login_with_the_right_password_only(portal_env):
     at = app().run()
     at.text_input(key="login_username").set_value("victor")
@@ -256,6 +263,17 @@ def test_dashboard(portal_env):
     failing = table(at, "device", "failed at", "error")
     assert list(failing["device"]) == [portal_env["failing"]]
     assert "timeout after 8 s" in failing["error"].iloc[0]
+    from portal.queries import activity_per_day
+    from storage.index.db import connect
+
+    with connect(portal_env["settings"].database_url)() as session:
+        activity = activity_per_day(session, days=30)
+    by_day = {(r.day.date(), r.kind): r.count for r in activity.itertuples()}
+    assert by_day[((NOW - timedelta(days=5)).date(), "backups")] == 6
+    assert by_day[((NOW - timedelta(days=5)).date(), "changes")] == 6
+    assert by_day[((NOW - timedelta(days=2)).date(), "backups")] == 6
+    assert by_day[((NOW - timedelta(days=2)).date(), "changes")] == 1
+    assert len(activity) == 60 and at.get("vega_lite_chart")
     at.number_input(key="dash_max_age").set_value(24 * 7).run()
     assert {m.label: m.value for m in at.metric}["Stale"] == "0"
 

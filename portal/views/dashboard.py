@@ -31,14 +31,15 @@ def render(user) -> None:
     if o.total == 0:
         st.info("The index holds no device yet: start a backup on the Runs page (or `devicevault backup`).")
     st.subheader("Backups and changes per day")
+    st.caption("backups: devices collected by the runs started that day (any outcome); changes: new versions")
     chart = (
         alt.Chart(activity)
         .mark_bar()
         .encode(
             x=alt.X("yearmonthdate(day):T", title="day (UTC)"),
             y=alt.Y("count:Q", title="devices"),
-            color=alt.Color("kind:N", scale=alt.Scale(domain=["successful backups", "changes", "failed backups"],
-                                                      range=["#4c78a8", "#f58518", "#e45756"])),
+            color=alt.Color("kind:N", title=None, scale=alt.Scale(domain=list(queries.KINDS),
+                                                                  range=["#4c78a8", "#f58518"])),
             xOffset="kind:N",
             tooltip=["yearmonthdate(day):T", "kind:N", "count:Q"],
         )

@@ -8,6 +8,8 @@ back every two seconds while the run is open.
 
 from __future__ import annotations
 
+import math
+
 import streamlit as st
 
 from portal import queries, ui
@@ -15,6 +17,7 @@ from portal import queries, ui
 SCOPES = ["one device", "one group", "every device"]
 FOLLOW_KEY = "runs_follow"
 REFRESH_SECONDS = 2.0
+HISTORY_PAGE = 20  # runs per history page (each run's results are counted per status)
 TIME = st.column_config.DatetimeColumn(format="YYYY-MM-DD HH:mm:ss z")
 
 
@@ -104,10 +107,18 @@ def _follow(s, run_id: str, hosts: list[str]) -> None:
 def _history(s) -> None:
     st.subheader("History")
     with ui.sessions(s)() as session:
-        runs = queries.runs_table(session, limit=50)
+        total = queries.count_runs(session)
+        pages = max(1, math.ceil(total / HISTORY_PAGE))
+        if int(st.session_state.get("runs_history_page", 1)) > pages:
+            st.session_state["runs_history_page"] = pages
+        page = int(st.session_state.get("runs_history_page", 1))
+        runs = queries.runs_table(session, limit=HISTORY_PAGE, offset=(page - 1) * HISTORY_PAGE)
     if runs.empty:
         st.info("No run yet.")
         return
+    if pages > 1:
+        st.number_input(f"Page (of {pages}, newest first)", min_value=1, max_value=pages, step=1,
+                        key="runs_history_page")
     picked = st.dataframe(runs, hide_index=True, width="stretch", key="runs_history", on_select="rerun",
                           selection_mode="single-row", column_config={"started": TIME, "finished": TIME})
     rows = picked.selection.rows if picked is not None else []
