@@ -441,6 +441,13 @@ def test_an_operator_triggers_a_backup_of_one_device(portal_env, redis_server):
     queue = Queue("collector", connection=redis)
     queue.empty()
     at = ok(page("oscar", "views/runs.py"))
+    group = portal_env["hosts"][device].group
+    at.radio(key="runs_scope").set_value("one group").run()
+    at.selectbox(key="runs_group").set_value(group).run()
+    members = sum(1 for h in portal_env["hosts"].values() if group in h.groups)
+    assert f"{members} device(s) will be backed up." in [c.value for c in ok(at).caption]
+    at.radio(key="runs_scope").set_value("every device").run()
+    assert "6 device(s) will be backed up." in [c.value for c in at.caption]
     at.radio(key="runs_scope").set_value("one device").run()
     at.selectbox(key="runs_device").set_value(device).run()
     at.button(key="runs_start").click().run()
