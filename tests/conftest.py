@@ -32,6 +32,17 @@ def redis(redis_server):
     client.close()
 
 
+@pytest.fixture()
+def streams(redis):
+    """The session Redis with empty result streams and dead-letter streams, as on a new installation."""
+    from jobs.consumer import STREAMS, dead_letter_stream
+
+    names = [*STREAMS, *(dead_letter_stream(s) for s in STREAMS)]
+    redis.delete(*names)
+    yield redis
+    redis.delete(*names)
+
+
 class DeviceVault:
     """Runs ``devicevault`` (as ``python -m cli``) with one session's settings, like a user at a shell."""
 

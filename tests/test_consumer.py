@@ -45,14 +45,6 @@ def write_inventory(path: Path, hosts: list[str]) -> Path:
 
 
 @pytest.fixture()
-def streams(redis):
-    # each test gets fresh streams, as if on a new installation
-    redis.delete(*ALL_STREAMS)
-    yield redis
-    redis.delete(*ALL_STREAMS)
-
-
-@pytest.fixture()
 def sessions(tmp_path):
     return connect(f"sqlite:///{tmp_path / 'index.sqlite'}")
 

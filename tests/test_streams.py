@@ -23,16 +23,9 @@ from jobs.results import DEVICE_RESULTS_STREAM, STORAGE_RESULTS_STREAM
 from storage.index.db import connect
 from storage.index.models import Copy, DeviceResultRow, Version
 from tests.conftest import DeviceVault
-from tests.test_consumer import ALL_STREAMS, _device_result, _storage_result, within, write_inventory
+from tests.test_consumer import _device_result, _storage_result, within, write_inventory
 
 DEVICE_DEAD = dead_letter_stream(DEVICE_RESULTS_STREAM)
-
-
-@pytest.fixture()
-def streams(redis):
-    redis.delete(*ALL_STREAMS)
-    yield redis
-    redis.delete(*ALL_STREAMS)
 
 
 @pytest.fixture()
