@@ -128,6 +128,8 @@ def up(inventory, state_dir, daemon: bool = True, pidfile=None, timeout: float =
         _setup_logging(state_dir, log_level)
         _pidfile(state_dir, pidfile).write_text(str(os.getpid()))
         from .server import serve
+        if personalities_dir:  # every part of the lab (templates, control) sees the extra personalities
+            os.environ["LAB_PERSONALITIES_DIR"] = str(Path(personalities_dir).resolve())
         try:
             serve(inventory, state_dir, personalities_dir)
         finally:
@@ -140,6 +142,8 @@ def up(inventory, state_dir, daemon: bool = True, pidfile=None, timeout: float =
     if personalities_dir:
         cmd += ["--personalities", str(personalities_dir)]
     env = dict(os.environ, LC_ALL=os.environ.get("LC_ALL", "C.UTF-8"))
+    if personalities_dir:
+        env["LAB_PERSONALITIES_DIR"] = str(Path(personalities_dir).resolve())
     root = str(Path(__file__).resolve().parent.parent)
     env["PYTHONPATH"] = root + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
     with open(state_dir / LOG_NAME, "ab") as logf:

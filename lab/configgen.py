@@ -199,10 +199,17 @@ def jinja_env(extra_dir: str | None = None) -> jinja2.Environment:
     return env
 
 
-def generate_config(hostname: str, template: str, site: str = "lab", spec: dict | None = None,
-                    facts: dict | None = None) -> str:
-    """Render the (marker-bearing) running configuration of ``hostname`` with ``template``."""
+def generate_config(hostname: str, template: str | None, site: str = "lab", spec: dict | None = None,
+                    facts: dict | None = None, template_text: str | None = None) -> str:
+    """Render the (marker-bearing) running configuration of ``hostname`` with ``template`` (a file in
+    ``lab/templates``) or ``template_text`` (a personality's inline ``config_template``)."""
     m = build_model(hostname, site, spec)
-    text = jinja_env().get_template(template).render(m=m, p=facts or {})
+    if template_text is not None:
+        tpl = jinja_env().from_string(template_text)
+    elif template:
+        tpl = jinja_env().get_template(template)
+    else:
+        raise ValueError(f"{hostname}: the personality has neither 'template' nor 'config_template'")
+    text = tpl.render(m=m, p=facts or {})
     lines = [ln.rstrip() for ln in text.splitlines()]
     return "\n".join(lines).rstrip("\n") + "\n"

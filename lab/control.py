@@ -27,7 +27,8 @@ DEFAULT_FAULT_PARAMS = {"slow": {"delay": 5.0}, "disconnect": {"fraction": 0.4}}
 def new_device_state(device, personality) -> dict:
     """Initial state of ``device`` (a :class:`lab.inventory.Device`): generated config, no fault."""
     cfg = generate_config(device.name, personality.get("template"), site=device.site,
-                          spec=personality.get("model") or {}, facts=personality.get("facts") or {})
+                          spec=personality.get("model") or {}, facts=personality.get("facts") or {},
+                          template_text=personality.get("config_template"))
     now = time.time()
     return {"host": device.name, "personality": personality.name, "network_os": device.network_os,
             "site": device.site, "address": device.host, "port": device.port,

@@ -1,4 +1,4 @@
-"""Write an Ansible inventory of N lab devices across the five platforms and several sites.
+"""Write an Ansible inventory of N lab devices across the lab's platforms and several sites.
 
     python -m lab.generate_inventory --count 200 --out /tmp/inv200 --port 2300 --base 127.0.20.0
 
@@ -16,17 +16,24 @@ from pathlib import Path
 
 import yaml
 
-PLATFORMS = {
-    "ios": {"ansible_network_os": "cisco.ios.ios", "ansible_become": True, "ansible_become_method": "enable",
-            "ansible_become_password": "lab-enable"},
-    "eos": {"ansible_network_os": "arista.eos.eos", "ansible_become": True, "ansible_become_method": "enable",
-            "ansible_become_password": "lab-enable"},
-    "nxos": {"ansible_network_os": "cisco.nxos.nxos"},
-    "junos": {"ansible_network_os": "junipernetworks.junos.junos"},
-    "routeros": {"ansible_network_os": "community.routeros.routeros",
-                 # RouterOS login flags: +c no colours, +e dumb terminal, +t no auto-detect, +1024w width
-                 "ansible_user": "admin+cet1024w"},
-}
+#: the platforms an inventory gets by default (one device of each per round); ``all_platforms()`` is every
+#: personality in ``lab/personalities/``
+DEFAULT_PLATFORMS = ["ios", "eos", "nxos", "junos", "routeros"]
+
+
+def platform_vars(extra_dir: str | None = None) -> dict[str, dict]:
+    """Group variables per platform, from each personality's ``inventory:`` mapping (data, not code)."""
+    from .personality import load_personalities
+
+    return {name: dict(p.get("inventory") or {}) for name, p in load_personalities(extra_dir).items()}
+
+
+def all_platforms(extra_dir: str | None = None) -> list[str]:
+    """Every personality that has inventory variables, core five first, then by name."""
+    names = [n for n, v in platform_vars(extra_dir).items() if v.get("ansible_network_os")]
+    return [p for p in DEFAULT_PLATFORMS if p in names] + sorted(n for n in names if n not in DEFAULT_PLATFORMS)
+
+
 SITES = ["ams", "nyc", "sgp", "fra", "lon", "sjc"]
 ALL_VARS = {
     "ansible_connection": "ansible.netcommon.network_cli",
@@ -37,11 +44,12 @@ ALL_VARS = {
 
 
 def generate_inventory(count: int, out, port: int = 2222, base: str = "127.0.20.0",
-                       sites: list[str] | None = None, platforms: list[str] | None = None,
-                       unknown: list[tuple[str, str]] | None = None) -> list[str]:
+                       sites: list[str] | None = None, platforms: list[str] | str | None = None,
+                       unknown: list[tuple[str, str]] | None = None, personalities_dir: str | None = None) -> list[str]:
     """Write an inventory of ``count`` devices to directory ``out``; returns the host names.
 
-    Devices are spread round-robin over ``platforms`` (default all five) and
+    Devices are spread round-robin over ``platforms`` (default the core five, ``"all"`` for every
+    personality; a personality's ``inventory:`` mapping becomes its group_vars) and
     ``sites`` (default 3 sites, more above 60 devices); addresses are
     ``base``+1, +2, ... on loopback; all share ``port``. ``unknown`` is an optional
     list of (hostname, ansible_network_os) hosts for which the lab has no
@@ -49,7 +57,13 @@ def generate_inventory(count: int, out, port: int = 2222, base: str = "127.0.20.
     """
     out = Path(out)
     (out / "group_vars").mkdir(parents=True, exist_ok=True)
-    platforms = list(platforms or PLATFORMS)
+    known = platform_vars(personalities_dir)
+    if platforms == "all":
+        platforms = all_platforms(personalities_dir)
+    platforms = list(platforms or DEFAULT_PLATFORMS)
+    missing = [p for p in platforms if p not in known]
+    if missing:
+        raise ValueError(f"no lab personality for platform(s) {', '.join(missing)} (lab/personalities/*.yml)")
     sites = list(sites or SITES[: 3 if count <= 60 else 6])
     base_ip = ipaddress.IPv4Address(base)
     site_groups = {s: {"hosts": {}} for s in sites}
@@ -83,7 +97,7 @@ def generate_inventory(count: int, out, port: int = 2222, base: str = "127.0.20.
         "# Common connection settings for all lab devices (lab credentials, not secrets).\n"
         + yaml.safe_dump({**ALL_VARS, "ansible_port": int(port)}, sort_keys=False))
     for plat in platforms:
-        (out / "group_vars" / f"{plat}.yml").write_text(yaml.safe_dump(PLATFORMS[plat], sort_keys=False))
+        (out / "group_vars" / f"{plat}.yml").write_text(yaml.safe_dump(known[plat], sort_keys=False))
     return names
 
 
@@ -94,10 +108,11 @@ def main(argv=None):
     ap.add_argument("--port", type=int, default=2222)
     ap.add_argument("--base", default="127.0.20.0")
     ap.add_argument("--sites", help="comma separated site names")
-    ap.add_argument("--platforms", help="comma separated subset of " + ",".join(PLATFORMS))
+    ap.add_argument("--platforms", help="comma separated personality names, or 'all' (default: "
+                    + ",".join(DEFAULT_PLATFORMS) + ")")
     a = ap.parse_args(argv)
     names = generate_inventory(a.count, a.out, a.port, a.base, a.sites.split(",") if a.sites else None,
-                               a.platforms.split(",") if a.platforms else None)
+                               ("all" if a.platforms == "all" else a.platforms.split(",")) if a.platforms else None)
     print(f"wrote {len(names)} devices to {a.out}")
 
 

@@ -7,7 +7,9 @@ model), ``p`` (the ``facts`` mapping), ``size`` (config size, for config command
 
     name: ios                         # personality name
     network_os: [cisco.ios.ios, ios]  # ansible_network_os values served by it
-    template: ios.j2                  # config template (lab/templates)
+    template: ios.j2                  # config template (lab/templates), or inline:
+    config_template: '...'            # Jinja2 text of the configuration (m = model, p = facts)
+    inventory: {ansible_network_os: cisco.ios.ios, ...}   # group_vars of its hosts (generate_inventory)
     facts: {...}                      # static values for templates (version, model, image ...)
     model: {interfaces: [{fmt: 'GigabitEthernet1/0/{}', start: 1, count: 24}]}
     banner: '...'                     # sent once after login, before the first prompt
@@ -36,6 +38,7 @@ model), ``p`` (the ``facts`` mapping), ``size`` (config size, for config command
 from __future__ import annotations
 
 import logging
+import os
 import re
 from dataclasses import dataclass, field
 from functools import lru_cache
@@ -99,9 +102,18 @@ def _load(path: Path) -> Personality:
     return p
 
 
-@lru_cache(maxsize=None)
+#: a directory of extra personalities (a site's own platforms), searched after the built-in ones
+EXTRA_ENV = "LAB_PERSONALITIES_DIR"
+
+
 def load_personalities(extra_dir: str | None = None) -> dict[str, Personality]:
-    """All personalities, keyed by name (``extra_dir`` may add/override)."""
+    """All personalities, keyed by name. ``extra_dir`` (default ``$LAB_PERSONALITIES_DIR``) may add or
+    override some: a new platform is a YAML file there, no code."""
+    return _load_all(extra_dir or os.environ.get(EXTRA_ENV) or None)
+
+
+@lru_cache(maxsize=None)
+def _load_all(extra_dir: str | None) -> dict[str, Personality]:
     out = {}
     dirs = [PERSONALITIES] + ([Path(extra_dir)] if extra_dir else [])
     for d in dirs:

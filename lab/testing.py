@@ -54,9 +54,10 @@ class LabHandle:
         return next(h for h in self.hosts if f"-{platform}-" in h)
 
 
-def start_lab(inventory, state_dir, timeout: float = 60) -> int:
+def start_lab(inventory, state_dir, timeout: float = 60, personalities_dir=None) -> int:
     """Start a daemon lab for ``inventory``; returns its pid once all devices answer."""
-    return commands.up(inventory, state_dir, daemon=True, timeout=timeout)
+    return commands.up(inventory, state_dir, daemon=True, timeout=timeout,
+                       personalities_dir=str(personalities_dir) if personalities_dir else None)
 
 
 def stop_lab(state_dir) -> None:
@@ -65,14 +66,17 @@ def stop_lab(state_dir) -> None:
 
 @contextlib.contextmanager
 def running_lab(count: int = 5, base: str = "127.0.30.0", port: int | None = None, workdir=None,
-                platforms: list[str] | None = None, timeout: float = 60, keep: bool = False):
-    """Generate an inventory of ``count`` devices, run a lab for it, yield a :class:`LabHandle`, stop it."""
+                platforms: list[str] | str | None = None, timeout: float = 60, keep: bool = False,
+                personalities_dir=None):
+    """Generate an inventory of ``count`` devices, run a lab for it, yield a :class:`LabHandle`, stop it.
+    ``platforms="all"`` serves every personality; ``personalities_dir`` adds a site's own."""
     tmp = Path(workdir) if workdir else Path(tempfile.mkdtemp(prefix="devicevault-lab-"))
     port = port or free_port()
     inv = tmp / "inventory"
-    hosts = generate_inventory(count, inv, port=port, base=base, platforms=platforms)
+    hosts = generate_inventory(count, inv, port=port, base=base, platforms=platforms,
+                               personalities_dir=str(personalities_dir) if personalities_dir else None)
     sd = tmp / "state"
-    pid = start_lab(inv, sd, timeout)
+    pid = start_lab(inv, sd, timeout, personalities_dir)
     try:
         yield LabHandle(inventory=inv, state_dir=sd, port=port, hosts=hosts, pid=pid, control=LabControl(sd))
     finally:
