@@ -1,19 +1,51 @@
-"""Turn what a device printed into the text DeviceVault hashes, stores and diffs.
+"""Turn what a device printed into the text DeviceVault hashes, stores and diffs (the *version*).
 
-The rules come from the platform data file: output matching an ``errors`` pattern is refused, output that
-does not match every ``complete`` pattern is refused as cut short, and every line matching a ``noise``
-pattern is dropped, so a configuration whose only difference is a timestamp or counter is the same version.
+The rules come from the platform data file (``playbooks/platforms/README.md`` has the order):
+
+1. output matching an ``errors`` pattern is refused, and the configuration outputs together must match
+   every ``complete`` pattern, else they were cut short;
+2. ``changed_by`` reads who last changed the configuration from the raw output;
+3. per line, ``noise`` lines are dropped, ``replace`` rewrites volatile parts, and ``secrets`` are masked
+   (a stable placeholder, so masking never makes a diff), dropped, or kept;
+4. identity outputs (``comment: true``) become comment lines at the top.
+
+The result also says whether the running configuration differs from the startup configuration
+(``unsaved``), for platforms with a ``startup`` command.
 """
 
 from __future__ import annotations
 
 import hashlib
+import re
+from dataclasses import dataclass
+from enum import Enum
 
 from .errors import CommandRejected, IncompleteOutput
 from .platforms import Platform
 
 #: Larger output than this is refused rather than stored (a device stuck printing, or the wrong command).
 MAX_CONFIG_BYTES = 32 * 1024 * 1024
+#: What a masked secret becomes. The same for every secret and every read, so re-encrypted secrets
+#: (FortiGate ``ENC ...``) and masking itself never make a new version.
+SECRET_PLACEHOLDER = "<secret hidden>"
+
+
+class SecretsMode(str, Enum):
+    """What happens to secrets in the stored version (inventory variable ``devicevault_secrets``)."""
+
+    MASK = "mask"  # replaced by SECRET_PLACEHOLDER (default)
+    KEEP = "keep"  # left in place: only allowed when every copy is encrypted at rest
+    DROP = "drop"  # the whole line is left out
+
+
+@dataclass(frozen=True)
+class Normalized:
+    """One device read, normalised."""
+
+    text: str  # the version: stored, and what the index's sha256 is of
+    compare: str  # what decides "changed": the masked view (the same text unless secrets are kept)
+    changed_by: str = ""  # who last changed the configuration, when the device says so
+    unsaved: bool | None = None  # running != startup; None when the platform has no startup command
 
 
 def decode_output(raw: bytes | str) -> str:
@@ -23,32 +55,110 @@ def decode_output(raw: bytes | str) -> str:
     return raw.decode("utf-8", errors="surrogateescape")
 
 
-def normalize(device: str, platform: Platform, outputs: list[str]) -> str:
-    """The stored text for ``device``: its command outputs, checked, with volatile lines removed."""
-    text = "\n".join(o.replace("\r\n", "\n").replace("\r", "\n") for o in outputs)
-    size = len(text.encode("utf-8", errors="surrogateescape"))
+def _unix(text: str) -> str:
+    return text.replace("\r\n", "\n").replace("\r", "\n")
+
+
+def _hide(match: re.Match[str]) -> str:
+    group = "secret" if "secret" in match.re.groupindex else 1
+    start, end = match.span(group)
+    if start < 0:
+        return match.group(0)
+    offset = match.start()
+    whole = match.group(0)
+    return whole[: start - offset] + SECRET_PLACEHOLDER + whole[end - offset:]
+
+
+def clean_lines(platform: Platform, text: str, mode: SecretsMode = SecretsMode.MASK) -> list[str]:
+    """The lines of one output with noise dropped, volatile parts rewritten and secrets handled."""
+    out: list[str] = []
+    for line in _unix(text).split("\n"):
+        line = line.rstrip()
+        if any(p.search(line) for p in platform.noise):
+            continue
+        for rewrite in platform.replace:
+            line = rewrite.pattern.sub(rewrite.replacement, line)
+        if mode is SecretsMode.MASK:
+            for pattern in platform.secrets:
+                line = pattern.sub(_hide, line)
+        elif mode is SecretsMode.DROP and any(p.search(line) for p in platform.secrets):
+            continue
+        out.append(line)
+    return out
+
+
+def _trim(lines: list[str]) -> list[str]:
+    start, end = 0, len(lines)
+    while start < end and not lines[start].strip():
+        start += 1
+    while end > start and not lines[end - 1].strip():
+        end -= 1
+    return lines[start:end]
+
+
+def _render(platform: Platform, outputs: list[str], mode: SecretsMode) -> str:
+    header: list[str] = []
+    body: list[str] = []
+    for command, output in zip(platform.commands, outputs):
+        lines = clean_lines(platform, output, mode)
+        if command.comment:
+            if command.keep:
+                lines = [ln for ln in lines if any(p.search(ln) for p in command.keep)]
+            prefix = platform.comment_prefix
+            header.extend(prefix + ln for ln in lines if ln.strip())
+        else:
+            body.extend(lines)
+    return "\n".join(header + _trim(body)) + "\n"
+
+
+def normalize(device: str, platform: Platform, outputs: list[str],
+              secrets: SecretsMode | str = SecretsMode.MASK) -> Normalized:
+    """The version of ``device`` from its command ``outputs`` (in the order of the platform's commands,
+    then the startup output if the platform has a ``startup`` command)."""
+    mode = SecretsMode(secrets)
+    outputs = [_unix(o) for o in outputs]
+    count = len(platform.commands)
+    main = outputs[:count]
+    startup = outputs[count] if platform.startup and len(outputs) > count else None
+    size = sum(len(o.encode("utf-8", errors="surrogateescape")) for o in outputs)
     if size > MAX_CONFIG_BYTES:
         raise IncompleteOutput(device, f"output of {size} bytes is larger than the {MAX_CONFIG_BYTES} byte limit")
-    if not text.strip():
+    if len(main) < count:
+        raise IncompleteOutput(device, f"got {len(main)} command outputs, the platform {platform.name} runs {count}")
+    config = "\n".join(o for c, o in zip(platform.commands, main) if not c.comment)
+    if not config.strip():
         raise IncompleteOutput(device, "the device returned an empty configuration")
-    for pattern in platform.errors:
-        match = pattern.search(text)
-        if match:
-            line = match.group(0).strip()
-            raise CommandRejected(device, f"the device rejected the command ({platform.name}): {line!r}")
+    for command, output in zip(platform.commands, main):
+        for pattern in platform.errors:
+            match = pattern.search(output)
+            if match:
+                line = match.group(0).strip()
+                raise CommandRejected(
+                    device, f"the device rejected {command.command!r} ({platform.name}): {line!r}")
     for pattern in platform.complete:
-        if not pattern.search(text):
+        if not pattern.search(config):
             raise IncompleteOutput(
                 device,
                 "the configuration is incomplete: the output ended early (connection closed or cut short); "
                 f"no match for {pattern.pattern!r}",
             )
-    kept = [line.rstrip() for line in text.split("\n") if not any(p.search(line) for p in platform.noise)]
-    while kept and not kept[0].strip():
-        kept.pop(0)
-    while kept and not kept[-1].strip():
-        kept.pop()
-    return "\n".join(kept) + "\n"
+    changed_by = ""
+    for line in config.split("\n"):
+        for pattern in platform.changed_by:
+            match = pattern.search(line)
+            if match:
+                changed_by = match.group("user") if "user" in pattern.groupindex else match.group(1)
+                break
+        if changed_by:
+            break
+    text = _render(platform, main, mode)
+    compare = text if mode is not SecretsMode.KEEP else _render(platform, main, SecretsMode.MASK)
+    unsaved = None
+    if startup is not None and not any(p.search(startup) for p in platform.errors):
+        running = _trim(clean_lines(platform, config))
+        saved = _trim(clean_lines(platform, startup))
+        unsaved = running != saved
+    return Normalized(text=text, compare=compare, changed_by=changed_by.strip(), unsaved=unsaved)
 
 
 def to_bytes(text: str) -> bytes:

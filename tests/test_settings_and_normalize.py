@@ -36,6 +36,8 @@ def test_settings_precedence_explicit_then_env_then_default(tmp_path):
     assert s.database_url == f"sqlite:///{tmp_path / 'index.sqlite'}"
     assert s.lock_ttl == s.job_timeout + s.lock_margin
 
+SHOW_VERSION = "Cisco IOS XE Software, Version 17.9.4a\nrouter uptime is 3 days, 2 hours, 1 minute\n"
+
 
 def test_settings_repr_hides_passwords(tmp_path):
     s = Settings.load(env={"DEVICEVAULT_HOME": str(tmp_path)}, redis_url="redis://:s3cr3t-pw@10.0.0.1:6379/0",
@@ -45,8 +47,8 @@ def test_settings_repr_hides_passwords(tmp_path):
 
 
 def test_ios_volatile_lines_removed_and_config_kept():
-    text = normalize("r1", get_platform("cisco.ios.ios"), [IOS_RAW])
-    assert "Last configuration change" not in text and "NVRAM" not in text and "clock-period" not in text
+    text = normalize("r1", get_platform("cisco.ios.ios"), [SHOW_VERSION, IOS_RAW]).text
+    assert "Last configuration change" not in text and "NVRAM" not in text and "17179869" not in text
     assert "Building configuration" not in text and "Current configuration" not in text
     assert " description uplink" in text and text.rstrip().endswith("end")
 
@@ -54,22 +56,22 @@ def test_ios_volatile_lines_removed_and_config_kept():
 def test_two_reads_differing_only_in_volatile_lines_normalise_equal():
     later = IOS_RAW.replace("10:01:02", "23:59:59").replace("17179869", "17180001").replace("1234 bytes", "1240 bytes")
     ios = get_platform("cisco.ios.ios")
-    assert normalize("r1", ios, [IOS_RAW]) == normalize("r1", ios, [later])
+    assert normalize("r1", ios, [SHOW_VERSION, IOS_RAW]).text == normalize("r1", ios, [SHOW_VERSION, later]).text
 
 
 def test_error_text_is_refused_not_stored():
     with pytest.raises(CommandRejected, match="^r1: .*Invalid input"):
-        normalize("r1", get_platform("cisco.ios.ios"), ["show running-config\n% Invalid input detected at '^' marker."])
+        normalize("r1", get_platform("cisco.ios.ios"), [SHOW_VERSION, "show running-config\n% Invalid input detected at '^' marker."])
 
 
 def test_truncated_output_is_refused():
     with pytest.raises(IncompleteOutput, match="^r1: "):
-        normalize("r1", get_platform("cisco.ios.ios"), [IOS_RAW.split("interface")[0]])
+        normalize("r1", get_platform("cisco.ios.ios"), [SHOW_VERSION, IOS_RAW.split("interface")[0]])
 
 
 def test_non_utf8_output_survives():
     raw = IOS_RAW.replace("uplink", "caf\udce9")  # a latin-1 byte kept as a surrogate escape
-    assert "caf\udce9" in normalize("r1", get_platform("cisco.ios.ios"), [raw])
+    assert "caf\udce9" in normalize("r1", get_platform("cisco.ios.ios"), [SHOW_VERSION, raw]).text
 
 
 @pytest.mark.parametrize("name", ["ios", "eos", "nxos", "junos", "routeros"])
