@@ -39,7 +39,7 @@ def _result(run_id: str, host: str, inv: InventoryHost | None, status: DeviceSta
         status=status,
         timestamp=utcnow(),
         group=inv.group if inv else "",
-        platform=inv.network_os if inv else "",
+        platform=inv.platform if inv else "",
         **fields,
     )
 
@@ -88,17 +88,24 @@ def collect(
             entry = inv.get(host)
             if entry is None:
                 results.append(_failed(run_id, host, None, errors.CollectionFailed(host, f"not in inventory {inventory_path}")))
-            elif get_platform(entry.network_os) is None:
+            elif get_platform(entry.platform) is None:
                 results.append(
                     _failed(run_id, host, entry, errors.UnknownPlatform(
-                        host, f"unknown platform {entry.network_os or '(no ansible_network_os)'}: "
-                              "no file for it in playbooks/platforms/"))
+                        host, f"unknown platform {entry.platform or '(no ansible_network_os)'}: "
+                              f"no {entry.platform or '<platform>'}.yml in playbooks/platforms/ or $DEVICEVAULT_PLATFORMS_DIR"))
                 )
             else:
                 try:
-                    layout.targets_for(entry.group, entry.location)
+                    targets = layout.targets_for(entry.group, entry.location)
                 except StorageConfigError as exc:
                     results.append(_failed(run_id, host, entry, errors.CollectionFailed(host, str(exc))))
+                    continue
+                plain = [t for t in targets if not layout.key_id_for(t)]
+                if entry.secrets_mode == "keep" and plain:
+                    results.append(_failed(run_id, host, entry, errors.CollectionFailed(
+                        host, "devicevault_secrets: keep stores secrets, so every copy must be encrypted at rest; "
+                              f"target(s) {', '.join(plain)} of this device are not (mask or drop them, or "
+                              "encrypt those targets in storage.yml)")))
                     continue
                 runnable.append(host)
         outcomes = fetch_configs(runnable, inventory=inventory_path, settings=settings, redactor=redactor)
@@ -147,24 +154,29 @@ def _evaluate(
     host = entry.name
     if outcome.error is not None:
         return _failed(run_id, host, entry, outcome.error, log=outcome.log, duration=outcome.duration), None
-    platform = get_platform(entry.network_os)
+    platform = get_platform(entry.platform)
     assert platform is not None and outcome.outputs is not None
     try:
-        config = normalize(host, platform, outcome.outputs)
+        version = normalize(host, platform, outcome.outputs, entry.secrets_mode)
     except errors.DeviceError as exc:
         exc = type(exc)(host, redactor.redact(exc.cause))
         return _failed(run_id, host, entry, exc, log=outcome.log, duration=outcome.duration), None
-    sha = sha256_text(config)
+    sha = sha256_text(version.text)
+    # "changed" is decided on the masked view, so re-encrypted or kept secrets never make a version alone
+    compare = sha if version.compare == version.text else "masked:" + sha256_text(version.compare)
     previous = redis.hget(LATEST_SHA_KEY, host)
-    changed = previous is None or previous.decode() != sha
-    fields = dict(log=outcome.log, config=config, sha256=sha, size=len(to_bytes(config)), duration=outcome.duration)
+    changed = previous is None or previous.decode() != compare
+    # the result travels through Redis and the index: it carries the masked view, never kept secrets
+    fields = dict(log=outcome.log, config=version.compare, sha256=sha, size=len(to_bytes(version.text)),
+                  duration=outcome.duration, author=version.changed_by, unsaved=version.unsaved)
     if not changed:
         return _result(run_id, host, entry, DeviceStatus.UNCHANGED, **fields), None
-    redis.hset(LATEST_SHA_KEY, host, sha)
+    redis.hset(LATEST_SHA_KEY, host, compare)
     targets = tuple(layout.targets_for(entry.group, entry.location))
     result = _result(run_id, host, entry, DeviceStatus.CHANGED, targets=",".join(targets), **fields)
     item = StorageItem(task_id=result.task_id, run_id=run_id, device=host, group=entry.group, sha256=sha,
-                       config=config, collected_at=time.time(), targets=targets)
+                       config=version.text, collected_at=time.time(), targets=targets,
+                       author=version.changed_by)
     return result, item
 
 

@@ -89,6 +89,14 @@ def runner_env(settings: Settings, workdir: Path) -> dict[str, str]:
     }
 
 
+def _extravars() -> dict[str, str]:
+    """A site's own platform directory reaches the playbook and DeviceVault's terminal/cliconf plugin."""
+    from .platforms import PLATFORMS_DIR_ENV
+
+    extra = os.environ.get(PLATFORMS_DIR_ENV)
+    return {"devicevault_platforms_dir": str(Path(extra).resolve())} if extra else {}
+
+
 def fetch_configs(
     hosts: Iterable[str],
     *,
@@ -134,14 +142,7 @@ def fetch_configs(
         elif kind == "runner_on_failed" and not data.get("ignore_errors"):
             outcome.error = classify(host, _failure_message(res))
         elif kind == "runner_on_ok" and data.get("task") == COLLECT_TASK:
-            items = res.get("results", [])
-            if any(item.get("stdout") is None for item in items):
-                # network_cli over libssh takes a closed socket for the end of the reply: no output at all
-                outcome.error = errors.ConnectionLost(
-                    host, "connection closed by the device before its output was complete"
-                )
-            else:
-                outcome.outputs = [str(item["stdout"]) for item in items]
+            outcome.outputs = [str(item) for item in res.get("outputs") or []]
         else:
             return False
         outcome.duration = now - outcome._started
@@ -158,6 +159,7 @@ def fetch_configs(
             inventory=str(Path(inventory).absolute()),
             limit=",".join(hosts),
             forks=max(1, min(settings.forks, len(hosts))),
+            extravars=_extravars(),
             envvars=runner_env(settings, workdir),
             timeout=settings.job_timeout,
             quiet=True,

@@ -43,7 +43,7 @@ def mark_stale(
     with sessions.begin() as session:
         if inventory:
             for host in inventory.values():
-                get_or_create_device(session, host.name, group=host.group, platform=host.network_os)
+                get_or_create_device(session, host.name, group=host.group, platform=host.platform)
         for device in session.scalars(select(Device)):
             host = (inventory or {}).get(device.name)
             hours = (host.max_age if host and host.max_age else 0.0) or settings.max_age

@@ -26,6 +26,11 @@ class InventoryHost:
     collector_group: str = ""
     #: ``devicevault_max_age``: hours without a successful backup before the device is stale (0 = default)
     max_age: float = 0.0
+    #: the platform file (``playbooks/platforms/<platform>.yml``): ``devicevault_platform``, else the last part
+    #: of ``ansible_network_os``
+    platform: str = ""
+    #: ``devicevault_secrets``: mask (default), keep (encrypted targets only) or drop
+    secrets_mode: str = "mask"
     #: login and enable passwords of the host, only to mask them wherever text leaves a process
     secrets: tuple[str, ...] = field(default=(), repr=False, compare=False)
 
@@ -67,6 +72,8 @@ def load_inventory(path: Path | str) -> dict[str, InventoryHost]:
             raise InventoryError(f"{path}: cannot read variables of host {host.name!r}: {exc}") from exc
         groups = tuple(sorted(g.name for g in host.get_groups() if g.name not in _IMPLICIT))
         own_platform = str(hv.get("ansible_network_os") or "").rsplit(".", 1)[-1]
+        if hv.get("devicevault_platform"):
+            own_platform = str(hv["devicevault_platform"])
         site_groups = [g for g in groups if g not in platform_groups and g != own_platform]
         hosts[host.name] = InventoryHost(
             name=host.name,
@@ -77,9 +84,18 @@ def load_inventory(path: Path | str) -> dict[str, InventoryHost]:
             location=str(hv.get("devicevault_location") or ""),
             collector_group=str(hv.get("devicevault_collector_group") or ""),
             max_age=_hours(hv.get("devicevault_max_age"), path, host.name),
+            platform=str(hv.get("devicevault_platform") or own_platform),
+            secrets_mode=_secrets_mode(hv.get("devicevault_secrets"), path, host.name),
             secrets=tuple(str(hv[k]) for k in _SECRET_VARS if isinstance(hv.get(k), str) and "{{" not in hv[k]),
         )
     return hosts
+
+
+def _secrets_mode(value, path, host: str) -> str:
+    mode = str(value or "mask").strip().lower()
+    if mode not in ("mask", "keep", "drop"):
+        raise InventoryError(f"{path}: host {host!r}: devicevault_secrets must be mask, keep or drop, not {value!r}")
+    return mode
 
 
 def _hours(value, path, host: str) -> float:

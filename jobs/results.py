@@ -96,8 +96,9 @@ class DeviceResult(_StreamRecord):
     sha256: str = ""
     size: int = 0
     duration: float = 0.0
-    author: str = ""
+    author: str = ""  # who last changed the configuration, when the device says so (``changed_by``)
     targets: str = ""  # changed devices: the storage targets of the device's location, comma separated
+    unsaved: bool | None = None  # running differs from startup (None: unknown or no startup on the platform)
 
     @classmethod
     def _coerce(cls, kwargs: dict[str, Any]) -> dict[str, Any]:

@@ -68,7 +68,7 @@ def endpoints(state_dir=None, inventory=None) -> list[tuple[str, str, int]]:
         return [(d["name"], d["host"], d["port"]) for d in data["devices"]]
     from .inventory import load_inventory
     from .personality import personality_for
-    return [(d.name, d.host, d.port) for d in load_inventory(inventory) if personality_for(d.network_os)]
+    return [(d.name, d.host, d.port) for d in load_inventory(inventory) if personality_for(d.network_os, platform=d.platform)]
 
 
 def _probe(addr: str, port: int) -> bool:

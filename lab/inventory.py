@@ -23,6 +23,7 @@ class Device:
     site: str = "lab"
     groups: list = field(default_factory=list)
     personality: str | None = None   # filled by the caller (personality name)
+    platform: str = ""               # devicevault_platform: names the personality (DeviceVault's own plugin)
 
     def as_dict(self) -> dict:
         return {k: getattr(self, k) for k in self.__dataclass_fields__}
@@ -75,5 +76,6 @@ def load_inventory(source) -> list[Device]:
             network_os=str(nos),
             site=str(site),
             groups=groups,
+            platform=str(g("devicevault_platform") or ""),
         ))
     return devices

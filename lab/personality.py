@@ -123,9 +123,13 @@ def _load_all(extra_dir: str | None) -> dict[str, Personality]:
     return out
 
 
-def personality_for(network_os: str, extra_dir: str | None = None) -> Personality | None:
-    """Personality serving ``ansible_network_os`` (FQCN or short name), or None."""
-    for p in load_personalities(extra_dir).values():
+def personality_for(network_os: str, extra_dir: str | None = None, platform: str = "") -> Personality | None:
+    """The personality named by ``platform`` (a host's ``devicevault_platform``), else the one serving
+    ``ansible_network_os`` (FQCN or short name), or None."""
+    personalities = load_personalities(extra_dir)
+    if platform and platform in personalities:
+        return personalities[platform]
+    for p in personalities.values():
         if network_os in p.network_os:
             return p
     return None

@@ -315,7 +315,7 @@ class Lab:
         """Load inventory, create missing device states and the host key."""
         self.state_dir.mkdir(parents=True, exist_ok=True)
         for d in load_inventory(self.inventory):
-            p = personality_for(d.network_os, self.pdir)
+            p = personality_for(d.network_os, self.pdir, d.platform)
             if p is None:
                 log.warning("%s: no personality for ansible_network_os=%s; ignored", d.name, d.network_os)
                 continue

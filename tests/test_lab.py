@@ -28,6 +28,12 @@ def platform_file(name: str) -> dict:
     return yaml.safe_load((REPO / "playbooks" / "platforms" / f"{name}.yml").read_text())
 
 
+def config_command(pf: dict) -> str:
+    """The platform file's configuration command (the first that is not identity output)."""
+    return next(c if isinstance(c, str) else c["command"] for c in pf["commands"]
+                if isinstance(c, str) or not c.get("comment"))
+
+
 def plat_of(host: str) -> str:
     return host.split("-")[1]
 
@@ -40,13 +46,16 @@ def lab(tmp_path_factory):
 
 def fetch(lab, hosts=None, command=None, **env):
     hosts = hosts or lab.hosts
-    cmds = {h: command or platform_file(plat_of(h))["commands"][0] for h in hosts}
+    cmds = {h: command or config_command(platform_file(plat_of(h))) for h in hosts}
     rc, data = run_playbook(lab.inventory, FETCH, extra_vars={"cmds": cmds}, limit=",".join(hosts), **env)
     return rc, task_results(data)
 
 
 def normalize(text: str, pf: dict) -> list[str]:
-    return [ln for ln in text.splitlines() if not any(re.search(n, ln) for n in pf["noise"])]
+    from jobs.normalize import clean_lines
+    from jobs.platforms import get_platform
+
+    return clean_lines(get_platform(pf["name"]), text)
 
 
 def test_inventory_covers_all_platforms(lab):

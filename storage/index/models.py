@@ -43,6 +43,10 @@ class Device(Base):
     last_error: Mapped[str] = mapped_column(Text, default="")
     #: since when the device has had no successful backup for too long (None = not stale)
     stale_since: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    #: running configuration differs from the startup configuration (None = unknown / no startup on the
+    #: platform), as of the newest backup; since when
+    unsaved: Mapped[bool | None] = mapped_column(Boolean, nullable=True)
+    unsaved_since: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
 
     versions: Mapped[list["Version"]] = relationship(back_populates="device", order_by="Version.id")
 
@@ -79,6 +83,9 @@ class DeviceResultRow(Base):
     size: Mapped[int] = mapped_column(Integer, default=0)
     #: changed devices: the targets of the device's location (comma separated): the copies the run waits for
     targets: Mapped[str] = mapped_column(String(512), default="")
+    #: running != startup at this backup (None: unknown); who last changed the config, per the device
+    unsaved: Mapped[bool | None] = mapped_column(Boolean, nullable=True)
+    changed_by: Mapped[str] = mapped_column(String(255), default="")
 
     run: Mapped[Run] = relationship(back_populates="results")
     device: Mapped[Device] = relationship()

@@ -67,6 +67,8 @@ def apply_device_result(session: Session, result: Any) -> bool:
             sha256=result.sha256,
             size=result.size,
             targets=getattr(result, "targets", "") or "",
+            unsaved=getattr(result, "unsaved", None),
+            changed_by=getattr(result, "author", "") or "",
         )
     )
     if status != "skipped_locked":
@@ -75,6 +77,13 @@ def apply_device_result(session: Session, result: Any) -> bool:
             device.last_attempt_at = result.timestamp
             device.last_status = status
             device.last_error = result.error if status == "failed" else ""
+            unsaved = getattr(result, "unsaved", None)
+            if status in OK_STATUSES and unsaved is not None:
+                if unsaved and not device.unsaved:
+                    device.unsaved_since = result.timestamp
+                elif not unsaved:
+                    device.unsaved_since = None
+                device.unsaved = bool(unsaved)
         if status in OK_STATUSES:
             success = aware(device.last_success_at)
             if success is None or success < result.timestamp:
