@@ -359,14 +359,22 @@ def demo(stop, timeout) -> None:
 # --- browsing -----------------------------------------------------------------------------------------------
 @main.command()
 @click.option("--json", "as_json", is_flag=True)
+@click.option("--unsaved", "unsaved_only", is_flag=True, help="only devices whose running config is not saved")
 @_guard
-def devices(as_json) -> None:
-    """Devices in the index with their last status and number of versions."""
+def devices(as_json, unsaved_only) -> None:
+    """Devices in the index with their last status and number of versions. UNSAVED is "yes" when the
+    running configuration differed from the startup configuration at the newest backup ("-": the
+    platform has no startup configuration)."""
     from storage.index.queries import list_devices
 
     with _sessions(_settings())() as session:
         rows = list_devices(session)
-    _emit(rows, ["name", "group", "platform", "status", "versions", "last_success", "last_change", "last_error"], as_json)
+    if unsaved_only:
+        rows = [r for r in rows if r["unsaved"]]
+    if not as_json:
+        rows = [{**r, "unsaved": {True: "yes", False: "no", None: "-"}[r["unsaved"]]} for r in rows]
+    _emit(rows, ["name", "group", "platform", "status", "versions", "unsaved", "last_success", "last_change",
+                 "last_error"], as_json)
 
 
 @main.command()

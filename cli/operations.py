@@ -40,6 +40,8 @@ def status(as_json) -> None:
              ["stream", "group", "length", "pending", "lag", "consumers", "dead_letters"]),
             ("stale devices (no successful backup within their allowed age)", "stale",
              ["device", "group", "last_success", "stale_since"]),
+            ("unsaved devices (running configuration differs from startup)", "unsaved",
+             ["device", "group", "platform", "unsaved_since"]),
             ("last runs", "runs", ["run_id", "created_at", "status", "selector", "total"]),
         ):
             click.echo(f"== {title}")

@@ -63,5 +63,11 @@ def gather_status(settings: Settings) -> dict[str, Any]:
              "stale_since": aware(d.stale_since).isoformat()}
             for d in session.scalars(select(Device).where(Device.stale_since.is_not(None)).order_by(Device.name))
         ]
+        unsaved = [
+            {"device": d.name, "group": d.group_name, "platform": d.platform,
+             "unsaved_since": aware(d.unsaved_since).isoformat() if d.unsaved_since else ""}
+            for d in session.scalars(select(Device).where(Device.unsaved.is_(True)).order_by(Device.name))
+        ]
         runs = list_runs(session, 5)
-    return {"queues": queues, "workers": workers, "streams": streams, "outbox": outbox, "stale": stale, "runs": runs}
+    return {"queues": queues, "workers": workers, "streams": streams, "outbox": outbox, "stale": stale,
+            "unsaved": unsaved, "runs": runs}

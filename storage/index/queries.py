@@ -53,6 +53,9 @@ def list_devices(session: Session) -> list[dict]:
                 "last_change": _iso(d.last_change_at),
                 "versions": counts.get(d.id, 0),
                 "last_error": d.last_error,
+                # running != startup at the newest backup; None when unknown (no startup on the platform)
+                "unsaved": d.unsaved,
+                "unsaved_since": _iso(d.unsaved_since),
             }
         )
     return rows

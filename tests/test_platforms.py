@@ -1,0 +1,287 @@
+"""Every platform end to end, through the CLI: real redis-server, an RQ worker, the consumer, real Ansible
+over SSH against a lab with one device of every personality, git and fs storage, SQLite index.
+
+Also a platform that exists only as data written by this test (a platform file and a lab personality in
+temporary directories, served by DeviceVault's own ``devicevault.network.cli`` plugin): nothing in the
+repository knows it.
+
+The tests share one lab and one index and run in file order.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import time
+import zlib
+from pathlib import Path
+
+import pytest
+
+from cli.services import free_port
+
+ROOT = Path(__file__).resolve().parent.parent
+GOLDEN = ROOT / "tests" / "golden"
+#: platforms whose output has nothing that changes between two reads seconds apart: VyOS prints no
+#: timestamp or uptime at all, the ASA's uptime counts hours (its Cryptochecksum follows the config),
+#: IOS-XR's counts minutes (cisco.iosxr turns the per-command timestamp off)
+NO_FAST_VOLATILE = {"vyos", "asa", "iosxr"}
+
+ACME_PLATFORM = r"""
+name: acmeos
+network_os: devicevault.network.cli
+description: ACME RouterOS-NG (a platform added as data only, by tests/test_platforms.py)
+commands:
+  - command: show system
+    comment: true
+    keep: ['^Model: ', '^Firmware: ']
+  - show config
+comment_prefix: '# '
+noise:
+  - '^# generated at '
+secrets:
+  - '^set user \S+ hash (?P<secret>\S+)'
+  - '^set snmp community (?P<secret>\S+)'
+changed_by:
+  - '^# last change by (?P<user>\S+)$'
+complete:
+  - '^# end of config$'
+errors:
+  - '^ERR: '
+terminal:
+  prompts: ['[\r\n][\w.\-]+:acme> $']
+  errors: ['^ERR: ']
+  paging: ['set cli pager off']
+"""
+
+ACME_PERSONALITY = r"""
+name: acmeos
+network_os: [devicevault.network.cli]
+inventory:
+  ansible_network_os: devicevault.network.cli
+  devicevault_platform: acmeos
+config_template: |
+  {{ vol('generated') }}
+  {{ vol('last_change') }}
+  set system hostname {{ m.hostname }}
+  {% for u in m.users %}
+  set user {{ u.name }} hash {{ u.sha512 }}
+  {% endfor %}
+  set snmp community {{ m.snmp.ro }}
+  {% for r in m.static_routes %}
+  set route {{ r.net }}/{{ r.prefix }} via {{ r.nh }}
+  {% endfor %}
+  # end of config
+facts: {}
+model:
+  interfaces:
+    - {fmt: "port{}", start: 1, count: 4}
+banner: "ACME RouterOS-NG"
+login_level: enable
+prompts:
+  enable: "{{ hostname }}:acme> "
+volatile:
+  generated: "# generated at {{ now.strftime('%Y-%m-%dT%H:%M:%S.%f') }}"
+  last_change: "# last change by {{ changed_by }}"
+change:
+  after: '^set route '
+  line: "set route 10.250.{{ a }}.{{ b }}/32 via 10.0.0.1"
+error: "ERR: unknown command '{{ command }}'"
+commands:
+  - match: 'set cli pager off'
+  - match: 'show system'
+    output: "Model: ACME-9000\nFirmware: 4.2.1\nUptime: {{ now.strftime('%H:%M:%S') }}"
+  - match: 'show config'
+    config: running
+  - match: '(exit|quit)'
+    action: exit
+"""
+
+
+@pytest.fixture(scope="module")
+def vault(tmp_path_factory, redis_server):
+    import os
+
+    from lab.control import LabControl
+    from lab.generate_inventory import generate_inventory
+    from lab.testing import start_lab, stop_lab
+
+    from tests.conftest import DeviceVault
+
+    home = tmp_path_factory.mktemp("platforms")
+    site_platforms = home / "site-platforms"
+    site_platforms.mkdir()
+    (site_platforms / "acmeos.yml").write_text(ACME_PLATFORM)
+    personalities = home / "site-personalities"
+    personalities.mkdir()
+    (personalities / "acmeos.yml").write_text(ACME_PERSONALITY)
+    inventory = home / "inventory"
+    from lab.generate_inventory import all_platforms
+
+    platforms = all_platforms(str(personalities))
+    hosts = generate_inventory(count=len(platforms), out=inventory, port=free_port(), base="127.0.140.0",
+                               platforms=platforms, personalities_dir=str(personalities), sites=["ams"])
+    env = {
+        "DEVICEVAULT_HOME": str(home),
+        "DEVICEVAULT_REDIS_URL": redis_server.url.rsplit("/", 1)[0] + "/13",
+        "DEVICEVAULT_INVENTORY": str(inventory),
+        "DEVICEVAULT_PLATFORMS_DIR": str(site_platforms),
+        "DEVICEVAULT_DEVICE_TIMEOUT": "15",
+        "DEVICEVAULT_JOB_TIMEOUT": "240",
+        "DEVICEVAULT_BATCH_SIZE": "50",
+        "DEVICEVAULT_COLLECT_RETRIES": "1",
+        "DEVICEVAULT_COLLECT_RETRY_BASE": "2",
+        "DEVICEVAULT_TARGETS": "git,fs",
+        "DEVICEVAULT_LOG_FORMAT": "json",
+    }
+    os.environ["DEVICEVAULT_PLATFORMS_DIR"] = str(site_platforms)  # fetch_configs in this process too
+    tool = DeviceVault(env, home)
+    start_lab(inventory, home / "lab", personalities_dir=personalities)
+    tool.lab = LabControl(home / "lab")
+    tool.inventory = inventory
+    tool.hosts = hosts
+    tool.platform_of = {h: h.split("-")[1] for h in hosts}
+    worker = tool.process("worker", "--name", f"pw-{free_port()}", name="worker").start()
+    consumer = tool.process("consumer", "--name", "platforms-indexer", "--claim-idle", "2", name="consumer").start()
+    yield tool
+    worker.stop()
+    consumer.stop()
+    stop_lab(home / "lab")
+    os.environ.pop("DEVICEVAULT_PLATFORMS_DIR", None)
+
+
+def _backup(vault, *args) -> dict[str, dict]:
+    proc = vault("backup", "--wait", "--json", *args, check=False)
+    assert proc.returncode in (0, 1), proc.stderr
+    return {r["device"]: r for r in json.loads(proc.stdout)["results"]}
+
+
+def _versions(vault) -> dict[str, int]:
+    return {d["name"]: d["versions"] for d in vault.json("devices")}
+
+
+def _raw(vault) -> dict[str, list[str]]:
+    from jobs.fetch import fetch_configs
+
+    out = fetch_configs(vault.hosts, inventory=vault.inventory, settings=vault.settings)
+    failed = {h: str(o.error) for h, o in out.items() if o.error}
+    assert not failed, failed
+    return {h: o.outputs for h, o in out.items()}
+
+
+def test_lab_has_every_platform_and_the_data_only_one(vault):
+    from jobs.platforms import all_platforms
+
+    platforms = set(vault.platform_of.values())
+    assert set(all_platforms()) <= platforms and "acmeos" in platforms
+    assert len(platforms) >= 13
+    assert not (ROOT / "playbooks" / "platforms" / "acmeos.yml").exists()
+    assert not (ROOT / "lab" / "personalities" / "acmeos.yml").exists()
+
+
+def test_every_platform_backs_up_and_a_second_read_adds_no_version(vault):
+    first = _backup(vault)
+    bad = {h: r["error"] for h, r in first.items() if r["status"] != "changed"}
+    assert not bad, bad
+    assert set(first) == set(vault.hosts)
+    before = _raw(vault)
+    time.sleep(1.2)
+    after = _raw(vault)
+    moved = {vault.platform_of[h] for h in vault.hosts if before[h] != after[h]}
+    assert moved >= set(vault.platform_of.values()) - NO_FAST_VOLATILE, (
+        f"no volatile line changed on {set(vault.platform_of.values()) - NO_FAST_VOLATILE - moved}")
+    versions = _versions(vault)
+    second = _backup(vault)
+    assert {h: r["status"] for h, r in second.items()} == {h: "unchanged" for h in vault.hosts}
+    assert _versions(vault) == versions
+    assert all(n == 1 for n in versions.values()), versions
+
+
+def test_the_data_only_platform_is_stored_masked_with_who_changed_it(vault):
+    host = next(h for h, p in vault.platform_of.items() if p == "acmeos")
+    text = vault("show", host).stdout
+    assert text.startswith("# Model: ACME-9000\n# Firmware: 4.2.1\n")
+    assert "set user admin hash <secret hidden>" in text and "# end of config" in text
+    assert "generated at" not in text and "Uptime" not in text
+    history = vault.json("versions", host)
+    assert history[-1]["author"] == "admin"
+
+
+def _secrets(vault, raws: list[dict[str, list[str]]]) -> dict[str, set[str]]:
+    """Per host: the golden secrets of its platform that its raw output really contains, plus every
+    re-encrypted value (FortiOS ENC, BIG-IP $M$) seen in the raw reads."""
+    found: dict[str, set[str]] = {}
+    for host in vault.hosts:
+        raw = "\n".join(o for r in raws for o in r[host])
+        listed = GOLDEN / vault.platform_of[host] / "secrets.txt"
+        values = {s for s in listed.read_text().splitlines() if s.strip()} if listed.exists() else set()
+        values |= set(re.findall(r"\bENC (\S{20,})", raw)) | set(re.findall(r"(\$M\$[^\s\"]+)", raw))
+        found[host] = {s for s in values if s in raw}
+    return found
+
+
+def _everything_stored(vault) -> list[bytes]:
+    from redis import Redis
+
+    settings = vault.settings
+    blobs = [p.read_bytes() for p in Path(settings.fs_root).rglob("*") if p.is_file()]
+    blobs.append(subprocess.run(["git", "-C", str(settings.git_repo), "log", "-p", "--all"], capture_output=True).stdout)
+    blobs.append(Path(settings.database_url.removeprefix("sqlite:///")).read_bytes())
+    blobs += [p.read_bytes() for p in (vault.home / "logs").glob("*.log")]
+    redis = Redis.from_url(settings.redis_url)
+    for key in redis.scan_iter():
+        kind = redis.type(key)
+        if kind == b"string":
+            blobs.append(redis.get(key) or b"")
+        elif kind == b"hash":
+            blobs += list(redis.hgetall(key).values())
+        elif kind == b"list":
+            blobs += redis.lrange(key, 0, -1)
+        elif kind == b"stream":
+            blobs += [json.dumps({k.decode(): v.decode() for k, v in f.items()}).encode() for _, f in redis.xrange(key)]
+    expanded = []
+    for blob in blobs:
+        expanded.append(blob)
+        try:
+            expanded.append(zlib.decompress(blob))
+        except zlib.error:
+            pass
+    return expanded
+
+
+def test_no_platform_secret_reaches_storage_index_jobs_or_logs(vault):
+    raws = [_raw(vault), _raw(vault)]
+    secrets = _secrets(vault, raws)
+    missing = sorted(vault.platform_of[h] for h, s in secrets.items() if not s and vault.platform_of[h] != "acmeos")
+    assert not missing, f"no known secret found in the raw output of {missing}"
+    blobs = _everything_stored(vault)
+    leaked = {(h, s) for h, values in secrets.items() for s in values if any(s.encode() in b for b in blobs)}
+    assert not leaked, leaked
+    assert any(b"<secret hidden>" in b for b in blobs)
+
+
+def test_unsaved_changes_are_flagged_and_saving_clears_them(vault):
+    from jobs.platforms import get_platform
+
+    with_startup = sorted(h for h, p in vault.platform_of.items() if get_platform(p) and get_platform(p).startup)
+    assert {vault.platform_of[h] for h in with_startup} >= {"ios", "eos", "nxos"}
+    rows = {d["name"]: d for d in vault.json("devices")}
+    assert all(rows[h]["unsaved"] is False for h in with_startup), {h: rows[h]["unsaved"] for h in with_startup}
+    assert all(rows[h]["unsaved"] is None for h in vault.hosts if h not in with_startup)
+    for host in with_startup:
+        vault.lab.change(host, 1, user="jdoe")
+    results = _backup(vault, *[a for h in with_startup for a in ("--host", h)])
+    assert {results[h]["status"] for h in with_startup} == {"changed"}
+    listed = vault("devices", "--unsaved").stdout
+    assert all(h in listed for h in with_startup), listed
+    status = vault("status").stdout
+    assert "unsaved devices" in status and all(h in status for h in with_startup)
+    ios = next(h for h in with_startup if vault.platform_of[h] == "ios")
+    assert vault.json("versions", ios)[-1]["author"] == "jdoe"  # from "! Last configuration change ... by jdoe"
+    for host in with_startup:
+        vault.lab.save(host)
+    _backup(vault, *[a for h in with_startup for a in ("--host", h)])
+    rows = {d["name"]: d for d in vault.json("devices")}
+    assert all(rows[h]["unsaved"] is False for h in with_startup), {h: rows[h]["unsaved"] for h in with_startup}
+    assert vault("devices", "--unsaved").stdout.count("\n") <= 2  # header (and rule) only
