@@ -154,8 +154,15 @@ def device_names(session: Session) -> list[str]:
     return list(session.scalars(select(Device.name).order_by(Device.name)))
 
 
-DEVICE_COLUMNS = ["device", "group", "platform", "status", "stale", "last success", "last change", "versions",
-                  "last error"]
+DEVICE_COLUMNS = ["device", "group", "platform", "status", "stale", "unsaved", "last success", "last change",
+                  "versions", "last error"]
+#: the Devices page's "Unsaved" column: running != startup at the newest backup, or unknown (no startup
+#: command on the platform, or never backed up)
+UNSAVED_LABELS = {True: "yes", False: "no", None: "—"}
+
+
+def unsaved_label(value: bool | None) -> str:
+    return UNSAVED_LABELS[None if value is None else bool(value)]
 
 
 def devices_table(
@@ -165,6 +172,7 @@ def devices_table(
     groups: Sequence[str] = (),
     platforms: Sequence[str] = (),
     statuses: Sequence[str] = (),
+    unsaved_only: bool = False,
     sort: str = "name",
     descending: bool = False,
     offset: int = 0,
@@ -174,7 +182,8 @@ def devices_table(
 ) -> tuple[pd.DataFrame, int]:
     """One page of the devices matching the filters, sorted in SQL; returns (page, number matching).
 
-    ``statuses`` are :data:`STATUS_FILTERS` (a device matching any of them is shown). The version count is
+    ``statuses`` are :data:`STATUS_FILTERS` (a device matching any of them is shown); ``unsaved_only`` keeps
+    the devices whose running configuration was not saved at their newest backup. The version count is
     computed for the page's devices only, except when sorting by it.
     """
     now = now or utcnow()
@@ -187,10 +196,13 @@ def devices_table(
         where.append(Device.platform.in_(list(platforms)))
     if statuses:
         where.append(or_(*[_status_condition(s, now, max_age_hours) for s in statuses]))
+    if unsaved_only:
+        where.append(Device.unsaved.is_(True))
     total = session.scalar(select(func.count(Device.id)).where(*where)) or 0
     stale = stale_condition(now, max_age_hours)
     columns = [Device.id, Device.name, Device.group_name, Device.platform, Device.last_status,
-               case((stale, True), else_=False), Device.last_success_at, Device.last_change_at, Device.last_error]
+               case((stale, True), else_=False), Device.last_success_at, Device.last_change_at, Device.last_error,
+               Device.unsaved]
     if sort == "versions":
         counts = select(Version.device_id.label("device_id"), func.count().label("n")).group_by(Version.device_id).subquery()
         n = func.coalesce(counts.c.n, 0)
@@ -209,8 +221,8 @@ def devices_table(
         counts_by_id = version_counts(session, [r[0] for r in rows])
     frame = pd.DataFrame(
         [{"device": r[1], "group": r[2], "platform": r[3], "status": r[4] or "never", "stale": bool(r[5]),
-          "last success": _ts(r[6]), "last change": _ts(r[7]), "versions": int(counts_by_id.get(r[0], 0)),
-          "last error": r[8] or ""} for r in rows],
+          "unsaved": unsaved_label(r[9]), "last success": _ts(r[6]), "last change": _ts(r[7]),
+          "versions": int(counts_by_id.get(r[0], 0)), "last error": r[8] or ""} for r in rows],
         columns=DEVICE_COLUMNS,
     )
     for column in ("last success", "last change"):
@@ -240,6 +252,8 @@ class DeviceInfo:
     last_change: datetime | None
     last_error: str
     stale_since: datetime | None
+    unsaved: bool | None = None  # running != startup at the newest backup (None: unknown)
+    unsaved_since: datetime | None = None
 
 
 def device_info(session: Session, name: str) -> DeviceInfo:
@@ -247,7 +261,8 @@ def device_info(session: Session, name: str) -> DeviceInfo:
     if d is None:
         raise NotFound(f"device {name!r} is not in the index")
     return DeviceInfo(d.id, d.name, d.group_name, d.platform, d.last_status or "never", aware(d.last_attempt_at),
-                      aware(d.last_success_at), aware(d.last_change_at), d.last_error or "", aware(d.stale_since))
+                      aware(d.last_success_at), aware(d.last_change_at), d.last_error or "", aware(d.stale_since),
+                      d.unsaved, aware(d.unsaved_since))
 
 
 @dataclass(frozen=True)

@@ -44,8 +44,11 @@ class Seeder:
         self.n = 0
 
     def run(self, when: datetime, results: dict[str, tuple[str, str | None]], *, group_of, platform_of,
-            requested_by: str = "cron") -> str:
-        """``results``: device -> (status, config text or error)."""
+            requested_by: str = "cron", unsaved: dict[str, bool] | None = None,
+            authors: dict[str, str] | None = None) -> str:
+        """``results``: device -> (status, config text or error); ``unsaved``: device -> running != startup
+        at this backup (absent: unknown); ``authors``: device -> who changed it, per the device."""
+        unsaved, authors = unsaved or {}, authors or {}
         from jobs.results import DeviceResult, DeviceStatus, StorageResult, StorageStatus
         from storage.base import StoreOptions
         from storage.index.records import apply_device_result, apply_storage_result, create_run, refresh_run
@@ -65,7 +68,8 @@ class Seeder:
                 sha = hashlib.sha256(data).hexdigest()
                 result = DeviceResult(task_id=task, run_id=run_id, device=device, status=DeviceStatus.CHANGED,
                                       timestamp=when, group=group, platform=platform, sha256=sha, size=len(data),
-                                      duration=1.5, targets="git,fs")
+                                      duration=1.5, targets="git,fs", unsaved=unsaved.get(device),
+                                      author=authors.get(device, ""))
                 stored = []
                 for target in ("git", "fs"):
                     ref = self.layout.open(target).store(
@@ -73,12 +77,14 @@ class Seeder:
                         StoreOptions(device=device, run_id=run_id, timestamp=when, message=f"{device} changed"))
                     stored.append(StorageResult(task_id=f"{task}:{target}", run_id=run_id, device=device,
                                                 backend=target, status=StorageStatus.STORED, timestamp=when,
-                                                group=group, sha256=sha, size=len(data), ref=ref))
+                                                group=group, sha256=sha, size=len(data), ref=ref,
+                                                author=authors.get(device, "")))
             else:
                 result = DeviceResult(task_id=task, run_id=run_id, device=device, status=DeviceStatus(status),
                                       timestamp=when, group=group, platform=platform, duration=0.8,
                                       error=payload or "" if status == "failed" else "",
-                                      error_kind="timeout" if status == "failed" else "")
+                                      error_kind="timeout" if status == "failed" else "",
+                                      unsaved=unsaved.get(device))
                 stored = []
             with self.sessions.begin() as session:
                 apply_device_result(session, result)
@@ -109,7 +115,10 @@ class Seeder:
 
 @pytest.fixture(scope="module")
 def portal_env(tmp_path_factory, redis_server):
-    """A home with an inventory of 6 devices, an index of 3 runs with real copies in git and fs, 3 users."""
+    """A home with an inventory of 6 devices, an index of 3 runs with real copies in git and fs, 3 users.
+
+    The busy device has had unsaved changes since the second run (by alice, then jdoe); ``saved`` (names[4])
+    was saved at its newest backup; every other device's unsaved state is unknown."""
     from cli.services import free_port
     from jobs.inventory import load_inventory
     from jobs.settings import Settings
@@ -134,19 +143,22 @@ def portal_env(tmp_path_factory, redis_server):
     hosts = load_inventory(inventory)
     seed = Seeder(settings)
     kw = dict(group_of=lambda d: hosts[d].group, platform_of=lambda d: hosts[d].network_os)
-    busy, failing, stale = names[0], names[1], names[2]
+    busy, failing, stale, saved = names[0], names[1], names[2], names[4]
     seed.run(NOW - timedelta(days=5), {n: ("changed", config_text(n, 1)) for n in names}, **kw)
     seed.run(NOW - timedelta(days=2), {n: ("changed", config_text(n, 2)) if n == busy else ("unchanged", None)
-                                       for n in names}, **kw)
+                                       for n in names}, unsaved={busy: True, saved: True},
+             authors={busy: "alice"}, **kw)
     third = {n: ("unchanged", None) for n in names if n != stale}
     third[busy] = ("changed", config_text(busy, 3))
     third[failing] = ("failed", f"{failing}: timeout after 8 s waiting for the prompt")
-    seed.run(NOW - timedelta(hours=2), third, requested_by="oscar", **kw)
+    seed.run(NOW - timedelta(hours=2), third, requested_by="oscar", unsaved={busy: True, saved: False},
+             authors={busy: "jdoe"}, **kw)
     seed.broken_version(names[3], hosts[names[3]].group, hosts[names[3]].network_os, NOW - timedelta(hours=1))
     users = UsersFile(home / "users.yml")
     for name, (role, password) in PASSWORDS.items():
         users.add(name, role, password, rounds=4)
     yield {"home": home, "names": names, "busy": busy, "failing": failing, "stale": stale, "broken": names[3],
+           "saved": saved,
            "settings": settings, "hosts": hosts, "env": env}
     mp.undo()
 
@@ -300,6 +312,41 @@ def test_devices_filter_and_sort(portal_env):
     group = portal_env["hosts"][portal_env["busy"]].group
     at.multiselect(key="devices_groups").set_value([group]).run()
     assert set(at.dataframe(key="devices_table").value["group"]) == {group}
+
+
+def test_devices_show_the_unsaved_flag_and_filter_on_it(portal_env):
+    busy, saved = portal_env["busy"], portal_env["saved"]
+    at = ok(page("victor", "views/devices.py"))
+    assert at.checkbox(key="devices_unsaved").label == "Only unsaved" and not at.checkbox(key="devices_unsaved").value
+    table = at.dataframe(key="devices_table").value
+    flags = dict(zip(table["device"], table["unsaved"]))
+    assert flags == {n: "yes" if n == busy else "no" if n == saved else "—" for n in portal_env["names"]}
+    at.checkbox(key="devices_unsaved").check().run()
+    table = ok(at).dataframe(key="devices_table").value
+    assert list(table["device"]) == [busy] and list(table["unsaved"]) == ["yes"]
+    assert "1 device(s) match" in " ".join(c.value for c in at.caption)
+    at.multiselect(key="devices_status").set_value(["failed"]).run()  # combined with another filter
+    assert ok(at).dataframe(key="devices_table").value.empty
+    at.multiselect(key="devices_status").set_value([]).run()
+    at.checkbox(key="devices_unsaved").uncheck().run()
+    assert len(ok(at).dataframe(key="devices_table").value) == len(portal_env["names"])
+
+
+def test_device_page_warns_about_unsaved_changes_since_when_and_shows_who_changed_it(portal_env):
+    from portal.ui import when
+
+    busy = portal_env["busy"]
+    at = ok(page("victor", "views/device.py", device=busy))
+    (warning,) = [w.value for w in at.warning if "Unsaved" in w.value]
+    assert "running configuration differed from the saved (startup) configuration" in warning
+    assert f"unsaved since {when(NOW - timedelta(days=2))}" in warning  # the first backup that found it unsaved
+    assert when(NOW - timedelta(hours=2)) in warning  # the newest backup
+    timeline = at.dataframe(key="device_timeline").value
+    assert list(zip(timeline["version"], timeline["changed by"])) == [(3, "jdoe"), (2, "alice"), (1, "—")]
+    assert any("changed by jdoe" in c.value for c in at.caption)  # the Version tab, newest version
+    for other in (portal_env["saved"], portal_env["stale"]):  # saved / unknown: no warning
+        at = ok(page("victor", "views/device.py", device=other))
+        assert not [w.value for w in at.warning if "Unsaved" in w.value], other
 
 
 def _select_row(at: AppTest, key: str, row: int) -> AppTest:

@@ -1,5 +1,6 @@
-"""Device: its version timeline, any version as text (and its download), the diff of any two versions
-(unified or side by side) and a jump to the previous / next change.
+"""Device: its version timeline (with who changed each version, per the device), any version as text (and its
+download), the diff of any two versions (unified or side by side) and a jump to the previous / next change.
+A warning says when the running configuration was not saved at the newest backup, and since when.
 
 The device comes from the ``?device=`` query parameter (the Devices and Runs pages link here with it) or
 the selector. Contents are read through the storage layout with failover and cached by sha256.
@@ -115,6 +116,11 @@ def _header(info, versions) -> None:
         st.error(f"Last backup failed ({ui.when(info.last_attempt)}): {ui.md(ui.mask(info.last_error))}")
     if info.stale_since is not None:
         st.warning(f"Stale since {ui.when(info.stale_since)}: no successful backup for too long.")
+    if info.unsaved:
+        since = f" (unsaved since {ui.when(info.unsaved_since)})" if info.unsaved_since else ""
+        st.warning(f"Unsaved configuration: at the newest backup ({ui.when(info.last_success)}) the running "
+                   f"configuration differed from the saved (startup) configuration{since}. A reload of the "
+                   "device would lose those changes.", icon="⚠️")
 
 
 def _label(by_number):
@@ -208,7 +214,7 @@ def _timeline(s, session, versions) -> None:
             added, removed = content.line_stats(content.as_text(before), content.as_text(this), key=(prev.sha256, v.sha256))
         rows.append({"version": v.number, "time": v.created_at, "sha": v.sha256[:12], "size": v.size,
                      "added": added, "removed": removed, "copies": _copies_text(copies.get(v.id, ())),
-                     "run": v.run_id, "author": v.author})
+                     "run": v.run_id, "changed by": v.author or "—"})
     st.session_state["_device_timeline_numbers"] = [v.number for v in shown]
     unreadable = [num for num, t in texts.items() if isinstance(t, Exception)]
     st.caption(f"Versions {lo + 1}–{hi} of {n}, newest first. Select a row to compare it with the version before "
@@ -216,14 +222,17 @@ def _timeline(s, session, versions) -> None:
     if unreadable:
         st.warning(f"{len(unreadable)} version(s) could not be read, so their line counts are missing: "
                    + ", ".join(f"v{x}" for x in sorted(unreadable)[:10]))
-    frame = pd.DataFrame(rows, columns=["version", "time", "sha", "size", "added", "removed", "copies", "run", "author"])
+    frame = pd.DataFrame(rows, columns=["version", "time", "sha", "size", "added", "removed", "copies", "run",
+                                       "changed by"])
     frame["time"] = pd.to_datetime(frame["time"], utc=True)
     st.dataframe(frame, hide_index=True, width="stretch", key="device_timeline", on_select="rerun",
                  selection_mode="single-row",
                  column_config={"time": st.column_config.DatetimeColumn(format="YYYY-MM-DD HH:mm:ss z"),
                                 "added": st.column_config.NumberColumn("+ lines", format="%d"),
                                 "removed": st.column_config.NumberColumn("− lines", format="%d"),
-                                "size": st.column_config.NumberColumn("bytes", format="%d")})
+                                "size": st.column_config.NumberColumn("bytes", format="%d"),
+                                "changed by": st.column_config.TextColumn(
+                                    help="Who changed the configuration, as the device reports it")})
     if pages > 1:
         st.session_state["device_timeline_page"] = page
         st.number_input(f"Timeline page (of {pages})", min_value=1, max_value=pages, step=1,
@@ -242,7 +251,8 @@ def _show(s, session, info, versions, by_number) -> None:
         st.error(f"Version {number} cannot be read: {ui.md(ui.friendly(data))}")
         return
     copies = queries.copies_of(session, [v.id])[v.id]
-    st.caption(f"sha256 `{v.sha256}` · {v.size} bytes · {ui.when(v.created_at)} · run `{v.run_id}` · "
+    changed_by = f" · changed by {ui.md(v.author)}" if v.author else ""
+    st.caption(f"sha256 `{v.sha256}` · {v.size} bytes · {ui.when(v.created_at)} · run `{v.run_id}`{changed_by} · "
                f"copies: {_copies_text(copies)}")
     st.download_button("Download this version", data, file_name=f"{_safe_name(info.name)}_v{number}_{v.sha256[:12]}.cfg",
                        mime="text/plain", key="device_download")

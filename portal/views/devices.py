@@ -1,4 +1,5 @@
-"""Devices: every device with its group, platform, last success, last change, status and number of versions.
+"""Devices: every device with its group, platform, last success, last change, status, number of versions and
+whether its running configuration was saved at the newest backup ("Unsaved": yes / no / — when unknown).
 
 Filtered and sorted in SQL and paged, so it stays fast with tens of thousands of devices; clicking a row
 opens the device.
@@ -33,25 +34,29 @@ def render(user) -> None:
     chosen_platforms = f3.multiselect("Platform", platforms, key="devices_platforms", on_change=_reset_page)
     statuses = f4.multiselect("Status", list(queries.STATUS_FILTERS), key="devices_status", on_change=_reset_page,
                               help=f"stale: no successful backup in {s.max_age:g} h (DEVICEVAULT_MAX_AGE)")
-    o1, o2, o3, o4 = st.columns([2, 1, 1, 1])
+    o1, o2, o3, o4, o5 = st.columns([2, 1, 1, 1, 1])
     sort = o1.selectbox("Sort by", SORTS, key="devices_sort", on_change=_reset_page)
     descending = o2.toggle("Descending", key="devices_desc", on_change=_reset_page)
-    size = o3.selectbox("Rows per page", PAGE_SIZES, index=1, key="devices_page_size", on_change=_reset_page)
+    unsaved_only = o3.checkbox("Only unsaved", key="devices_unsaved", on_change=_reset_page,
+                               help="Devices whose running configuration differed from the saved (startup) "
+                                    "configuration at their newest backup")
+    size = o4.selectbox("Rows per page", PAGE_SIZES, index=1, key="devices_page_size", on_change=_reset_page)
     page_number = int(st.session_state.get("devices_page", 1) or 1)
-    with sessions() as session:
-        frame, total = queries.devices_table(
-            session, name=name, groups=chosen_groups, platforms=chosen_platforms, statuses=statuses, sort=sort,
-            descending=descending, offset=(page_number - 1) * size, limit=size, max_age_hours=s.max_age,
-        )
+
+    def fetch(number: int):
+        with sessions() as session:
+            return queries.devices_table(
+                session, name=name, groups=chosen_groups, platforms=chosen_platforms, statuses=statuses,
+                unsaved_only=unsaved_only, sort=sort, descending=descending, offset=(number - 1) * size,
+                limit=size, max_age_hours=s.max_age,
+            )
+
+    frame, total = fetch(page_number)
     pages = max(1, math.ceil(total / size))
     if page_number > pages:  # the filters shrank the list: show its last page
         page_number = st.session_state["devices_page"] = pages
-        with sessions() as session:
-            frame, total = queries.devices_table(
-                session, name=name, groups=chosen_groups, platforms=chosen_platforms, statuses=statuses, sort=sort,
-                descending=descending, offset=(page_number - 1) * size, limit=size, max_age_hours=s.max_age,
-            )
-    o4.number_input(f"Page (of {pages})", min_value=1, max_value=pages, step=1, key="devices_page")
+        frame, total = fetch(page_number)
+    o5.number_input(f"Page (of {pages})", min_value=1, max_value=pages, step=1, key="devices_page")
     first = (page_number - 1) * size
     st.caption(f"{total} device(s) match; showing {first + 1 if total else 0}–{min(first + size, total)}. "
                "Select a row to open the device.")
@@ -61,6 +66,9 @@ def render(user) -> None:
         column_config={
             "last success": TIME, "last change": TIME,
             "stale": st.column_config.CheckboxColumn(help="No successful backup for too long"),
+            "unsaved": st.column_config.TextColumn(
+                "Unsaved", help="Running configuration not saved (differs from the startup configuration) at the "
+                                "newest backup: yes / no / — unknown (the platform has no startup command)"),
             "versions": st.column_config.NumberColumn(format="%d"),
         },
     )
