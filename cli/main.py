@@ -421,7 +421,7 @@ def versions(host, as_json) -> None:
     _emit(rows, ["number", "created_at", "sha", "size", "targets", "run_id"], as_json)
 
 
-def _version_text(settings: Settings, host: str, selector: str | None) -> tuple[str, object]:
+def _version_text(settings: Settings, host: str, selector: str | None, raw: bool = False) -> tuple[str, object]:
     from storage.index.queries import device_versions, resolve_version
     from storage.retrieve import read_first
 
@@ -429,17 +429,36 @@ def _version_text(settings: Settings, host: str, selector: str | None) -> tuple[
         found = device_versions(session, host)
     version = resolve_version(found, selector, device=host)
     layout = _layout(settings)
+    if raw:
+        return _raw_text(layout, host, version), version
     content, _ = read_first(version.copies, version.sha256, layout.open)
     return content.decode("utf-8", errors="surrogateescape"), version
+
+
+def _raw_text(layout, host: str, version) -> str:
+    """The raw device output kept with ``version`` (devicevault_keep_raw), from the first target that reads."""
+    from storage.errors import StorageError
+
+    if not version.raw_copies:
+        raise click.ClickException(f"{host} v{version.number}: no raw copy kept (set devicevault_keep_raw: true "
+                                   "for the device and give its location an encrypted target)")
+    problems = []
+    for backend, ref in version.raw_copies:
+        try:
+            return layout.open(backend).read(ref).decode("utf-8", errors="surrogateescape")
+        except (StorageError, OSError) as exc:
+            problems.append(f"{backend}: {exc}")
+    raise click.ClickException(f"{host} v{version.number}: no raw copy could be read: {'; '.join(problems)}")
 
 
 @main.command()
 @click.argument("host")
 @click.argument("version", required=False)
+@click.option("--raw", is_flag=True, help="The device output exactly as read, secrets included (devicevault_keep_raw).")
 @_guard
-def show(host, version) -> None:
+def show(host, version, raw) -> None:
     """Print a stored configuration of HOST (the newest, or VERSION: a number, -1 for newest, or a sha prefix)."""
-    text, _ = _version_text(_settings(), host, version)
+    text, _ = _version_text(_settings(), host, version, raw=raw)
     click.echo(text, nl=False)
 
 

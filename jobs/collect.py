@@ -107,6 +107,11 @@ def collect(
                               f"target(s) {', '.join(plain)} of this device are not (mask or drop them, or "
                               "encrypt those targets in storage.yml)")))
                     continue
+                if entry.keep_raw and len(plain) == len(targets):
+                    results.append(_failed(run_id, host, entry, errors.CollectionFailed(
+                        host, "devicevault_keep_raw keeps the device output with its secrets, so it needs an "
+                              f"encrypted target; none of {', '.join(targets)} is encrypted (see storage.yml)")))
+                    continue
                 runnable.append(host)
         outcomes = fetch_configs(runnable, inventory=inventory_path, settings=settings, redactor=redactor)
         new_versions: list[StorageItem] = []
@@ -176,7 +181,7 @@ def _evaluate(
     result = _result(run_id, host, entry, DeviceStatus.CHANGED, targets=",".join(targets), **fields)
     item = StorageItem(task_id=result.task_id, run_id=run_id, device=host, group=entry.group, sha256=sha,
                        config=version.text, collected_at=time.time(), targets=targets,
-                       author=version.changed_by)
+                       author=version.changed_by, raw="\n".join(outcome.outputs) if entry.keep_raw else "")
     return result, item
 
 

@@ -31,6 +31,8 @@ class InventoryHost:
     platform: str = ""
     #: ``devicevault_secrets``: mask (default), keep (encrypted targets only) or drop
     secrets_mode: str = "mask"
+    #: ``devicevault_keep_raw``: also keep the device output exactly as read, on encrypted targets only
+    keep_raw: bool = False
     #: login and enable passwords of the host, only to mask them wherever text leaves a process
     secrets: tuple[str, ...] = field(default=(), repr=False, compare=False)
 
@@ -86,9 +88,23 @@ def load_inventory(path: Path | str) -> dict[str, InventoryHost]:
             max_age=_hours(hv.get("devicevault_max_age"), path, host.name),
             platform=str(hv.get("devicevault_platform") or own_platform),
             secrets_mode=_secrets_mode(hv.get("devicevault_secrets"), path, host.name),
+            keep_raw=_flag(hv.get("devicevault_keep_raw"), path, host.name, "devicevault_keep_raw"),
             secrets=tuple(str(hv[k]) for k in _SECRET_VARS if isinstance(hv.get(k), str) and "{{" not in hv[k]),
         )
     return hosts
+
+
+def _flag(value, path, host: str, name: str) -> bool:
+    if value in (None, ""):
+        return False
+    if isinstance(value, bool):
+        return value
+    text = str(value).strip().lower()
+    if text in ("true", "yes", "on", "1"):
+        return True
+    if text in ("false", "no", "off", "0"):
+        return False
+    raise InventoryError(f"{path}: host {host!r}: {name} must be true or false, not {value!r}")
 
 
 def _secrets_mode(value, path, host: str) -> str:

@@ -67,6 +67,9 @@ class StorageItem:
     collected_at: float = 0.0  # epoch seconds; orders a device's versions on every target
     targets: tuple[str, ...] = ()
     author: str = ""
+    #: the device output exactly as read (``devicevault_keep_raw``): stored next to the version on the
+    #: encrypted targets only, so the version can be restored with its secrets and everything else
+    raw: str = ""
 
     def to_json(self) -> str:
         return json.dumps(asdict(self))

@@ -125,6 +125,7 @@ class StorageResult(_StreamRecord):
     attempt: int = 1  # 1 for the first try; a retry's outcome replaces an earlier attempt's in the index
     next_attempt_at: str = ""  # pending: when the copy is tried again (ISO 8601, UTC)
     key_id: str = ""  # encryption key the copy was written with ("" = not encrypted)
+    raw_ref: str = ""  # the raw device output kept with this version on this target ("" = none)
 
     @classmethod
     def _coerce(cls, kwargs: dict[str, Any]) -> dict[str, Any]:

@@ -17,7 +17,7 @@ from redis import Redis
 
 from storage.base import StoreOptions
 from storage.errors import StorageError
-from storage.paths import device_path
+from storage.paths import device_path, raw_path
 
 from . import outbox
 from .locations import StorageLayout
@@ -97,12 +97,23 @@ def store_to_target(redis: Redis, settings: Settings, layout: StorageLayout, tar
     else:
         stored, failures = _store_all(backend, target, ready)
     key_id = layout.key_id_for(target)
+    raw_refs: dict[str, str] = {}
+    if key_id:  # raw device output (with its secrets) only ever goes to encrypted targets
+        for item in ready:
+            if item.raw and item.task_id in stored:
+                try:
+                    raw_refs[item.task_id] = backend.store(to_bytes(item.raw), raw_path(item.group or "ungrouped", item.device),
+                                                           _request(item)[2])
+                except (StorageError, OSError) as exc:
+                    del stored[item.task_id]
+                    failures[item.task_id] = f"{item.device} on {target}: raw copy: {exc}"
     for item in ready:
         attempt = outbox.tries(redis, target, item.task_id) + 1
         if item.task_id in stored:
             ref, status = stored[item.task_id]
             outbox.done(redis, target, item)
-            outcomes.append(_outcome(item, target, status, attempt=attempt, ref=ref, key_id=key_id))
+            outcomes.append(_outcome(item, target, status, attempt=attempt, ref=ref, key_id=key_id,
+                                     raw_ref=raw_refs.get(item.task_id, "")))
             continue
         error = failures[item.task_id]
         log.warning("storing %s on %s failed (attempt %d): %s", item.device, target, attempt, error)
@@ -152,7 +163,7 @@ def _request(item: StorageItem) -> tuple[bytes, str, StoreOptions]:
 
 
 def _outcome(item: StorageItem, target: str, status: StorageStatus, *, attempt: int, ref: str = "",
-             error: str = "", next_at: float | None = None, key_id: str = "") -> StorageResult:
+             error: str = "", next_at: float | None = None, key_id: str = "", raw_ref: str = "") -> StorageResult:
     return StorageResult(
         task_id=storage_task_id(item, target, attempt),
         run_id=item.run_id,
@@ -169,4 +180,5 @@ def _outcome(item: StorageItem, target: str, status: StorageStatus, *, attempt: 
         attempt=attempt,
         next_attempt_at=datetime.fromtimestamp(next_at, timezone.utc).isoformat() if next_at else "",
         key_id=key_id,
+        raw_ref=raw_ref,
     )

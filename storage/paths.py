@@ -45,6 +45,16 @@ def decode_component(s: str) -> str:
     return unquote_to_bytes(s).decode("utf-8")
 
 
+#: first component of every raw copy: ``encode_component`` never emits ``@``, so no group collides with it
+RAW_ROOT = "@raw"
+
+
+def raw_path(group: str, host: str) -> str:
+    """``"@raw/<encoded group>/<encoded host>"`` -- where a device's raw device output is kept
+    (``devicevault_keep_raw``, encrypted targets only)."""
+    return f"{RAW_ROOT}/{device_path(group, host)}"
+
+
 def device_path(group: str, host: str) -> str:
     """``"<encoded group>/<encoded host>"`` -- the storage path of one device."""
     return f"{encode_component(group)}/{encode_component(host)}"

@@ -10,6 +10,8 @@ The tests share one lab and one index and run in file order.
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import json
 import re
 import subprocess
@@ -27,6 +29,18 @@ GOLDEN = ROOT / "tests" / "golden"
 #: timestamp or uptime at all, the ASA's uptime counts hours (its Cryptochecksum follows the config),
 #: IOS-XR's counts minutes (cisco.iosxr turns the per-command timestamp off)
 NO_FAST_VOLATILE = {"vyos", "asa", "iosxr"}
+
+ENC_KEY = base64.b64encode(hashlib.sha256(b"devicevault platforms test key").digest()).decode()
+#: git and fs for everything; the routeros device also keeps its raw output, on an encrypted fs target
+STORAGE_YML = """
+targets:
+  git: {type: git}
+  fs: {type: fs}
+  fs-enc: {type: fs, root: "%(home)s/fs-enc", encrypt: true}
+locations:
+  default: [git, fs]
+  vault: [git, fs, fs-enc]
+"""
 
 ACME_PLATFORM = r"""
 name: acmeos
@@ -122,6 +136,9 @@ def vault(tmp_path_factory, redis_server):
     platforms = all_platforms(str(personalities))
     hosts = generate_inventory(count=len(platforms), out=inventory, port=free_port(), base="127.0.140.0",
                                platforms=platforms, personalities_dir=str(personalities), sites=["ams"])
+    (inventory / "host_vars").mkdir()
+    (inventory / "host_vars" / "ams-routeros-01.yml").write_text("devicevault_location: vault\ndevicevault_keep_raw: true\n")
+    (home / "storage.yml").write_text(STORAGE_YML % {"home": home})
     env = {
         "DEVICEVAULT_HOME": str(home),
         "DEVICEVAULT_REDIS_URL": redis_server.url.rsplit("/", 1)[0] + "/13",
@@ -132,7 +149,7 @@ def vault(tmp_path_factory, redis_server):
         "DEVICEVAULT_BATCH_SIZE": "50",
         "DEVICEVAULT_COLLECT_RETRIES": "1",
         "DEVICEVAULT_COLLECT_RETRY_BASE": "2",
-        "DEVICEVAULT_TARGETS": "git,fs",
+        "DEVICEVAULT_ENCRYPTION_KEYS": f"k1:{ENC_KEY}",
         "DEVICEVAULT_LOG_FORMAT": "json",
     }
     os.environ["DEVICEVAULT_PLATFORMS_DIR"] = str(site_platforms)  # fetch_configs in this process too
@@ -259,6 +276,25 @@ def test_no_platform_secret_reaches_storage_index_jobs_or_logs(vault):
     leaked = {(h, s) for h, values in secrets.items() for s in values if any(s.encode() in b for b in blobs)}
     assert not leaked, leaked
     assert any(b"<secret hidden>" in b for b in blobs)
+
+
+def test_the_raw_output_is_kept_encrypted_and_never_decides_a_version(vault):
+    host = "ams-routeros-01"
+    versions = vault.json("versions", host)
+    assert len(versions) == 1  # two backups, one version: the raw output never made one
+    raw = vault("show", host, "--raw").stdout
+    stored = vault("show", host).stdout
+    assert "by RouterOS" in raw and "/export terse show-sensitive" not in stored
+    secrets = _secrets(vault, [_raw(vault)])[host]
+    assert secrets and all(s in raw for s in secrets)  # the raw copy is restorable: secrets included
+    assert not any(s in stored for s in secrets)
+    assert re.search(r"^# \d{4}-\d\d-\d\d \d\d:\d\d:\d\d by RouterOS", raw, re.M)  # noise kept too
+    encrypted = [f.read_bytes() for f in (vault.home / "fs-enc").rglob("*") if f.is_file()]
+    assert encrypted and not any(s.encode() in b for s in secrets for b in encrypted)
+    assert not list(Path(vault.settings.fs_root).rglob("@raw"))  # plain targets get no raw copy
+    other = next(h for h in vault.hosts if h != host)
+    proc = vault("show", other, "--raw", check=False)
+    assert proc.returncode != 0 and "no raw copy kept" in proc.stderr
 
 
 def test_unsaved_changes_are_flagged_and_saving_clears_them(vault):

@@ -140,6 +140,8 @@ class Copy(Base):
     next_attempt_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
     key_id: Mapped[str] = mapped_column(String(64), default="")  # encryption key of the copy ("" = plain)
     checked_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)  # last verify
+    #: the raw device output kept next to this version on this (encrypted) target ("" = none)
+    raw_ref: Mapped[str] = mapped_column(Text, default="")
 
     version: Mapped[Version] = relationship(back_populates="copies")
 

@@ -25,6 +25,7 @@ class VersionInfo:
     run_id: str
     author: str
     copies: tuple[tuple[str, str, str], ...]  # (backend, ref, status)
+    raw_copies: tuple[tuple[str, str], ...] = ()  # (backend, raw ref): raw device output kept with it
 
     def as_dict(self) -> dict:
         return {
@@ -87,6 +88,7 @@ def device_versions(session: Session, name: str) -> list[VersionInfo]:
             run_id=v.run_id,
             author=v.author,
             copies=tuple((c.backend, c.ref, c.status) for c in v.copies),
+            raw_copies=tuple((c.backend, c.raw_ref) for c in v.copies if c.raw_ref),
         )
         for i, v in enumerate(versions, start=1)
     ]

@@ -129,7 +129,7 @@ def apply_storage_result(session: Session, result: Any) -> bool:
     next_at = getattr(result, "next_attempt_at", "") or None
     fields = dict(
         task_id=result.task_id, ref=result.ref, status=status, stored_at=result.timestamp, error=result.error,
-        attempts=attempt, key_id=getattr(result, "key_id", "") or "",
+        attempts=attempt, key_id=getattr(result, "key_id", "") or "", raw_ref=getattr(result, "raw_ref", "") or "",
         next_attempt_at=datetime.fromisoformat(next_at) if isinstance(next_at, str) else next_at,
     )
     existing = session.scalar(select(Copy).where(Copy.version_id == version.id, Copy.backend == result.backend))
