@@ -97,6 +97,11 @@ def _prune_target(session: Session, backend, config, *, now: datetime, dry_run: 
             if not dry_run:
                 try:
                     backend.delete(copy.ref)
+                    if copy.raw_ref:  # the raw output kept with this version goes with it
+                        try:
+                            backend.delete(copy.raw_ref)
+                        except RefNotFound:
+                            pass
                 except RefNotFound:
                     pass  # already gone: record it as pruned all the same
                 except (StorageError, OSError) as exc:
