@@ -21,6 +21,9 @@ class ActionModule(ActionBase):
         if not socket_path:
             return {"failed": True, "msg": "devicevault.network.collect needs a persistent connection "
                                            "(ansible_connection: ansible.netcommon.network_cli)"}
+        # Ansible closes, at the end of the play, the persistent connections it saw in a task's arguments;
+        # without a module run ours would linger (and hold the device's SSH session) until they time out
+        self._task.args["_ansible_socket"] = socket_path
         conn = Connection(socket_path)
         outputs = []
         for command in commands:
