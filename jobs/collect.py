@@ -15,7 +15,7 @@ from .inventory import InventoryHost, load_inventory
 from .locations import StorageLayout, StorageConfigError
 from .locks import host_locks
 from .normalize import normalize, sha256_text, to_bytes
-from .outbox import StorageItem
+from .outbox import StorageItem, seal
 from .platforms import get_platform
 from .redact import Redactor
 from .results import DEVICE_RESULTS_STREAM, DeviceResult, DeviceStatus, utcnow
@@ -167,14 +167,17 @@ def _evaluate(
         exc = type(exc)(host, redactor.redact(exc.cause))
         return _failed(run_id, host, entry, exc, log=outcome.log, duration=outcome.duration), None
     sha = sha256_text(version.text)
-    # "changed" is decided on the masked view, so re-encrypted or kept secrets never make a version alone
-    compare = sha if version.compare == version.text else "masked:" + sha256_text(version.compare)
-    previous = redis.hget(LATEST_SHA_KEY, host)
-    changed = previous is None or previous.decode() != compare
+    # "changed" is decided on the masked view, so re-encrypted or kept secrets never make a version alone.
+    # With kept secrets the stored text's sha differs from the masked view's: remember both.
+    compare = sha if version.compare == version.text else f"masked:{sha256_text(version.compare)}:{sha}"
+    previous = (redis.hget(LATEST_SHA_KEY, host) or b"").decode()
+    changed = not previous or previous.rsplit(":", 1)[0] != compare.rsplit(":", 1)[0]
     # the result travels through Redis and the index: it carries the masked view, never kept secrets
     fields = dict(log=outcome.log, config=version.compare, sha256=sha, size=len(to_bytes(version.text)),
                   duration=outcome.duration, author=version.changed_by, unsaved=version.unsaved)
     if not changed:
+        if previous.startswith("masked:"):  # an unchanged result names the version that is stored
+            fields["sha256"] = previous.rsplit(":", 1)[1]
         return _result(run_id, host, entry, DeviceStatus.UNCHANGED, **fields), None
     redis.hset(LATEST_SHA_KEY, host, compare)
     targets = tuple(layout.targets_for(entry.group, entry.location))
@@ -182,6 +185,8 @@ def _evaluate(
     item = StorageItem(task_id=result.task_id, run_id=run_id, device=host, group=entry.group, sha256=sha,
                        config=version.text, collected_at=time.time(), targets=targets,
                        author=version.changed_by, raw="\n".join(outcome.outputs) if entry.keep_raw else "")
+    if entry.secrets_mode == "keep" or entry.keep_raw:  # secrets wait in Redis encrypted, never in the clear
+        item = seal(item, layout.sealing_codec())
     return result, item
 
 

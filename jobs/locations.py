@@ -183,6 +183,15 @@ class StorageLayout:
             return self.settings.encryption_key_id
         return next(iter(self.keys), "")
 
+    def sealing_codec(self):
+        """The codec that encrypts outbox items carrying secrets (kept secrets, raw output) while they wait
+        in Redis for their targets; None without encryption keys."""
+        if not self.keys:
+            return None
+        from storage.codec import Codec
+
+        return Codec(keys=self.keys, key_id=self.key_id)
+
     def location_of(self, group: str, location: str = "") -> str:
         """The location of a device in ``group`` (``location``: the inventory's ``devicevault_location``)."""
         if location:

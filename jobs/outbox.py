@@ -27,7 +27,7 @@ from __future__ import annotations
 import json
 import random
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 
 from redis import Redis
 
@@ -70,6 +70,8 @@ class StorageItem:
     #: the device output exactly as read (``devicevault_keep_raw``): stored next to the version on the
     #: encrypted targets only, so the version can be restored with its secrets and everything else
     raw: str = ""
+    #: config and raw are encrypted (base64 of an AES-GCM envelope, :func:`seal`): they carry secrets
+    sealed: bool = False
 
     def to_json(self) -> str:
         return json.dumps(asdict(self))
@@ -79,6 +81,30 @@ class StorageItem:
         data = json.loads(raw)
         data["targets"] = tuple(data.get("targets") or ())
         return cls(**data)
+
+
+def seal(item: StorageItem, codec) -> StorageItem:
+    """``item`` with its texts encrypted, for as long as it waits in Redis (kept secrets, raw output)."""
+    if item.sealed:
+        return item
+    import base64
+
+    def enc(text: str) -> str:
+        return base64.b64encode(codec.encode(text.encode("utf-8", errors="surrogateescape"))).decode() if text else ""
+
+    return replace(item, config=enc(item.config), raw=enc(item.raw), sealed=True)
+
+
+def unseal(item: StorageItem, codec) -> StorageItem:
+    """The readable item again (the storage job, just before it writes the copy)."""
+    if not item.sealed:
+        return item
+    import base64
+
+    def dec(text: str) -> str:
+        return codec.decode(base64.b64decode(text)).decode("utf-8", errors="surrogateescape") if text else ""
+
+    return replace(item, config=dec(item.config), raw=dec(item.raw), sealed=False)
 
 
 def add(redis: Redis, items: list[StorageItem], lease: float, now: float | None = None) -> None:

@@ -78,7 +78,8 @@ def store_to_target(redis: Redis, settings: Settings, layout: StorageLayout, tar
     The items go to the backend in one ``store_many`` call (one lock, one git process per chunk); if that
     fails, each item is tried on its own so one bad item cannot hold back the others.
     """
-    items = outbox.load(redis, item_ids)
+    codec = layout.sealing_codec()
+    items = [outbox.unseal(i, codec) if i.sealed else i for i in outbox.load(redis, item_ids)]
     outcomes: list[StorageResult] = []
     ready: list[StorageItem] = []
     for item in items:

@@ -70,3 +70,37 @@ class DeviceVault:
         from jobs.settings import Settings
 
         return Settings.load(env=self.env)
+
+
+def redis_blobs(redis_url: str) -> list[bytes]:
+    """Every value in a Redis database, to search for secrets: strings, hashes (the outbox, caches), lists,
+    sets, sorted sets (RQ's jobs and registries) and stream entries, each also zlib-decompressed (RQ job
+    data) where that works."""
+    import zlib
+
+    from redis import Redis
+
+    redis = Redis.from_url(redis_url)
+    blobs: list[bytes] = []
+    for key in redis.scan_iter():
+        kind = redis.type(key)
+        if kind == b"string":
+            blobs.append(redis.get(key) or b"")
+        elif kind == b"hash":
+            blobs += list(redis.hgetall(key).values())
+        elif kind == b"list":
+            blobs += redis.lrange(key, 0, -1)
+        elif kind == b"set":
+            blobs += list(redis.smembers(key))
+        elif kind == b"zset":
+            blobs += redis.zrange(key, 0, -1)
+        elif kind == b"stream":
+            blobs += [json.dumps({k.decode(): v.decode() for k, v in f.items()}).encode() for _, f in redis.xrange(key)]
+    expanded = []
+    for blob in blobs:
+        expanded.append(blob)
+        try:
+            expanded.append(zlib.decompress(blob))
+        except zlib.error:
+            pass
+    return expanded

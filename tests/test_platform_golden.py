@@ -9,7 +9,6 @@ result, so every rule is proven by real input. ``playbooks/platforms/README.md``
 from __future__ import annotations
 
 import dataclasses
-from pathlib import Path
 
 import pytest
 

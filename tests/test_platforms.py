@@ -16,7 +16,6 @@ import json
 import re
 import subprocess
 import time
-import zlib
 from pathlib import Path
 
 import pytest
@@ -239,32 +238,14 @@ def _secrets(vault, raws: list[dict[str, list[str]]]) -> dict[str, set[str]]:
 
 
 def _everything_stored(vault) -> list[bytes]:
-    from redis import Redis
+    from tests.conftest import redis_blobs
 
     settings = vault.settings
     blobs = [p.read_bytes() for p in Path(settings.fs_root).rglob("*") if p.is_file()]
     blobs.append(subprocess.run(["git", "-C", str(settings.git_repo), "log", "-p", "--all"], capture_output=True).stdout)
     blobs.append(Path(settings.database_url.removeprefix("sqlite:///")).read_bytes())
     blobs += [p.read_bytes() for p in (vault.home / "logs").glob("*.log")]
-    redis = Redis.from_url(settings.redis_url)
-    for key in redis.scan_iter():
-        kind = redis.type(key)
-        if kind == b"string":
-            blobs.append(redis.get(key) or b"")
-        elif kind == b"hash":
-            blobs += list(redis.hgetall(key).values())
-        elif kind == b"list":
-            blobs += redis.lrange(key, 0, -1)
-        elif kind == b"stream":
-            blobs += [json.dumps({k.decode(): v.decode() for k, v in f.items()}).encode() for _, f in redis.xrange(key)]
-    expanded = []
-    for blob in blobs:
-        expanded.append(blob)
-        try:
-            expanded.append(zlib.decompress(blob))
-        except zlib.error:
-            pass
-    return expanded
+    return [*blobs, *redis_blobs(settings.redis_url)]
 
 
 def test_no_platform_secret_reaches_storage_index_jobs_or_logs(vault):

@@ -8,8 +8,7 @@ against a lab of IOS and FortiOS devices, a storage file with a plain and an enc
     ams-fortios-03               mask (the default) location default
 
 The ``-01`` hosts carry the golden files' host names, so ``tests/golden/<platform>/secrets.txt`` lists
-their real secrets. Tests share the lab and the index and run in file order. The last test is a known bug
-(strict xfail: it fails loudly once fixed, so the marker can go).
+their real secrets. Tests share the lab and the index and run in file order.
 """
 
 from __future__ import annotations
@@ -19,7 +18,6 @@ import hashlib
 import json
 import re
 import subprocess
-import zlib
 from pathlib import Path
 
 import pytest
@@ -165,35 +163,13 @@ def _enc_values(text: str) -> set[str]:
 def _index_logs_streams(vault) -> list[bytes]:
     """The index (SQLite files), every log file, and every Redis value: stream entries, hashes (the
     outbox, the changed-decision cache), strings, lists, sets and sorted sets (RQ's jobs and registries)."""
-    from redis import Redis
+    from tests.conftest import redis_blobs
 
     settings = vault.settings
     db = Path(settings.database_url.removeprefix("sqlite:///"))
     blobs = [p.read_bytes() for p in db.parent.glob(db.name + "*")]
     blobs += [p.read_bytes() for p in (vault.home / "logs").glob("*.log")]
-    redis = Redis.from_url(settings.redis_url)
-    for key in redis.scan_iter():
-        kind = redis.type(key)
-        if kind == b"string":
-            blobs.append(redis.get(key) or b"")
-        elif kind == b"hash":
-            blobs += list(redis.hgetall(key).values())
-        elif kind == b"list":
-            blobs += redis.lrange(key, 0, -1)
-        elif kind == b"set":
-            blobs += list(redis.smembers(key))
-        elif kind == b"zset":
-            blobs += redis.zrange(key, 0, -1)
-        elif kind == b"stream":
-            blobs += [json.dumps({k.decode(): v.decode() for k, v in f.items()}).encode() for _, f in redis.xrange(key)]
-    expanded = []
-    for blob in blobs:
-        expanded.append(blob)
-        try:
-            expanded.append(zlib.decompress(blob))
-        except zlib.error:
-            pass
-    return expanded
+    return [*blobs, *redis_blobs(settings.redis_url)]
 
 
 def _stream(vault, name: str) -> list[dict]:
@@ -307,10 +283,6 @@ def test_drop_leaves_out_every_secret_line_and_keeps_the_others(vault, raw):
     assert PLACEHOLDER in masked_text and " ENC " in masked_text
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "BUG in jobs/collect.py _evaluate: in keep mode an unchanged result carries sha256/size of the new read's "
-    "text (new ENC values), which was never stored, instead of the stored version's; the index's "
-    "device_results.sha256 and the run's 'sha' column then name no version"))
 def test_keep_an_unchanged_result_names_the_stored_version(vault):
     from sqlalchemy import select
 

@@ -171,3 +171,18 @@ def test_a_down_target_keeps_its_copies_pending_while_the_others_store(tmp_path,
     assert requeue_due(r, settings, lay, lambda t, ids: handed.append((t, ids))) == {"s3": 3}
     assert [(t, sorted(ids)) for t, ids in handed] == [("s3", sorted(i.task_id for i in items))]
     assert requeue_due(r, settings, lay, lambda t, ids: handed.append((t, ids)), types=["s3"]) == {}  # leased
+
+
+def test_items_carrying_secrets_wait_in_redis_encrypted(tmp_path):
+    import hashlib
+
+    from jobs.outbox import StorageItem, seal, unseal
+    from storage.codec import Codec
+
+    codec = Codec(keys={"k1": hashlib.sha256(b"outbox").digest()})
+    item = StorageItem(task_id="r:h", run_id="r", device="h", group="g", sha256="x",
+                       config="username admin secret 9 $9$topsecret\n", raw="raw $9$topsecret caf\udce9\n")
+    sealed = seal(item, codec)
+    assert sealed.sealed and "topsecret" not in sealed.to_json()
+    back = unseal(StorageItem.from_json(sealed.to_json()), codec)
+    assert back == item
