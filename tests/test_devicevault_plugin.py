@@ -2,7 +2,7 @@
 
 The plugins hold no vendor knowledge: the platform file named by ``devicevault_platform`` (looked up in
 ``devicevault_platforms_dir`` first) says how to talk to the device. ``ansible_network_os`` is set to
-``devicevault.network.cli`` here (the lab inventory uses the per-platform aliases), so the platform can
+``devicevault.network.cli`` (as in the lab inventory), so the platform can
 only come from the option that Ansible hands to the ``ansible-connection`` process.
 """
 from __future__ import annotations
