@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import multiprocessing
+import sys
 import subprocess
 from datetime import datetime, timezone
 from pathlib import Path
@@ -155,10 +156,15 @@ def _worker(repo: str, worker: int, count: int) -> list[str]:
     return refs
 
 
-def test_two_processes_lose_nothing(tmp_path):
+def test_two_processes_lose_nothing(tmp_path, monkeypatch):
+    import types
+
     repo = tmp_path / "repo"
     GitBackend(repo)  # create it first
     count = 15
+    # "spawn" re-runs __main__ in the children; after a Streamlit AppTest in the same pytest worker that is
+    # the portal's app.py, so the children would die at start and the pool would respawn them forever
+    monkeypatch.setitem(sys.modules, "__main__", types.ModuleType("__main__"))
     ctx = multiprocessing.get_context("spawn")
     with ctx.Pool(2) as pool:
         results = pool.starmap(_worker, [(str(repo), 0, count), (str(repo), 1, count)])
