@@ -204,6 +204,7 @@ def test_every_platform_backs_up_and_a_second_read_adds_no_version(vault):
     before = _raw(vault)
     time.sleep(1.2)
     after = _raw(vault)
+    vault.reads = [before, after]  # the secrets and raw-copy tests below reuse these two reads
     moved = {vault.platform_of[h] for h in vault.hosts if before[h] != after[h]}
     assert moved >= set(vault.platform_of.values()) - NO_FAST_VOLATILE, (
         f"no volatile line changed on {set(vault.platform_of.values()) - NO_FAST_VOLATILE - moved}")
@@ -249,8 +250,7 @@ def _everything_stored(vault) -> list[bytes]:
 
 
 def test_no_platform_secret_reaches_storage_index_jobs_or_logs(vault):
-    raws = [_raw(vault), _raw(vault)]
-    secrets = _secrets(vault, raws)
+    secrets = _secrets(vault, vault.reads)
     missing = sorted(vault.platform_of[h] for h, s in secrets.items() if not s and vault.platform_of[h] != "acmeos")
     assert not missing, f"no known secret found in the raw output of {missing}"
     blobs = _everything_stored(vault)
@@ -266,7 +266,7 @@ def test_the_raw_output_is_kept_encrypted_and_never_decides_a_version(vault):
     raw = vault("show", host, "--raw").stdout
     stored = vault("show", host).stdout
     assert "by RouterOS" in raw and "/export terse show-sensitive" not in stored
-    secrets = _secrets(vault, [_raw(vault)])[host]
+    secrets = _secrets(vault, vault.reads[-1:])[host]
     assert secrets and all(s in raw for s in secrets)  # the raw copy is restorable: secrets included
     assert not any(s in stored for s in secrets)
     assert re.search(r"^# \d{4}-\d\d-\d\d \d\d:\d\d:\d\d by RouterOS", raw, re.M)  # noise kept too
