@@ -104,7 +104,7 @@ def store_to_target(redis: Redis, settings: Settings, layout: StorageLayout, tar
             if item.raw and item.task_id in stored:
                 try:
                     raw_refs[item.task_id] = backend.store(to_bytes(item.raw), raw_path(item.group or "ungrouped", item.device),
-                                                           _request(item)[2])
+                                                           _options(item))
                 except (StorageError, OSError) as exc:
                     del stored[item.task_id]
                     failures[item.task_id] = f"{item.device} on {target}: raw copy: {exc}"
@@ -152,15 +152,19 @@ def _store_all(backend: Any, target: str, items: list[StorageItem]) -> tuple[dic
     }, {}
 
 
-def _request(item: StorageItem) -> tuple[bytes, str, StoreOptions]:
-    options = StoreOptions(
+def _options(item: StorageItem) -> StoreOptions:
+    """Commit message, author and time of one version (its raw copy gets the same)."""
+    return StoreOptions(
         message=f"{item.device}: configuration changed (run {item.run_id})",
         device=item.device,
         run_id=item.run_id,
         author=item.author or "DeviceVault",
         timestamp=datetime.fromtimestamp(item.collected_at, timezone.utc) if item.collected_at else None,
     )
-    return to_bytes(item.config), device_path(item.group or "ungrouped", item.device), options
+
+
+def _request(item: StorageItem) -> tuple[bytes, str, StoreOptions]:
+    return to_bytes(item.config), device_path(item.group or "ungrouped", item.device), _options(item)
 
 
 def _outcome(item: StorageItem, target: str, status: StorageStatus, *, attempt: int, ref: str = "",
