@@ -149,6 +149,8 @@ def test_a_killed_worker_is_retried_without_duplicate_versions_and_its_locks_go(
     assert locks, "the dead job's locks should still be there"
     assert all(0 < redis.ttl(k) <= ops.settings.lock_ttl for k in locks)  # they would expire on their own
     lab.set_fault("ams-eos-01", "none")
+    # a new name: RQ refuses to register a worker under the name the killed one still holds in Redis
+    worker.args[worker.args.index("--name") + 1] = f"ams-{free_port()}"
     worker.start()
     hygiene = json.loads(ops("hygiene", "--json", "--grace", "0").stdout)
     assert any(f["kind"] == "abandoned" and f["action"] == "requeued" for f in hygiene["hygiene"]), hygiene
