@@ -23,8 +23,11 @@ from .settings import Settings
 
 log = logging.getLogger(__name__)
 
-#: host -> sha256 of the newest configuration handed to storage (the outbox then keeps it until it lands)
+#: host -> sha256 of the masked view of the newest configuration handed to storage (what decides "changed");
+#: the outbox then keeps the configuration until it lands
 LATEST_SHA_KEY = "devicevault:latest-sha256"
+#: host -> sha256 of that configuration as stored (differs from the masked view's only when secrets are kept)
+STORED_SHA_KEY = "devicevault:stored-sha256"
 
 
 def device_task_id(run_id: str, host: str) -> str:
@@ -168,18 +171,17 @@ def _evaluate(
         return _failed(run_id, host, entry, exc, log=outcome.log, duration=outcome.duration), None
     sha = sha256_text(version.text)
     # "changed" is decided on the masked view, so re-encrypted or kept secrets never make a version alone.
-    # With kept secrets the stored text's sha differs from the masked view's: remember both.
-    compare = sha if version.compare == version.text else f"masked:{sha256_text(version.compare)}:{sha}"
-    previous = (redis.hget(LATEST_SHA_KEY, host) or b"").decode()
-    changed = not previous or previous.rsplit(":", 1)[0] != compare.rsplit(":", 1)[0]
+    # With kept secrets the stored text's sha differs from the masked view's: both are remembered.
+    compare = sha if version.compare == version.text else sha256_text(version.compare)
+    previous = redis.hget(LATEST_SHA_KEY, host)
+    changed = previous is None or previous.decode() != compare
     # the result travels through Redis and the index: it carries the masked view, never kept secrets
     fields = dict(log=outcome.log, config=version.compare, sha256=sha, size=len(to_bytes(version.text)),
                   duration=outcome.duration, author=version.changed_by, unsaved=version.unsaved)
-    if not changed:
-        if previous.startswith("masked:"):  # an unchanged result names the version that is stored
-            fields["sha256"] = previous.rsplit(":", 1)[1]
+    if not changed:  # an unchanged result names the version that is stored
+        fields["sha256"] = (redis.hget(STORED_SHA_KEY, host) or sha.encode()).decode()
         return _result(run_id, host, entry, DeviceStatus.UNCHANGED, **fields), None
-    redis.hset(LATEST_SHA_KEY, host, compare)
+    redis.pipeline().hset(LATEST_SHA_KEY, host, compare).hset(STORED_SHA_KEY, host, sha).execute()
     targets = tuple(layout.targets_for(entry.group, entry.location))
     result = _result(run_id, host, entry, DeviceStatus.CHANGED, targets=",".join(targets), **fields)
     item = StorageItem(task_id=result.task_id, run_id=run_id, device=host, group=entry.group, sha256=sha,

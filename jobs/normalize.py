@@ -96,7 +96,8 @@ def _trim(lines: list[str]) -> list[str]:
     return lines[start:end]
 
 
-def _render(platform: Platform, outputs: list[str], mode: SecretsMode) -> str:
+def _render(platform: Platform, outputs: list[str], mode: SecretsMode) -> tuple[str, list[str]]:
+    """The version text, and its configuration lines alone (no identity header)."""
     header: list[str] = []
     body: list[str] = []
     for command, output in zip(platform.commands, outputs):
@@ -108,7 +109,8 @@ def _render(platform: Platform, outputs: list[str], mode: SecretsMode) -> str:
             header.extend(prefix + ln for ln in lines if ln.strip())
         else:
             body.extend(lines)
-    return "\n".join(header + _trim(body)) + "\n"
+    body = _trim(body)
+    return "\n".join(header + body) + "\n", body
 
 
 def normalize(device: str, platform: Platform, outputs: list[str],
@@ -151,13 +153,15 @@ def normalize(device: str, platform: Platform, outputs: list[str],
                 break
         if changed_by:
             break
-    text = _render(platform, main, mode)
-    compare = text if mode is not SecretsMode.KEEP else _render(platform, main, SecretsMode.MASK)
+    text, body = _render(platform, main, mode)
+    compare = text
+    if mode is SecretsMode.KEEP:  # decide "changed", and compare with the startup config, on the masked view
+        compare, body = _render(platform, main, SecretsMode.MASK)
     unsaved = None
     if startup is not None and not any(p.search(startup) for p in platform.errors):
-        running = _trim(clean_lines(platform, config))
-        saved = _trim(clean_lines(platform, startup))
-        unsaved = running != saved
+        startup_mode = SecretsMode.DROP if mode is SecretsMode.DROP else SecretsMode.MASK
+        saved = _trim(clean_lines(platform, startup, startup_mode))
+        unsaved = body != saved
     return Normalized(text=text, compare=compare, changed_by=changed_by.strip(), unsaved=unsaved)
 
 

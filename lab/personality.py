@@ -82,12 +82,19 @@ class Personality:
     def get(self, key, default=None):
         return self.data.get(key, default)
 
-    def match(self, line: str):
+    def match(self, line: str, level: str | None = None):
+        """The first command whose regex matches the line and whose ``levels`` allow ``level``; else the
+        first whose regex matches (the server then answers ``denied``), else ``(None, None)``. So one word
+        such as ``exit`` can leave config mode in one entry and log out in another."""
+        first = None
         for c in self.commands:
             mo = c.regex.fullmatch(line)
             if mo:
-                return c, mo
-        return None, None
+                levels = c.spec.get("levels")
+                if level is None or not levels or level in levels:
+                    return c, mo
+                first = first or (c, mo)
+        return first or (None, None)
 
 
 def _load(path: Path) -> Personality:

@@ -211,7 +211,7 @@ class Session:
         """Return (output, close) for one command line. close: None | True | 'drop'."""
         if not line:
             return "", None
-        cmd, mo = self.p.match(line)
+        cmd, mo = self.p.match(line, self.level)
         if cmd is None:
             return self.error(line, st), None
         spec = cmd.spec

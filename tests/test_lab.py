@@ -165,3 +165,17 @@ def test_junos_display_set_and_routeros_sensitive(lab):
     rc, res = fetch(lab, [r], command="/export")
     assert rc == 0
     assert "secret=" not in res[r]["stdout"] and "/ip route" in res[r]["stdout"]
+
+
+@pytest.mark.parametrize(("name", "level", "answer"), [
+    ("ios", "config", "set_level"), ("ios", "enable", "exit"),
+    ("iosxr", "config", "set_level"), ("iosxr", "enable", "exit"),
+    ("ciscosmb", "config", "set_level"), ("ciscosmb", "enable", "exit"),
+    ("sonic", "config", "set_level"), ("sonic", "enable", "set_level"), ("sonic", "shell", "exit"),
+])
+def test_exit_is_answered_by_the_entry_for_the_current_level(name, level, answer):
+    from lab.personality import load_personalities
+
+    cmd, _ = load_personalities()[name].match("exit", level)
+    assert cmd is not None and cmd.spec.get("action") == answer
+    assert not cmd.spec.get("levels") or level in cmd.spec["levels"]
