@@ -4,7 +4,8 @@ The rules come from the platform data file (``playbooks/platforms/README.md`` ha
 
 1. output matching an ``errors`` pattern is refused, and the configuration outputs together must match
    every ``complete`` pattern, else they were cut short;
-2. ``changed_by`` reads who last changed the configuration from the raw output;
+2. ``changed_by`` reads who last changed the configuration from the raw configuration output, else from
+   the raw identity output;
 3. per line, ``noise`` lines are dropped, ``replace`` rewrites volatile parts, and ``secrets`` are masked
    (a stable placeholder, so masking never makes a diff), dropped, or kept;
 4. identity outputs (``comment: true``) become comment lines at the top.
@@ -144,8 +145,10 @@ def normalize(device: str, platform: Platform, outputs: list[str],
                 "the configuration is incomplete: the output ended early (connection closed or cut short); "
                 f"no match for {pattern.pattern!r}",
             )
+    # who changed it: the configuration's own record first, then the identity outputs (ASA: show version)
+    identity = "\n".join(o for c, o in zip(platform.commands, main) if c.comment)
     changed_by = ""
-    for line in config.split("\n"):
+    for line in (config + "\n" + identity).split("\n"):
         for pattern in platform.changed_by:
             match = pattern.search(line)
             if match:

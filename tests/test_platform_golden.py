@@ -2,8 +2,9 @@
 
 For each ``tests/golden/<platform>/``: the raw device outputs in ``raw/`` normalise to exactly
 ``expected.txt``; none of the strings in ``secrets.txt`` (each present in the raw output) survives;
-and removing any single ``noise``, ``replace`` or ``secrets`` rule from the platform file changes the
-result, so every rule is proven by real input. ``playbooks/platforms/README.md`` explains the layout.
+``changed_by.txt`` (required when the platform has ``changed_by`` rules) is who last changed it; and
+removing any single ``noise``, ``replace``, ``secrets`` or ``changed_by`` rule from the platform file
+changes the result, so every rule is proven by real input. ``playbooks/platforms/README.md`` explains the layout.
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ def _secrets(name: str) -> list[str]:
 def _rules():
     for name in GOLDEN:
         platform = get_platform(name)
-        for kind in ("noise", "replace", "secrets"):
+        for kind in ("noise", "replace", "secrets", "changed_by"):
             for index in range(len(getattr(platform, kind))):
                 yield pytest.param(name, kind, index, id=f"{name}-{kind}-{index}")
 
@@ -48,6 +49,17 @@ def test_golden_output(name):
     assert result.text == _expected(name)
     if platform.startup:  # golden input is a saved device: running and startup agree once normalised
         assert result.unsaved is False
+
+
+@pytest.mark.parametrize("name", GOLDEN)
+def test_golden_changed_by(name):
+    platform = get_platform(name)
+    path = GOLDEN_DIR / name / "changed_by.txt"
+    if not platform.changed_by:
+        assert not path.exists(), f"{path} names an author, but {name}.yml has no changed_by rule"
+        return
+    assert path.exists(), f"{name}.yml has changed_by rules: {path} must name the author of the golden input"
+    assert normalize(f"golden-{name}", platform, golden_outputs(name)).changed_by == path.read_text().strip()
 
 
 @pytest.mark.parametrize("name", GOLDEN)
@@ -77,6 +89,7 @@ def test_every_rule_is_needed(name, kind, index):
     result = normalize(f"golden-{name}", weaker, golden_outputs(name))
     pattern = getattr(removed, "pattern", removed)
     pattern = getattr(pattern, "pattern", pattern)
-    # a rule proves itself in the stored text, or (startup noise) in the running/startup comparison
-    assert (result.text, result.unsaved) != (_expected(name), full.unsaved), (
+    # a rule proves itself in the stored text, in the author, or (startup noise) in the running/startup
+    # comparison
+    assert (result.text, result.changed_by, result.unsaved) != (_expected(name), full.changed_by, full.unsaved), (
         f"{name}: removing {kind} rule {pattern!r} changes nothing in the golden output")
