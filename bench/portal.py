@@ -42,11 +42,11 @@ APP = ROOT / "portal" / "app.py"
 HEAVY = "ams-ios-heavy"
 RUNS = 2000
 SITES = [f"site{i:02d}" for i in range(20)]
-PLATFORMS = ["cisco.ios.ios", "arista.eos.eos", "cisco.nxos.nxos", "junipernetworks.junos.junos",
-             "community.routeros.routeros"]
+#: the index holds the platform file's short name (playbooks/platforms/<name>.yml)
+PLATFORMS = ["ios", "iosxr", "nxos", "ciscosmb", "eos", "junos", "routeros", "vyos", "sonic", "bigip", "asa", "fortios"]
 TARGET_SECONDS = 2.0
 RECENT_DAYS = 30  # runs of the last 30 days have a result for every device (changed, unchanged or failed)
-BENCH_VERSION = "2"  # generated data layout; an index kept with --keep is made again when it changes
+BENCH_VERSION = "3"  # generated data layout; an index kept with --keep is made again when it changes
 FMT = "%Y-%m-%d %H:%M:%S.%f"
 CHUNK = 50_000
 
