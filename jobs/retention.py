@@ -96,12 +96,13 @@ def _prune_target(session: Session, backend, config, *, now: datetime, dry_run: 
                 continue
             if not dry_run:
                 try:
-                    backend.delete(copy.ref)
-                    if copy.raw_ref:  # the raw output kept with this version goes with it
-                        try:
+                    if copy.raw_ref:  # the raw output kept with this version goes with it, first: a failure
+                        try:       # below then leaves a stored copy without raw output, never the reverse
                             backend.delete(copy.raw_ref)
                         except RefNotFound:
                             pass
+                        copy.raw_ref = ""
+                    backend.delete(copy.ref)
                 except RefNotFound:
                     pass  # already gone: record it as pruned all the same
                 except (StorageError, OSError) as exc:

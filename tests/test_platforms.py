@@ -31,11 +31,12 @@ NO_FAST_VOLATILE = {"vyos", "asa", "iosxr"}
 
 ENC_KEY = base64.b64encode(hashlib.sha256(b"devicevault platforms test key").digest()).decode()
 #: git and fs for everything; the routeros device also keeps its raw output, on an encrypted fs target
+#: that keeps only the newest version (``prune``)
 STORAGE_YML = """
 targets:
   git: {type: git}
   fs: {type: fs}
-  fs-enc: {type: fs, root: "%(home)s/fs-enc", encrypt: true}
+  fs-enc: {type: fs, root: "%(home)s/fs-enc", encrypt: true, keep_last: 1}
 locations:
   default: [git, fs]
   vault: [git, fs, fs-enc]
@@ -315,3 +316,20 @@ def test_who_changed_the_configuration_becomes_the_versions_author(vault):
     assert {h: results[h]["status"] for h in authored} == {h: "changed" for h in authored}
     authors = {h: vault.json("versions", h)[-1]["author"] for h in authored}
     assert authors == {h: "mallory" for h in authored}
+
+
+def test_retention_removes_the_raw_copy_with_its_version(vault):
+    host = "ams-routeros-01"
+    raw_dir = vault.home / "fs-enc" / "@raw"
+    assert len([f for f in raw_dir.rglob("*") if f.is_file()]) == 1
+    vault.lab.change(host, 1)
+    assert _backup(vault, "--host", host)[host]["status"] == "changed"
+    raws = sorted(f for f in raw_dir.rglob("*") if f.is_file())
+    assert len(raws) == 2  # one raw copy per version
+    newest_raw = vault("show", host, "--raw").stdout
+    pruned = vault.json("prune")
+    assert [(p["device"], p["target"]) for p in pruned] == [(host, "fs-enc")]
+    assert [f for f in raw_dir.rglob("*") if f.is_file()] == raws[1:]  # the old version's raw copy went with it
+    assert vault("show", host, "--raw").stdout == newest_raw
+    versions = vault.json("versions", host)
+    assert len(versions) == 2 and vault("show", host, "1").stdout  # version 1 is still on git and fs
