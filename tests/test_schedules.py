@@ -11,7 +11,7 @@ modules.
 from __future__ import annotations
 
 import time
-from datetime import timedelta
+from datetime import datetime, timedelta, timezone
 
 import pytest
 from redis import Redis
@@ -33,7 +33,7 @@ from jobs.schedules import (
     validate_cron,
 )
 from storage.index.db import connect
-from storage.index.models import DeviceResultRow, Device, Run, Schedule, utcnow
+from storage.index.models import DeviceResultRow, Device, Run, Schedule, aware, utcnow
 
 
 def _db(redis_server, number: int) -> str:
@@ -302,35 +302,58 @@ def _schedule_runs(Session, requested_by: str) -> list[tuple[Run, set[str]]]:
                                   .where(DeviceResultRow.run_id == r.id)).all())) for r in runs]
 
 
+def _finished(Session, name: str) -> list[tuple[Run, set[str]]]:
+    return [(r, devices) for r, devices in _schedule_runs(Session, f"schedule:{name}") if r.finished_at is not None]
+
+
 def test_every_minute_schedule_backs_up_its_group_twice_then_disable_stops_it(scheduled):
-    nyc = {h for h in scheduled.hosts if h.startswith("nyc-")}
-    assert len(nyc) == 2
+    # Two every-minute schedules fire at the same minute boundaries: nyc's runs twice; ams's is disabled
+    # right after its first run, and the next boundary (nyc's second run) must not run it again.
+    groups = {site: {h for h in scheduled.hosts if h.startswith(f"{site}-")} for site in ("nyc", "ams")}
+    assert all(len(hosts) == 2 for hosts in groups.values())
     Session = connect(scheduled.settings.database_url)
-    scheduled("schedule", "add", "--cron", "* * * * *", "--group", "site_nyc", "--name", "nyc-every-minute")
+    for site in groups:
+        scheduled("schedule", "add", "--cron", "* * * * *", "--group", f"site_{site}", "--name", f"{site}-every-minute")
     added = time.monotonic()
 
-    done: list[tuple[Run, set[str]]] = []
-    while time.monotonic() - added < 190:
-        runs = _schedule_runs(Session, "schedule:nyc-every-minute")
-        done = [(r, devices) for r, devices in runs if r.finished_at is not None]
-        if len(done) >= 2:
-            break
-        time.sleep(2)
-    assert len(done) >= 2, f"{len(done)} finished scheduled run(s) within 190 s; see {scheduled.home / 'logs'}"
+    def wait_for(name: str, count: int) -> list[tuple[Run, set[str]]]:
+        done: list[tuple[Run, set[str]]] = []
+        while time.monotonic() - added < 190:
+            done = _finished(Session, name)
+            if len(done) >= count:
+                return done
+            time.sleep(1)
+        raise AssertionError(f"{len(done)} finished run(s) of {name} within 190 s; see {scheduled.home / 'logs'}")
+
+    (first_ams,) = wait_for("ams-every-minute", 1)
+    scheduled("schedule", "disable", "ams-every-minute")
+    disabled = datetime.now(timezone.utc)
+    next_boundary = (aware(first_ams[0].created_at).timestamp() // 60 + 1) * 60
+    assert disabled.timestamp() < next_boundary, "disabled too late to see it stop (the machine is too loaded)"
+
+    done = wait_for("nyc-every-minute", 2)
     for run, devices in done:
-        assert run.selector == "group=site_nyc" and devices == nyc, (run.id, run.selector, devices)
+        assert run.selector == "group=site_nyc" and devices == groups["nyc"], (run.id, run.selector, devices)
         assert run.status == "succeeded", (run.id, run.status)
     assert done[1][0].created_at - done[0][0].created_at >= timedelta(seconds=50)  # two firings, not one twice
+    assert first_ams[0].selector == "group=site_ams" and first_ams[1] == groups["ams"]
+    assert aware(done[1][0].created_at).timestamp() >= next_boundary  # the boundary after the disable passed
 
-    scheduled("schedule", "disable", "nyc-every-minute")
-    disabled = time.time()
-    before = {r.id for r, _ in _schedule_runs(Session, "schedule:nyc-every-minute")}
-    boundary = (disabled // 60 + 1) * 60  # the next firing it would have had
-    time.sleep(max(0.0, boundary - time.time()) + 12)
-    after = {r.id for r, _ in _schedule_runs(Session, "schedule:nyc-every-minute")}
-    assert after == before, f"new runs after the schedule was disabled: {after - before}"
+    time.sleep(5)  # a disabled firing would have been queued together with nyc's second run
+    ams_runs = {r.id for r, _ in _schedule_runs(Session, "schedule:ams-every-minute")}
+    assert ams_runs == {first_ams[0].id}, f"runs after the schedule was disabled: {ams_runs - {first_ams[0].id}}"
     assert scheduled.scheduler.popen.poll() is None  # the same scheduler process, never restarted
     redis = Redis.from_url(scheduled.settings.redis_url)
-    assert not [m for m in redis.zrange("rq:scheduler:scheduled_jobs", 0, -1) if m.decode().startswith(JOB_PREFIX)]
-    (row,) = scheduled.json("schedule", "list")
-    assert row["enabled"] is False and row["last_run_id"] in before and row["last_error"] == ""
+
+    def registered() -> set[str]:
+        return {m.decode() for m in redis.zrange("rq:scheduler:scheduled_jobs", 0, -1) if m.startswith(JOB_PREFIX.encode())}
+
+    assert len(registered()) == 1  # nyc's; the disabled ams schedule is no longer registered with rq-scheduler
+    scheduled("schedule", "disable", "nyc-every-minute")
+    deadline = time.monotonic() + 15
+    while registered() and time.monotonic() < deadline:  # the scheduler reconciles every second
+        time.sleep(0.5)
+    assert registered() == set()
+    rows = {r["name"]: r for r in scheduled.json("schedule", "list")}
+    row = rows["ams-every-minute"]
+    assert row["enabled"] is False and row["last_run_id"] == first_ams[0].id and row["last_error"] == ""
