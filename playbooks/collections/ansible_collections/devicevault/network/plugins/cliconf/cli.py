@@ -38,15 +38,7 @@ from ansible.errors import AnsibleConnectionFailure
 from ansible.module_utils.common.text.converters import to_bytes, to_text
 
 from ansible_collections.ansible.netcommon.plugins.plugin_utils.cliconf_base import CliconfBase
-
-try:
-    import yaml
-except ImportError:  # pragma: no cover - PyYAML comes with ansible-core
-    yaml = None
-
-#: playbooks/collections/ansible_collections/devicevault/network/plugins/cliconf/cli.py -> playbooks/platforms
-BUILTIN_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), *([os.pardir] * 6), "platforms")
-NAME_RE = re.compile(r"^[\w.\-]+$")
+from ansible_collections.devicevault.network.plugins.plugin_utils import platform_file
 
 
 def _regexes(path, key, values, flags=0):
@@ -123,13 +115,10 @@ class Cliconf(CliconfBase):
             raise AnsibleConnectionFailure(
                 "devicevault.network.cli: set the host variable devicevault_platform to the name of a platform "
                 "file (playbooks/platforms/<name>.yml)")
-        if not NAME_RE.match(name):
-            raise AnsibleConnectionFailure("devicevault.network.cli: bad devicevault_platform %r" % name)
         return name, source
 
     def _dirs(self):
-        extra = self.get_option("platforms_dir")
-        return ([extra] if extra else []) + [os.path.normpath(BUILTIN_DIR)]
+        return platform_file.search_dirs(self.get_option("platforms_dir"))
 
     def _devicevault_terminal(self):
         """The compiled ``terminal:`` section of this host's platform file (loaded once per connection)."""
@@ -137,22 +126,11 @@ class Cliconf(CliconfBase):
         key = (name, tuple(dirs))
         if self._dv_spec is not None and self._dv_key == key:
             return self._dv_spec
-        for d in dirs:
-            path = os.path.join(d, name + ".yml")
-            if os.path.isfile(path):
-                break
-        else:
-            raise AnsibleConnectionFailure(
-                "devicevault.network.cli: no platform file %s.yml in %s" % (name, ", ".join(dirs)))
-        if yaml is None:  # pragma: no cover
-            raise AnsibleConnectionFailure("devicevault.network.cli needs PyYAML")
         try:
-            with open(path, encoding="utf-8") as fh:
-                data = yaml.safe_load(fh)
-        except (OSError, yaml.YAMLError) as exc:
-            raise AnsibleConnectionFailure("%s: cannot read platform file: %s" % (path, exc))
-        if not isinstance(data, dict):
-            raise AnsibleConnectionFailure("%s: not a platform file (a YAML mapping)" % path)
+            path = platform_file.find(name, self.get_option("platforms_dir"))
+            data = platform_file.load(path)
+        except platform_file.PlatformFileError as exc:
+            raise AnsibleConnectionFailure("devicevault.network.cli: %s" % exc)
         self._dv_spec, self._dv_key = terminal_spec(path, data), key
         self._connection.queue_message("vvvv", "devicevault.network.cli: platform %s (from %s) read from %s in pid %d"
                                        % (name, source, path, os.getpid()))

@@ -2,16 +2,23 @@
 # The work happens in the action plugin (plugins/action/collect.py); this file documents the task.
 DOCUMENTATION = r"""
 module: collect
-short_description: Run a list of CLI commands over network_cli and return every output
+short_description: Run a platform's CLI commands over network_cli and return every output
 description:
   - Runs in the controller over the host's persistent C(network_cli) connection (no module process per
     device), sending each command through the platform's cliconf plugin in order.
+  - With O(platform), the commands come from the platform file (DeviceVault's C(playbooks/platforms)):
+    its C(commands), then its C(startup) command when it has one.
 options:
+  platform:
+    description: Name of the platform file without C(.yml), for example C(ios).
+    type: str
+  platforms_dir:
+    description: A directory of platform files searched before the built-in one (a site's own platforms).
+    type: str
   commands:
-    description: Commands to send, in order (strings, or mappings with C(command)).
+    description: Commands to send, in order (strings, or mappings with C(command)); instead of O(platform).
     type: list
     elements: raw
-    required: true
 author: DeviceVault
 """
 RETURN = r"""
