@@ -173,13 +173,13 @@ def _evaluate(
     # "changed" is decided on the masked view, so re-encrypted or kept secrets never make a version alone.
     # With kept secrets the stored text's sha differs from the masked view's: both are remembered.
     compare = sha if version.compare == version.text else sha256_text(version.compare)
-    previous = redis.hget(LATEST_SHA_KEY, host)
+    previous, stored = redis.pipeline(transaction=False).hget(LATEST_SHA_KEY, host).hget(STORED_SHA_KEY, host).execute()
     changed = previous is None or previous.decode() != compare
     # the result travels through Redis and the index: it carries the masked view, never kept secrets
     fields = dict(log=outcome.log, config=version.compare, sha256=sha, size=len(to_bytes(version.text)),
                   duration=outcome.duration, author=version.changed_by, unsaved=version.unsaved)
     if not changed:  # an unchanged result names the version that is stored
-        fields["sha256"] = (redis.hget(STORED_SHA_KEY, host) or sha.encode()).decode()
+        fields["sha256"] = stored.decode() if stored else sha
         return _result(run_id, host, entry, DeviceStatus.UNCHANGED, **fields), None
     redis.pipeline().hset(LATEST_SHA_KEY, host, compare).hset(STORED_SHA_KEY, host, sha).execute()
     targets = tuple(layout.targets_for(entry.group, entry.location))
