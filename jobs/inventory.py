@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .errors import InventoryError
+from .settings import parse_flag
 
 #: groups that say what a host *is* rather than where it is; a host's storage group is its first other group
 _IMPLICIT = {"all", "ungrouped"}
@@ -95,16 +96,10 @@ def load_inventory(path: Path | str) -> dict[str, InventoryHost]:
 
 
 def _flag(value, path, host: str, name: str) -> bool:
-    if value in (None, ""):
-        return False
-    if isinstance(value, bool):
-        return value
-    text = str(value).strip().lower()
-    if text in ("true", "yes", "on", "1"):
-        return True
-    if text in ("false", "no", "off", "0"):
-        return False
-    raise InventoryError(f"{path}: host {host!r}: {name} must be true or false, not {value!r}")
+    flag = False if value is None else parse_flag(value)
+    if flag is None:
+        raise InventoryError(f"{path}: host {host!r}: {name} must be true or false, not {value!r}")
+    return flag
 
 
 def _secrets_mode(value, path, host: str) -> str:

@@ -47,7 +47,7 @@ from storage.base import Backend
 from storage.registry import available, get_backend
 
 from .errors import BackupError
-from .settings import Settings
+from .settings import Settings, parse_flag
 
 DEFAULT_LOCATION = "default"
 #: retention when a target says nothing: (keep_last, keep_days); None = unlimited
@@ -281,11 +281,7 @@ def _count(value: Any, where: str, key: str) -> int | None:
 
 
 def _flag(value: Any, where: str) -> bool:
-    if isinstance(value, bool):
-        return value
-    text = str(value).strip().lower()
-    if text in ("1", "true", "yes", "on"):
-        return True
-    if text in ("0", "false", "no", "off", ""):
-        return False
-    raise StorageConfigError(f"{where}: encrypt must be true or false, not {value!r}")
+    flag = parse_flag(value)
+    if flag is None:
+        raise StorageConfigError(f"{where}: encrypt must be true or false, not {value!r}")
+    return flag

@@ -24,6 +24,7 @@ of the same device still waiting for this target puts the newer one back (git's 
 
 from __future__ import annotations
 
+import base64
 import json
 import random
 import time
@@ -87,7 +88,6 @@ def seal(item: StorageItem, codec) -> StorageItem:
     """``item`` with its texts encrypted, for as long as it waits in Redis (kept secrets, raw output)."""
     if item.sealed:
         return item
-    import base64
 
     def enc(text: str) -> str:
         return base64.b64encode(codec.encode(text.encode("utf-8", errors="surrogateescape"))).decode() if text else ""
@@ -99,7 +99,6 @@ def unseal(item: StorageItem, codec) -> StorageItem:
     """The readable item again (the storage job, just before it writes the copy)."""
     if not item.sealed:
         return item
-    import base64
 
     def dec(text: str) -> str:
         return codec.decode(base64.b64decode(text)).decode("utf-8", errors="surrogateescape") if text else ""

@@ -81,6 +81,19 @@ _TARGET_ENV = re.compile(r"\ADEVICEVAULT_(FS|GIT|S3)_(COMPRESSION|ENCRYPT|KEEP_L
 SECRET_FIELDS = ("s3_secret_access_key", "encryption_keys")
 
 
+def parse_flag(value: Any) -> bool | None:
+    """A yes/no value from a file or variable: a bool, true/yes/on/1 or false/no/off/0 (any case), or empty
+    for no; None when it is none of these (the caller names the file and the key)."""
+    if isinstance(value, bool):
+        return value
+    text = str(value).strip().lower()
+    if text in ("1", "true", "yes", "on"):
+        return True
+    if text in ("0", "false", "no", "off", ""):
+        return False
+    return None
+
+
 def _storage_config(value: Any, home: Path) -> Path | None:
     if value:
         return Path(value).absolute()

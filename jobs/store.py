@@ -79,7 +79,7 @@ def store_to_target(redis: Redis, settings: Settings, layout: StorageLayout, tar
     fails, each item is tried on its own so one bad item cannot hold back the others.
     """
     codec = layout.sealing_codec()
-    items = [outbox.unseal(i, codec) if i.sealed else i for i in outbox.load(redis, item_ids)]
+    items = [outbox.unseal(i, codec) for i in outbox.load(redis, item_ids)]
     outcomes: list[StorageResult] = []
     ready: list[StorageItem] = []
     for item in items:
@@ -100,14 +100,12 @@ def store_to_target(redis: Redis, settings: Settings, layout: StorageLayout, tar
     key_id = layout.key_id_for(target)
     raw_refs: dict[str, str] = {}
     if key_id:  # raw device output (with its secrets) only ever goes to encrypted targets
-        for item in ready:
-            if item.raw and item.task_id in stored:
-                try:
-                    raw_refs[item.task_id] = backend.store(to_bytes(item.raw), raw_path(item.group or "ungrouped", item.device),
-                                                           _options(item))
-                except (StorageError, OSError) as exc:
-                    del stored[item.task_id]
-                    failures[item.task_id] = f"{item.device} on {target}: raw copy: {exc}"
+        with_raw = [item for item in ready if item.raw and item.task_id in stored]
+        raw_stored, raw_failures = _store_all(backend, target, with_raw, _raw_request, what="raw copy: ")
+        raw_refs = {task_id: ref for task_id, (ref, _) in raw_stored.items()}
+        for task_id, error in raw_failures.items():  # the version is not landed without its raw copy
+            del stored[task_id]
+            failures[task_id] = error
     for item in ready:
         attempt = outbox.tries(redis, target, item.task_id) + 1
         if item.task_id in stored:
@@ -127,11 +125,14 @@ def store_to_target(redis: Redis, settings: Settings, layout: StorageLayout, tar
     return outcomes
 
 
-def _store_all(backend: Any, target: str, items: list[StorageItem]) -> tuple[dict[str, tuple[str, StorageStatus]], dict[str, str]]:
-    """(task id -> (ref, status) for stored items, task id -> error for the others)."""
+def _store_all(backend: Any, target: str, items: list[StorageItem],
+               make_request: Callable[[StorageItem], tuple[bytes, str, StoreOptions]] | None = None,
+               what: str = "") -> tuple[dict[str, tuple[str, StorageStatus]], dict[str, str]]:
+    """(task id -> (ref, status) for stored items, task id -> error for the others). ``make_request`` gives
+    an item's (content, path, options): its configuration by default; ``what`` starts its error messages."""
     if not items:
         return {}, {}
-    requests = [_request(item) for item in items]
+    requests = [(make_request or _request)(item) for item in items]
     try:
         previous = [backend.latest(path) for _, path, _ in requests]
         refs = backend.store_many(requests)
@@ -142,7 +143,7 @@ def _store_all(backend: Any, target: str, items: list[StorageItem]) -> tuple[dic
                 before = backend.latest(request[1])
                 ref = backend.store(*request)
             except (StorageError, OSError) as exc:
-                failures[item.task_id] = f"{item.device} on {target}: {exc}"
+                failures[item.task_id] = f"{item.device} on {target}: {what}{exc}"
             else:
                 stored[item.task_id] = (ref, StorageStatus.UNCHANGED if before == ref else StorageStatus.STORED)
         return stored, failures
@@ -165,6 +166,10 @@ def _options(item: StorageItem) -> StoreOptions:
 
 def _request(item: StorageItem) -> tuple[bytes, str, StoreOptions]:
     return to_bytes(item.config), device_path(item.group or "ungrouped", item.device), _options(item)
+
+
+def _raw_request(item: StorageItem) -> tuple[bytes, str, StoreOptions]:
+    return to_bytes(item.raw), raw_path(item.group or "ungrouped", item.device), _options(item)
 
 
 def _outcome(item: StorageItem, target: str, status: StorageStatus, *, attempt: int, ref: str = "",
