@@ -252,7 +252,9 @@ def worker(queues, groups, burst, name) -> None:
     the same Redis). A worker serving storage queues also hands copies that are due again (retries with
     backoff, or whose job was lost) to new storage jobs, every DEVICEVAULT_RETRY_POLL seconds.
     """
-    from rq import Queue, Worker
+    from rq import Queue
+
+    from jobs.worker import DeviceVaultWorker
 
     settings = _settings()
     _daemon_logging(settings)
@@ -264,7 +266,7 @@ def worker(queues, groups, burst, name) -> None:
     served = [t for t in layout.types() if settings.storage_queue_for(t) in names]
     if served and not burst:
         _start_retry_pump(settings, layout, served)
-    w = Worker([Queue(q, connection=redis) for q in names], connection=redis, name=name)
+    w = DeviceVaultWorker([Queue(q, connection=redis) for q in names], connection=redis, name=name)
     w.work(burst=burst, logging_level="INFO", with_scheduler=True)
 
 

@@ -16,10 +16,10 @@ One pass (:func:`check_queues`, run by the scheduler's maintenance loop and by `
 from __future__ import annotations
 
 import logging
-import os
 import socket
 import time
 from dataclasses import asdict, dataclass
+from pathlib import Path
 
 from redis import Redis
 from rq import Queue, Worker
@@ -113,26 +113,33 @@ def _expire_jobs_of_dead_local_workers(queue: Queue) -> None:
                 worker.register_death()
 
 
-def _alive(pid: int) -> bool:
+def _proc_stat(pid: int) -> tuple[str, int] | None:
+    """(state, process group) of ``pid`` from /proc, or None when it does not exist."""
     try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except (FileNotFoundError, ProcessLookupError):
+        return None
+    fields = stat[stat.rindex(")") + 2:].split()  # the command name may hold spaces and parentheses
+    return fields[0], int(fields[2])
+
+
+def _alive(pid: int) -> bool:
+    """Whether ``pid`` runs. A zombie does not: where PID 1 does not reap orphans (some container inits),
+    a killed process's orphaned children stay zombies for good."""
+    stat = _proc_stat(pid)
+    return stat is not None and stat[0] not in ("Z", "X")
 
 
 def _group_alive(pgid: int) -> bool:
-    """Whether a process of the worker's process group (its work horse, Ansible) still runs: then the job
-    may still finish and is left alone. Workers started by DeviceVault lead their own process group."""
-    try:
-        os.killpg(pgid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
+    """Whether a process of the worker's process group (RQ's scheduler child, anything it started) still
+    runs; zombies do not count. Workers started by DeviceVault lead their own process group; their work
+    horse has a group of its own and dies with the worker (``jobs.worker``)."""
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            stat = _proc_stat(int(entry.name))
+            if stat is not None and stat[1] == pgid and stat[0] not in ("Z", "X"):
+                return True
+    return False
 
 
 def _orphaned(queue: Queue) -> list[Finding]:

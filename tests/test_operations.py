@@ -133,22 +133,24 @@ def test_a_killed_worker_is_retried_without_duplicate_versions_and_its_locks_go(
     lab = LabControl(ops.home / "lab")
     for host in AMS:
         lab.change(host)
-    lab.set_fault("ams-eos-01", "slow", delay=0.5)
+    lab.set_fault("ams-eos-01", "hang")  # the job cannot finish before the kill, however fast the machine
     before = {d["name"]: d["versions"] for d in ops.json("devices")}
     redis = _redis(ops)
     started = json.loads(ops("backup", "--group", "site_ams", "--json").stdout)
     registry = Queue("collector.group.ams", connection=redis).started_job_registry
-    deadline = time.monotonic() + 60
-    while not registry.get_job_ids() and time.monotonic() < deadline:
+    deadline = time.monotonic() + 120
+    while not (registry.get_job_ids() and len(list(redis.scan_iter("lock:device:*"))) == len(AMS)) \
+            and time.monotonic() < deadline:
         time.sleep(0.2)
     assert registry.get_job_ids(), "the collection job never started"
-    time.sleep(1.5)  # in the middle of Ansible's work
+    job_ids = registry.get_job_ids()
     worker = ops.workers["ams"]
-    os.killpg(worker.popen.pid, signal.SIGKILL)  # the worker, its work horse and Ansible, at once
+    os.killpg(worker.popen.pid, signal.SIGKILL)  # the worker process group; its work horse dies with it
     worker.popen.wait(10)
     locks = [k for k in redis.scan_iter("lock:device:*")]
-    assert locks, "the dead job's locks should still be there"
+    assert len(locks) == len(AMS), "the dead job's locks should still be there"
     assert all(0 < redis.ttl(k) <= ops.settings.lock_ttl for k in locks)  # they would expire on their own
+    assert registry.get_job_ids() == job_ids, "the killed worker's horse must not finish the job"
     lab.set_fault("ams-eos-01", "none")
     # a new name: RQ refuses to register a worker under the name the killed one still holds in Redis
     worker.args[worker.args.index("--name") + 1] = f"ams-{free_port()}"

@@ -1,0 +1,44 @@
+"""The RQ worker DeviceVault runs: RQ's forking worker whose work horse dies with it.
+
+RQ runs each job in a *work horse*, a child process in a process group of its own. If the worker is
+killed (SIGKILL, OOM killer, a crashed host agent), a plain RQ horse goes on and may finish the job after
+queue hygiene has already handed it to another worker: two collections of the same hosts at once, and a
+job that looks abandoned and finished at the same time. DeviceVault's rule is simpler: **a dead worker's
+job is dead too**. The horse asks the kernel (``prctl(PR_SET_PDEATHSIG, SIGKILL)``) to be killed the
+moment its worker dies, so the job stays in RQ's started registry, its host locks stay until they expire
+or are taken over, and queue hygiene (``jobs.hygiene``) retries it under the same job id. Ansible's own
+processes run on a pseudo-terminal owned by the horse and get SIGHUP when it goes.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import os
+import signal
+
+from rq import Worker
+
+PR_SET_PDEATHSIG = 1
+
+
+def die_with_parent(parent_pid: int) -> None:
+    """Have the kernel SIGKILL this process when its parent dies (Linux); if the parent is already gone
+    (it died between the fork and this call), die now."""
+    libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+    if libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0) != 0:
+        raise OSError(ctypes.get_errno(), "prctl(PR_SET_PDEATHSIG) failed")
+    if os.getppid() != parent_pid:
+        os._exit(1)
+
+
+class DeviceVaultWorker(Worker):
+    """RQ's forking worker; its work horse is killed with it (see the module docstring)."""
+
+    def fork_work_horse(self, job, queue):
+        self._devicevault_parent = os.getpid()
+        return super().fork_work_horse(job, queue)
+
+    def main_work_horse(self, job, queue):
+        die_with_parent(self._devicevault_parent)
+        return super().main_work_horse(job, queue)
