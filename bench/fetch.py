@@ -14,7 +14,7 @@ in the same run and against the same devices:
    platform's commands (what DeviceVault ran before ``devicevault.network.collect``: per device and
    command a worker fork and a fresh ``ansible-connection`` client process that imports Ansible just to
    find the persistent connection's socket);
-3. **DeviceVault**: ``jobs.fetch.fetch_configs`` over all hosts in one call (ansible-runner,
+3. **DeviceVault**: ``jobs.collect.fetch.fetch_configs`` over all hosts in one call (ansible-runner,
    ``playbooks/backup.yml``, every command of ``playbooks/platforms/<platform>.yml``).
 
 How it measures: each variant runs under a small wrapper process (``--measure``) that makes itself a
@@ -187,7 +187,7 @@ def measure_command(cmd: list[str], stdout_path: str) -> dict:
 def inner_fetch(inventory: str, hosts: list[str]) -> int:
     """``fetch_configs`` over ``hosts`` in one call; prints {host: {"outputs": [...]} | {"error": "..."}}."""
     sys.path.insert(0, str(ROOT))
-    from jobs.fetch import fetch_configs
+    from jobs.collect.fetch import fetch_configs
     from jobs.settings import Settings
 
     outcomes = fetch_configs(hosts, inventory=inventory, settings=Settings.load())
@@ -296,7 +296,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--keep", type=Path, help="directory for the lab and outputs (kept); default: a temporary one")
     args = parser.parse_args(argv)
     sys.path.insert(0, str(ROOT))
-    from jobs.platforms import get_platform
+    from jobs.collect.platforms import get_platform
     from lab.testing import ANSIBLE_PLAYBOOK, ansible_env, running_lab
 
     platform = get_platform(args.platform)

@@ -34,7 +34,7 @@ def _redis(settings: Settings, *, blocking: bool = False):
 
 
 def _layout(settings: Settings):
-    from jobs.locations import StorageLayout
+    from jobs.deliver.locations import StorageLayout
 
     return StorageLayout.load(settings)
 
@@ -168,7 +168,7 @@ def lab_fault(host: str, mode: str, delay: float | None, state_dir: str | None) 
 @_guard
 def backup(groups, hosts, inventory, wait, timeout, as_json) -> None:
     """Start a backup run of every device, or of --group/--host."""
-    from jobs.runs import start_backup
+    from jobs.collect.runs import start_backup
 
     settings = _settings()
     redis = _redis(settings)
@@ -281,7 +281,7 @@ def _start_retry_pump(settings: Settings, layout, types: list[str]) -> None:
     """A daemon thread of the worker's main process: hand due outbox copies to storage jobs."""
     import threading
 
-    from jobs.store import requeue_due
+    from jobs.deliver.store import requeue_due
     from jobs.tasks import enqueue_store
 
     log = logging.getLogger("devicevault.retry")
@@ -310,7 +310,7 @@ def _start_retry_pump(settings: Settings, layout, types: list[str]) -> None:
 @click.option("--crash-after-commit", type=int, hidden=True, help="Failure tests: exit after N commits, before acking.")
 def consumer(name, idle_exit, claim_idle, max_deliveries, crash_after_commit) -> None:
     """Write collection and storage results from the Redis streams into the index."""
-    from jobs.consumer import Consumer
+    from jobs.streams.consumer import Consumer
 
     settings = _settings()
     _daemon_logging(settings)
@@ -338,7 +338,7 @@ def consumer(name, idle_exit, claim_idle, max_deliveries, crash_after_commit) ->
 @_guard
 def demo(stop, timeout) -> None:
     """Start Redis, the lab, workers and the consumer, then back up every lab device."""
-    from jobs.runs import start_backup
+    from jobs.collect.runs import start_backup
 
     from .demo import start_services, stop_services
 
@@ -500,7 +500,7 @@ def verify(repair, targets, hosts, as_json) -> None:
     """
     from tqdm import tqdm
 
-    from jobs.verify import verify as scrub
+    from jobs.deliver.verify import verify as scrub
 
     settings = _settings()
     with tqdm(unit="copy", desc="verify", file=sys.stderr, disable=as_json) as bar:
@@ -526,7 +526,7 @@ def verify(repair, targets, hosts, as_json) -> None:
 @_guard
 def prune(dry_run, targets, as_json) -> None:
     """Apply each target's retention (keep_last / keep_days); never the newest version nor the last copy."""
-    from jobs.retention import prune as apply_retention
+    from jobs.deliver.retention import prune as apply_retention
 
     settings = _settings()
     removed = apply_retention(_sessions(settings), _layout(settings), dry_run=dry_run, targets=list(targets) or None)
@@ -540,7 +540,7 @@ def prune(dry_run, targets, as_json) -> None:
 @_guard
 def pending(as_json) -> None:
     """Copies that have not reached their target yet (they are retried with backoff until they land)."""
-    from jobs.outbox import waiting
+    from jobs.deliver.outbox import waiting
     from storage.index.queries import pending_copies
 
     settings = _settings()

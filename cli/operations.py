@@ -24,7 +24,7 @@ def status(as_json) -> None:
 
     @_guard
     def show() -> None:
-        from jobs.status import gather_status
+        from jobs.ops.status import gather_status
 
         data = gather_status(Settings.load())
         if as_json:
@@ -60,7 +60,7 @@ def hygiene(as_json, grace) -> None:
     """One maintenance pass now: lost/abandoned/orphaned jobs, stale devices, stream trimming."""
     from redis import Redis
 
-    from jobs.maintenance import run_maintenance
+    from jobs.ops.maintenance import run_maintenance
 
     settings = Settings.load()
     report = run_maintenance(Redis.from_url(settings.redis_url), settings, grace=grace)

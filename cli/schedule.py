@@ -14,11 +14,11 @@ inventory is recorded as the schedule's ``last_error``).
 
 ``devicevault scheduler`` runs rq-scheduler with a short polling interval. Before each pass it reconciles
 rq-scheduler's cron jobs with the ``schedules`` table: one cron job per enabled schedule on the collector
-queue, whose id names the schedule, its cron and its group (``jobs.schedules.cron_job_id``), so a changed
+queue, whose id names the schedule, its cron and its group (``jobs.ops.schedules.cron_job_id``), so a changed
 schedule gets a new job; jobs of schedules removed, disabled or changed are cancelled. Schedules therefore
 change at run time from the CLI (or the portal) without a restart; and since the job itself
-(``jobs.schedules.run_schedule``) reads its schedule again, a disable also stops a firing already queued.
-Every ``--maintenance-interval`` seconds it also runs ``jobs.maintenance.run_maintenance`` (0 = never).
+(``jobs.ops.schedules.run_schedule``) reads its schedule again, a disable also stops a firing already queued.
+Every ``--maintenance-interval`` seconds it also runs ``jobs.ops.maintenance.run_maintenance`` (0 = never).
 Any number of schedulers may run: rq-scheduler's lock lets one at a time reconcile and enqueue.
 SIGTERM/SIGINT stop it cleanly.
 """
@@ -88,7 +88,7 @@ def schedule() -> None:
 @_guarded
 def schedule_add(cron: str, group: str, name: str, disabled: bool, as_json: bool) -> None:
     """Add a schedule."""
-    from jobs.schedules import add_schedule, as_dict
+    from jobs.ops.schedules import add_schedule, as_dict
 
     from .main import _sessions
 
@@ -104,7 +104,7 @@ def schedule_add(cron: str, group: str, name: str, disabled: bool, as_json: bool
 @_guarded
 def schedule_list(as_json: bool) -> None:
     """Every schedule with its last run, last error and next run."""
-    from jobs.schedules import list_schedules
+    from jobs.ops.schedules import list_schedules
 
     from .main import _emit, _sessions
 
@@ -117,7 +117,7 @@ def schedule_list(as_json: bool) -> None:
 
 
 def _set_enabled(id_or_name: str, enabled: bool) -> None:
-    from jobs.schedules import as_dict, set_enabled
+    from jobs.ops.schedules import as_dict, set_enabled
 
     from .main import _sessions
 
@@ -147,7 +147,7 @@ def schedule_disable(id_or_name: str) -> None:
 @_guarded
 def schedule_remove(id_or_name: str) -> None:
     """Remove a schedule (by id or name)."""
-    from jobs.schedules import remove_schedule
+    from jobs.ops.schedules import remove_schedule
 
     from .main import _sessions
 
@@ -180,7 +180,7 @@ class ScheduleScheduler(Scheduler):
         from rq.exceptions import NoSuchJobError
         from rq.job import JobStatus
 
-        from jobs.schedules import JOB_PREFIX, run_schedule, wanted_jobs
+        from jobs.ops.schedules import JOB_PREFIX, run_schedule, wanted_jobs
 
         with self.sessions() as session:
             wanted = {jid: (s.id, s.cron, s.group or "", s.name or "") for jid, s in wanted_jobs(session).items()}
@@ -259,14 +259,14 @@ class ScheduleScheduler(Scheduler):
 
 
 def _maintenance_loop(settings, interval: float, stopping: threading.Event) -> None:
-    """Call ``jobs.maintenance.run_maintenance(redis, settings)`` every ``interval`` seconds; errors are logged."""
+    """Call ``jobs.ops.maintenance.run_maintenance(redis, settings)`` every ``interval`` seconds; errors are logged."""
     from .main import _redis
 
     redis = _redis(settings)
     warned = False
     while not stopping.is_set():
         try:
-            from jobs.maintenance import run_maintenance
+            from jobs.ops.maintenance import run_maintenance
         except ImportError as exc:
             if not warned:
                 log.warning("maintenance is not available (%s); only schedules run", exc)
@@ -283,7 +283,7 @@ def _maintenance_loop(settings, interval: float, stopping: threading.Event) -> N
 @click.option("--interval", default=5.0, show_default=True, type=click.FloatRange(min=0.1),
               help="Seconds between passes (reconcile with the schedules table, fire due jobs).")
 @click.option("--maintenance-interval", default=60.0, show_default=True, type=click.FloatRange(min=0),
-              help="Seconds between calls of jobs.maintenance.run_maintenance (0 = never).")
+              help="Seconds between calls of jobs.ops.maintenance.run_maintenance (0 = never).")
 @click.option("--name", help="Scheduler name (default: random).")
 def scheduler(interval: float, maintenance_interval: float, name: str | None) -> None:
     """Fire the schedules (devicevault schedule ...) and run periodic maintenance. Stop with SIGTERM/SIGINT."""

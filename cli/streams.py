@@ -12,7 +12,7 @@ import json
 
 import click
 
-from jobs.results import DEVICE_RESULTS_STREAM, STORAGE_RESULTS_STREAM
+from jobs.streams.results import DEVICE_RESULTS_STREAM, STORAGE_RESULTS_STREAM
 
 _STREAMS = {"device": DEVICE_RESULTS_STREAM, "storage": STORAGE_RESULTS_STREAM,
             DEVICE_RESULTS_STREAM: DEVICE_RESULTS_STREAM, STORAGE_RESULTS_STREAM: STORAGE_RESULTS_STREAM}
@@ -35,7 +35,7 @@ def _guard(fn):
     def wrapper(*args, **kwargs):
         from redis.exceptions import RedisError
 
-        from jobs.deadletters import DeadLetterError
+        from jobs.streams.deadletters import DeadLetterError
         from jobs.settings import redact_url
 
         from .main import _Fail, _settings
@@ -57,7 +57,7 @@ def _client():
 
 
 def _chosen(redis, ids: tuple[str, ...], all_: bool, stream: str | None, verb: str):
-    from jobs.deadletters import find_dead_letter, list_dead_letters
+    from jobs.streams.deadletters import find_dead_letter, list_dead_letters
 
     from .main import _Fail
 
@@ -87,7 +87,7 @@ def dlq() -> None:
 @_guard
 def dlq_list(stream, as_json) -> None:
     """Every dead-letter entry: id, source stream and id, task, device, last error, deliveries, when."""
-    from jobs.deadletters import list_dead_letters
+    from jobs.streams.deadletters import list_dead_letters
 
     from .main import _emit
 
@@ -102,7 +102,7 @@ def dlq_list(stream, as_json) -> None:
 @_guard
 def dlq_show(entry_id, stream, as_json) -> None:
     """One dead-letter entry in full, with its payload as pretty JSON."""
-    from jobs.deadletters import find_dead_letter
+    from jobs.streams.deadletters import find_dead_letter
 
     letter = find_dead_letter(_client(), entry_id, _streams(stream))
     full = letter.as_dict()
@@ -129,7 +129,7 @@ def dlq_show(entry_id, stream, as_json) -> None:
 def dlq_replay(entry_ids, all_, stream, as_json) -> None:
     """Put dead-lettered messages back on their result stream as new messages and remove them from the
     dead-letter stream. Applying is idempotent on the task id, so a replayed result is applied once."""
-    from jobs.deadletters import replay
+    from jobs.streams.deadletters import replay
 
     redis = _client()
     rows = []
@@ -154,7 +154,7 @@ def dlq_replay(entry_ids, all_, stream, as_json) -> None:
 @_guard
 def dlq_purge(entry_ids, all_, stream, yes) -> None:
     """Delete dead-letter entries for good (asks first unless --yes)."""
-    from jobs.deadletters import purge
+    from jobs.streams.deadletters import purge
 
     redis = _client()
     letters = _chosen(redis, entry_ids, all_, stream, "purge")

@@ -7,7 +7,7 @@ handler (``rq.logutils`` does not add its own when one is already in effect).
 
 A JSON line looks like::
 
-    {"time": "2026-11-22T20:41:03.518Z", "level": "WARNING", "logger": "jobs.store", "process": 4242,
+    {"time": "2026-11-22T20:41:03.518Z", "level": "WARNING", "logger": "jobs.deliver.store", "process": 4242,
      "message": "storing ams-ios-01 on s3 failed (attempt 2): ..."}
 """
 
@@ -20,8 +20,8 @@ import traceback
 
 from pythonjsonlogger.json import JsonFormatter
 
-from .redact import Redactor
-from .settings import Settings
+from jobs.redact import Redactor
+from jobs.settings import Settings
 
 FIELDS = "%(asctime)s %(levelname)s %(name)s %(process)d %(message)s"
 
@@ -72,7 +72,7 @@ def configure_logging(settings: Settings, *, level: int = logging.INFO, fmt: str
 
 def _inventory_secrets(settings: Settings) -> list[str]:
     try:
-        from .inventory import load_inventory
+        from jobs.collect.inventory import load_inventory
 
         return [s for host in load_inventory(settings.inventory).values() for s in host.secrets]
     except Exception:  # noqa: BLE001 - a broken inventory is reported by the jobs that use it

@@ -25,7 +25,7 @@ storage_queue                 DEVICEVAULT_STORAGE_QUEUE        ``storage`` (pref
                                                                backend type: ``storage.git``, ``storage.fs``, ...)
 storage_config                DEVICEVAULT_STORAGE_CONFIG       ``<home>/storage.yml`` if that file exists, else none
                                                                (targets, locations, per-group locations; see
-                                                               ``jobs/locations.py``)
+                                                               ``jobs/deliver/locations.py``)
 s3_bucket                     DEVICEVAULT_S3_BUCKET            ``devicevault``
 s3_prefix                     DEVICEVAULT_S3_PREFIX            empty
 s3_endpoint_url               DEVICEVAULT_S3_ENDPOINT_URL      none (AWS); set it for R2, B2, MinIO, moto

@@ -11,11 +11,11 @@ from datetime import timedelta
 from redis import Redis
 from rq import Queue, get_current_job
 
-from .collect import collect
-from .locations import StorageLayout
-from .outbox import StorageItem
-from .settings import Settings
-from .store import dispatch, store_to_target
+from jobs.collect.collector import collect
+from jobs.deliver.locations import StorageLayout
+from jobs.deliver.outbox import StorageItem
+from jobs.settings import Settings
+from jobs.deliver.store import dispatch, store_to_target
 
 
 def _connection():

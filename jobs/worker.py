@@ -6,7 +6,7 @@ queue hygiene has already handed it to another worker: two collections of the sa
 job that looks abandoned and finished at the same time. DeviceVault's rule is simpler: **a dead worker's
 job is dead too**. The horse asks the kernel (``prctl(PR_SET_PDEATHSIG, SIGKILL)``) to be killed the
 moment its worker dies, so the job stays in RQ's started registry, its host locks stay until they expire
-or are taken over, and queue hygiene (``jobs.hygiene``) retries it under the same job id. Ansible's own
+or are taken over, and queue hygiene (``jobs.ops.hygiene``) retries it under the same job id. Ansible's own
 processes run on a pseudo-terminal owned by the horse and get SIGHUP when it goes.
 """
 

@@ -44,7 +44,7 @@ def sessions(s: Settings | None = None):
 
 def layout(s: Settings | None = None):
     """The storage layout (backends opened once per process and settings)."""
-    from jobs.locations import StorageLayout
+    from jobs.deliver.locations import StorageLayout
 
     s = s or settings()
     stamp = None
@@ -71,7 +71,7 @@ def users_file(s: Settings | None = None) -> UsersFile:
 
 def inventory(s: Settings | None = None, max_age: float = 60.0) -> dict:
     """The inventory's hosts by name (parsed by Ansible, which takes a second: kept for ``max_age`` s)."""
-    from jobs.inventory import load_inventory
+    from jobs.collect.inventory import load_inventory
 
     s = s or settings()
     path = str(s.inventory)

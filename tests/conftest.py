@@ -35,7 +35,7 @@ def redis(redis_server):
 @pytest.fixture()
 def streams(redis):
     """The session Redis with empty result streams and dead-letter streams, as on a new installation."""
-    from jobs.consumer import STREAMS, dead_letter_stream
+    from jobs.streams.consumer import STREAMS, dead_letter_stream
 
     names = [*STREAMS, *(dead_letter_stream(s) for s in STREAMS)]
     redis.delete(*names)

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from cli.services import free_port
-from jobs.platforms import all_platforms, platform_key
+from jobs.collect.platforms import all_platforms, platform_key
 
 DEVICE_TIMEOUT = 8
 PLATFORMS = {"ios", "eos", "nxos", "junos", "routeros"}

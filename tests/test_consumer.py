@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 from sqlalchemy import func, select
 
-from jobs.consumer import GROUP, Consumer, dead_letter_stream
-from jobs.results import (
+from jobs.streams.consumer import GROUP, Consumer, dead_letter_stream
+from jobs.streams.results import (
     DEVICE_RESULTS_STREAM,
     STORAGE_RESULTS_STREAM,
     DeviceResult,

@@ -52,8 +52,8 @@ def fetch(lab, hosts=None, command=None, **env):
 
 
 def normalize(text: str, pf: dict) -> list[str]:
-    from jobs.normalize import clean_lines
-    from jobs.platforms import get_platform
+    from jobs.collect.normalize import clean_lines
+    from jobs.collect.platforms import get_platform
 
     return clean_lines(get_platform(pf["name"]), text)
 

@@ -13,8 +13,8 @@ import dataclasses
 
 import pytest
 
-from jobs.normalize import SECRET_PLACEHOLDER, SecretsMode, normalize
-from jobs.platforms import GOLDEN_DIR, all_platforms, get_platform, golden_outputs
+from jobs.collect.normalize import SECRET_PLACEHOLDER, SecretsMode, normalize
+from jobs.collect.platforms import GOLDEN_DIR, all_platforms, get_platform, golden_outputs
 
 GOLDEN = sorted(p.name for p in GOLDEN_DIR.iterdir() if (p / "raw").is_dir()) if GOLDEN_DIR.is_dir() else []
 

@@ -179,7 +179,7 @@ def _versions(vault) -> dict[str, int]:
 
 
 def _raw(vault) -> dict[str, list[str]]:
-    from jobs.fetch import fetch_configs
+    from jobs.collect.fetch import fetch_configs
 
     out = fetch_configs(vault.hosts, inventory=vault.inventory, settings=vault.settings)
     failed = {h: str(o.error) for h, o in out.items() if o.error}
@@ -188,7 +188,7 @@ def _raw(vault) -> dict[str, list[str]]:
 
 
 def test_lab_has_every_platform_and_the_data_only_one(vault):
-    from jobs.platforms import all_platforms
+    from jobs.collect.platforms import all_platforms
 
     platforms = set(vault.platform_of.values())
     assert set(all_platforms()) <= platforms and "acmeos" in platforms
@@ -280,7 +280,7 @@ def test_the_raw_output_is_kept_encrypted_and_never_decides_a_version(vault):
 
 
 def test_unsaved_changes_are_flagged_and_saving_clears_them(vault):
-    from jobs.platforms import get_platform
+    from jobs.collect.platforms import get_platform
 
     with_startup = sorted(h for h, p in vault.platform_of.items() if get_platform(p) and get_platform(p).startup)
     assert {vault.platform_of[h] for h in with_startup} >= {"ios", "eos", "nxos"}

@@ -35,7 +35,7 @@ class Seeder:
     """Writes runs, device results and versions the way the workers and the consumer do."""
 
     def __init__(self, settings):
-        from jobs.locations import StorageLayout
+        from jobs.deliver.locations import StorageLayout
         from storage.index.db import connect
 
         self.settings = settings
@@ -49,7 +49,7 @@ class Seeder:
         """``results``: device -> (status, config text or error); ``unsaved``: device -> running != startup
         at this backup (absent: unknown); ``authors``: device -> who changed it, per the device."""
         unsaved, authors = unsaved or {}, authors or {}
-        from jobs.results import DeviceResult, DeviceStatus, StorageResult, StorageStatus
+        from jobs.streams.results import DeviceResult, DeviceStatus, StorageResult, StorageStatus
         from storage.base import StoreOptions
         from storage.index.records import apply_device_result, apply_storage_result, create_run, refresh_run
         from storage.paths import device_path
@@ -96,7 +96,7 @@ class Seeder:
 
     def broken_version(self, device: str, group: str, platform: str, when: datetime) -> None:
         """A version whose only copy is gone (its ref names nothing): reading it must fail readably."""
-        from jobs.results import DeviceResult, DeviceStatus, StorageResult, StorageStatus
+        from jobs.streams.results import DeviceResult, DeviceStatus, StorageResult, StorageStatus
         from storage.index.records import apply_device_result, apply_storage_result, create_run, refresh_run
 
         run_id = "run-broken"
@@ -120,7 +120,7 @@ def portal_env(tmp_path_factory, redis_server):
     The busy device has had unsaved changes since the second run (by alice, then jdoe); ``saved`` (names[4])
     was saved at its newest backup; every other device's unsaved state is unknown."""
     from cli.services import free_port
-    from jobs.inventory import load_inventory
+    from jobs.collect.inventory import load_inventory
     from jobs.settings import Settings
     from lab.generate_inventory import generate_inventory
     from portal.users import UsersFile

@@ -19,7 +19,7 @@ from sqlalchemy import select
 
 from cli.services import free_port
 from jobs.errors import BackupError, InventoryError
-from jobs.schedules import (
+from jobs.ops.schedules import (
     JOB_PREFIX,
     InvalidCron,
     InvalidScheduleName,
@@ -170,7 +170,7 @@ def test_reconcile_follows_the_table_and_fires_due_jobs(redis_server, tmp_path, 
     assert sorted(added) == sorted([job_a, job_b]) and cancelled == []
     assert ours() == {job_a, job_b}
     job = Job.fetch(job_a, connection=redis)
-    assert job.func_name == "jobs.schedules.run_schedule" and list(job.args) == [a.id]
+    assert job.func_name == "jobs.ops.schedules.run_schedule" and list(job.args) == [a.id]
     assert job.origin == settings.collector_queue and job.meta["cron_string"] == "*/5 * * * *"
     assert sched.reconcile() == ([], [])  # nothing changed: nothing to do
 
@@ -218,7 +218,7 @@ def test_run_schedule_starts_nothing_when_disabled_gone_already_ran_or_group_van
     from rq import Queue
     from rq.job import Job
 
-    from jobs.schedules import run_schedule
+    from jobs.ops.schedules import run_schedule
 
     settings = offline.settings
     Session = connect(settings.database_url)

@@ -91,7 +91,7 @@ def vault(tmp_path_factory, redis_server):
         "DEVICEVAULT_COLLECT_RETRIES": "0",
         "DEVICEVAULT_LOG_FORMAT": "json",
     }
-    from jobs.consumer import STREAMS
+    from jobs.streams.consumer import STREAMS
 
     client = Redis.from_url(env["DEVICEVAULT_REDIS_URL"])
     client.flushdb()
@@ -128,7 +128,7 @@ def raw(vault) -> dict[str, list[str]]:
 
 def _raw(vault, hosts: list[str]) -> dict[str, list[str]]:
     """What the devices print now (the platform's command outputs, in order)."""
-    from jobs.fetch import fetch_configs
+    from jobs.collect.fetch import fetch_configs
 
     out = fetch_configs(hosts, inventory=vault.inventory, settings=vault.settings)
     failed = {h: str(o.error) for h, o in out.items() if o.error}
@@ -138,7 +138,7 @@ def _raw(vault, hosts: list[str]) -> dict[str, list[str]]:
 
 def _platform_secrets(platform: str, outputs: list[str]) -> set[str]:
     """Every value the platform's ``secrets`` rules pick out of the raw outputs."""
-    from jobs.platforms import get_platform
+    from jobs.collect.platforms import get_platform
 
     rules = get_platform(platform).secrets
     found = set()
@@ -258,8 +258,8 @@ def test_keep_on_fortios_a_second_read_with_new_enc_values_adds_no_version(vault
 
 
 def test_drop_leaves_out_every_secret_line_and_keeps_the_others(vault, raw):
-    from jobs.normalize import normalize
-    from jobs.platforms import get_platform
+    from jobs.collect.normalize import normalize
+    from jobs.collect.platforms import get_platform
 
     for host in DROP:
         platform = vault.platform_of[host]

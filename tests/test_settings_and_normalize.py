@@ -5,10 +5,10 @@ from __future__ import annotations
 import pytest
 
 from jobs.errors import CommandRejected, DeviceTimeout, IncompleteOutput, InventoryError
-from jobs.fetch import classify
-from jobs.inventory import load_inventory
-from jobs.normalize import normalize
-from jobs.platforms import all_platforms, get_platform
+from jobs.collect.fetch import classify
+from jobs.collect.inventory import load_inventory
+from jobs.collect.normalize import normalize
+from jobs.collect.platforms import all_platforms, get_platform
 from jobs.redact import Redactor
 from jobs.settings import Settings
 

@@ -7,9 +7,9 @@ import time
 
 import pytest
 
-from jobs import outbox
-from jobs.locations import StorageConfigError, StorageLayout, TargetConfig
-from jobs.outbox import StorageItem
+from jobs.deliver import outbox
+from jobs.deliver.locations import StorageConfigError, StorageLayout, TargetConfig
+from jobs.deliver.outbox import StorageItem
 from jobs.settings import Settings
 
 
@@ -143,8 +143,8 @@ def test_secrets_print_as_redacted(tmp_path):
 # --- storage jobs against real targets (fs in a temp dir, an S3 endpoint nobody listens on) -------------
 def test_a_down_target_keeps_its_copies_pending_while_the_others_store(tmp_path, r):
     from cli.services import free_port
-    from jobs.results import StorageStatus
-    from jobs.store import dispatch, requeue_due, store_to_target
+    from jobs.streams.results import StorageStatus
+    from jobs.deliver.store import dispatch, requeue_due, store_to_target
 
     dead = f"http://127.0.0.1:{free_port()}"
     lay = layout(tmp_path, "targets: {fs: {type: fs}, s3: {type: s3, bucket: nowhere}}\n"
@@ -176,7 +176,7 @@ def test_a_down_target_keeps_its_copies_pending_while_the_others_store(tmp_path,
 def test_items_carrying_secrets_wait_in_redis_encrypted(tmp_path):
     import hashlib
 
-    from jobs.outbox import StorageItem, seal, unseal
+    from jobs.deliver.outbox import StorageItem, seal, unseal
     from storage.codec import Codec
 
     codec = Codec(keys={"k1": hashlib.sha256(b"outbox").digest()})

@@ -17,9 +17,9 @@ import uuid
 import pytest
 from sqlalchemy import func, select
 
-from jobs.consumer import GROUP, Consumer, stream_status, trim_streams
-from jobs.deadletters import dead_letter_stream
-from jobs.results import DEVICE_RESULTS_STREAM, STORAGE_RESULTS_STREAM
+from jobs.streams.consumer import GROUP, Consumer, stream_status, trim_streams
+from jobs.streams.deadletters import dead_letter_stream
+from jobs.streams.results import DEVICE_RESULTS_STREAM, STORAGE_RESULTS_STREAM
 from storage.index.db import connect
 from storage.index.models import Copy, DeviceResultRow, Version
 from tests.conftest import DeviceVault

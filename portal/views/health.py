@@ -1,5 +1,5 @@
 """Health: Redis, queues, workers, stream lag, dead letters, the storage outbox, storage targets, stale
-devices and the last runs (``jobs.status.gather_status``, the data behind ``devicevault status``)."""
+devices and the last runs (``jobs.ops.status.gather_status``, the data behind ``devicevault status``)."""
 
 from __future__ import annotations
 
@@ -40,7 +40,7 @@ def target_health(s) -> pd.DataFrame:
 
 
 def render(user) -> None:
-    from jobs.status import gather_status
+    from jobs.ops.status import gather_status
 
     s = ui.settings()
     st.title("Health")

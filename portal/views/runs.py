@@ -1,7 +1,7 @@
 """Runs: start a backup of one device, one group or every device (operator and admin), follow it device by
 device until it ends, and look through the run history with each device's status, duration and error.
 
-A run is started with ``jobs.runs.start_backup(requested_by=<user>)``, exactly like ``devicevault backup``;
+A run is started with ``jobs.collect.runs.start_backup(requested_by=<user>)``, exactly like ``devicevault backup``;
 the workers collect and store, the consumer writes the results into the index, and this page reads them
 back every two seconds while the run is open.
 """
@@ -61,7 +61,7 @@ def _trigger(s, user) -> None:
             count = len(hosts)
         c[1].caption(f"{count} device(s) will be backed up.")
         if c[2].button("Start backup", type="primary", key="runs_start", disabled=count == 0):
-            from jobs.runs import start_backup
+            from jobs.collect.runs import start_backup
 
             redis = ui.redis(s)
             redis.ping()  # Redis down: say so before a run is recorded that no worker would ever see

@@ -149,7 +149,7 @@ class Copy(Base):
 class Schedule(Base):
     """A recurring backup of one inventory group ("" = every device) on a 5-field cron expression.
 
-    Managed by ``jobs/schedules.py``; ``devicevault scheduler`` turns every enabled row into an rq-scheduler
+    Managed by ``jobs/ops/schedules.py``; ``devicevault scheduler`` turns every enabled row into an rq-scheduler
     cron job. ``last_run_at`` is when it last fired, ``last_run_id`` the run it started, ``last_error`` why
     the last firing started no run ("" when it did).
     """

@@ -1,7 +1,7 @@
 """Writing outcomes into the index. Every function is idempotent on the message's task id, so a redelivered
 stream message changes nothing; the caller commits, then acknowledges the message.
 
-The functions take duck-typed results (``jobs.results.DeviceResult`` / ``StorageResult`` or anything with
+The functions take duck-typed results (``jobs.streams.results.DeviceResult`` / ``StorageResult`` or anything with
 the same attributes), so this package stays independent of ``jobs``.
 """
 

@@ -2,7 +2,7 @@
 
 There is one storage job per target per batch, on the queue of the target's type (``storage.git``,
 ``storage.fs``, ``storage.s3``), so a worker with access to a repository, a mount or a bucket serves
-exactly those. A copy that fails stays in the outbox (``jobs/outbox.py``) and is reported ``pending`` with
+exactly those. A copy that fails stays in the outbox (``jobs/deliver/outbox.py``) and is reported ``pending`` with
 its next attempt time; :func:`requeue_due` hands due copies to new jobs. One target failing never blocks
 the others. Git gets one commit per changed device, with a message naming the device and the run.
 """
@@ -19,12 +19,12 @@ from storage.base import StoreOptions
 from storage.errors import StorageError
 from storage.paths import device_path, raw_path
 
-from . import outbox
-from .locations import StorageLayout
-from .normalize import to_bytes
-from .outbox import StorageItem
-from .results import STORAGE_RESULTS_STREAM, StorageResult, StorageStatus, utcnow
-from .settings import Settings
+from jobs.deliver import outbox
+from jobs.deliver.locations import StorageLayout
+from jobs.collect.normalize import to_bytes
+from jobs.deliver.outbox import StorageItem
+from jobs.streams.results import STORAGE_RESULTS_STREAM, StorageResult, StorageStatus, utcnow
+from jobs.settings import Settings
 
 log = logging.getLogger(__name__)
 

@@ -9,17 +9,17 @@ from typing import Callable
 
 from redis import Redis
 
-from . import errors
-from .fetch import FetchOutcome, fetch_configs
-from .inventory import InventoryHost, load_inventory
-from .locations import StorageLayout, StorageConfigError
-from .locks import host_locks
-from .normalize import normalize, sha256_text, to_bytes
-from .outbox import StorageItem, seal
-from .platforms import get_platform
-from .redact import Redactor
-from .results import DEVICE_RESULTS_STREAM, DeviceResult, DeviceStatus, utcnow
-from .settings import Settings
+from jobs import errors
+from jobs.collect.fetch import FetchOutcome, fetch_configs
+from jobs.collect.inventory import InventoryHost, load_inventory
+from jobs.deliver.locations import StorageLayout, StorageConfigError
+from jobs.collect.locks import host_locks
+from jobs.collect.normalize import normalize, sha256_text, to_bytes
+from jobs.deliver.outbox import StorageItem, seal
+from jobs.collect.platforms import get_platform
+from jobs.redact import Redactor
+from jobs.streams.results import DEVICE_RESULTS_STREAM, DeviceResult, DeviceStatus, utcnow
+from jobs.settings import Settings
 
 log = logging.getLogger(__name__)
 
@@ -73,7 +73,7 @@ def collect(
     ``retry(hosts, next_attempt, delay)`` while ``attempt <= settings.collect_retries``, with exponential
     backoff; its result is published by the attempt that ends it. Permanent failures (authentication,
     unknown platform, command rejected) are never retried and say so. ``owner`` is the lock token
-    (``jobs.locks.host_locks``).
+    (``jobs.collect.locks.host_locks``).
     """
     inventory_path = Path(inventory or settings.inventory)
     inv = load_inventory(inventory_path)

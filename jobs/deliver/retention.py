@@ -1,7 +1,7 @@
 """Retention: remove copies that a target's policy no longer keeps.
 
 Per target, a version's copy is kept while it is one of the device's newest ``keep_last`` versions on
-that target, *or* younger than ``keep_days`` (``jobs/locations.py`` has the defaults: fs 30 days, s3 365
+that target, *or* younger than ``keep_days`` (``jobs/deliver/locations.py`` has the defaults: fs 30 days, s3 365
 days, git forever). Pruning never removes:
 
 - the device's latest version, on any target;
@@ -24,7 +24,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from storage.errors import RefNotFound, StorageError
 from storage.index.models import Copy, CopyStatus, Device, Version, aware
 
-from .locations import StorageLayout
+from jobs.deliver.locations import StorageLayout
 
 log = logging.getLogger(__name__)
 

@@ -21,9 +21,9 @@ from typing import Callable, Iterable
 
 import yaml
 
-from . import errors
-from .redact import Redactor
-from .settings import ANSIBLE_CFG, PLAYBOOKS_DIR, Settings
+from jobs import errors
+from jobs.redact import Redactor
+from jobs.settings import ANSIBLE_CFG, PLAYBOOKS_DIR, Settings
 
 COLLECT_TASK = "Collect configuration"
 _ERROR_KINDS: dict[str, type[errors.DeviceError]] = {
@@ -91,7 +91,7 @@ def runner_env(settings: Settings, workdir: Path) -> dict[str, str]:
 
 def _extravars() -> dict[str, str]:
     """A site's own platform directory reaches the playbook and DeviceVault's terminal/cliconf plugin."""
-    from .platforms import PLATFORMS_DIR_ENV
+    from jobs.collect.platforms import PLATFORMS_DIR_ENV
 
     extra = os.environ.get(PLATFORMS_DIR_ENV)
     return {"devicevault_platforms_dir": str(Path(extra).resolve())} if extra else {}

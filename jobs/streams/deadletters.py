@@ -34,7 +34,7 @@ from typing import Any, Iterable
 
 from redis import Redis
 
-from .results import DEVICE_RESULTS_STREAM, STORAGE_RESULTS_STREAM
+from jobs.streams.results import DEVICE_RESULTS_STREAM, STORAGE_RESULTS_STREAM
 
 STREAMS = (DEVICE_RESULTS_STREAM, STORAGE_RESULTS_STREAM)
 DEAD_SUFFIX = ":dead"

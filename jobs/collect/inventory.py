@@ -6,8 +6,8 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .errors import InventoryError
-from .settings import parse_flag
+from jobs.errors import InventoryError
+from jobs.settings import parse_flag
 
 #: groups that say what a host *is* rather than where it is; a host's storage group is its first other group
 _IMPLICIT = {"all", "ungrouped"}
@@ -21,7 +21,7 @@ class InventoryHost:
     address: str
     group: str
     groups: tuple[str, ...] = field(default=())
-    #: ``devicevault_location``: the storage location (``jobs/locations.py``); "" = by group, else default
+    #: ``devicevault_location``: the storage location (``jobs/deliver/locations.py``); "" = by group, else default
     location: str = ""
     #: ``devicevault_collector_group``: collected from queue ``collector.group.<name>`` ("" = ``collector``)
     collector_group: str = ""
@@ -39,7 +39,7 @@ class InventoryHost:
 
 
 def _platform_groups() -> set[str]:
-    from .platforms import all_platforms
+    from jobs.collect.platforms import all_platforms
 
     return set(all_platforms())
 

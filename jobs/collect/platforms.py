@@ -9,8 +9,8 @@ about a vendor lives in Python code.
 ``DEVICEVAULT_PLATFORMS_DIR`` names a directory searched before the built-in one, so a site can add a
 platform (or override one) with a data file only.
 
-    python -m jobs.platforms list
-    python -m jobs.platforms golden ios [--write]     # normalise tests/golden/ios/raw/* (see the README)
+    python -m jobs.collect.platforms list
+    python -m jobs.collect.platforms golden ios [--write]     # normalise tests/golden/ios/raw/* (see the README)
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ from pathlib import Path
 
 import yaml
 
-from .settings import PLATFORMS_DIR
+from jobs.settings import PLATFORMS_DIR
 
 PLATFORMS_DIR_ENV = "DEVICEVAULT_PLATFORMS_DIR"
 #: the inventory variable that picks a platform file when ``ansible_network_os`` cannot (our own plugin)
@@ -195,7 +195,7 @@ def get_platform(name_or_network_os: str, directory: Path | None = None) -> Plat
 
 
 # --------------------------------------------------------------------------- command line
-GOLDEN_DIR = Path(__file__).resolve().parent.parent / "tests" / "golden"
+GOLDEN_DIR = Path(__file__).resolve().parents[2] / "tests" / "golden"
 
 
 def golden_outputs(name: str, root: Path = GOLDEN_DIR) -> list[str]:
@@ -209,9 +209,9 @@ def golden_outputs(name: str, root: Path = GOLDEN_DIR) -> list[str]:
 def _main(argv: list[str]) -> int:
     import argparse
 
-    from .normalize import normalize
+    from jobs.collect.normalize import normalize
 
-    ap = argparse.ArgumentParser(prog="python -m jobs.platforms")
+    ap = argparse.ArgumentParser(prog="python -m jobs.collect.platforms")
     sub = ap.add_subparsers(dest="cmd", required=True)
     sub.add_parser("list", help="every platform file and its commands")
     g = sub.add_parser("golden", help="normalise tests/golden/<name>/raw/* and show or write expected.txt")

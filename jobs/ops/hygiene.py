@@ -27,11 +27,11 @@ from rq.exceptions import NoSuchJobError
 from rq.job import Job, JobStatus
 from rq.registry import FailedJobRegistry
 
-from .collect import device_task_id, publish
-from .errors import CollectionFailed
-from .redact import Redactor
-from .results import DeviceResult, DeviceStatus, utcnow
-from .settings import Settings
+from jobs.collect.collector import device_task_id, publish
+from jobs.errors import CollectionFailed
+from jobs.redact import Redactor
+from jobs.streams.results import DeviceResult, DeviceStatus, utcnow
+from jobs.settings import Settings
 
 log = logging.getLogger(__name__)
 

@@ -13,7 +13,7 @@ from typing import Any
 
 from redis import Redis
 
-from .settings import Settings
+from jobs.settings import Settings
 
 log = logging.getLogger(__name__)
 
@@ -25,7 +25,7 @@ def run_maintenance(redis: Redis, settings: Settings, *, grace: float = 60.0) ->
     """Returns ``{"hygiene": [Finding...], "stale": [Staleness...], "trimmed": {stream: n}, "errors": [...]}``."""
     report: dict[str, Any] = {"hygiene": [], "stale": [], "trimmed": {}, "pruned": [], "errors": []}
     try:
-        from .hygiene import check_queues
+        from jobs.ops.hygiene import check_queues
 
         report["hygiene"] = check_queues(redis, settings, grace=grace)
     except Exception as exc:  # noqa: BLE001
@@ -34,8 +34,8 @@ def run_maintenance(redis: Redis, settings: Settings, *, grace: float = 60.0) ->
     try:
         from storage.index.db import connect
 
-        from .freshness import mark_stale
-        from .inventory import load_inventory
+        from jobs.ops.freshness import mark_stale
+        from jobs.collect.inventory import load_inventory
 
         try:
             inventory = load_inventory(settings.inventory)
@@ -47,7 +47,7 @@ def run_maintenance(redis: Redis, settings: Settings, *, grace: float = 60.0) ->
         log.exception("freshness check failed")
         report["errors"].append(f"freshness: {exc}")
     try:
-        from . import consumer
+        from jobs.streams import consumer
 
         trim = getattr(consumer, "trim_streams", None)
         if trim is not None:
@@ -59,8 +59,8 @@ def run_maintenance(redis: Redis, settings: Settings, *, grace: float = 60.0) ->
         if redis.set(PRUNE_KEY, "1", nx=True, ex=PRUNE_EVERY):
             from storage.index.db import connect
 
-            from .locations import StorageLayout
-            from .retention import prune
+            from jobs.deliver.locations import StorageLayout
+            from jobs.deliver.retention import prune
 
             report["pruned"] = prune(connect(settings.database_url), StorageLayout.load(settings))
     except Exception as exc:  # noqa: BLE001

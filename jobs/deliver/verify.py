@@ -26,7 +26,7 @@ from storage.base import StoreOptions
 from storage.errors import IntegrityError, RefNotFound, StorageError
 from storage.index.models import Copy, CopyStatus, Device, Version
 
-from .locations import StorageConfigError, StorageLayout
+from jobs.deliver.locations import StorageConfigError, StorageLayout
 
 log = logging.getLogger(__name__)
 

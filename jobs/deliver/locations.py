@@ -30,7 +30,7 @@ own chain (``AWS_ACCESS_KEY_ID``, profiles, instance roles); encryption keys fro
 Retention (``keep_last``, ``keep_days``): a version's copy on a target is kept while it is one of the
 device's newest ``keep_last`` versions on that target *or* younger than ``keep_days``. When a target sets
 neither, the defaults apply: fs 30 days, s3 365 days, git forever. ``keep_last: 0`` / ``keep_days: 0``
-mean "no limit of that kind". See ``jobs/retention.py`` for what pruning never removes.
+mean "no limit of that kind". See ``jobs/deliver/retention.py`` for what pruning never removes.
 """
 
 from __future__ import annotations
@@ -46,8 +46,8 @@ import yaml
 from storage.base import Backend
 from storage.registry import available, get_backend
 
-from .errors import BackupError
-from .settings import Settings, parse_flag
+from jobs.errors import BackupError
+from jobs.settings import Settings, parse_flag
 
 DEFAULT_LOCATION = "default"
 #: retention when a target says nothing: (keep_last, keep_days); None = unlimited

@@ -30,8 +30,8 @@ from sqlalchemy.orm import Session
 
 from storage.index.models import Schedule, aware, utcnow
 
-from .errors import BackupError
-from .settings import Settings
+from jobs.errors import BackupError
+from jobs.settings import Settings
 
 log = logging.getLogger("devicevault.schedules")
 
@@ -108,7 +108,7 @@ def cron_job_id(schedule_id: int, cron: str, group: str) -> str:
 
 def check_group(inventory: Path | str, group: str) -> None:
     """Raise :class:`~jobs.errors.InventoryError` if ``group`` ("" = every device) has no host in ``inventory``."""
-    from .inventory import load_inventory, select_hosts
+    from jobs.collect.inventory import load_inventory, select_hosts
 
     hosts = load_inventory(inventory)
     if group:
@@ -233,11 +233,11 @@ def run_schedule(schedule_id: int) -> str | None:
 
     from storage.index.db import connect
 
-    from .runs import start_backup
+    from jobs.collect.runs import start_backup
 
     job = get_current_job()
     if job is None:
-        raise RuntimeError("jobs.schedules.run_schedule runs inside an RQ worker")
+        raise RuntimeError("jobs.ops.schedules.run_schedule runs inside an RQ worker")
     settings = Settings.load()
     Session = connect(settings.database_url)
     with Session() as session:

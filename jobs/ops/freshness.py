@@ -19,8 +19,8 @@ from sqlalchemy.orm import Session, sessionmaker
 from storage.index.models import Device, aware
 from storage.index.records import get_or_create_device
 
-from .inventory import InventoryHost
-from .settings import Settings
+from jobs.collect.inventory import InventoryHost
+from jobs.settings import Settings
 
 log = logging.getLogger(__name__)
 

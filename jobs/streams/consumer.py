@@ -5,7 +5,7 @@ Guarantees:
 
 - a message is acknowledged only after its index rows are committed, or after it was moved to the
   dead-letter stream ``<stream>:dead`` (in the same atomic step as the acknowledgement,
-  :func:`jobs.deadletters.dead_letter`); it is never acknowledged and dropped;
+  :func:`jobs.streams.deadletters.dead_letter`); it is never acknowledged and dropped;
 - applying a message is idempotent on its task id, so a redelivered (or replayed) message changes nothing;
 - messages left pending by a consumer that died are taken over: a consumer applies its own pending entries
   when it starts, and every ``claim_idle_ms`` takes over (XAUTOCLAIM) entries idle longer than that;
@@ -39,9 +39,9 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from storage.index.records import apply_device_result, apply_storage_result, refresh_run
 
-from .deadletters import count_dead_letters, dead_letter, dead_letter_stream
-from .errors import InventoryError
-from .results import DEVICE_RESULTS_STREAM, STORAGE_RESULTS_STREAM, DeviceResult, StorageResult
+from jobs.streams.deadletters import count_dead_letters, dead_letter, dead_letter_stream
+from jobs.errors import InventoryError
+from jobs.streams.results import DEVICE_RESULTS_STREAM, STORAGE_RESULTS_STREAM, DeviceResult, StorageResult
 
 log = logging.getLogger(__name__)
 
@@ -96,7 +96,7 @@ def max_deliveries_from_env(env: dict[str, str] | None = None) -> int:
 
 
 class InventoryCheck:
-    """Whether a device is in the Ansible inventory at ``path`` (read with :func:`jobs.inventory.load_inventory`).
+    """Whether a device is in the Ansible inventory at ``path`` (read with :func:`jobs.collect.inventory.load_inventory`).
 
     The host names are cached. A name that is missing makes the inventory be read again when its files
     changed, or at most every ``min_reload`` seconds otherwise (dynamic inventories), so a device added to
@@ -119,7 +119,7 @@ class InventoryCheck:
             return None
 
     def _load(self) -> None:
-        from .inventory import load_inventory
+        from jobs.collect.inventory import load_inventory
 
         self.signature = self._signature()
         self.loaded_at = time.monotonic()
@@ -187,7 +187,7 @@ class Consumer:
         if self.max_deliveries < 1:
             raise ValueError(f"max_deliveries must be at least 1, not {self.max_deliveries}")
         if inventory is FROM_SETTINGS:
-            from .settings import Settings
+            from jobs.settings import Settings
 
             inventory = Settings.load().inventory
         self.inventory = InventoryCheck(inventory) if inventory is not None else None

@@ -12,10 +12,10 @@ from rq import Queue, Retry
 from storage.index.db import connect
 from storage.index.records import create_run
 
-from .inventory import load_inventory, select_hosts
-from .locations import StorageConfigError, StorageLayout
-from .settings import Settings
-from . import tasks
+from jobs.collect.inventory import load_inventory, select_hosts
+from jobs.deliver.locations import StorageConfigError, StorageLayout
+from jobs.settings import Settings
+from jobs import tasks
 
 
 @dataclass(frozen=True)
@@ -79,8 +79,8 @@ def start_backup(
 
 def job_retry(settings: Settings) -> Retry | None:
     """RQ retries of a whole collection job (its worker died, or it raised): at once, with the same job id,
-    so the retry takes over the host locks its dead attempt left (``jobs.locks``). Devices that fail
-    transiently inside a job are retried with backoff by the job itself (``jobs.collect``)."""
+    so the retry takes over the host locks its dead attempt left (``jobs.collect.locks``). Devices that fail
+    transiently inside a job are retried with backoff by the job itself (``jobs.collect.collector``)."""
     if settings.collect_retries <= 0:
         return None
     return Retry(max=settings.collect_retries)

@@ -21,8 +21,8 @@ import re
 from dataclasses import dataclass
 from enum import Enum
 
-from .errors import CommandRejected, IncompleteOutput
-from .platforms import Platform
+from jobs.errors import CommandRejected, IncompleteOutput
+from jobs.collect.platforms import Platform
 
 #: Larger output than this is refused rather than stored (a device stuck printing, or the wrong command).
 MAX_CONFIG_BYTES = 32 * 1024 * 1024

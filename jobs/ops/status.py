@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from .settings import Settings
+from jobs.settings import Settings
 
 
 def gather_status(settings: Settings) -> dict[str, Any]:
@@ -14,9 +14,9 @@ def gather_status(settings: Settings) -> dict[str, Any]:
     from rq.job import Job
     from sqlalchemy import select
 
-    from jobs.hygiene import our_queues
-    from jobs.locations import StorageLayout
-    from jobs.outbox import waiting
+    from jobs.ops.hygiene import our_queues
+    from jobs.deliver.locations import StorageLayout
+    from jobs.deliver.outbox import waiting
     from storage.index.db import connect
     from storage.index.models import Device, aware
     from storage.index.queries import list_runs
@@ -47,7 +47,7 @@ def gather_status(settings: Settings) -> dict[str, Any]:
                         "heartbeat": w.last_heartbeat.isoformat() if w.last_heartbeat else ""})
     streams: list[dict] = []
     try:
-        from jobs import consumer
+        from jobs.streams import consumer
 
         if hasattr(consumer, "stream_status"):
             streams = consumer.stream_status(redis)

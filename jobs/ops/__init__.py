@@ -1,0 +1,1 @@
+"""Running by itself: schedules, queue hygiene, freshness, maintenance and status."""

@@ -1,0 +1,1 @@
+"""Result streams: the typed stream records, the consumer-group machinery with dead letters, and the index consumer."""
