@@ -25,7 +25,6 @@ SIGTERM/SIGINT stop it cleanly.
 
 from __future__ import annotations
 
-import functools
 import json
 import logging
 import signal
@@ -36,30 +35,14 @@ import warnings
 import click
 from rq_scheduler import Scheduler
 
+from .common import daemon_logging, emit, guard, index_sessions, load_settings, redis_client
+
 log = logging.getLogger("devicevault.scheduler")
 # crontab warns (on every rq-scheduler cron computation) that a future version changes a default; noise here
 warnings.filterwarnings("ignore", category=FutureWarning, module="rq_scheduler.utils")
 
 #: ids of the cron jobs schedulers created, so jobs of removed schedules can be cleaned up
 KNOWN_JOBS_KEY = "devicevault:schedules:jobs"
-
-
-def _guarded(fn):
-    """``cli.main._guard`` (clear one-line errors), looked up at call time: cli.main imports this module."""
-
-    @functools.wraps(fn)
-    def wrapper(*args, **kwargs):
-        from .main import _guard
-
-        return _guard(fn)(*args, **kwargs)
-
-    return wrapper
-
-
-def _context():
-    from .main import _settings
-
-    return _settings()
 
 
 def _describe(row: dict) -> str:
@@ -85,15 +68,13 @@ def schedule() -> None:
 @click.option("--name", default="", help="Optional unique label (usable instead of the id).")
 @click.option("--disabled", is_flag=True, help="Add it disabled.")
 @click.option("--json", "as_json", is_flag=True)
-@_guarded
+@guard
 def schedule_add(cron: str, group: str, name: str, disabled: bool, as_json: bool) -> None:
     """Add a schedule."""
     from jobs.ops.schedules import add_schedule, as_dict
 
-    from .main import _sessions
-
-    settings = _context()
-    with _sessions(settings).begin() as session:
+    settings = load_settings()
+    with index_sessions(settings).begin() as session:
         row = as_dict(add_schedule(session, cron, group=group, name=name, enabled=not disabled,
                                    inventory=settings.inventory))
     click.echo(json.dumps(row) if as_json else f"added {_describe(row)}")
@@ -101,34 +82,30 @@ def schedule_add(cron: str, group: str, name: str, disabled: bool, as_json: bool
 
 @schedule.command("list")
 @click.option("--json", "as_json", is_flag=True)
-@_guarded
+@guard
 def schedule_list(as_json: bool) -> None:
     """Every schedule with its last run, last error and next run."""
     from jobs.ops.schedules import list_schedules
 
-    from .main import _emit, _sessions
-
-    with _sessions(_context())() as session:
+    with index_sessions(load_settings())() as session:
         rows = list_schedules(session)
     if not as_json:
         rows = [dict(r, group=r["group"] or "(all)", enabled="yes" if r["enabled"] else "no") for r in rows]
-    _emit(rows, ["id", "name", "group", "cron", "enabled", "next_run", "last_run_at", "last_run_id", "last_error"],
+    emit(rows, ["id", "name", "group", "cron", "enabled", "next_run", "last_run_at", "last_run_id", "last_error"],
           as_json)
 
 
 def _set_enabled(id_or_name: str, enabled: bool) -> None:
     from jobs.ops.schedules import as_dict, set_enabled
 
-    from .main import _sessions
-
-    with _sessions(_context()).begin() as session:
+    with index_sessions(load_settings()).begin() as session:
         row = as_dict(set_enabled(session, id_or_name, enabled))
     click.echo(_describe(row))
 
 
 @schedule.command("enable")
 @click.argument("id_or_name")
-@_guarded
+@guard
 def schedule_enable(id_or_name: str) -> None:
     """Enable a schedule (by id or name)."""
     _set_enabled(id_or_name, True)
@@ -136,7 +113,7 @@ def schedule_enable(id_or_name: str) -> None:
 
 @schedule.command("disable")
 @click.argument("id_or_name")
-@_guarded
+@guard
 def schedule_disable(id_or_name: str) -> None:
     """Disable a schedule (by id or name): no further runs, not even from a firing already queued."""
     _set_enabled(id_or_name, False)
@@ -144,14 +121,12 @@ def schedule_disable(id_or_name: str) -> None:
 
 @schedule.command("remove")
 @click.argument("id_or_name")
-@_guarded
+@guard
 def schedule_remove(id_or_name: str) -> None:
     """Remove a schedule (by id or name)."""
     from jobs.ops.schedules import remove_schedule
 
-    from .main import _sessions
-
-    with _sessions(_context()).begin() as session:
+    with index_sessions(load_settings()).begin() as session:
         row = remove_schedule(session, id_or_name)
     click.echo(f"removed {_describe(dict(row, next_run=None))}")
 
@@ -260,22 +235,14 @@ class ScheduleScheduler(Scheduler):
 
 def _maintenance_loop(settings, interval: float, stopping: threading.Event) -> None:
     """Call ``jobs.ops.maintenance.run_maintenance(redis, settings)`` every ``interval`` seconds; errors are logged."""
-    from .main import _redis
+    from jobs.ops.maintenance import run_maintenance
 
-    redis = _redis(settings)
-    warned = False
+    redis = redis_client(settings)
     while not stopping.is_set():
         try:
-            from jobs.ops.maintenance import run_maintenance
-        except ImportError as exc:
-            if not warned:
-                log.warning("maintenance is not available (%s); only schedules run", exc)
-                warned = True
-        else:
-            try:
-                run_maintenance(redis, settings)
-            except Exception:  # noqa: BLE001 - log and try again next interval
-                log.exception("maintenance failed")
+            run_maintenance(redis, settings)
+        except Exception:  # noqa: BLE001 - log and try again next interval
+            log.exception("maintenance failed")
         stopping.wait(interval)
 
 
@@ -287,17 +254,13 @@ def _maintenance_loop(settings, interval: float, stopping: threading.Event) -> N
 @click.option("--name", help="Scheduler name (default: random).")
 def scheduler(interval: float, maintenance_interval: float, name: str | None) -> None:
     """Fire the schedules (devicevault schedule ...) and run periodic maintenance. Stop with SIGTERM/SIGINT."""
-    from . import main as cli_main
-    from .main import _redis, _sessions, _settings
-
-    settings = _settings()
-    daemon_logging = getattr(cli_main, "_daemon_logging", None)  # the other daemons' log format, if present
-    if daemon_logging is not None:
-        daemon_logging(settings)
+    settings = load_settings()
+    daemon_logging(settings)
     for logger in (log, logging.getLogger("rq_scheduler"), logging.getLogger("devicevault")):
         if logger.getEffectiveLevel() > logging.INFO:
             logger.setLevel(logging.INFO)
-    instance = ScheduleScheduler(_redis(settings), settings, _sessions(settings), interval=interval, name=name)
+    instance = ScheduleScheduler(redis_client(settings), settings, index_sessions(settings), interval=interval,
+                                 name=name)
     thread = None
     if maintenance_interval > 0:
         thread = threading.Thread(target=_maintenance_loop, args=(settings, maintenance_interval, instance._stopping),

@@ -2,7 +2,6 @@
 ``storage:results:dead``): results the index consumer could not apply after its allowed deliveries, and
 malformed messages. List and show them, replay them once the cause is fixed, or purge them.
 
-``cli.main`` is imported inside the commands (not at import time) because ``cli.main`` imports this module.
 """
 
 from __future__ import annotations
@@ -13,6 +12,8 @@ import json
 import click
 
 from jobs.streams.results import DEVICE_RESULTS_STREAM, STORAGE_RESULTS_STREAM
+
+from .common import Fail, emit, load_settings, redis_client
 
 _STREAMS = {"device": DEVICE_RESULTS_STREAM, "storage": STORAGE_RESULTS_STREAM,
             DEVICE_RESULTS_STREAM: DEVICE_RESULTS_STREAM, STORAGE_RESULTS_STREAM: STORAGE_RESULTS_STREAM}
@@ -38,33 +39,27 @@ def _guard(fn):
         from jobs.streams.deadletters import DeadLetterError
         from jobs.settings import redact_url
 
-        from .main import _Fail, _settings
-
         try:
             return fn(*args, **kwargs)
         except DeadLetterError as exc:
-            raise _Fail(str(exc)) from exc
+            raise Fail(str(exc)) from exc
         except RedisError as exc:
-            raise _Fail(f"redis at {redact_url(_settings().redis_url)}: {exc}") from exc
+            raise Fail(f"redis at {redact_url(load_settings().redis_url)}: {exc}") from exc
 
     return wrapper
 
 
 def _client():
-    from .main import _redis, _settings
-
-    return _redis(_settings())
+    return redis_client(load_settings())
 
 
 def _chosen(redis, ids: tuple[str, ...], all_: bool, stream: str | None, verb: str):
     from jobs.streams.deadletters import find_dead_letter, list_dead_letters
 
-    from .main import _Fail
-
     if all_ and ids:
-        raise _Fail("give dead-letter ids or --all, not both")
+        raise Fail("give dead-letter ids or --all, not both")
     if not all_ and not ids:
-        raise _Fail(f"name the dead-letter entries to {verb} (ids from 'devicevault dlq list'), or --all")
+        raise Fail(f"name the dead-letter entries to {verb} (ids from 'devicevault dlq list'), or --all")
     if all_:
         return list_dead_letters(redis, _streams(stream))
     letters, seen = [], set()
@@ -89,10 +84,8 @@ def dlq_list(stream, as_json) -> None:
     """Every dead-letter entry: id, source stream and id, task, device, last error, deliveries, when."""
     from jobs.streams.deadletters import list_dead_letters
 
-    from .main import _emit
-
     rows = [letter.summary() for letter in list_dead_letters(_client(), _streams(stream))]
-    _emit(rows, _COLUMNS, as_json)
+    emit(rows, _COLUMNS, as_json)
 
 
 @dlq.command("show")

@@ -20,6 +20,7 @@ from pathlib import Path
 from . import state as S
 from .configgen import generate_config
 from .personality import load_personalities
+from .render import render_config
 
 DEFAULT_FAULT_PARAMS = {"slow": {"delay": 5.0}, "disconnect": {"fraction": 0.4}}
 
@@ -54,7 +55,6 @@ class LabControl:
 
     def running_config(self, host: str) -> str:
         """Running config of ``host`` as the device would print it (volatile lines filled in)."""
-        from .server import render_config
         st = self.state(host)
         return render_config(st, "running", load_personalities()[st["personality"]])
 

@@ -25,7 +25,9 @@ FETCH = """
 
 
 def platform_file(name: str) -> dict:
-    return yaml.safe_load((REPO / "playbooks" / "platforms" / f"{name}.yml").read_text())
+    from jobs.collect.platforms import BUILTIN_DIR
+
+    return yaml.safe_load((BUILTIN_DIR / f"{name}.yml").read_text())
 
 
 def config_command(pf: dict) -> str:
@@ -141,17 +143,69 @@ def test_auth_fail(lab):
     assert re.search(r"authenticat", res[h]["msg"], re.I), res[h]["msg"]
 
 
+def ssh_read(lab, host: str, command: str, timeout: float = 30) -> tuple[str, bool]:
+    """Log in to ``host`` over SSH, wait for its prompt, send ``command``; returns (what came back until the
+    next prompt or the end of the connection, whether the device closed the connection)."""
+    import asyncio
+
+    import asyncssh
+
+    from lab.inventory import load_inventory
+
+    device = next(d for d in load_inventory(lab.inventory) if d.name == host)
+    prompt = f"{host}# "
+
+    async def read_until_prompt(process) -> tuple[str, bool]:
+        text = ""
+        while not text.endswith(prompt):
+            try:
+                chunk = await process.stdout.read(65536)
+            except (asyncssh.ConnectionLost, asyncssh.DisconnectError):
+                chunk = ""
+            if not chunk:
+                return text, True
+            text += chunk
+        return text, False
+
+    async def session() -> tuple[str, bool]:
+        conn = await asyncssh.connect(device.host, device.port, username=device.user, password=device.password,
+                                      known_hosts=None)
+        try:
+            process = await conn.create_process(term_type="vt100")
+            _, closed = await read_until_prompt(process)
+            assert not closed, f"{host}: no prompt"
+            process.stdin.write(command + "\n")
+            return await read_until_prompt(process)
+        finally:
+            conn.abort()
+
+    return asyncio.run(asyncio.wait_for(session(), timeout))
+
+
 def test_disconnect_never_yields_complete_config(lab):
     h = lab.host("nxos")
+    pf = platform_file("nxos")
+    command = config_command(pf)
+
+    def complete(text: str) -> bool:
+        return all(re.search(c, text, re.M) for c in pf["complete"])
+
+    whole, closed = ssh_read(lab, h, command)
+    assert complete(whole) and not closed, "without the fault the same read is complete"
     lab.control.set_fault(h, "disconnect", fraction=0.5)
     try:
+        part, closed = ssh_read(lab, h, command)
         rc, res = fetch(lab, [h])
     finally:
         lab.control.clear_fault(h)
+    # the device sends the first part of the configuration, then drops the connection
+    assert closed and part.count("\n") > 20 and not complete(part), part[-300:]
     r = res[h]
-    if not r.get("failed"):      # network_cli/libssh returns what it had when the socket closes
-        pf = platform_file("nxos")
-        assert not all(re.search(c, str(r.get("stdout") or ""), re.M) for c in pf["complete"])
+    assert not r.get("unreachable"), r  # the login worked: the connection dropped after the command
+    if r.get("failed"):
+        assert re.search(r"clos|disconnect|socket|reset|eof|broken", str(r.get("msg")), re.I), r
+    else:  # network_cli returns what it had ("None" here) when the socket closes
+        assert not complete(str(r.get("stdout") or "")), r
 
 
 def test_junos_display_set_and_routeros_sensitive(lab):
