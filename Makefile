@@ -12,8 +12,7 @@ export LANG := C.UTF-8
 $(VENV)/.installed: requirements.txt pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -r requirements.txt
-	$(PY) -m pip install -q --no-deps -e .
+	$(PY) -m pip install -q -r requirements.txt  # this checkout, editable, with its test extras
 	touch $@
 
 setup: $(VENV)/.installed

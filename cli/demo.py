@@ -29,7 +29,8 @@ def _alive(pidfile: Path) -> bool:
         return False
 
 
-def start_services(settings: Settings, echo=print) -> None:
+def start_services(settings: Settings, echo=print, portal_port: int = 8501) -> None:
+    """Start what the demo runs (what already runs is kept); ``portal_port`` 0: no portal."""
     from lab import commands as lab
 
     host, port = redis_address(settings.redis_url)
@@ -51,11 +52,12 @@ def start_services(settings: Settings, echo=print) -> None:
         pidfile.parent.mkdir(parents=True, exist_ok=True)
         pidfile.write_text(str(proc.popen.pid))
         echo(f"{name} started (pid {proc.popen.pid}, log {settings.home / 'logs' / (name + '.log')})")
-    _start_portal(settings, echo)
+    if portal_port:
+        _start_portal(settings, echo, portal_port)
 
 
-def _start_portal(settings: Settings, echo) -> None:
-    """The portal on port 8501; on first use a user ``admin`` with a random password, printed once here."""
+def _start_portal(settings: Settings, echo, port: int = 8501) -> None:
+    """The portal on ``port``; on first use a user ``admin`` with a random password, printed once here."""
     import secrets
 
     from portal.users import UsersFile
@@ -66,11 +68,13 @@ def _start_portal(settings: Settings, echo) -> None:
         users.add("admin", "admin", password)
         echo(f"portal user admin created; its password (shown only now): {password}")
     pidfile = _pidfile(settings, "portal")
-    if _alive(pidfile) or port_open("127.0.0.1", 8501):
+    if _alive(pidfile) or port_open("127.0.0.1", port):
         return
-    proc = Process(["portal", "--port", "8501", "--address", "127.0.0.1"], settings.home / "logs" / "portal.log").start()
+    proc = Process(["portal", "--port", str(port), "--address", "127.0.0.1"],
+                   settings.home / "logs" / "portal.log").start()
+    pidfile.parent.mkdir(parents=True, exist_ok=True)
     pidfile.write_text(str(proc.popen.pid))
-    echo("portal: http://127.0.0.1:8501 (more users: devicevault users add NAME --role viewer|operator|admin)")
+    echo(f"portal: http://127.0.0.1:{port} (more users: devicevault users add NAME --role viewer|operator|admin)")
 
 
 def stop_services(settings: Settings, echo=print) -> None:

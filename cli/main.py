@@ -335,9 +335,11 @@ def consumer(name, idle_exit, claim_idle, max_deliveries, crash_after_commit) ->
 @main.command()
 @click.option("--stop", is_flag=True, help="Stop what the demo started.")
 @click.option("--timeout", default=900, show_default=True)
+@click.option("--portal-port", default=8501, show_default=True, help="The portal's port (0: no portal).")
 @_guard
-def demo(stop, timeout) -> None:
-    """Start Redis, the lab, workers and the consumer, then back up every lab device."""
+def demo(stop, timeout, portal_port) -> None:
+    """Start Redis, the lab, workers and the consumer, then back up every lab device
+    (a smaller lab: set DEVICEVAULT_INVENTORY to one from python -m lab.generate_inventory)."""
     from jobs.collect.runs import start_backup
 
     from .demo import start_services, stop_services
@@ -346,7 +348,7 @@ def demo(stop, timeout) -> None:
     if stop:
         stop_services(settings, echo=click.echo)
         return
-    start_services(settings, echo=click.echo)
+    start_services(settings, echo=click.echo, portal_port=portal_port)
     started = start_backup(_redis(settings), settings, requested_by="demo")
     click.echo(f"backing up {len(started.hosts)} devices (run {started.run_id})")
     rows = wait_for_run(settings, started.run_id, len(started.hosts), timeout)

@@ -90,7 +90,7 @@ def hygiene(as_json, grace) -> None:
 def up(workers, portal, portal_port) -> None:
     """Run everything a small installation needs on this machine: Redis (if none answers), worker(s), the
     scheduler, the index consumer and the portal. Ctrl-C (or SIGTERM) stops them all cleanly."""
-    from pathlib import Path
+    from jobs.settings import PORTAL_APP
 
     from .services import Process, RedisServer, port_open, redis_address
 
@@ -108,8 +108,7 @@ def up(workers, portal, portal_port) -> None:
     plan = [(f"worker-{i}", ["worker", "--name", f"{os.uname().nodename}-worker-{i}-{os.getpid()}"])
             for i in range(1, workers + 1)]
     plan += [("scheduler", ["scheduler"]), ("consumer", ["consumer"])]
-    app = Path(__file__).resolve().parent.parent / "portal" / "app.py"
-    if portal and app.exists():
+    if portal and PORTAL_APP.exists():
         plan.append(("portal", ["portal", "--port", str(portal_port)]))
     stopping: list[int] = []
 

@@ -10,13 +10,12 @@ from __future__ import annotations
 import json
 import os
 import sys
-from pathlib import Path
 
 import click
 
-from jobs.settings import Settings
+from jobs.settings import PORTAL_APP, Settings
 
-APP = Path(__file__).resolve().parent.parent / "portal" / "app.py"
+APP = PORTAL_APP  # jobs.settings decides where the files are (a checkout or an installed package)
 
 
 def streamlit_command(port: int, address: str | None = None) -> list[str]:

@@ -16,6 +16,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlparse
 
+from jobs.settings import SOURCE_ROOT
+
 
 class ServiceError(RuntimeError):
     pass
@@ -100,10 +102,13 @@ class Process:
     def start(self) -> "Process":
         self.log.parent.mkdir(parents=True, exist_ok=True)
         env = dict(os.environ, LC_ALL="C.UTF-8", **self.env)
+        # the same cli package as this process (a checkout or an installed one), in the same working
+        # directory (so a relative DEVICEVAULT_HOME or the default ./var means the same place)
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(SOURCE_ROOT), env.get("PYTHONPATH")]))
         with open(self.log, "ab") as out:
             self.popen = subprocess.Popen(
                 [sys.executable, "-m", "cli", *self.args], stdout=out, stderr=subprocess.STDOUT, env=env,
-                start_new_session=True, cwd=str(Path(__file__).resolve().parent.parent),
+                start_new_session=True,
             )
         return self
 

@@ -10,7 +10,8 @@ field                         environment variable             default
 home                          DEVICEVAULT_HOME                 ``./var`` (relative to the working directory)
 database_url                  DEVICEVAULT_DATABASE_URL         ``sqlite:///<home>/index.sqlite``
 redis_url                     DEVICEVAULT_REDIS_URL            ``redis://127.0.0.1:6379/0``
-inventory                     DEVICEVAULT_INVENTORY            ``<project>/inventories/lab``
+inventory                     DEVICEVAULT_INVENTORY            ``<data>/inventories/lab`` (the lab; ``<data>``:
+                                                               ``jobs.settings.DATA_DIR``)
 targets                       DEVICEVAULT_TARGETS              ``git,fs`` (storage backends, comma separated)
 git_repo                      DEVICEVAULT_GIT_REPO             ``<home>/git``
 git_branch                    DEVICEVAULT_GIT_BRANCH           ``main``
@@ -64,10 +65,22 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-PROJECT_ROOT = Path(__file__).resolve().parent.parent
-PLAYBOOKS_DIR = PROJECT_ROOT / "playbooks"
+# Where DeviceVault's files live. This is the one place that decides it; everything else asks here.
+#: the directory holding the Python packages (cli/, jobs/, portal/, ...): the checkout, or site-packages
+SOURCE_ROOT = Path(__file__).resolve().parent.parent
+#: where ``pip install .`` (non-editable) puts ansible.cfg, playbooks/ and inventories/, laid out as in the
+#: checkout so that ansible.cfg's relative paths hold (``setup.py`` copies them into the wheel)
+INSTALLED_DATA = Path(__file__).resolve().parent / "share"
+#: the data directory: ansible.cfg, playbooks/ (backup.yml, platforms/, the devicevault.network
+#: collection) and inventories/lab; the checkout itself when running from a source tree or an editable install
+DATA_DIR = INSTALLED_DATA if (INSTALLED_DATA / "ansible.cfg").is_file() else SOURCE_ROOT
+PLAYBOOKS_DIR = DATA_DIR / "playbooks"
 PLATFORMS_DIR = PLAYBOOKS_DIR / "platforms"
-ANSIBLE_CFG = PROJECT_ROOT / "ansible.cfg"
+ANSIBLE_CFG = DATA_DIR / "ansible.cfg"
+#: the simulated lab's inventory: the default ``DEVICEVAULT_INVENTORY`` (and ``python -m lab up``'s)
+LAB_INVENTORY = DATA_DIR / "inventories" / "lab"
+#: the Streamlit portal's entry point (``devicevault portal``, ``up``, ``demo``)
+PORTAL_APP = SOURCE_ROOT / "portal" / "app.py"
 
 _URL_PASSWORD = re.compile(r"(?P<scheme>[a-z0-9+.-]+://)(?P<user>[^:/@]*):(?P<pw>[^@/]*)@", re.I)
 
@@ -163,7 +176,7 @@ class Settings:
             home=home,
             database_url=str(pick("database_url", f"sqlite:///{home / 'index.sqlite'}")),
             redis_url=str(pick("redis_url", "redis://127.0.0.1:6379/0")),
-            inventory=Path(pick("inventory", PROJECT_ROOT / "inventories" / "lab")).absolute(),
+            inventory=Path(pick("inventory", LAB_INVENTORY)).absolute(),
             targets=tuple(_split(targets) if isinstance(targets, str) else targets),
             git_repo=Path(pick("git_repo", home / "git")).absolute(),
             git_branch=str(pick("git_branch", "main")),

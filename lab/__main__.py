@@ -5,6 +5,8 @@ import argparse
 import json
 import sys
 
+from jobs.settings import LAB_INVENTORY
+
 from . import commands as C
 from .control import LabControl
 
@@ -15,7 +17,7 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(prog="python -m lab", description="DeviceVault simulated device lab")
     sub = ap.add_subparsers(dest="cmd", required=True)
     u = sub.add_parser("up", help="start the lab")
-    u.add_argument("--inventory", "-i", default="inventories/lab")
+    u.add_argument("--inventory", "-i", default=str(LAB_INVENTORY))
     u.add_argument("--state-dir", default=DEFAULT_STATE)
     u.add_argument("--daemon", action="store_true", help="run in background; return when all devices answer")
     u.add_argument("--foreground", action="store_true", help=argparse.SUPPRESS)

@@ -20,6 +20,8 @@ import sys
 import time
 from pathlib import Path
 
+from jobs.settings import SOURCE_ROOT
+
 from .control import LabControl
 
 LOG_NAME = "lab.log"
@@ -144,7 +146,7 @@ def up(inventory, state_dir, daemon: bool = True, pidfile=None, timeout: float =
     env = dict(os.environ, LC_ALL=os.environ.get("LC_ALL", "C.UTF-8"))
     if personalities_dir:
         env["LAB_PERSONALITIES_DIR"] = str(Path(personalities_dir).resolve())
-    root = str(Path(__file__).resolve().parent.parent)
+    root = str(SOURCE_ROOT)  # the same lab package as this process (a checkout or an installed one)
     env["PYTHONPATH"] = root + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
     with open(state_dir / LOG_NAME, "ab") as logf:
         proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=logf, stderr=subprocess.STDOUT,

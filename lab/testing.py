@@ -21,16 +21,19 @@ import os
 import shutil
 import socket
 import subprocess
+import sys
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
+
+from jobs.settings import ANSIBLE_CFG, DATA_DIR
 
 from . import commands
 from .control import LabControl
 from .generate_inventory import generate_inventory
 
-REPO = Path(__file__).resolve().parent.parent
-ANSIBLE_PLAYBOOK = str(Path(os.environ.get("VIRTUAL_ENV", REPO / ".venv")) / "bin" / "ansible-playbook")
+#: ansible-playbook of this Python environment (a checkout's .venv or wherever DeviceVault is installed)
+ANSIBLE_PLAYBOOK = str(Path(sys.executable).parent / "ansible-playbook")
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -86,9 +89,9 @@ def running_lab(count: int = 5, base: str = "127.0.30.0", port: int | None = Non
 
 
 def ansible_env(**overrides) -> dict:
-    """Environment for running ansible-playbook against the lab (UTF-8 locale, repo ansible.cfg)."""
+    """Environment for running ansible-playbook against the lab (UTF-8 locale, DeviceVault's ansible.cfg)."""
     env = dict(os.environ)
-    env.update({"LC_ALL": "C.UTF-8", "LANG": "C.UTF-8", "ANSIBLE_CONFIG": str(REPO / "ansible.cfg"),
+    env.update({"LC_ALL": "C.UTF-8", "LANG": "C.UTF-8", "ANSIBLE_CONFIG": str(ANSIBLE_CFG),
                 "ANSIBLE_PERSISTENT_COMMAND_TIMEOUT": "20", "ANSIBLE_PERSISTENT_CONNECT_TIMEOUT": "20",
                 "ANSIBLE_NOCOLOR": "1", "ANSIBLE_STDOUT_CALLBACK": "ansible.builtin.json",
                 "ANSIBLE_CALLBACK_RESULT_FORMAT": "json"})
@@ -109,7 +112,7 @@ def run_playbook(inventory, playbook: str, extra_vars: dict | None = None, limit
         if limit:
             cmd += ["--limit", limit]
         p = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=ansible_env(**env),
-                           cwd=str(REPO))
+                           cwd=str(DATA_DIR))
         try:
             data = json.loads(p.stdout[p.stdout.index("{"):])
         except ValueError:
