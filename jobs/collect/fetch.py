@@ -17,7 +17,7 @@ import time
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
-from typing import Callable, Iterable
+from typing import Iterable
 
 import yaml
 
@@ -103,7 +103,6 @@ def fetch_configs(
     inventory: Path | str,
     settings: Settings,
     redactor: Redactor | None = None,
-    on_host_done: Callable[[FetchOutcome], None] | None = None,
 ) -> dict[str, FetchOutcome]:
     """Fetch the configuration of every host in ``hosts`` in one ansible-runner call.
 
@@ -146,8 +145,6 @@ def fetch_configs(
         else:
             return False
         outcome.duration = now - outcome._started
-        if on_host_done and (outcome.error or outcome.outputs is not None):
-            on_host_done(outcome)
         return False  # nothing is written to the artifact directory
 
     try:
