@@ -1,15 +1,55 @@
 """Git backend: one file per device in a real repository, one commit per change.
 
 The file for ``path`` lives at ``<repo>/<path>``.  Each changed device gets
-exactly one commit; unchanged content makes no commit.  Writes go through the
-git CLI (via GitPython's command wrapper), serialised across processes by an
-``flock`` on ``.git/devicevault.lock``.
+exactly one commit; unchanged content makes no commit.  Writes are
+serialised across processes by an ``flock`` on ``.git/devicevault.lock``.
 
 Ref format: ``<branch>:<path>@<40-hex commit sha>`` -- the commit that
 produced (last changed) that version.  Git history is immutable here:
 :meth:`GitBackend.delete` of the newest version commits the previous content
 (or removes the file); deleting an older version is a no-op.  ``restore`` of a
 lost version lands as a new commit (see :meth:`GitBackend.restore`).
+
+Write path (:meth:`GitBackend.store_many`): ONE git process per call, whatever
+the number of devices (``python -m bench.gitcount`` counts them; figures in
+bench/README.md).  Before, the storage path cost 7.6 git processes per changed
+device (``ls-tree`` before each commit, ``commit`` and the ``git maintenance
+run --auto`` it starts, ``git version`` when GitPython is imported in each job,
+``add``/``rev-list`` per batch, and the storage job's ``latest()`` reads); now
+0.1 (one ``fast-import`` per batch of 10).  How:
+
+1. the branch tip is read from ``refs/heads/<branch>`` / ``packed-refs`` in
+   Python (``git rev-parse`` only for a reftable repository or a symbolic ref);
+2. one ``git fast-import`` process answers ``ls <tip> <path>`` for the paths
+   whose blob at the tip is not cached (the "identical content is a no-op"
+   check: a retried storage job storing the same version again gets the same
+   ref and makes no commit), then creates one commit per changed item (author,
+   author date and message from :class:`~storage.base.StoreOptions` as
+   ``git commit`` made them, committer = the backend's identity, first parent
+   = the tip read in 1.), moves the branch (fast-forward only: a tip moved
+   behind our back makes it fail, nothing changes) and prints each commit's
+   id (``get-mark``) for the refs;
+3. the work-tree files are written in Python and the index is rewritten in
+   Python (format v2/v3: the changed paths' entries get the new blob ids and
+   the files' real stat data, every other entry is copied byte for byte,
+   optional extensions such as the cache-tree are dropped -- git rebuilds
+   them), so ``git status`` stays clean and plain git users see a normal
+   repository.  An index this code does not understand (v4, split index,
+   sparse index, a directory/file clash) is brought up to date by a second
+   process, ``git read-tree --reset -u``.  A crash between 2. and 3. leaves
+   ``.git/devicevault-sync``; the next write repairs the work tree and index
+   from the branch first (``git read-tree --reset -u``).
+
+Measured alternative: fast-import followed by ``git read-tree -m -u <old>
+<new>`` instead of 3. is two processes per batch and no simpler to get
+right, so the index is written here.  ``fastimport.unpackLimit=0`` keeps
+fast-import from starting ``git unpack-objects`` for small imports (a second,
+hidden process); the resulting small packs are rolled up with ``git repack
+-d -l --geometric=2`` when there are more than :data:`PACK_LIMIT` of them
+(one extra process every few dozen batches).  An unchanged item whose
+last commit is not in the per-backend cache costs one ``git log`` (a retried
+job, never the normal path).  Reads, ``latest``, ``restore`` and ``delete``
+still use the git CLI (one or two processes each).
 """
 
 from __future__ import annotations
@@ -17,13 +57,12 @@ from __future__ import annotations
 import hashlib
 import os
 import re
+import struct
 import subprocess
 import threading
+import time
 from email.utils import parseaddr
 from pathlib import Path
-
-import git as gitpython
-from git.exc import GitCommandError, InvalidGitRepositoryError, NoSuchPathError
 
 from ._lock import file_lock
 from .base import StoreOptions, as_content, as_utc, default_message
@@ -31,13 +70,59 @@ from .errors import RefNotFound, StorageError, TargetUnavailable, UnsafePath
 from .paths import resolve_inside, split_relpath
 
 LOCK_NAME = "devicevault.lock"
+#: left in the git directory while the branch may be ahead of the work tree and index (see the module doc)
+SYNC_MARK = "devicevault-sync"
+#: more packs than this in objects/pack and a write rolls them up (``git repack --geometric=2``)
+PACK_LIMIT = 50
+#: seconds a write waits for someone else's ``index.lock`` before it gives up (the next write repairs)
+INDEX_LOCK_WAIT = 5.0
 _REF = re.compile(r"\A(?P<branch>[^:]+):(?P<path>.+)@(?P<sha>[0-9a-f]{40})\Z")
 _BRANCH = re.compile(r"\A(?!-)(?!.*\.\.)(?!.*//)[A-Za-z0-9._/-]+(?<![./])\Z")
+_SHA = re.compile(r"\A[0-9a-f]{40}\Z")
+_IDENT_CRUD = re.compile(r"[<>\n\r\x00]")
+_LS_CHUNK = 256  # ls queries written before their answers are read (keeps both pipes far from full)
+_REGULAR = 0o100644
 
 
 def git_blob_sha(content: bytes) -> str:
     """The object id git gives ``content`` as a blob (sha1 repositories)."""
     return hashlib.sha1(b"blob %d\x00" % len(content) + content).hexdigest()
+
+
+def _quote(path: str) -> bytes:
+    """``path`` as a C-style quoted fast-import path (any byte allowed)."""
+    out = bytearray(b'"')
+    for b in path.encode("utf-8", "surrogateescape"):
+        if b in (0x22, 0x5C):
+            out += b"\\" + bytes([b])
+        elif b < 0x20 or b == 0x7F:
+            out += b"\\%03o" % b
+        else:
+            out.append(b)
+    return bytes(out + b'"')
+
+
+def _clean_message(message: str) -> bytes:
+    """What ``git commit -m`` stores (cleanup "whitespace"): trailing blanks, leading/trailing and repeated
+    empty lines removed, one final newline; nothing for an empty message."""
+    lines: list[str] = []
+    for line in message.replace("\r\n", "\n").split("\n"):
+        line = line.rstrip()
+        if line or (lines and lines[-1]):
+            lines.append(line)
+    while lines and not lines[-1]:
+        lines.pop()
+    return ("\n".join(lines) + "\n").encode() if lines else b""
+
+
+def _ident(name: str, email: str) -> bytes:
+    name = _IDENT_CRUD.sub("", name).strip()
+    email = _IDENT_CRUD.sub("", email).strip()
+    return f"{name} <{email}>".encode() if name else f"<{email}>".encode()
+
+
+class _IndexUnsupported(Exception):
+    """An index this module does not rewrite itself (git does it instead)."""
 
 
 class GitBackend:
@@ -62,44 +147,63 @@ class GitBackend:
         # path -> (blob sha, commit sha); valid while the branch tip is _cache_tip
         self._cache: dict[str, tuple[str, str]] = {}
         self._cache_tip: str | None = None
-        self._repo = self._open_or_init()
-        self.work_tree = Path(self._repo.working_tree_dir)
-        self.git_dir = Path(self._repo.git_dir)
+        self.work_tree = self.repo_path.absolute()
+        self.git_dir, self.common_dir = self._open_or_init()
 
     def __repr__(self) -> str:
         return f"GitBackend(repo_path={str(self.repo_path)!r}, branch={self.branch!r})"
 
     def close(self) -> None:
-        self._repo.close()
+        """Nothing to release: no git process outlives a call."""
 
     # --- repository setup ------------------------------------------------------
-    def _open_or_init(self) -> gitpython.Repo:
+    def _find_git_dir(self) -> Path | None:
+        dotgit = self.work_tree / ".git"
+        if dotgit.is_dir():
+            return dotgit
+        if dotgit.is_file():  # a linked work tree or a submodule: "gitdir: <path>"
+            text = dotgit.read_text(errors="replace").strip()
+            if text.startswith("gitdir:"):
+                found = Path(text[len("gitdir:"):].strip())
+                return found if found.is_absolute() else (self.work_tree / found).resolve()
+        return None
+
+    def _open_or_init(self) -> tuple[Path, Path]:
         where = f"git {self.repo_path}"
         try:
             self.repo_path.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
             raise TargetUnavailable(f"{where}: cannot create repository directory: {exc.strerror or exc}") from exc
-        try:
-            repo = gitpython.Repo(self.repo_path)
-        except (InvalidGitRepositoryError, NoSuchPathError):
-            others = {p.name for p in self.repo_path.iterdir()} - {".git"}
-            if others:
+        git_dir = self._find_git_dir()
+        if git_dir is None:
+            if (self.work_tree / "HEAD").is_file() and (self.work_tree / "objects").is_dir():
+                raise StorageError(f"{where}: bare repositories are not supported")
+            if any(p.name != ".git" for p in self.work_tree.iterdir()):
                 raise StorageError(f"{where}: directory exists, is not empty and is not a git repository")
-            try:
-                repo = gitpython.Repo.init(self.repo_path, initial_branch=self.branch)
-            except GitCommandError as exc:
-                raise StorageError(f"{where}: git init failed: {exc.stderr.strip()}") from exc
-        if repo.bare:
-            raise StorageError(f"{where}: bare repositories are not supported")
+            self._run("init", "-q", f"--initial-branch={self.branch}", cwd=self.work_tree, what="git init")
+            git_dir = self._find_git_dir()
+            if git_dir is None:
+                raise StorageError(f"{where}: git init made no repository")
+        common = git_dir
         try:
-            current = repo.head.reference.name
-        except TypeError:  # detached HEAD
+            common = (git_dir / (git_dir / "commondir").read_text().strip()).resolve()
+        except OSError:
+            pass
+        try:
+            head = (git_dir / "HEAD").read_text().strip()
+        except OSError as exc:
+            raise StorageError(f"{where}: cannot read HEAD: {exc.strerror or exc}") from exc
+        if not head.startswith("ref: "):
             raise StorageError(f"{where}: HEAD is detached, expected branch {self.branch!r}")
-        if current != self.branch:
-            if repo.head.is_valid():
-                raise StorageError(f"{where}: repository is on branch {current!r}, expected {self.branch!r}")
-            repo.git.symbolic_ref("HEAD", f"refs/heads/{self.branch}")
-        return repo
+        current = head[len("ref: "):].strip()
+        if current != f"refs/heads/{self.branch}":
+            self.git_dir, self.common_dir = git_dir, common
+            if self._read_ref(current) is not None:
+                raise StorageError(
+                    f"{where}: repository is on branch {current.removeprefix('refs/heads/')!r}, expected {self.branch!r}"
+                )
+            self._run("symbolic-ref", "HEAD", f"refs/heads/{self.branch}", what="git symbolic-ref")
+        return git_dir, common
 
     # --- git plumbing ----------------------------------------------------------
     def _env(self, options: StoreOptions | None = None) -> dict[str, str]:
@@ -112,12 +216,16 @@ class GitBackend:
             "GIT_AUTHOR_EMAIL": self.author_email,
         }
         if options is not None:
-            name, email = parseaddr(options.author) if "<" in options.author else (options.author, "")
-            env["GIT_AUTHOR_NAME"] = name or options.author or self.author_name
-            env["GIT_AUTHOR_EMAIL"] = email or self.author_email
+            name, email = self._author(options)
+            env["GIT_AUTHOR_NAME"] = name
+            env["GIT_AUTHOR_EMAIL"] = email
             if options.timestamp is not None:
                 env["GIT_AUTHOR_DATE"] = f"{int(as_utc(options.timestamp).timestamp())} +0000"
         return env
+
+    def _author(self, options: StoreOptions) -> tuple[str, str]:
+        name, email = parseaddr(options.author) if "<" in options.author else (options.author, "")
+        return name or options.author or self.author_name, email or self.author_email
 
     def _cmd(self, *args: str) -> list[str]:
         return [
@@ -128,48 +236,64 @@ class GitBackend:
             "-c", "core.autocrlf=false",
             "-c", "core.safecrlf=false",
             "-c", "core.quotepath=false",
+            "-c", "core.splitIndex=false",
             "-c", "gc.auto=0",
+            "-c", "maintenance.auto=false",
             *args,
         ]
 
-    def _git(self, *args: str, options: StoreOptions | None = None, binary: bool = False, what: str = "") -> str | bytes:
+    def _run(self, *args: str, options: StoreOptions | None = None, input: bytes | None = None,
+             cwd: Path | None = None, what: str = "", check: bool = True) -> subprocess.CompletedProcess:
         try:
-            return self._repo.git.execute(
-                self._cmd(*args),
-                env=self._env(options),
-                stdout_as_string=not binary,
-                strip_newline_in_stdout=False,
+            proc = subprocess.run(
+                self._cmd(*args), cwd=cwd or self.work_tree, env={**os.environ, "LANGUAGE": "C", **self._env(options)},
+                input=input, capture_output=True,
             )
-        except GitCommandError as exc:
-            stderr = exc.stderr.strip() if isinstance(exc.stderr, str) else str(exc.stderr)
-            raise StorageError(f"git {self.repo_path}: {what or 'git ' + args[0]} failed: {stderr}") from exc
         except OSError as exc:
             raise TargetUnavailable(f"git {self.repo_path}: cannot run git: {exc}") from exc
+        if check and proc.returncode != 0:
+            stderr = proc.stderr.decode("utf-8", "replace").strip()
+            raise StorageError(f"git {self.repo_path}: {what or 'git ' + args[0]} failed: {stderr}")
+        return proc
+
+    def _git(self, *args: str, options: StoreOptions | None = None, binary: bool = False, what: str = "") -> str | bytes:
+        out = self._run(*args, options=options, what=what).stdout
+        return out if binary else out.decode("utf-8", "surrogateescape")
+
+    def _read_ref(self, name: str) -> str | None:
+        """The commit id ``name`` (``refs/heads/...``) points to, read from the ref files; None if it does not exist."""
+        try:
+            text = (self.common_dir / name).read_text().strip()
+        except (FileNotFoundError, NotADirectoryError):
+            text = None
+        except OSError:
+            return self._rev_parse(name)
+        if text is not None:
+            return text if _SHA.match(text) else self._rev_parse(name)
+        if (self.common_dir / "reftable").exists():
+            return self._rev_parse(name)
+        try:
+            packed = (self.common_dir / "packed-refs").read_text()
+        except FileNotFoundError:
+            return None
+        suffix = " " + name
+        for line in packed.splitlines():
+            if line.endswith(suffix) and _SHA.match(line[:40]):
+                return line[:40]
+        return None
+
+    def _rev_parse(self, name: str) -> str | None:
+        out = self._run("rev-parse", "-q", "--verify", f"{name}^{{commit}}", check=False)
+        return out.stdout.decode().strip() or None if out.returncode == 0 else None
 
     def _tip(self) -> str | None:
-        try:
-            out = self._repo.git.execute(
-                self._cmd("rev-parse", "-q", "--verify", f"refs/heads/{self.branch}^{{commit}}"),
-                env=self._env(),
-            )
-        except GitCommandError:
-            return None
-        return out.strip() or None
+        return self._read_ref(f"refs/heads/{self.branch}")
 
     def _ls_tree(self, paths: list[str]) -> dict[str, str]:
         """Blob ids of ``paths`` at the branch tip (missing paths left out)."""
-        if not paths:
+        if not paths or self._tip() is None:
             return {}
-        try:
-            out = self._repo.git.execute(
-                self._cmd("ls-tree", "-z", "--full-tree", f"refs/heads/{self.branch}", "--", *paths),
-                env=self._env(),
-                strip_newline_in_stdout=False,
-            )
-        except GitCommandError:
-            if self._tip() is None:
-                return {}
-            raise
+        out = self._git("ls-tree", "-z", "--full-tree", f"refs/heads/{self.branch}", "--", *paths, what="git ls-tree")
         wanted = set(paths)
         found: dict[str, str] = {}
         for entry in out.split("\x00"):
@@ -242,93 +366,285 @@ class GitBackend:
             raise TargetUnavailable(f"git {self.repo_path}: repository is gone")
         return file_lock(self.git_dir / LOCK_NAME)
 
-    def _sync_cache(self) -> None:
+    def _sync_cache(self) -> str | None:
+        """Repair an interrupted write, drop the cache if the branch moved; returns the tip."""
+        if (self.git_dir / SYNC_MARK).exists():
+            self._reset_worktree()
         tip = self._tip()
         if tip != self._cache_tip:
             self._cache.clear()
             self._cache_tip = tip
+        return tip
 
-    def _write(self, path: str, content: bytes) -> None:
+    def _reset_worktree(self) -> None:
+        """Index and work tree := the branch tip (git does it: the slow, always-correct way)."""
+        if self._tip() is not None:
+            self._run("read-tree", "--reset", "-u", f"refs/heads/{self.branch}", what="git read-tree")
+        (self.git_dir / SYNC_MARK).unlink(missing_ok=True)
+
+    def _write(self, path: str, content: bytes) -> os.stat_result:
         target = resolve_inside(self.work_tree, path)
         try:
             target.parent.mkdir(parents=True, exist_ok=True)
             tmp = target.parent / f".{target.name}.devicevault-tmp"
             tmp.write_bytes(content)
             os.replace(tmp, target)
+            return os.lstat(target)
         except OSError as exc:
             raise StorageError(f"git {self.repo_path}: cannot write {path!r}: {exc.strerror or exc}") from exc
+
+    # --- the index, read and written here (see the module doc) ------------------
+    def _read_index(self) -> tuple[int, list[tuple[bytes, int, bytes]]]:
+        """(version, [(path, stage, on-disk entry)]) of ``.git/index``; optional extensions are dropped."""
+        try:
+            data = (self.git_dir / "index").read_bytes()
+        except FileNotFoundError:
+            return 2, []
+        if len(data) < 32 or data[:4] != b"DIRC":
+            raise _IndexUnsupported("not an index")
+        version, count = struct.unpack_from(">LL", data, 4)
+        if version not in (2, 3):
+            raise _IndexUnsupported(f"index version {version}")
+        if data[-20:] != b"\x00" * 20 and hashlib.sha1(data[:-20]).digest() != data[-20:]:
+            raise _IndexUnsupported("index checksum")
+        entries = []
+        pos, end = 12, len(data) - 20
+        for _ in range(count):
+            (flags,) = struct.unpack_from(">H", data, pos + 60)
+            name_at = pos + 62
+            if flags & 0x4000:
+                if version < 3:
+                    raise _IndexUnsupported("extended flags in a v2 index")
+                name_at += 2
+            nul = data.index(b"\x00", name_at, end)
+            size = (name_at - pos + (nul - name_at) + 8) & ~7
+            entries.append((data[name_at:nul], (flags >> 12) & 3, data[pos:pos + size]))
+            pos += size
+        while pos < end:
+            signature, size = data[pos:pos + 4], struct.unpack_from(">L", data, pos + 4)[0]
+            if not b"A" <= signature[:1] <= b"Z":
+                raise _IndexUnsupported(f"index extension {signature!r}")
+            pos += 8 + size
+        return version, entries
+
+    @staticmethod
+    def _index_entry(name: bytes, blob: str, st: os.stat_result) -> bytes:
+        m = 0xFFFFFFFF
+        head = struct.pack(
+            ">LLLLLLLLLL20sH",
+            (st.st_ctime_ns // 1_000_000_000) & m, st.st_ctime_ns % 1_000_000_000,
+            (st.st_mtime_ns // 1_000_000_000) & m, st.st_mtime_ns % 1_000_000_000,
+            st.st_dev & m, st.st_ino & m, _REGULAR, st.st_uid & m, st.st_gid & m, st.st_size & m,
+            bytes.fromhex(blob), min(len(name), 0xFFF),
+        )
+        size = (62 + len(name) + 8) & ~7
+        return head + name + b"\x00" * (size - 62 - len(name))
+
+    def _update_worktree(self, files: dict[str, tuple[bytes, str]]) -> None:
+        """Write ``files`` (path -> (content, blob id)), already committed on the branch, to the work tree and the
+        index; git's ``read-tree`` does it for an index this module does not rewrite."""
+        try:
+            version, entries = self._read_index()
+            names = {path.encode("utf-8", "surrogateescape"): path for path in files}
+            for name, _stage, _raw in entries:  # a file where a directory goes, or the reverse
+                if name in names:
+                    continue
+                cut = name.find(b"/")
+                while cut != -1:
+                    if name[:cut] in names:
+                        raise _IndexUnsupported("a directory where a file goes")
+                    cut = name.find(b"/", cut + 1)
+            present = {n for n, _s, _r in entries}
+            for name in names:
+                cut = name.rfind(b"/")
+                while cut != -1:
+                    if name[:cut] in present:
+                        raise _IndexUnsupported("a file where a directory goes")
+                    cut = name.rfind(b"/", 0, cut)
+        except _IndexUnsupported:
+            self._reset_worktree()
+            return
+        kept = [(n, s, r) for n, s, r in entries if n not in names]
+        for name, path in names.items():
+            content, blob = files[path]
+            kept.append((name, 0, self._index_entry(name, blob, self._write(path, content))))
+        kept.sort(key=lambda e: (e[0], e[1]))
+        body = b"DIRC" + struct.pack(">LL", version, len(kept)) + b"".join(r for _n, _s, r in kept)
+        lock = self.git_dir / "index.lock"
+        deadline = time.monotonic() + INDEX_LOCK_WAIT
+        while True:
+            try:
+                fd = os.open(lock, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+                break
+            except FileExistsError:
+                if time.monotonic() > deadline:
+                    raise StorageError(f"git {self.repo_path}: index.lock is held by another git process; "
+                                       "the commits are made, the next write brings the index up to date")
+                time.sleep(0.02)
+        try:
+            with os.fdopen(fd, "wb") as out:
+                out.write(body + hashlib.sha1(body).digest())
+            os.replace(lock, self.git_dir / "index")
+        except BaseException:
+            lock.unlink(missing_ok=True)
+            raise
+        (self.git_dir / SYNC_MARK).unlink(missing_ok=True)
+
+    def _roll_up_packs(self) -> None:
+        try:
+            packs = sum(1 for n in os.listdir(self.common_dir / "objects" / "pack") if n.endswith(".pack"))
+        except OSError:
+            return
+        if packs > PACK_LIMIT:
+            self._run("repack", "-d", "-l", "-q", "--geometric=2", what="git repack", check=False)
 
     # --- Backend ---------------------------------------------------------------
     def store(self, content: bytes, path: str, options: StoreOptions | None = None) -> str:
         return self.store_many([(content, path, options)])[0]
 
     def store_many(self, items: list[tuple[bytes, str, StoreOptions | None]]) -> list[str]:
-        """Store several versions under one lock: one commit per changed item, refs in input order."""
+        """Store several versions under one lock: one commit per changed item, refs in input order.
+
+        One ``git fast-import`` process for the whole call (module doc); an item equal to what its path holds
+        (at the tip, or after an earlier item of the same call) makes no commit and gets that version's ref.
+        """
         prepared = []
         for content, path, options in items:
             prepared.append((as_content(content, path), self._check_path(path), options or StoreOptions()))
-        refs: list[str] = [""] * len(prepared)
+        if not prepared:
+            return []
         with self._tlock, self._locked():
-            self._sync_cache()
-            chunk: list[int] = []
-            seen: set[str] = set()
-            for idx, (_c, path, _o) in enumerate(prepared):
-                if path in seen:  # same path twice: commit what we have first
-                    self._store_chunk([(i, *prepared[i]) for i in chunk], refs)
-                    chunk, seen = [], set()
-                chunk.append(idx)
-                seen.add(path)
-            self._store_chunk([(i, *prepared[i]) for i in chunk], refs)
+            return self._store_locked(prepared)
+
+    def _store_locked(self, prepared: list[tuple[bytes, str, StoreOptions]]) -> list[str]:
+        tip = self._sync_cache()
+        refs: list[str] = [""] * len(prepared)
+        current: dict[str, str | None] = {p: self._cache[p][0] for _c, p, _o in prepared if p in self._cache}
+        if tip is None:
+            current = {p: None for _c, p, _o in prepared}
+        unknown = sorted({p for _c, p, _o in prepared} - current.keys())
+        proc = None
+        try:
+            if unknown or any(current.get(p) != git_blob_sha(c) for c, p, _o in prepared):
+                proc = self._fast_import()
+            if unknown:
+                current.update(self._ls(proc, tip, unknown))
+            # decide, in order: which items make a commit (mark), which repeat what their path holds
+            commits: list[tuple[int, bytes, str, StoreOptions]] = []  # (mark, content, path, options)
+            last: dict[str, tuple[str, int | str]] = {}  # path -> (blob, mark of this call | commit sha)
+            plan: list[tuple[int, str, int | str | None]] = []  # (index, path, mark | commit sha | None=look up)
+            for idx, (content, path, options) in enumerate(prepared):
+                blob = git_blob_sha(content)
+                if current.get(path) == blob:
+                    earlier = last.get(path)
+                    cached = self._cache.get(path)
+                    plan.append((idx, path, earlier[1] if earlier else (cached[1] if cached and cached[0] == blob else None)))
+                    continue
+                mark = len(commits) + 1
+                commits.append((mark, content, path, options))
+                current[path] = blob
+                last[path] = (blob, mark)
+                plan.append((idx, path, mark))
+            marks: dict[int, str] = {}
+            if proc is not None:
+                marks = self._commit(proc, tip, commits)
+                proc = None
+        finally:
+            if proc is not None:
+                proc.kill()
+                proc.wait()
+        if commits:
+            files = {path: (content, last[path][0]) for _m, content, path, _o in commits}
+            self._update_worktree(files)
+            for path, (blob, mark) in last.items():
+                self._cache[path] = (blob, marks[mark])
+            self._cache_tip = marks[len(commits)]
+            self._roll_up_packs()
+        missing = sorted({path for _i, path, where in plan if where is None})
+        found = self._last_commits(missing)
+        for idx, path, where in plan:
+            if where is None:
+                if path not in found:
+                    raise StorageError(f"git {self.repo_path}: no commit on {self.branch} touches {path!r}")
+                self._cache[path] = (current[path], found[path])
+                sha = found[path]
+            else:
+                sha = marks[where] if isinstance(where, int) else where
+            refs[idx] = self._ref(path, sha)
         return refs
 
-    def _store_chunk(self, chunk: list[tuple[int, bytes, str, StoreOptions]], refs: list[str]) -> None:
-        if not chunk:
-            return
-        current = self._ls_tree([path for _i, _c, path, _o in chunk])
-        changed: list[tuple[int, str, str, StoreOptions]] = []
-        unchanged: list[tuple[int, str, str]] = []
-        for idx, content, path, options in chunk:
-            blob = git_blob_sha(content)
-            if current.get(path) == blob:
-                unchanged.append((idx, path, blob))
-            else:
-                self._write(path, content)
-                changed.append((idx, path, blob, options))
-        if unchanged:
-            missing = [p for _i, p, b in unchanged if self._cache.get(p, ("", ""))[0] != b]
-            found = self._last_commits(missing)
-            for idx, path, blob in unchanged:
-                if path in found:
-                    self._cache[path] = (blob, found[path])
-                refs[idx] = self._ref(path, self._cache[path][1])
-        if changed:
-            self._git("add", "-f", "--", *[p for _i, p, _b, _o in changed], what="git add")
-            for _idx, path, _blob, options in changed:
-                self._git(
-                    "commit", "-q", "--no-verify", "--allow-empty-message",
-                    "-m", default_message(path, options), "--", path,
-                    options=options, what=f"commit of {path!r}",
-                )
-            shas = self._git("rev-list", "-n", str(len(changed)), f"refs/heads/{self.branch}").split()
-            shas.reverse()
-            for (idx, path, blob, _o), sha in zip(changed, shas):
-                self._cache[path] = (blob, sha)
-                refs[idx] = self._ref(path, sha)
-            self._cache_tip = shas[-1]
+    def _fast_import(self) -> subprocess.Popen:
+        cmd = self._cmd("-c", "fastimport.unpackLimit=0", "fast-import", "--quiet", "--done", "--date-format=raw")
+        try:
+            return subprocess.Popen(cmd, cwd=self.work_tree, env={**os.environ, "LANGUAGE": "C", **self._env()},
+                                    stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        except OSError as exc:
+            raise TargetUnavailable(f"git {self.repo_path}: cannot run git: {exc}") from exc
+
+    def _failed(self, proc: subprocess.Popen, what: str) -> StorageError:
+        proc.kill()
+        _out, err = proc.communicate()
+        return StorageError(f"git {self.repo_path}: {what} failed: {err.decode('utf-8', 'replace').strip()}")
+
+    def _ls(self, proc: subprocess.Popen, tip: str, paths: list[str]) -> dict[str, str | None]:
+        """Blob id of each path at ``tip`` (None: not a file there), asked of the running fast-import."""
+        found: dict[str, str | None] = {}
+        for start in range(0, len(paths), _LS_CHUNK):
+            chunk = paths[start:start + _LS_CHUNK]
+            try:
+                proc.stdin.write(b"".join(b"ls %s %s\n" % (tip.encode(), _quote(p)) for p in chunk))
+                proc.stdin.flush()
+            except OSError:
+                raise self._failed(proc, "git fast-import ls") from None
+            for path in chunk:
+                line = proc.stdout.readline()
+                if not line:
+                    raise self._failed(proc, "git fast-import ls")
+                meta = line.split(b"\t", 1)[0].split()
+                found[path] = meta[2].decode() if len(meta) == 3 and meta[1] == b"blob" else None
+        return found
+
+    def _commit(self, proc: subprocess.Popen, tip: str | None, commits: list[tuple[int, bytes, str, StoreOptions]]) -> dict[int, str]:
+        """Send one commit per item and ``done``; the commit id of each mark. The branch moves at the end."""
+        now = int(time.time())
+        committer = _ident(self.author_name, self.author_email)
+        stream: list[bytes] = []
+        for mark, content, path, options in commits:
+            when = int(as_utc(options.timestamp).timestamp()) if options.timestamp is not None else now
+            message = _clean_message(default_message(path, options))
+            stream += [
+                b"commit refs/heads/%s\nmark :%d\n" % (self.branch.encode(), mark),
+                b"author %s %d +0000\ncommitter %s %d +0000\n" % (_ident(*self._author(options)), when, committer, now),
+                b"data %d\n%s\n" % (len(message), message),
+                b"from %s\n" % tip.encode() if mark == 1 and tip else b"",
+                b"M 100644 inline %s\ndata %d\n" % (_quote(path), len(content)), content, b"\n",
+            ]
+        stream += [b"get-mark :%d\n" % mark for mark, *_rest in commits]
+        stream.append(b"done\n")
+        if commits:
+            (self.git_dir / SYNC_MARK).write_text(f"{tip or ''}\n")
+        try:
+            out, err = proc.communicate(b"".join(stream))
+        except OSError:
+            raise self._failed(proc, "git fast-import") from None
+        if proc.returncode != 0:
+            (self.git_dir / SYNC_MARK).unlink(missing_ok=True)
+            raise StorageError(f"git {self.repo_path}: git fast-import failed: {err.decode('utf-8', 'replace').strip()}")
+        shas = out.decode().split()
+        if len(shas) != len(commits) or not all(_SHA.match(s) for s in shas):
+            raise StorageError(f"git {self.repo_path}: git fast-import answered {out[:200]!r}")
+        if commits and self._tip() != shas[-1]:
+            raise StorageError(f"git {self.repo_path}: {self.branch} is not at the commit fast-import made")
+        return {mark: sha for (mark, *_rest), sha in zip(commits, shas)}
 
     def read(self, ref: str, options: StoreOptions | None = None) -> bytes:
         path, sha = self._parse_ref(ref)
-        try:
-            return self._repo.git.execute(
-                self._cmd("cat-file", "blob", f"{sha}:{path}"),
-                env=self._env(),
-                stdout_as_string=False,
-                strip_newline_in_stdout=False,
-            )
-        except GitCommandError as exc:
-            if not self.git_dir.is_dir():
-                raise TargetUnavailable(f"git {self.repo_path}: repository is gone") from exc
-            raise RefNotFound(f"git {self.repo_path}: no version {ref!r}") from exc
+        proc = self._run("cat-file", "blob", f"{sha}:{path}", check=False)
+        if proc.returncode == 0:
+            return proc.stdout
+        if not self.git_dir.is_dir():
+            raise TargetUnavailable(f"git {self.repo_path}: repository is gone")
+        raise RefNotFound(f"git {self.repo_path}: no version {ref!r}")
 
     def latest(self, path: str) -> str | None:
         self._check_path(path)
@@ -398,9 +714,10 @@ class GitBackend:
             self._cache_tip = self._tip()
 
     def healthy(self) -> bool:
-        try:
-            return self.git_dir.is_dir() and os.access(self.git_dir, os.W_OK) and bool(
-                self._git("rev-parse", "--git-dir").strip()
-            )
-        except StorageError:
-            return False
+        """The repository is there and writable (checked without starting git)."""
+        return (
+            self.git_dir.is_dir()
+            and os.access(self.git_dir, os.W_OK)
+            and (self.git_dir / "HEAD").is_file()
+            and (self.common_dir / "objects").is_dir()
+        )

@@ -180,3 +180,159 @@ def test_two_processes_lose_nothing(tmp_path, monkeypatch):
     assert git(repo, "status", "--porcelain") == ""
     git(repo, "fsck", "--strict")
     assert len(git(repo, "ls-files").split()) == 2 * count * 2 + 1
+
+
+# --- the write path: one git process per store_many (storage/git.py's module doc) ---------------------------
+@pytest.fixture()
+def git_calls(tmp_path, monkeypatch):
+    """Counts the git processes started from here on: a real ``git`` wrapper first on PATH (and as git's
+    exec-path, so git's own children count too) that logs each call and execs the real git."""
+    import shutil
+
+    real = shutil.which("git")
+    exec_path = Path(subprocess.run([real, "--exec-path"], capture_output=True, text=True, check=True).stdout.strip())
+    bindir, logdir = tmp_path / "gitbin", tmp_path / "gitlog"
+    bindir.mkdir()
+    logdir.mkdir()
+    for helper in exec_path.iterdir():
+        if helper.name != "git":
+            (bindir / helper.name).symlink_to(helper)
+    (bindir / "git").write_text(
+        f'#!/bin/sh\nf="{logdir}/$$"\nwhile [ -e "$f" ]; do f="$f+"; done\necho "$*" > "$f"\n'
+        f'GIT_EXEC_PATH="{bindir}"; export GIT_EXEC_PATH\nexec "{exec_path}/git" "$@"\n'
+    )
+    (bindir / "git").chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bindir}:{__import__('os').environ['PATH']}")
+
+    def take() -> list[str]:
+        calls = [p.read_text().strip() for p in sorted(logdir.iterdir())]
+        for p in logdir.iterdir():
+            p.unlink()
+        return calls
+
+    return take
+
+
+def _clean(repo: Path) -> None:
+    assert git(repo, "status", "--porcelain", "--untracked-files=all") == ""
+    git(repo, "diff", "--cached", "--quiet")  # index == branch tip
+    git(repo, "fsck", "--strict", "--no-progress")
+
+
+def test_store_many_is_one_git_process(tmp_path, git_calls):
+    repo = tmp_path / "repo"
+    b = GitBackend(repo)
+    git_calls()  # git init
+    items = [(f"cfg {i}\n".encode(), f"site_{i % 3}/r{i}", StoreOptions(device=f"r{i}", run_id="1")) for i in range(30)]
+    refs = b.store_many(items)
+    calls = git_calls()
+    assert len(calls) == 1 and "fast-import" in calls[0], calls
+    assert len(log(repo)) == 30 and len(set(refs)) == 30
+    _clean(repo)
+    changed = [(c + b"more\n", p, StoreOptions(device=o.device, run_id="2")) for c, p, o in items]
+    git_calls()
+    refs2 = b.store_many(changed)
+    assert len(git_calls()) == 1
+    for ref, (content, _p, _o) in zip(refs2, changed):
+        assert b.read(ref) == content
+    _clean(repo)
+    # the same versions again (a retried job): no commit, the same refs, no git process while cached
+    git_calls()
+    assert b.store_many(changed) == refs2
+    assert git_calls() == []
+    # a fresh backend (a new storage job) asks fast-import what the tip holds, and git log for the refs
+    git_calls()
+    assert GitBackend(repo).store_many(changed) == refs2
+    calls = git_calls()
+    assert len(calls) == 2 and "fast-import" in calls[0] and " log " in calls[1], calls
+    assert len(log(repo)) == 60
+    _clean(repo)
+
+
+def test_store_many_same_path_several_times(tmp_path):
+    repo = tmp_path / "repo"
+    b = GitBackend(repo)
+    refs = b.store_many([
+        (b"a\n", "g/r1", None), (b"a\n", "g/r1", None),  # the second is the same version: no commit
+        (b"b\n", "g/r1", None), (b"a\n", "g/r1", None),  # back to a: a change again
+    ])
+    assert refs[0] == refs[1] and len(set(refs)) == 3
+    assert [b.read(r) for r in refs] == [b"a\n", b"a\n", b"b\n", b"a\n"]
+    assert len(log(repo)) == 3
+    assert (repo / "g" / "r1").read_bytes() == b"a\n"
+    _clean(repo)
+
+
+def test_commit_metadata_like_git_commit(tmp_path):
+    repo = tmp_path / "repo"
+    ts = datetime(2024, 5, 1, 12, 30, tzinfo=timezone.utc)
+    b = GitBackend(repo, author_name="Vault", author_email="vault@example.net")
+    b.store_many([
+        (b"x\n", "g/r1", StoreOptions(author="Jane Ops <jane@example.net>", timestamp=ts,
+                                       message="\n\nr1: NTP added   \n\n\n\nby change 7  \n\n")),
+        (b"y\n", "g/r2", StoreOptions(author="netops", device="r2", run_id="5")),
+    ])
+    out = [c.strip("\n") for c in git(repo, "log", "--format=%an|%ae|%at|%cn|%ce|%B%x00").split("\x00")]
+    assert out[0].split("|")[:2] + out[0].split("|")[3:] == [
+        "netops", "vault@example.net", "Vault", "vault@example.net", "r2: configuration changed (run 5)"]
+    assert out[1] == f"Jane Ops|jane@example.net|{int(ts.timestamp())}|Vault|vault@example.net|r1: NTP added\n\nby change 7"
+
+
+def test_unusual_paths_in_one_batch(tmp_path):
+    repo = tmp_path / "repo"
+    b = GitBackend(repo)
+    paths = ['g/a "quoted" name', "g/ünïcødé", "g/sp ace", "g/%2E%2E%2F..", "\"g/leading-quote"]
+    refs = b.store_many([(f"{p}\n".encode(), p, None) for p in paths])
+    for p, ref in zip(paths, refs):
+        assert b.read(ref) == f"{p}\n".encode()
+        assert (repo / p).read_bytes() == f"{p}\n".encode()
+    _clean(repo)
+
+
+def test_index_git_cannot_be_shared_with_is_rewritten_by_git(tmp_path):
+    """A v4 index (feature.manyFiles) is left to git read-tree; the result is the same clean repository."""
+    repo = tmp_path / "repo"
+    b = GitBackend(repo)
+    b.store_many([(b"1\n", "g/r1", None), (b"2\n", "g/r2", None)])
+    git(repo, "update-index", "--index-version", "4")
+    b.store_many([(b"1b\n", "g/r1", None), (b"3\n", "g/r3", None)])
+    assert (repo / "g" / "r1").read_bytes() == b"1b\n"
+    _clean(repo)
+
+
+def test_git_commands_after_a_batch_see_the_new_files(tmp_path):
+    """The index written in Python drops git's cache-tree, so a later git commit (delete) records every file."""
+    repo = tmp_path / "repo"
+    b = GitBackend(repo)
+    b.store(b"old\n", "g/r0")
+    git(repo, "status")  # lets git refresh and rewrite the index
+    b.delete(b.store(b"gone\n", "g/gone"))  # a git commit: builds a cache-tree
+    refs = b.store_many([(b"new\n", "g/r0", None), (b"x\n", "h/r1", None)])
+    b.delete(b.store(b"tmp\n", "g/tmp"))
+    assert git(repo, "show", "main:g/r0") == "new\n" and git(repo, "show", "main:h/r1") == "x\n"
+    assert b.read(refs[0]) == b"new\n"
+    assert sorted(git(repo, "ls-tree", "-r", "--name-only", "main").split()) == ["g/r0", "h/r1"]
+    _clean(repo)
+
+
+def test_interrupted_write_is_repaired_by_the_next(tmp_path):
+    """The branch moved but the work tree and index did not (a crash after fast-import): the next write
+    brings them up to date first, then stores."""
+    from storage.git import SYNC_MARK
+
+    repo = tmp_path / "repo"
+    b = GitBackend(repo)
+    b.store(b"one\n", "g/r1")
+    blob = subprocess.run(["git", "hash-object", "-w", "--stdin"], cwd=repo, input="two\n", capture_output=True,
+                          text=True, check=True).stdout.strip()
+    tree = subprocess.run(["git", "mktree"], cwd=repo, input=f"100644 blob {blob}\tr1\n", capture_output=True,
+                          text=True, check=True).stdout.strip()
+    top = subprocess.run(["git", "mktree"], cwd=repo, input=f"040000 tree {tree}\tg\n", capture_output=True,
+                         text=True, check=True).stdout.strip()
+    commit = git(repo, "-c", "user.name=x", "-c", "user.email=x@x", "commit-tree", top, "-p", "main", "-m", "two").strip()
+    git(repo, "update-ref", "refs/heads/main", commit)
+    (repo / ".git" / SYNC_MARK).write_text("")
+    assert b.store(b"two\n", "g/r1") == f"main:g/r1@{commit}"  # the same version: no commit
+    assert not (repo / ".git" / SYNC_MARK).exists()
+    assert (repo / "g" / "r1").read_bytes() == b"two\n"
+    _clean(repo)
