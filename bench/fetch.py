@@ -15,7 +15,7 @@ in the same run and against the same devices:
    command a worker fork and a fresh ``ansible-connection`` client process that imports Ansible just to
    find the persistent connection's socket);
 3. **DeviceVault**: ``jobs.collect.fetch.fetch_configs`` over all hosts in one call (ansible-runner,
-   ``playbooks/backup.yml``, every command of ``playbooks/platforms/<platform>.yml``).
+   ``playbooks/backup.yml``, every command of the collection's ``platforms/<platform>.yml``).
 
 How it measures: each variant runs under a small wrapper process (``--measure``) that makes itself a
 *child subreaper* (``prctl(PR_SET_CHILD_SUBREAPER)``), starts the command, waits for it and then reaps every
@@ -296,12 +296,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--keep", type=Path, help="directory for the lab and outputs (kept); default: a temporary one")
     args = parser.parse_args(argv)
     sys.path.insert(0, str(ROOT))
-    from jobs.collect.platforms import get_platform
+    from jobs.collect.platforms import get_platform, search_dirs
     from lab.testing import ANSIBLE_PLAYBOOK, ansible_env, running_lab
 
     platform = get_platform(args.platform)
     if platform is None:
-        raise SystemExit(f"no platform file playbooks/platforms/{args.platform}.yml")
+        raise SystemExit(f"no platform file {args.platform}.yml in {', '.join(search_dirs())}")
     plain = playbooks(platform)
     work = args.keep or Path(tempfile.mkdtemp(prefix="devicevault-bench-fetch-"))
     work.mkdir(parents=True, exist_ok=True)

@@ -42,7 +42,7 @@ APP = ROOT / "portal" / "app.py"
 HEAVY = "ams-ios-heavy"
 RUNS = 2000
 SITES = [f"site{i:02d}" for i in range(20)]
-#: the index holds the platform file's short name (playbooks/platforms/<name>.yml)
+#: the index holds the platform file's short name (platforms/<name>.yml of the collection)
 PLATFORMS = ["ios", "iosxr", "nxos", "ciscosmb", "eos", "junos", "routeros", "vyos", "sonic", "bigip", "asa", "fortios"]
 TARGET_SECONDS = 2.0
 RECENT_DAYS = 30  # runs of the last 30 days have a result for every device (changed, unchanged or failed)

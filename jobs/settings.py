@@ -75,7 +75,8 @@ INSTALLED_DATA = Path(__file__).resolve().parent / "share"
 #: collection) and inventories/lab; the checkout itself when running from a source tree or an editable install
 DATA_DIR = INSTALLED_DATA if (INSTALLED_DATA / "ansible.cfg").is_file() else SOURCE_ROOT
 PLAYBOOKS_DIR = DATA_DIR / "playbooks"
-PLATFORMS_DIR = PLAYBOOKS_DIR / "platforms"
+#: DeviceVault's Ansible collection (``devicevault.network``: plugins, platform files and their loader)
+COLLECTIONS_DIR = PLAYBOOKS_DIR / "collections"
 ANSIBLE_CFG = DATA_DIR / "ansible.cfg"
 #: the simulated lab's inventory: the default ``DEVICEVAULT_INVENTORY`` (and ``python -m lab up``'s)
 LAB_INVENTORY = DATA_DIR / "inventories" / "lab"

@@ -6,7 +6,8 @@ Layout written to ``out``::
 
     hosts.yml                 # groups site_<x> (hosts with ansible_host) and per platform (children)
     group_vars/all.yml        # ansible_port, ansible_connection, credentials, host key checking
-    group_vars/<platform>.yml # ansible_network_os (+ become settings for ios / eos)
+    group_vars/<platform>.yml # ansible_network_os [+ devicevault_platform] from the platform file, then the
+                              # personality's ``inventory:`` (become settings for ios / eos ...)
 """
 from __future__ import annotations
 
@@ -22,15 +23,32 @@ DEFAULT_PLATFORMS = ["ios", "eos", "nxos", "junos", "routeros"]
 
 
 def platform_vars(extra_dir: str | None = None) -> dict[str, dict]:
-    """Group variables per platform, from each personality's ``inventory:`` mapping (data, not code)."""
+    """Group variables per platform that has both a personality and a platform file (data, not code): what
+    makes DeviceVault pick the platform file (its ``network_os`` as ``ansible_network_os``, and
+    ``devicevault_platform`` when that alone does not name the file, as for DeviceVault's own plugin),
+    then the personality's ``inventory:`` mapping. Platform files are found as DeviceVault finds them
+    (``$DEVICEVAULT_PLATFORMS_DIR`` before the built-in ones)."""
+    from jobs.collect.platforms import PLATFORM_VAR, all_platforms as platform_files, platform_name
+
     from .personality import load_personalities
 
-    return {name: dict(p.get("inventory") or {}) for name, p in load_personalities(extra_dir).items()}
+    files = platform_files()
+    out = {}
+    for name, p in load_personalities(extra_dir).items():
+        platform = files.get(name)
+        if platform is None:
+            continue
+        variables = {"ansible_network_os": platform.network_os}
+        if platform_name(None, platform.network_os) != name:
+            variables[PLATFORM_VAR] = name
+        variables.update(p.get("inventory") or {})
+        out[name] = variables
+    return out
 
 
 def all_platforms(extra_dir: str | None = None) -> list[str]:
-    """Every personality that has inventory variables, core five first, then by name."""
-    names = [n for n, v in platform_vars(extra_dir).items() if v.get("ansible_network_os")]
+    """Every personality that has a platform file, core five first, then by name."""
+    names = list(platform_vars(extra_dir))
     return [p for p in DEFAULT_PLATFORMS if p in names] + sorted(n for n in names if n not in DEFAULT_PLATFORMS)
 
 
@@ -63,7 +81,8 @@ def generate_inventory(count: int, out, port: int = 2222, base: str = "127.0.20.
     platforms = list(platforms or DEFAULT_PLATFORMS)
     missing = [p for p in platforms if p not in known]
     if missing:
-        raise ValueError(f"no lab personality for platform(s) {', '.join(missing)} (lab/personalities/*.yml)")
+        raise ValueError(f"no lab personality or no platform file for platform(s) {', '.join(missing)} "
+                         "(lab/personalities/*.yml, the collection's platforms/*.yml)")
     sites = list(sites or SITES[: 3 if count <= 60 else 6])
     base_ip = ipaddress.IPv4Address(base)
     site_groups = {s: {"hosts": {}} for s in sites}

@@ -5,11 +5,11 @@ context: ``hostname``, ``user``, ``now`` (aware UTC datetime), ``level``,
 ``command``, ``args`` (regex groups), ``state`` (device state dict), ``m`` (config
 model), ``p`` (the ``facts`` mapping), ``size`` (config size, for config commands)):
 
-    name: ios                         # personality name
-    network_os: [cisco.ios.ios, ios]  # ansible_network_os values served by it
+    name: ios                         # personality name = the name of the platform file it simulates
     template: ios.j2                  # config template (lab/templates), or inline:
     config_template: '...'            # Jinja2 text of the configuration (m = model, p = facts)
-    inventory: {ansible_network_os: cisco.ios.ios, ...}   # group_vars of its hosts (generate_inventory)
+    inventory: {ansible_become: true, ...}   # more group_vars of its hosts (generate_inventory; the
+                                      # platform file gives ansible_network_os / devicevault_platform)
     facts: {...}                      # static values for templates (version, model, image ...)
     model: {interfaces: [{fmt: 'GigabitEthernet1/0/{}', start: 1, count: 24}]}
     banner: '...'                     # sent once after login, before the first prompt
@@ -63,7 +63,6 @@ class Command:
 class Personality:
     name: str
     data: dict
-    network_os: list
     commands: list = field(default_factory=list)
     _tpl_cache: dict = field(default_factory=dict)
 
@@ -99,10 +98,7 @@ class Personality:
 
 def _load(path: Path) -> Personality:
     data = yaml.safe_load(path.read_text())
-    nos = data.get("network_os") or []
-    if isinstance(nos, str):
-        nos = [nos]
-    p = Personality(name=data.get("name", path.stem), data=data, network_os=list(nos))
+    p = Personality(name=data.get("name", path.stem), data=data)
     for c in data.get("commands", []):
         p.commands.append(Command(re.compile(c["match"]), c))
     p.change_after = re.compile(data["change"]["after"], re.M) if data.get("change") else None
@@ -131,12 +127,9 @@ def _load_all(extra_dir: str | None) -> dict[str, Personality]:
 
 
 def personality_for(network_os: str, extra_dir: str | None = None, platform: str = "") -> Personality | None:
-    """The personality named by ``platform`` (a host's ``devicevault_platform``), else the one serving
-    ``ansible_network_os`` (FQCN or short name), or None."""
-    personalities = load_personalities(extra_dir)
-    if platform and platform in personalities:
-        return personalities[platform]
-    for p in personalities.values():
-        if network_os in p.network_os:
-            return p
-    return None
+    """The personality of a host with this ``ansible_network_os`` and ``devicevault_platform``
+    (``platform``): the one named like the platform file DeviceVault picks for that host, by the same rule
+    (the collection's platform loader, through ``jobs.collect.platforms``); None if the lab has none."""
+    from jobs.collect.platforms import platform_name
+
+    return load_personalities(extra_dir).get(platform_name(platform, network_os))

@@ -4,17 +4,35 @@ For each ``tests/golden/<platform>/``: the raw device outputs in ``raw/`` normal
 ``expected.txt``; none of the strings in ``secrets.txt`` (each present in the raw output) survives;
 ``changed_by.txt`` (required when the platform has ``changed_by`` rules) is who last changed it; and
 removing any single ``noise``, ``replace``, ``secrets`` or ``changed_by`` rule from the platform file
-changes the result, so every rule is proven by real input. ``playbooks/platforms/README.md`` explains the layout.
+changes the result, so every rule is proven by real input. ``platforms/README.md`` of DeviceVault's
+collection (``playbooks/collections/ansible_collections/devicevault/network/``) explains the layout.
+
+The golden files are test data, so the tool that (re)writes ``expected.txt`` lives here too:
+
+    python -m tests.test_platform_golden ios            # print what tests/golden/ios/raw/* normalise to
+    python -m tests.test_platform_golden ios --write    # and write it to tests/golden/ios/expected.txt
 """
 
 from __future__ import annotations
 
 import dataclasses
+import sys
+from pathlib import Path
 
 import pytest
 
 from jobs.collect.normalize import SECRET_PLACEHOLDER, SecretsMode, normalize
-from jobs.collect.platforms import GOLDEN_DIR, all_platforms, get_platform, golden_outputs
+from jobs.collect.platforms import PlatformError, all_platforms, get_platform
+
+GOLDEN_DIR = Path(__file__).resolve().parent / "golden"
+
+
+def golden_outputs(name: str, root: Path = GOLDEN_DIR) -> list[str]:
+    """The raw device outputs of a platform's golden case, in command order."""
+    files = sorted((root / name / "raw").glob("*.txt"))
+    if not files:
+        raise PlatformError(f"{root / name / 'raw'}: no raw output files (01-<command>.txt, ...)")
+    return [f.read_bytes().decode("utf-8", errors="surrogateescape") for f in files]
 
 GOLDEN = sorted(p.name for p in GOLDEN_DIR.iterdir() if (p / "raw").is_dir()) if GOLDEN_DIR.is_dir() else []
 
@@ -44,7 +62,7 @@ def test_every_platform_file_has_golden_files():
 @pytest.mark.parametrize("name", GOLDEN)
 def test_golden_output(name):
     platform = get_platform(name)
-    assert platform is not None, f"tests/golden/{name} has no playbooks/platforms/{name}.yml"
+    assert platform is not None, f"tests/golden/{name} has no platform file {name}.yml"
     result = normalize(f"golden-{name}", platform, golden_outputs(name))
     assert result.text == _expected(name)
     if platform.startup:  # golden input is a saved device: running and startup agree once normalised
@@ -93,3 +111,29 @@ def test_every_rule_is_needed(name, kind, index):
     # comparison
     assert (result.text, result.changed_by, result.unsaved) != (_expected(name), full.changed_by, full.unsaved), (
         f"{name}: removing {kind} rule {pattern!r} changes nothing in the golden output")
+
+
+def _main(argv: list[str]) -> int:
+    import argparse
+
+    ap = argparse.ArgumentParser(prog="python -m tests.test_platform_golden",
+                                 description="normalise tests/golden/<name>/raw/* and show or write expected.txt")
+    ap.add_argument("name")
+    ap.add_argument("--write", action="store_true")
+    a = ap.parse_args(argv)
+    platform = get_platform(a.name)
+    if platform is None:
+        print(f"no platform file for {a.name!r}", file=sys.stderr)
+        return 2
+    result = normalize(f"golden-{a.name}", platform, golden_outputs(a.name))
+    if a.write:
+        target = GOLDEN_DIR / a.name / "expected.txt"
+        target.write_bytes(result.text.encode("utf-8", errors="surrogateescape"))
+        print(f"wrote {target} (changed_by={result.changed_by!r}, unsaved={result.unsaved})")
+    else:
+        sys.stdout.write(result.text)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(_main(sys.argv[1:]))

@@ -71,10 +71,6 @@ terminal:
 
 ACME_PERSONALITY = r"""
 name: acmeos
-network_os: [devicevault.network.cli]
-inventory:
-  ansible_network_os: devicevault.network.cli
-  devicevault_platform: acmeos
 config_template: |
   {{ vol('generated') }}
   {{ vol('last_change') }}
@@ -133,6 +129,9 @@ def vault(tmp_path_factory, redis_server):
     inventory = home / "inventory"
     from lab.generate_inventory import all_platforms
 
+    # the lab's inventory takes ansible_network_os / devicevault_platform from the platform file; fetch_configs
+    # in this process reads it too
+    os.environ["DEVICEVAULT_PLATFORMS_DIR"] = str(site_platforms)
     platforms = all_platforms(str(personalities))
     hosts = generate_inventory(count=len(platforms), out=inventory, port=free_port(), base="127.0.140.0",
                                platforms=platforms, personalities_dir=str(personalities), sites=["ams"])
@@ -152,7 +151,6 @@ def vault(tmp_path_factory, redis_server):
         "DEVICEVAULT_ENCRYPTION_KEYS": f"k1:{ENC_KEY}",
         "DEVICEVAULT_LOG_FORMAT": "json",
     }
-    os.environ["DEVICEVAULT_PLATFORMS_DIR"] = str(site_platforms)  # fetch_configs in this process too
     tool = DeviceVault(env, home)
     start_lab(inventory, home / "lab", personalities_dir=personalities)
     tool.lab = LabControl(home / "lab")
@@ -188,12 +186,12 @@ def _raw(vault) -> dict[str, list[str]]:
 
 
 def test_lab_has_every_platform_and_the_data_only_one(vault):
-    from jobs.collect.platforms import all_platforms
+    from jobs.collect.platforms import BUILTIN_DIR, all_platforms
 
     platforms = set(vault.platform_of.values())
     assert set(all_platforms()) <= platforms and "acmeos" in platforms
     assert len(platforms) >= 13
-    assert not (ROOT / "playbooks" / "platforms" / "acmeos.yml").exists()
+    assert not (BUILTIN_DIR / "acmeos.yml").exists()
     assert not (ROOT / "lab" / "personalities" / "acmeos.yml").exists()
 
 

@@ -27,8 +27,8 @@ class InventoryHost:
     collector_group: str = ""
     #: ``devicevault_max_age``: hours without a successful backup before the device is stale (0 = default)
     max_age: float = 0.0
-    #: the platform file (``playbooks/platforms/<platform>.yml``): ``devicevault_platform``, else the last part
-    #: of ``ansible_network_os``
+    #: the platform file's name (``jobs/collect/platforms.py``): ``devicevault_platform``, else the last part
+    #: of ``ansible_network_os``; "" when neither names one
     platform: str = ""
     #: ``devicevault_secrets``: mask (default), keep (encrypted targets only) or drop
     secrets_mode: str = "mask"
@@ -42,6 +42,12 @@ def _platform_groups() -> set[str]:
     from jobs.collect.platforms import all_platforms
 
     return set(all_platforms())
+
+
+def _platform_name(hv: dict) -> str:
+    from jobs.collect.platforms import PLATFORM_VAR, platform_name
+
+    return platform_name(hv.get(PLATFORM_VAR), hv.get("ansible_network_os"))
 
 
 def load_inventory(path: Path | str) -> dict[str, InventoryHost]:
@@ -74,9 +80,7 @@ def load_inventory(path: Path | str) -> dict[str, InventoryHost]:
         except AnsibleError as exc:
             raise InventoryError(f"{path}: cannot read variables of host {host.name!r}: {exc}") from exc
         groups = tuple(sorted(g.name for g in host.get_groups() if g.name not in _IMPLICIT))
-        own_platform = str(hv.get("ansible_network_os") or "").rsplit(".", 1)[-1]
-        if hv.get("devicevault_platform"):
-            own_platform = str(hv["devicevault_platform"])
+        own_platform = _platform_name(hv)
         site_groups = [g for g in groups if g not in platform_groups and g != own_platform]
         hosts[host.name] = InventoryHost(
             name=host.name,
@@ -87,7 +91,7 @@ def load_inventory(path: Path | str) -> dict[str, InventoryHost]:
             location=str(hv.get("devicevault_location") or ""),
             collector_group=str(hv.get("devicevault_collector_group") or ""),
             max_age=_hours(hv.get("devicevault_max_age"), path, host.name),
-            platform=str(hv.get("devicevault_platform") or own_platform),
+            platform=own_platform,
             secrets_mode=_secrets_mode(hv.get("devicevault_secrets"), path, host.name),
             keep_raw=_flag(hv.get("devicevault_keep_raw"), path, host.name, "devicevault_keep_raw"),
             secrets=tuple(str(hv[k]) for k in _SECRET_VARS if isinstance(hv.get(k), str) and "{{" not in hv[k]),

@@ -1,6 +1,7 @@
 """Turn what a device printed into the text DeviceVault hashes, stores and diffs (the *version*).
 
-The rules come from the platform data file (``playbooks/platforms/README.md`` has the order):
+The rules come from the platform data file (``platforms/README.md`` in DeviceVault's collection,
+``playbooks/collections/ansible_collections/devicevault/network/``, has the order):
 
 1. output matching an ``errors`` pattern is refused, and the configuration outputs together must match
    every ``complete`` pattern, else they were cut short;
@@ -47,13 +48,6 @@ class Normalized:
     compare: str  # what decides "changed": the masked view (the same text unless secrets are kept)
     changed_by: str = ""  # who last changed the configuration, when the device says so
     unsaved: bool | None = None  # running != startup; None when the platform has no startup command
-
-
-def decode_output(raw: bytes | str) -> str:
-    """Device output as text. Bytes that are not UTF-8 are kept reversibly as surrogate escapes."""
-    if isinstance(raw, str):
-        return raw
-    return raw.decode("utf-8", errors="surrogateescape")
 
 
 def _unix(text: str) -> str:
@@ -121,8 +115,7 @@ def normalize(device: str, platform: Platform, outputs: list[str],
     mode = SecretsMode(secrets)
     outputs = [_unix(o) for o in outputs]
     count = len(platform.commands)
-    main = outputs[:count]
-    startup = outputs[count] if platform.startup and len(outputs) > count else None
+    main, startup = platform.split_outputs(outputs)
     size = sum(len(o.encode("utf-8", errors="surrogateescape")) for o in outputs)
     if size > MAX_CONFIG_BYTES:
         raise IncompleteOutput(device, f"output of {size} bytes is larger than the {MAX_CONFIG_BYTES} byte limit")

@@ -1,237 +1,99 @@
-"""Vendor knowledge, loaded from one small data file per network OS in ``playbooks/platforms/<name>.yml``.
+"""Vendor knowledge for the jobs: the platform files, read by the one loader that Ansible uses too.
 
-The schema is documented in ``playbooks/platforms/README.md``: the commands to run (identity output kept
-as comment lines, then the configuration), the optional startup command, volatile lines (``noise``) and
-volatile parts of lines (``replace``), ``secrets``, who changed it (``changed_by``), what a complete
-configuration looks like (``complete``) and the device's error text (``errors``). No regular expression
-about a vendor lives in Python code.
+The platform files and their loader live in DeviceVault's Ansible collection
+(``playbooks/collections/ansible_collections/devicevault/network/``: ``platforms/<name>.yml``, schema in
+``platforms/README.md`` there; loader ``plugins/plugin_utils/platform_file.py``), so the collection is
+self-contained and the collect action and the ``cli`` cliconf/terminal plugins read the same files through
+the same code. Where the built-in files are, which file a host uses (``devicevault_platform``, else
+``ansible_network_os``), the search path (``$DEVICEVAULT_PLATFORMS_DIR`` before the built-in directory) and
+the command order (startup last) are written there once; this module only brings that loader into
+DeviceVault's processes.
 
-``DEVICEVAULT_PLATFORMS_DIR`` names a directory searched before the built-in one, so a site can add a
-platform (or override one) with a data file only.
+How: the loader is loaded **by file path** with ``importlib`` (module name :data:`LOADER_MODULE`), from
+``jobs.settings.COLLECTIONS_DIR``; ``sys.path`` is left alone. Importing it as
+``ansible_collections.devicevault...`` would put ``playbooks/collections`` into the ``ansible_collections``
+namespace package that the ``ansible`` package also fills, and would break once Ansible's own collection
+finder is installed in the same process (it then answers every ``ansible_collections`` import from its
+configured paths). The lab (``lab/``) reads platforms through this module too.
 
     python -m jobs.collect.platforms list
-    python -m jobs.collect.platforms golden ios [--write]     # normalise tests/golden/ios/raw/* (see the README)
 """
 
 from __future__ import annotations
 
-import os
-import re
+import importlib.util
 import sys
-from dataclasses import dataclass, field
-from functools import lru_cache
 from pathlib import Path
+from types import ModuleType
 
-import yaml
+from jobs.settings import COLLECTIONS_DIR
 
-from jobs.settings import PLATFORMS_DIR
-
-PLATFORMS_DIR_ENV = "DEVICEVAULT_PLATFORMS_DIR"
-#: the inventory variable that picks a platform file when ``ansible_network_os`` cannot (our own plugin)
-PLATFORM_VAR = "devicevault_platform"
-
-
-class PlatformError(ValueError):
-    """A platform data file is missing or malformed (the message names the file)."""
+#: where the loader is, relative to the collections directory
+LOADER_PATH = Path("ansible_collections/devicevault/network/plugins/plugin_utils/platform_file.py")
+#: the name the loader gets in ``sys.modules`` (pickled Platform objects name it)
+LOADER_MODULE = "devicevault_platform_file"
 
 
-@dataclass(frozen=True)
-class Command:
-    command: str
-    #: identity output (``show version``): stored as comment lines at the top, not part of the configuration
-    comment: bool = False
-    #: for comment output: only lines matching one of these are kept (empty = all, after noise)
-    keep: tuple[re.Pattern[str], ...] = ()
-
-
-@dataclass(frozen=True)
-class Rewrite:
-    pattern: re.Pattern[str]
-    replacement: str
-
-
-@dataclass(frozen=True)
-class Platform:
-    name: str
-    network_os: str
-    commands: tuple[Command, ...]
-    startup: str = ""
-    comment_prefix: str = "# "
-    description: str = ""
-    noise: tuple[re.Pattern[str], ...] = ()
-    replace: tuple[Rewrite, ...] = ()
-    secrets: tuple[re.Pattern[str], ...] = ()
-    changed_by: tuple[re.Pattern[str], ...] = ()
-    complete: tuple[re.Pattern[str], ...] = ()
-    errors: tuple[re.Pattern[str], ...] = ()
-    terminal: dict = field(default_factory=dict, compare=False, hash=False)
-    source: Path = field(default=Path(), compare=False)
-
-    @property
-    def command_lines(self) -> tuple[str, ...]:
-        """Every command the playbook sends, in order (the startup command last)."""
-        return tuple(c.command for c in self.commands) + ((self.startup,) if self.startup else ())
-
-
-def platform_key(network_os: str) -> str:
-    """``cisco.ios.ios`` -> ``ios``: the file name of a platform is the last part of its network OS."""
-    return network_os.rsplit(".", 1)[-1].strip()
-
-
-def _compile(path: Path, key: str, values: object, flags: int) -> tuple[re.Pattern[str], ...]:
-    if values is None:
-        return ()
-    if not isinstance(values, list):
-        raise PlatformError(f"{path}: '{key}' must be a list of regular expressions")
-    compiled = []
-    for value in values:
-        try:
-            compiled.append(re.compile(str(value), flags))
-        except re.error as exc:
-            raise PlatformError(f"{path}: bad regular expression in '{key}': {value!r}: {exc}") from exc
-    return tuple(compiled)
-
-
-def _commands(path: Path, values: object) -> tuple[Command, ...]:
-    if not isinstance(values, list) or not values:
-        raise PlatformError(f"{path}: 'commands' must be a non-empty list")
-    out = []
-    for value in values:
-        if isinstance(value, str):
-            out.append(Command(value))
-        elif isinstance(value, dict) and value.get("command"):
-            out.append(Command(str(value["command"]), bool(value.get("comment", False)),
-                               _compile(path, "keep", value.get("keep"), 0)))
-        else:
-            raise PlatformError(f"{path}: each command is a string or a mapping with 'command': {value!r}")
-    if all(c.comment for c in out):
-        raise PlatformError(f"{path}: at least one command must be the configuration (comment: false)")
-    return tuple(out)
-
-
-def _rewrites(path: Path, values: object) -> tuple[Rewrite, ...]:
-    if values is None:
-        return ()
-    if not isinstance(values, list):
-        raise PlatformError(f"{path}: 'replace' must be a list of {{pattern, with}} mappings")
-    out = []
-    for value in values:
-        if not isinstance(value, dict) or "pattern" not in value or "with" not in value:
-            raise PlatformError(f"{path}: each 'replace' entry needs 'pattern' and 'with': {value!r}")
-        (pattern,) = _compile(path, "replace", [value["pattern"]], 0)
-        out.append(Rewrite(pattern, str(value["with"])))
-    return tuple(out)
-
-
-def _named(path: Path, key: str, patterns: tuple[re.Pattern[str], ...], group: str) -> None:
-    for pattern in patterns:
-        if group not in pattern.groupindex and pattern.groups < 1:
-            raise PlatformError(f"{path}: '{key}' pattern {pattern.pattern!r} needs a group named '{group}'")
-
-
-def load_platform_file(path: Path) -> Platform:
+def _load_loader() -> ModuleType:
+    module = sys.modules.get(LOADER_MODULE)
+    if module is not None:
+        return module
+    path = COLLECTIONS_DIR / LOADER_PATH
+    spec = importlib.util.spec_from_file_location(LOADER_MODULE, path)
+    if spec is None or spec.loader is None:  # pragma: no cover - a broken installation
+        raise ImportError(f"cannot load DeviceVault's platform loader from {path}")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[LOADER_MODULE] = module  # before exec: dataclasses look their module up there
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except (OSError, yaml.YAMLError) as exc:
-        raise PlatformError(f"{path}: cannot read platform file: {exc}") from exc
-    if not isinstance(data, dict) or not data.get("commands"):
-        raise PlatformError(f"{path}: a platform file needs 'name', 'network_os' and a list of 'commands'")
-    terminal = data.get("terminal") or {}
-    if not isinstance(terminal, dict):
-        raise PlatformError(f"{path}: 'terminal' must be a mapping")
-    platform = Platform(
-        name=str(data.get("name") or path.stem),
-        network_os=str(data.get("network_os", "")),
-        description=str(data.get("description", "")),
-        commands=_commands(path, data["commands"]),
-        startup=str(data.get("startup") or ""),
-        comment_prefix=str(data.get("comment_prefix", "# ")),
-        noise=_compile(path, "noise", data.get("noise"), 0),
-        replace=_rewrites(path, data.get("replace")),
-        secrets=_compile(path, "secrets", data.get("secrets"), 0),
-        changed_by=_compile(path, "changed_by", data.get("changed_by"), 0),
-        complete=_compile(path, "complete", data.get("complete"), re.MULTILINE),
-        errors=_compile(path, "errors", data.get("errors"), re.MULTILINE),
-        terminal=terminal,
-        source=path,
-    )
-    _named(path, "secrets", platform.secrets, "secret")
-    _named(path, "changed_by", platform.changed_by, "user")
-    return platform
+        spec.loader.exec_module(module)
+    except BaseException:
+        sys.modules.pop(LOADER_MODULE, None)
+        raise
+    return module
 
 
-def platform_dirs(directory: Path | None = None) -> list[Path]:
-    """Where platform files are looked up, first match wins: ``$DEVICEVAULT_PLATFORMS_DIR``, built-in."""
-    if directory is not None:
-        return [Path(directory)]
-    extra = os.environ.get(PLATFORMS_DIR_ENV)
-    return ([Path(extra)] if extra else []) + [PLATFORMS_DIR]
+loader = _load_loader()
+
+Platform = loader.Platform
+Command = loader.Command
+Rewrite = loader.Rewrite
+PlatformError = loader.PlatformError
+PLATFORMS_DIR_ENV = loader.PLATFORMS_DIR_ENV
+PLATFORM_VAR = loader.PLATFORM_VAR
+#: the built-in platform files (the one place that says where they are is the loader)
+BUILTIN_DIR = Path(loader.BUILTIN_DIR)
+platform_name = loader.platform_name
+search_dirs = loader.search_dirs
+load_platform_file = loader.load_file
 
 
-@lru_cache(maxsize=None)
-def _load_dir(directory: str) -> dict[str, Platform]:
-    platforms = {}
-    for path in sorted(Path(directory).glob("*.yml")):
-        platforms[path.stem] = load_platform_file(path)
-    return platforms
+def platform_key(name_or_network_os: str) -> str:
+    """``cisco.ios.ios`` -> ``ios``, ``asa`` -> ``asa``: a platform name, or a bare ``ansible_network_os``."""
+    return platform_name(None, name_or_network_os)
 
 
-def all_platforms(directory: Path | None = None) -> dict[str, Platform]:
-    found: dict[str, Platform] = {}
-    for d in reversed(platform_dirs(directory)):
-        found.update(_load_dir(str(d)))
-    return found
+def all_platforms(directory: Path | str | None = None) -> dict[str, Platform]:
+    """Every platform by name: ``directory`` (default ``$DEVICEVAULT_PLATFORMS_DIR``) over the built-in ones."""
+    return loader.all_platforms(str(directory) if directory else None)
 
 
-def get_platform(name_or_network_os: str, directory: Path | None = None) -> Platform | None:
-    """The platform for a ``devicevault_platform`` or ``ansible_network_os`` value, or ``None`` if there is
-    no file for it."""
-    key = platform_key(name_or_network_os or "")
-    for d in platform_dirs(directory):
-        platform = _load_dir(str(d)).get(key)
-        if platform is not None:
-            return platform
-    return None
-
-
-# --------------------------------------------------------------------------- command line
-GOLDEN_DIR = Path(__file__).resolve().parents[2] / "tests" / "golden"
-
-
-def golden_outputs(name: str, root: Path = GOLDEN_DIR) -> list[str]:
-    """The raw device outputs of a platform's golden case, in command order."""
-    files = sorted((root / name / "raw").glob("*.txt"))
-    if not files:
-        raise PlatformError(f"{root / name / 'raw'}: no raw output files (01-<command>.txt, ...)")
-    return [f.read_bytes().decode("utf-8", errors="surrogateescape") for f in files]
+def get_platform(name_or_network_os: str, directory: Path | str | None = None) -> Platform | None:
+    """The platform for a platform name (an inventory host's ``platform``) or an ``ansible_network_os``
+    value, or ``None`` if there is no file for it; :class:`PlatformError` if its file is malformed."""
+    name = platform_key(name_or_network_os or "")
+    return loader.get(name, str(directory) if directory else None) if name else None
 
 
 def _main(argv: list[str]) -> int:
     import argparse
 
-    from jobs.collect.normalize import normalize
-
     ap = argparse.ArgumentParser(prog="python -m jobs.collect.platforms")
     sub = ap.add_subparsers(dest="cmd", required=True)
     sub.add_parser("list", help="every platform file and its commands")
-    g = sub.add_parser("golden", help="normalise tests/golden/<name>/raw/* and show or write expected.txt")
-    g.add_argument("name")
-    g.add_argument("--write", action="store_true")
-    a = ap.parse_args(argv)
-    if a.cmd == "list":
-        for name, p in sorted(all_platforms().items()):
-            print(f"{name:<12} {p.network_os:<34} {' | '.join(p.command_lines)}")
-        return 0
-    platform = get_platform(a.name)
-    if platform is None:
-        print(f"no platform file for {a.name!r}", file=sys.stderr)
-        return 2
-    result = normalize(f"golden-{a.name}", platform, golden_outputs(a.name))
-    if a.write:
-        (GOLDEN_DIR / a.name / "expected.txt").write_bytes(result.text.encode("utf-8", errors="surrogateescape"))
-        print(f"wrote {GOLDEN_DIR / a.name / 'expected.txt'} (changed_by={result.changed_by!r}, unsaved={result.unsaved})")
-    else:
-        sys.stdout.write(result.text)
+    ap.parse_args(argv)
+    for name, p in sorted(all_platforms().items()):
+        print(f"{name:<12} {p.network_os:<34} {' | '.join(p.command_lines)}")
+    print(f"(from {', '.join(search_dirs())})", file=sys.stderr)
     return 0
 
 

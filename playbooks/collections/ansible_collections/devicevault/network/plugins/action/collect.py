@@ -9,32 +9,41 @@ from ansible_collections.devicevault.network.plugins.plugin_utils import platfor
 
 
 class ActionModule(ActionBase):
-    """``devicevault.network.collect: platform: ios`` (the platform file's commands, then its startup
-    command) or ``commands: [...]`` -> ``outputs`` (one string per command)."""
+    """``devicevault.network.collect`` -> ``outputs`` (one string per command): the commands of the host's
+    platform file (then its startup command), or ``commands: [...]``.
+
+    The platform is ``platform`` if given, else it is resolved from the host's ``devicevault_platform`` /
+    ``ansible_network_os`` (``network_os`` overrides the latter) by the one rule in
+    ``plugin_utils/platform_file.py``; ``platforms_dir`` (else the host's ``devicevault_platforms_dir``, else
+    ``$DEVICEVAULT_PLATFORMS_DIR``) is searched before the collection's own ``platforms/``. Variables are
+    taken as the task sees them (the playbook passes them as arguments, so Ansible templates them)."""
 
     TRANSFERS_FILES = False
-    _VALID_ARGS = frozenset(("commands", "platform", "platforms_dir"))
+    _VALID_ARGS = frozenset(("commands", "platform", "network_os", "platforms_dir"))
 
-    def _commands(self):
+    def _commands(self, task_vars):
         """The commands to send, or a failure message."""
         args = self._task.args
         if args.get("commands") is not None:
             commands = args["commands"]
             if isinstance(commands, str) or not isinstance(commands, list) or not commands:
                 return None, "devicevault.network.collect: 'commands' must be a non-empty list"
-            return commands, None
-        if not args.get("platform"):
-            return None, "devicevault.network.collect: give 'platform' (a platform file's name) or 'commands'"
+            return [c.get("command") if isinstance(c, dict) else c for c in commands], None
+        task_vars = task_vars or {}
+        name = platform_file.platform_name(
+            args.get("platform") or task_vars.get(platform_file.PLATFORM_VAR),
+            args.get("network_os") or task_vars.get("ansible_network_os"))
+        if not name:
+            return None, ("devicevault.network.collect: no platform: set the host variable %s (or an "
+                          "ansible_network_os that names a platform file)" % platform_file.PLATFORM_VAR)
         # The platform file is read here, in the task that uses it: no separate include_vars task (and
         # worker process) per device
         try:
-            data = platform_file.load(platform_file.find(str(args["platform"]), args.get("platforms_dir") or None))
-        except platform_file.PlatformFileError as exc:
+            platform = platform_file.load(
+                name, args.get("platforms_dir") or task_vars.get(platform_file.PLATFORMS_DIR_VAR) or None)
+        except platform_file.PlatformError as exc:
             return None, "devicevault.network.collect: %s" % exc
-        commands = platform_file.collect_commands(data)
-        if not commands:
-            return None, "devicevault.network.collect: platform %s has no commands" % args["platform"]
-        return commands, None
+        return list(platform.command_lines), None
 
     def run(self, tmp=None, task_vars=None):
         result = super().run(tmp, task_vars)
@@ -43,7 +52,7 @@ class ActionModule(ActionBase):
             # Ansible closes, at the end of the play, the persistent connections it saw in a task's arguments;
             # without a module run ours would linger (and hold the device's SSH session) until they time out
             self._task.args["_ansible_socket"] = socket_path
-        commands, error = self._commands()
+        commands, error = self._commands(task_vars)
         if error:
             return {"failed": True, "msg": error}
         if not socket_path:
@@ -52,7 +61,6 @@ class ActionModule(ActionBase):
         conn = Connection(socket_path)
         outputs = []
         for command in commands:
-            command = command.get("command") if isinstance(command, dict) else command
             try:
                 out = conn.get(command=str(command))
             except ConnectionError as exc:

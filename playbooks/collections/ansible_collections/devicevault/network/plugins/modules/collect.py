@@ -6,14 +6,21 @@ short_description: Run a platform's CLI commands over network_cli and return eve
 description:
   - Runs in the controller over the host's persistent C(network_cli) connection (no module process per
     device), sending each command through the platform's cliconf plugin in order.
-  - With O(platform), the commands come from the platform file (DeviceVault's C(playbooks/platforms)):
-    its C(commands), then its C(startup) command when it has one.
+  - Without O(commands), the commands come from the host's platform file (the C(platforms) directory of
+    this collection): its C(commands), then its C(startup) command when it has one.
 options:
   platform:
-    description: Name of the platform file without C(.yml), for example C(ios).
+    description:
+      - Name of the platform file without C(.yml), for example C(ios).
+      - Default the host variable C(devicevault_platform), else the last part of O(network_os).
+    type: str
+  network_os:
+    description: The host's C(ansible_network_os) (default the host variable), when O(platform) is empty.
     type: str
   platforms_dir:
-    description: A directory of platform files searched before the built-in one (a site's own platforms).
+    description:
+      - A directory of platform files searched before the built-in one (a site's own platforms).
+      - Default the host variable C(devicevault_platforms_dir), else E(DEVICEVAULT_PLATFORMS_DIR).
     type: str
   commands:
     description: Commands to send, in order (strings, or mappings with C(command)); instead of O(platform).

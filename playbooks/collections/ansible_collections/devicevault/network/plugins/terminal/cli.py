@@ -3,7 +3,8 @@
 
 Prompts, error texts, paging commands, the privilege step and the logout command come from the
 ``terminal`` section of the host's platform file, found by the devicevault.network.cli cliconf plugin
-(options ``devicevault_platform`` and ``devicevault_platforms_dir``).
+(options ``devicevault_platform`` and ``devicevault_platforms_dir``) and read by the collection's one
+loader (``plugin_utils/platform_file.py``, class ``Terminal``).
 """
 
 import ast
@@ -29,18 +30,18 @@ class TerminalModule(TerminalBase):
 
     @property
     def terminal_stdout_re(self):
-        return self._spec()["prompts"]
+        return list(self._spec().prompts)
 
     @property
     def terminal_stderr_re(self):
-        return self._spec()["errors"]
+        return list(self._spec().errors)
 
     @property
     def ansi_re(self):
-        return TerminalBase.ansi_re + self._spec()["ansi"]
+        return TerminalBase.ansi_re + list(self._spec().ansi)
 
     def on_open_shell(self):
-        for command in self._spec()["paging"]:
+        for command in self._spec().paging:
             try:
                 self._exec_cli_command(to_bytes(command, errors="surrogate_or_strict"))
             except AnsibleConnectionFailure as exc:
@@ -48,27 +49,27 @@ class TerminalModule(TerminalBase):
                     "unable to set terminal parameters with %r: %s" % (command, self._reason(exc)))
 
     def on_become(self, passwd=None):
-        priv = self._spec()["privilege"]
+        priv = self._spec().privilege
         if not priv:
             return
         prompt = self._get_prompt() or b""
-        if priv["check"].search(prompt):
+        if priv.check.search(prompt):
             return
         # Always answer the password prompt (an empty answer if there is no password): a wrong or missing
         # password then fails at once instead of waiting for the command timeout.
-        cmd = {"command": priv["command"], "prompt": priv["prompt"], "answer": passwd or "",
+        cmd = {"command": priv.command, "prompt": priv.prompt, "answer": passwd or "",
                "prompt_retry_check": True}
         try:
             self._exec_cli_command(to_bytes(json.dumps(cmd), errors="surrogate_or_strict"))
         except AnsibleConnectionFailure as exc:
             raise AnsibleConnectionFailure(
                 "failed to elevate privilege with %r at prompt [%s]: %s"
-                % (priv["command"], to_text(prompt).strip(), self._reason(exc)))
+                % (priv.command, to_text(prompt).strip(), self._reason(exc)))
         prompt = self._get_prompt() or b""
-        if not priv["check"].search(prompt):
+        if not priv.check.search(prompt):
             raise AnsibleConnectionFailure(
                 "failed to elevate privilege with %r (wrong become password?): still at prompt [%s]"
-                % (priv["command"], to_text(prompt).strip()))
+                % (priv.command, to_text(prompt).strip()))
 
     def _reason(self, exc):
         """The device's error line from a failed command (network_cli raises with the whole response)."""
@@ -81,7 +82,7 @@ class TerminalModule(TerminalBase):
                 except (SyntaxError, ValueError):
                     pass
             raw = raw if isinstance(raw, bytes) else to_bytes(raw, errors="surrogate_or_strict")
-        for regex in self._spec()["errors"]:
+        for regex in self._spec().errors:
             match = regex.search(raw)
             if match:
                 start = raw.rfind(b"\n", 0, match.start()) + 1
@@ -91,7 +92,7 @@ class TerminalModule(TerminalBase):
 
     def on_close_shell(self):
         try:
-            logout = self._spec()["logout"]
+            logout = self._spec().logout
         except Exception:  # no platform file: nothing to say on the way out
             return
         if logout:
