@@ -13,9 +13,8 @@ from rq import Queue, get_current_job
 
 from jobs.collect.collector import collect
 from jobs.deliver.locations import StorageLayout
-from jobs.deliver.outbox import StorageItem
 from jobs.settings import Settings
-from jobs.deliver.store import dispatch, store_to_target
+from jobs.deliver.store import store_to_target
 
 
 def _connection():
@@ -37,32 +36,28 @@ def enqueue_store(redis: Redis, settings: Settings, layout: StorageLayout, targe
     )
 
 
-def collect_batch(run_id: str, hosts: list[str], inventory: str, targets: list[str] | None = None,
-                  attempt: int = 1) -> dict[str, str]:
-    """Collect ``hosts``; new versions go to the outbox and one storage job per target. Returns host -> status.
+def collect_batch(run_id: str, hosts: list[str], inventory: str, attempt: int = 1) -> dict[str, str]:
+    """Collect ``hosts``; candidates are staged for the index consumer, which decides and enqueues the
+    storage jobs (``jobs.deliver.release``). Returns host -> status as published (``changed`` = a candidate).
 
     Hosts that failed transiently come back as a new job on the same queue after a backoff (``attempt`` + 1).
-    ``targets`` is accepted for jobs enqueued by older versions and ignored: each device's targets come
-    from its storage location.
+    Each device's targets come from its storage location.
     """
     job = get_current_job()
     redis = _connection()
     settings = Settings.load()
     layout = StorageLayout.load(settings)
 
-    def enqueue_storage(items: list[StorageItem]) -> None:
-        dispatch(redis, settings, items, lambda target, ids: enqueue_store(redis, settings, layout, target, ids))
-
     def retry(again: list[str], next_attempt: int, delay: float) -> None:
         Queue(job.origin, connection=redis).enqueue_in(
-            timedelta(seconds=delay), collect_batch, run_id, again, inventory, None, next_attempt,
+            timedelta(seconds=delay), collect_batch, run_id, again, inventory, next_attempt,
             job_timeout=settings.job_timeout,
             description=f"backup run {run_id}: retry {next_attempt - 1} of {len(again)} device(s)",
             meta={"run_id": run_id, "hosts": again, "attempt": next_attempt},
         )
 
-    results = collect(redis, settings, run_id, hosts, inventory=inventory, enqueue_storage=enqueue_storage,
-                      layout=layout, attempt=attempt, retry=retry, owner=job.id)
+    results = collect(redis, settings, run_id, hosts, inventory=inventory, layout=layout, attempt=attempt,
+                      retry=retry, owner=job.id)
     return {r.device: r.status.value for r in results}
 
 

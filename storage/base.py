@@ -27,8 +27,10 @@ class Backend(Protocol):
     Refs are opaque strings produced by :meth:`store` and understood by the
     same backend's :meth:`read` / :meth:`delete`.
 
-    Idempotence: storing content identical to the current latest version at
-    ``path`` creates nothing and returns that version's ref.
+    Idempotence: storing the same version again (same content, same
+    ``StoreOptions.timestamp``: a storage job repeated after it died) creates
+    nothing and returns that version's ref.  Whether content is a *new*
+    version is decided before it is stored (DeviceVault's index), not here.
 
     ``delete(ref)`` retires one version (retention deletes *older* versions).
     Unknown refs raise ``RefNotFound``.  fs and s3 erase the version (reading

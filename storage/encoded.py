@@ -13,19 +13,18 @@ from __future__ import annotations
 
 from .base import already_holds, Backend, StoreOptions, as_content
 from .codec import Codec
-from .errors import DecodeError, IntegrityError, RefNotFound
-
-_MISSING = object()
+from .errors import DecodeError
 
 
 class EncodedBackend:
     """``inner`` storing ``codec.encode(content)`` and reading ``codec.decode(bytes)``.
 
-    Idempotence compares *decoded* content (encryption is randomised, so equal
-    configurations give different bytes): storing content equal to the current
-    latest version at a path creates nothing and returns that version's ref.
-    The check (read latest, then store) is not atomic across processes; a race
-    can at worst add a duplicate version, never lose one.
+    It does not read anything back before storing: whether a configuration is
+    a new version is decided once, in the index, before it is stored.  Storing
+    the *same version* again (same ``StoreOptions.timestamp``) is recognised by
+    the inner backend without decoding: fs and s3 name a version by that
+    timestamp.  (git compares bytes, and encryption is randomised, so an
+    encrypted git target would commit a repeated store again.)
     """
 
     def __init__(self, inner: Backend, codec: Codec) -> None:
@@ -44,52 +43,18 @@ class EncodedBackend:
         if close is not None:
             close()
 
-    # --- helpers ---------------------------------------------------------------------
-    def _decoded_latest(self, path: str) -> tuple[str | None, object]:
-        """``(latest ref, its decoded content)``; content is ``_MISSING`` if unreadable."""
-        ref = self.inner.latest(path)
-        if ref is None:
-            return None, _MISSING
-        try:
-            return ref, self.read(ref)
-        except (RefNotFound, IntegrityError):  # DecodeError included: store a fresh, readable copy
-            return ref, _MISSING
-
     # --- Backend ---------------------------------------------------------------------
     def store(self, content: bytes, path: str, options: StoreOptions | None = None) -> str:
         return self.store_many([(content, path, options)])[0]
 
     def store_many(self, items: list[tuple[bytes, str, StoreOptions | None]]) -> list[str]:
-        """Store several versions; refs in input order.
-
-        Each item is compared with the latest version of its path (an earlier
-        item of the same batch counts as latest).  Uses the inner backend's
-        ``store_many`` (one lock, one git process...) when it has one.
+        """Encode and store several versions; refs in input order.  Uses the
+        inner backend's ``store_many`` (one lock, one git process...) when it has one.
         """
-        prepared = [(as_content(content, path), path, options) for content, path, options in items]
-        current: dict[str, tuple[object, object]] = {}  # path -> (("ref", str) | ("new", index), plain)
-        for _content, path, _options in prepared:  # validates every path before anything is stored
-            if path not in current:
-                ref, plain = self._decoded_latest(path)
-                current[path] = (("ref", ref), plain)
-        pending: list[tuple[bytes, str, StoreOptions | None]] = []
-        slots: list[tuple[str, object]] = []
-        for content, path, options in prepared:
-            where, plain = current[path]
-            if plain is not _MISSING and plain == content:
-                slots.append(where)  # type: ignore[arg-type]
-                continue
-            where = ("new", len(pending))
-            pending.append((self.codec.encode(content), path, options))
-            current[path] = (where, content)
-            slots.append(where)
-        if not pending:
-            stored: list[str] = []
-        elif hasattr(self.inner, "store_many"):
-            stored = list(self.inner.store_many(pending))  # type: ignore[attr-defined]
-        else:
-            stored = [self.inner.store(data, path, options) for data, path, options in pending]
-        return [stored[value] if kind == "new" else value for kind, value in slots]  # type: ignore[index,misc]
+        encoded = [(self.codec.encode(as_content(content, path)), path, options) for content, path, options in items]
+        if hasattr(self.inner, "store_many"):
+            return list(self.inner.store_many(encoded))  # type: ignore[attr-defined]
+        return [self.inner.store(data, path, options) for data, path, options in encoded]
 
     def read(self, ref: str, options: StoreOptions | None = None) -> bytes:
         data = self.inner.read(ref, options)

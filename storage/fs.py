@@ -2,6 +2,9 @@
 
 Layout: ``<root>/<path>/<UTC %Y%m%dT%H%M%S.%fZ>_<sha256[:12]>.cfg``.
 Ref: that file's path relative to the root, posix style.
+A version stored with an explicit ``StoreOptions.timestamp`` (DeviceVault passes the collection time) is
+named by it: storing it again finds the file of that timestamp and writes nothing, even when the bytes
+differ (an encrypting wrapper encodes the same version differently each time).
 ``restore`` rewrites a version file in place (same timestamp), see :meth:`FilesystemBackend.restore`.
 """
 
@@ -103,10 +106,13 @@ class FilesystemBackend:
             if latest is not None and VERSION_NAME.match(latest).group(2) == digest[:12]:
                 if (directory / latest).read_bytes() == content:
                     return f"{path}/{latest}"
-            name = version_name(next_stamp(options, latest), digest)
-            final = directory / name
-            if final.exists() and final.read_bytes() == content:
-                return f"{path}/{name}"
+            stamp = next_stamp(options, latest)
+            if options.timestamp is not None:  # this version may be here already (a repeated store)
+                same = sorted(e.name for e in os.scandir(directory)
+                              if e.name.startswith(stamp + "_") and VERSION_NAME.match(e.name))
+                if same:
+                    return f"{path}/{same[0]}"
+            name = version_name(stamp, digest)
             self._write_atomic(directory, name, content)
         except UnsafePath:
             raise

@@ -10,6 +10,9 @@ ref ``s3://<bucket>/<key>?versionId=<id>``.  A restored *older* version of a
 versioned key is kept beside it, see :meth:`S3Backend.restore`.
 
 Keys in refs are percent-quoted (``/`` kept), so refs parse unambiguously.
+A version stored with an explicit ``StoreOptions.timestamp`` (the collection time) is recognised by it when
+stored again (the object of that timestamp; on a versioned bucket the current version's ``timestamp``
+metadata): nothing is written, even when the bytes differ (encryption is randomised).
 Credentials are handed to boto3 only; they never appear in repr or errors.
 """
 
@@ -176,6 +179,11 @@ class S3Backend:
         return key, version
 
     def _latest_name(self, base: str) -> str | None:
+        names = self._names(base)
+        return max(names) if names else None
+
+    def _names(self, base: str) -> list[str]:
+        """Names of the version objects under ``base`` (one object per version)."""
         names: list[str] = []
         token = None
         while True:
@@ -190,7 +198,7 @@ class S3Backend:
             if not resp.get("IsTruncated"):
                 break
             token = resp.get("NextContinuationToken")
-        return max(names) if names else None
+        return names
 
     def _head(self, key: str, version_id: str | None = None) -> dict[str, Any] | None:
         kwargs: dict[str, Any] = {"Bucket": self.bucket, "Key": key}
@@ -204,6 +212,8 @@ class S3Backend:
     @staticmethod
     def _metadata(digest: str, options: StoreOptions) -> dict[str, str]:
         metadata = {"sha256": digest}
+        if options.timestamp is not None:
+            metadata["timestamp"] = format_stamp(options.timestamp)
         if options.device:
             metadata["device"] = quote(options.device, safe="")
         if options.run_id:
@@ -228,16 +238,24 @@ class S3Backend:
         if self.versioned:
             key = f"{base}.cfg"
             head = self._head(key)
-            if head is not None and head.get("Metadata", {}).get("sha256") == digest:
+            held = head.get("Metadata", {}) if head is not None else {}
+            if head is not None and (held.get("sha256") == digest or
+                                     (options.timestamp is not None and held.get("timestamp") == metadata.get("timestamp"))):
                 return self._ref(key, head.get("VersionId"))
             resp = self._put(key, content, metadata, f"store {path!r}")
             return self._ref(key, resp.get("VersionId"))
-        latest = self._latest_name(base)
+        names = self._names(base)
+        latest = max(names) if names else None
         if latest is not None and VERSION_NAME.match(latest).group(2) == digest[:12]:
             head = self._head(f"{base}/{latest}")
             if head is not None and head.get("Metadata", {}).get("sha256") == digest:
                 return self._ref(f"{base}/{latest}")
-        key = f"{base}/{version_name(next_stamp(options, latest), digest)}"
+        stamp = next_stamp(options, latest)
+        if options.timestamp is not None:  # this version may be here already (a repeated store)
+            same = sorted(n for n in names if n.startswith(stamp + "_"))
+            if same:
+                return self._ref(f"{base}/{same[0]}")
+        key = f"{base}/{version_name(stamp, digest)}"
         self._put(key, content, metadata, f"store {path!r}")
         return self._ref(key)
 

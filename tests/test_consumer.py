@@ -11,7 +11,11 @@ from pathlib import Path
 import pytest
 from sqlalchemy import func, select
 
+from jobs.deliver import outbox
+from jobs.deliver.outbox import StorageItem
+from jobs.deliver.release import Releaser
 from jobs.streams.consumer import GROUP, Consumer, dead_letter_stream
+from jobs.streams.events import VERSIONS_CREATED_STREAM
 from jobs.streams.results import (
     DEVICE_RESULTS_STREAM,
     STORAGE_RESULTS_STREAM,
@@ -55,19 +59,33 @@ def inventory(tmp_path) -> Path:
 
 
 @pytest.fixture()
-def consumer(streams, sessions, inventory):
-    """``consumer(name, **options)``: a Consumer on the test's streams, index and inventory."""
+def enqueued(streams) -> list[tuple[str, list[str]]]:
+    """The storage jobs the consumers' releasers enqueued (target, item ids); the outbox and the
+    ``versions:created`` stream start empty."""
+    streams.delete(VERSIONS_CREATED_STREAM, outbox.ITEMS, *streams.keys("storage:outbox:*"))
+    yield []
+    streams.delete(VERSIONS_CREATED_STREAM, outbox.ITEMS, *streams.keys("storage:outbox:*"))
+
+
+@pytest.fixture()
+def consumer(streams, sessions, inventory, enqueued):
+    """``consumer(name, **options)``: a Consumer on the test's streams, index and inventory, whose after-commit
+    steps are real (outbox, cache, events in the test's Redis) and whose storage jobs are recorded in
+    ``enqueued`` instead of going to RQ (no storage worker runs here)."""
 
     def make(name: str, **options) -> Consumer:
-        options = {"block_ms": 100, "inventory": inventory, **options}
+        releaser = Releaser(streams, lease=60, enqueue=lambda target, ids: enqueued.append((target, ids)))
+        options = {"block_ms": 100, "inventory": inventory, "releaser": releaser, **options}
         return Consumer(streams, sessions, name=name, **options)
 
     return make
 
 
-def _device_result(run_id: str, host: str, status=DeviceStatus.CHANGED, sha="a" * 64) -> DeviceResult:
+def _device_result(run_id: str, host: str, status=DeviceStatus.CHANGED, sha="a" * 64,
+                   targets="git,fs") -> DeviceResult:
     return DeviceResult(task_id=f"{run_id}:{host}", run_id=run_id, device=host, status=status, timestamp=utcnow(),
-                        group="site_x", platform="cisco.ios.ios", sha256=sha, size=10)
+                        group="site_x", platform="cisco.ios.ios", sha256=sha, view_sha256=sha, size=10,
+                        targets=targets if status == DeviceStatus.CHANGED else "")
 
 
 def _storage_result(run_id: str, host: str, backend: str, sha="a" * 64) -> StorageResult:
@@ -137,19 +155,16 @@ def test_malformed_message_is_dead_lettered_not_dropped(streams, sessions, consu
     assert _count(sessions, DeviceResultRow) == 1  # the message behind it flowed on
 
 
-def test_unchanged_storage_outcome_of_the_latest_version_adds_no_version(streams, sessions, consumer):
+def test_a_candidate_equal_to_the_newest_version_is_unchanged_and_adds_no_version(streams, sessions, consumer):
     first, second = uuid.uuid4().hex, uuid.uuid4().hex
     _publish(streams, first, ["r1"])
-    # a second run believed r1 changed (stale cache) but every target already held it
+    # a second run's collector had no cache entry (lost), so it staged r1 as a candidate: the decider says no
     streams.xadd(DEVICE_RESULTS_STREAM, _device_result(second, "r1").to_message())
-    for t in ("git", "fs"):
-        msg = _storage_result(second, "r1", t)
-        msg.status = StorageStatus.UNCHANGED
-        streams.xadd(STORAGE_RESULTS_STREAM, msg.to_message())
     consumer("c1").run(idle_exit=0.3, stop=within(20))
-    assert _count(sessions, Version) == 1
+    assert (_count(sessions, Version), _count(sessions, Copy)) == (1, 2)
     with sessions() as s:
         statuses = sorted(s.scalars(select(DeviceResultRow.status)).all())
+        assert s.get(Run, second).finished_at is not None  # an unchanged device waits for no copy
     assert statuses == ["changed", "unchanged"]
 
 
@@ -198,6 +213,7 @@ def test_an_inventory_that_cannot_be_read_rejects_nothing(streams, sessions, con
 
 def test_an_apply_that_raises_is_retried_then_dead_lettered(streams, sessions, consumer, monkeypatch):
     run_id = uuid.uuid4().hex
+    streams.xadd(DEVICE_RESULTS_STREAM, _device_result(run_id, "r1").to_message())
     broken = _storage_result(run_id, "r1", "git")
     broken.status = StorageStatus.PENDING
     broken.next_attempt_at = "soon"  # parses as a message, but the index cannot store it
@@ -207,7 +223,10 @@ def test_an_apply_that_raises_is_retried_then_dead_lettered(streams, sessions, c
     c = consumer("c1", claim_idle_ms=50)
     assert c.max_deliveries == 2
     c.run(idle_exit=0.5, stop=within(20))
-    assert _count(sessions, Copy) == 2  # r2's copies
+    assert _count(sessions, Copy) == 4  # r1's (made pending by the decider) and r2's
+    with sessions() as s:
+        assert {c.status for c in s.scalars(select(Copy).join(Version).where(Version.run_id == run_id))} == {
+            "pending", "stored"}
     (_, entry), = streams.xrange(dead_letter_stream(STORAGE_RESULTS_STREAM))
     assert entry[b"deliveries"] == b"2" and b"ValueError" in entry[b"error"] and b"soon" in entry[b"error"]
     assert c.failed == 1 and c.dead == 1
@@ -256,3 +275,105 @@ def test_an_unreachable_index_is_an_outage_not_a_poison_message(streams, session
     c.run(idle_exit=0.3, stop=within(20))  # the index is back: what was in hand is applied
     assert (_count(sessions, DeviceResultRow), _count(sessions, Copy)) == (2, 4)
     assert _pending(streams, DEVICE_RESULTS_STREAM) == [] and _pending(streams, STORAGE_RESULTS_STREAM) == []
+
+
+# --- one decision, one event -------------------------------------------------------------------------------
+def _stage(redis, run_id: str, host: str, targets=("git", "fs"), sha="a" * 64) -> StorageItem:
+    """What the collector does with a candidate: its text waits in the outbox for the decider."""
+    item = StorageItem(task_id=f"{run_id}:{host}", run_id=run_id, device=host, group="site_x", sha256=sha,
+                       config=f"hostname {host}\n", collected_at=time.time(), targets=tuple(targets))
+    outbox.stage(redis, [item])
+    return item
+
+
+def _events(redis) -> list[dict]:
+    return [{k.decode(): v.decode() for k, v in fields.items()} for _, fields in redis.xrange(VERSIONS_CREATED_STREAM)]
+
+
+def test_a_storage_result_before_its_device_result_waits_and_is_applied_after_it(streams, sessions, consumer):
+    run_id = uuid.uuid4().hex
+    with sessions.begin() as s:
+        create_run(s, run_id, total=1, selector="all", targets=["git"])
+    _stage(streams, run_id, "r1", targets=("git",))
+    streams.xadd(STORAGE_RESULTS_STREAM, _storage_result(run_id, "r1", "git").to_message())  # replayed, or manual
+    c = consumer("c1", claim_idle_ms=100, max_deliveries=2)
+    assert c.poll() == 1 and c.waiting == 1
+    assert _count(sessions, Version) == 0  # a storage result never makes a version by itself
+    assert len(_pending(streams, STORAGE_RESULTS_STREAM)) == 1
+    streams.xadd(DEVICE_RESULTS_STREAM, _device_result(run_id, "r1", targets="git").to_message())
+    c.run(idle_exit=0.5, stop=within(20))
+    with sessions() as s:
+        (copy,) = s.scalars(select(Copy)).all()
+        assert (copy.status, copy.ref) == ("stored", "ref-r1-git")
+        assert s.get(Run, run_id).status == "succeeded"
+    assert c.waiting >= 2  # retried more often than max_deliveries, never dead-lettered
+    assert streams.xlen(dead_letter_stream(STORAGE_RESULTS_STREAM)) == 0
+    assert _pending(streams, STORAGE_RESULTS_STREAM) == []
+
+
+@pytest.mark.parametrize("storage_first", [True, False], ids=["storage-result-first", "device-result-first"])
+def test_with_the_cache_lost_either_order_leaves_the_index_consistent(streams, sessions, consumer, storage_first):
+    """Run 2's collector had lost its cache and staged r1 again; a storage result naming run 2 (a replay, or a
+    producer of an older DeviceVault) comes before or after the device result."""
+    first, second = uuid.uuid4().hex, uuid.uuid4().hex
+    _publish(streams, first, ["r1"])
+    consumer("c0").run(idle_exit=0.3, stop=within(20))
+    with sessions.begin() as s:
+        create_run(s, second, total=1, selector="all", targets=["git", "fs"])
+    _stage(streams, second, "r1")
+    messages = [(DEVICE_RESULTS_STREAM, _device_result(second, "r1")),
+                (STORAGE_RESULTS_STREAM, _storage_result(second, "r1", "git"))]
+    for stream, message in (messages[::-1] if storage_first else messages):
+        streams.xadd(stream, message.to_message())
+    consumer("c1", claim_idle_ms=50, max_deliveries=2).run(idle_exit=0.5, stop=within(20))
+    with sessions() as s:
+        assert s.scalar(select(func.count()).select_from(Version)) == 1
+        row = s.scalar(select(DeviceResultRow).where(DeviceResultRow.run_id == second))
+        assert row.status == "unchanged" and row.sha256 == "a" * 64
+        assert s.get(Run, second).status == "succeeded"
+        assert {c.status for c in s.scalars(select(Copy))} == {"stored"}
+    assert outbox.load(streams, [f"{second}:r1"]) == [] and streams.hget(outbox.ITEMS, f"{second}:r1") is None
+    (_, dead), = streams.xrange(dead_letter_stream(STORAGE_RESULTS_STREAM))  # it names no version: kept aside
+    assert b"NoSuchVersion" in dead[b"error"]
+    assert len(_events(streams)) == 1  # run 1's version only
+
+
+def _crashing_consumer(redis_url: str, database_url: str, inventory: str) -> None:
+    """A consumer process that dies right after committing its first message (before its after-commit steps
+    and its acknowledgement)."""
+    from redis import Redis
+
+    redis = Redis.from_url(redis_url)
+    Consumer(redis, connect(database_url), name="crasher", block_ms=100, inventory=inventory,
+             releaser=Releaser(redis, lease=60, enqueue=None), crash_after_commit=1).run(stop=within(60))
+
+
+def test_one_event_per_new_version_also_when_the_consumer_dies_between_commit_and_ack(
+        streams, sessions, consumer, enqueued, redis_server, tmp_path, inventory):
+    import multiprocessing
+
+    run_id = uuid.uuid4().hex
+    item = _stage(streams, run_id, "r1")
+    streams.xadd(DEVICE_RESULTS_STREAM, _device_result(run_id, "r1").to_message())
+    consumer("crasher")  # the group exists before the crashing process reads
+    child = multiprocessing.get_context("spawn").Process(
+        target=_crashing_consumer, args=(redis_server.url, f"sqlite:///{tmp_path / 'index.sqlite'}", str(inventory)))
+    child.start()
+    child.join(60)
+    assert child.exitcode == 17
+    assert _count(sessions, Version) == 1 and _events(streams) == []  # committed; nothing after the commit yet
+    assert len(_pending(streams, DEVICE_RESULTS_STREAM)) == 1
+    consumer("crasher").run(idle_exit=0.3, stop=within(20))  # restarted: its own pending message again
+    (event,) = _events(streams)
+    with sessions() as s:
+        version = s.scalar(select(Version))
+    assert event["version_id"] == str(version.id) and event["device"] == "r1" and event["run_id"] == run_id
+    assert event["sha256"] == event["view_sha256"] == "a" * 64 and set(event["targets"].split(",")) == {"git", "fs"}
+    assert enqueued == [("git", [item.task_id]), ("fs", [item.task_id])]
+    assert outbox.load(streams, [item.task_id]) == [item]
+    assert outbox.waiting(streams, ["git", "fs"]) == {"git": 1, "fs": 1}
+    # the same message again (a replay): no second event, no second release
+    streams.xadd(DEVICE_RESULTS_STREAM, _device_result(run_id, "r1").to_message())
+    consumer("c2").run(idle_exit=0.3, stop=within(20))
+    assert len(_events(streams)) == 1 and len(enqueued) == 2
+    assert _pending(streams, DEVICE_RESULTS_STREAM) == []

@@ -13,6 +13,7 @@ import subprocess
 import base64
 import urllib.request
 from dataclasses import dataclass, field
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Callable
 from urllib.parse import unquote
@@ -249,14 +250,20 @@ def test_round_trip_5mb(backend):
     assert backend.read(ref) == blob
 
 
-def test_idempotent_restore_creates_nothing(harness, backend):
-    ref = backend.store(b"config v1\n", "g/r1", OPTS)
-    other = backend.store(b"other device\n", "g/r2", OPTS)  # moves e.g. git HEAD
+def test_the_same_version_stored_twice_creates_nothing(harness, backend):
+    """A version is stored again when a storage job died after its store and before the outbox heard of it:
+    the same content with the same options (``timestamp`` = its collection time). Whether a configuration is
+    a *new* version is not the backend's question any more (the index decides before anything is stored)."""
+    when = datetime(2026, 11, 30, 8, 15, 0, 123456, tzinfo=timezone.utc)
+    v1 = StoreOptions(device="ams-r1", run_id="run-1", timestamp=when)
+    v2 = StoreOptions(device="ams-r2", run_id="run-1", timestamp=when)
+    ref = backend.store(b"config v1\n", "g/r1", v1)
+    other = backend.store(b"other device\n", "g/r2", v2)  # moves e.g. git HEAD
     before = harness.versions()
-    assert backend.store(b"config v1\n", "g/r1", StoreOptions(run_id="run-2")) == ref
-    assert backend.store(b"other device\n", "g/r2") == other
+    assert backend.store(b"config v1\n", "g/r1", v1) == ref
+    assert backend.store_many([(b"other device\n", "g/r2", v2)]) == [other]
     assert harness.versions() == before
-    assert backend.latest("g/r1") == ref
+    assert backend.latest("g/r1") == ref and backend.read(ref) == b"config v1\n"
 
 
 def test_two_contents_two_refs(harness, backend):
@@ -368,11 +375,12 @@ def test_delete(backend):
 
 
 def test_store_many(harness, backend):
-    r0 = backend.store(b"unchanged\n", "b/r0")
+    same = StoreOptions(device="r0", timestamp=datetime(2026, 11, 30, 8, 0, tzinfo=timezone.utc))
+    r0 = backend.store(b"unchanged\n", "b/r0", same)
     before = harness.versions()
     refs = backend.store_many(
         [
-            (b"unchanged\n", "b/r0", StoreOptions(device="r0")),
+            (b"unchanged\n", "b/r0", same),  # the same version again: nothing new
             (b"one\n", "b/r1", StoreOptions(device="r1")),
             (b"two-a\n", "b/r2", StoreOptions(device="r2")),
             (b"two-b\n", "b/r2", StoreOptions(device="r2")),
@@ -424,7 +432,8 @@ def test_restore_intact_version_writes_nothing(harness, backend):
 @pytest.mark.parametrize("how", ["missing", "garbage"])
 def test_restore_latest_version(harness, backend, how):
     other = backend.store(b"another device\n", "g/r0", OPTS)
-    ref = backend.store(SAMPLE, "g/r1", OPTS)
+    opts = StoreOptions(device="ams-r1", run_id="run-1", timestamp=datetime(2026, 11, 30, 9, 0, tzinfo=timezone.utc))
+    ref = backend.store(SAMPLE, "g/r1", opts)
     before = harness.versions()
     if not harness.damage(ref, how):
         pytest.skip(f"{backend.name}: a stored version cannot be made {how}")
@@ -435,7 +444,7 @@ def test_restore_latest_version(harness, backend, how):
     assert backend.latest("g/r1") == restored
     assert harness.versions() == before  # exactly the lost version came back
     assert backend.restore(SAMPLE, restored) == restored  # intact now: nothing to do
-    assert backend.store(SAMPLE, "g/r1", OPTS) == restored  # and storing it again is a no-op
+    assert backend.store(SAMPLE, "g/r1", opts) == restored  # and storing the same version again is a no-op
     assert harness.versions() == before
     assert backend.read(other) == b"another device\n"
 
@@ -443,7 +452,8 @@ def test_restore_latest_version(harness, backend, how):
 @pytest.mark.parametrize("how", ["missing", "garbage"])
 def test_restore_old_version_keeps_latest(harness, backend, how):
     r1 = backend.store(b"version one\n", "g/r1", OPTS)
-    r2 = backend.store(b"version two\n", "g/r1", OPTS)
+    opts2 = StoreOptions(device="ams-r1", run_id="run-2", timestamp=datetime.now(timezone.utc) + timedelta(days=1))
+    r2 = backend.store(b"version two\n", "g/r1", opts2)
     before = harness.versions()
     if not harness.damage(r1, how) and not backend.history_is_immutable:
         pytest.skip(f"{backend.name}: a stored version cannot be made {how}")
@@ -452,7 +462,7 @@ def test_restore_old_version_keeps_latest(harness, backend, how):
     assert backend.latest("g/r1") == r2
     assert backend.read(r2) == b"version two\n"
     assert harness.versions() == before
-    assert backend.store(b"version two\n", "g/r1") == r2
+    assert backend.store(b"version two\n", "g/r1", opts2) == r2
 
 
 def test_restore_refuses_bad_input(harness, backend):

@@ -144,7 +144,7 @@ def test_secrets_print_as_redacted(tmp_path):
 def test_a_down_target_keeps_its_copies_pending_while_the_others_store(tmp_path, r):
     from cli.services import free_port
     from jobs.streams.results import StorageStatus
-    from jobs.deliver.store import dispatch, requeue_due, store_to_target
+    from jobs.deliver.store import lease_seconds, requeue_due, store_to_target
 
     dead = f"http://127.0.0.1:{free_port()}"
     lay = layout(tmp_path, "targets: {fs: {type: fs}, s3: {type: s3, bucket: nowhere}}\n"
@@ -153,9 +153,7 @@ def test_a_down_target_keeps_its_copies_pending_while_the_others_store(tmp_path,
                  DEVICEVAULT_RETRY_BASE="0.1", DEVICEVAULT_RETRY_MAX="0.2")
     settings = lay.settings
     items = [item("r1", 1, ("fs", "s3")), item("r1", 2, ("fs", "s3")), item("r2", 3, ("fs", "s3"))]
-    jobs: list[tuple[str, list[str]]] = []
-    dispatch(r, settings, items, lambda target, ids: jobs.append((target, ids)))
-    assert sorted(t for t, _ in jobs) == ["fs", "s3"]
+    outbox.add(r, items, lease_seconds(settings))  # as the decider's release leaves them: leased to a job
 
     fs_out = store_to_target(r, settings, lay, "fs", [i.task_id for i in items])
     assert [o.status for o in fs_out] == [StorageStatus.STORED] * 3
@@ -186,3 +184,70 @@ def test_items_carrying_secrets_wait_in_redis_encrypted(tmp_path):
     assert sealed.sealed and "topsecret" not in sealed.to_json()
     back = unseal(StorageItem.from_json(sealed.to_json()), codec)
     assert back == item
+
+
+# --- staged, then released or discarded by the decider -----------------------------------------------------
+def test_a_staged_candidate_is_invisible_until_released_and_released_once(r):
+    a, b = item("r1", 1), item("r2", 2)
+    outbox.stage(r, [a, b])
+    assert outbox.waiting(r, ["git", "s3"]) == {"git": 0, "s3": 0}  # no storage job sees a candidate
+    assert outbox.claim_due(r, "git", lease=0, now=10**10) == []
+    event = ("versions:created", {"version_id": "7", "device": "r1"})
+    assert outbox.release(r, a.task_id, a.targets, lease=60, event=event) == 2
+    assert outbox.release(r, a.task_id, a.targets, lease=60, event=event) == 0  # a redelivery: nothing again
+    assert outbox.waiting(r, ["git", "s3"]) == {"git": 1, "s3": 1}
+    assert [f for _, f in r.xrange("versions:created")] == [{b"version_id": b"7", b"device": b"r1"}]
+    assert outbox.discard(r, a.task_id) is False  # a released item is never discarded
+    assert outbox.discard(r, b.task_id) is True and outbox.load(r, [b.task_id]) == []
+    for target in a.targets:
+        outbox.done(r, target, a)
+    assert outbox.release(r, a.task_id, a.targets, lease=60, event=event) == 0  # landed: never again
+    assert outbox.waiting(r, ["git", "s3"]) == {"git": 0, "s3": 0} and r.xlen("versions:created") == 1
+
+
+def test_a_copy_deferred_behind_an_older_one_and_then_stored_ends_stored_in_the_index(tmp_path, r):
+    """The defect of issue 11: a deferred copy's PENDING outcome and its later STORED outcome shared one task
+    id, so the index dropped the STORED one and showed the copy pending forever. Here the fs root is a plain
+    file (root hits that too) across two versions of one device, then a directory again."""
+    from datetime import datetime, timezone
+
+    from jobs.deliver.store import lease_seconds, store_to_target
+    from jobs.streams.results import DeviceResult, DeviceStatus
+    from storage.index.db import connect
+    from storage.index.models import Copy
+    from storage.index.records import apply_device_result, apply_storage_result
+
+    root = tmp_path / "fs"
+    root.write_text("not a directory\n")
+    lay = layout(tmp_path, "targets: {fs: {type: fs}}\nlocations: {default: [fs]}\n",
+                 DEVICEVAULT_RETRY_BASE="0", DEVICEVAULT_RETRY_MAX="0")
+    settings = lay.settings
+    sessions = connect(f"sqlite:///{tmp_path / 'index.sqlite'}")
+    old, new = item("r1", 1, ("fs",)), item("r1", 2, ("fs",))
+    outcomes = []
+    for version in (old, new):
+        with sessions.begin() as session:
+            apply_device_result(session, DeviceResult(
+                task_id=version.task_id, run_id=version.run_id, device="r1", status=DeviceStatus.CHANGED,
+                timestamp=datetime.fromtimestamp(version.collected_at, timezone.utc), group="g",
+                sha256=version.sha256, size=10, targets="fs"))
+        outbox.add(r, [version], lease_seconds(settings))
+        outcomes += store_to_target(r, settings, lay, "fs", [version.task_id])  # the job the release enqueues
+    assert [o.status.value for o in outcomes] == ["pending", "pending"]
+    assert "waiting for an older version" in outcomes[1].error and outcomes[1].attempt == 1  # deferred
+    root.unlink()
+    outcomes += store_to_target(r, settings, lay, "fs", [old.task_id, new.task_id])
+    assert [o.status.value for o in outcomes[2:]] == ["stored", "stored"] and outcomes[3].attempt == 1
+    assert len({o.task_id for o in outcomes}) == len(outcomes)  # no two outcomes share a task id
+    with sessions.begin() as session:
+        for outcome in outcomes:
+            apply_storage_result(session, outcome)
+    with sessions() as session:
+        copies = session.query(Copy).order_by(Copy.id).all()
+        assert [(c.status, c.ref) for c in copies] == [("stored", o.ref) for o in outcomes[2:]]
+    assert outbox.waiting(r, ["fs"]) == {"fs": 0} and outbox.load(r, [old.task_id, new.task_id]) == []
+    assert len(list(root.rglob("*.cfg"))) == 2
+    # the same versions stored again (a job that died before outbox.done): nothing stored twice
+    outbox.add(r, [old, new], lease_seconds(settings))
+    again = store_to_target(r, settings, lay, "fs", [old.task_id, new.task_id])
+    assert [o.ref for o in again] == [o.ref for o in outcomes[2:]] and len(list(root.rglob("*.cfg"))) == 2

@@ -1,11 +1,20 @@
-"""Collect a batch of hosts: lock, fetch, normalise, decide changed/unchanged, publish, hand off storage."""
+"""Collect a batch of hosts: lock, fetch, normalise, check the version cache, stage candidates, publish.
+
+The collector does not decide whether a configuration is a new version: the index consumer does
+(``storage.index.records.apply_device_result``), against the index. The collector reads the cache in front
+of it (``jobs.collect.cache``): on a hit it reports ``unchanged`` and hands nothing on; otherwise it stages
+the configuration in the storage outbox as a *candidate* and publishes the device result with status
+``changed`` (on the wire: "a candidate"; the index records what the decider made of it). Staging and
+publishing happen in one Redis transaction, so the decider never sees a candidate without its text. Storage
+jobs are enqueued by the decider, after its commit, never here.
+"""
 
 from __future__ import annotations
 
 import logging
 import time
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterable
 
 from redis import Redis
 
@@ -15,19 +24,15 @@ from jobs.collect.inventory import InventoryHost, load_inventory
 from jobs.deliver.locations import StorageLayout, StorageConfigError
 from jobs.collect.locks import host_locks
 from jobs.collect.normalize import normalize, sha256_text, to_bytes
+from jobs.collect import cache
+from jobs.deliver import outbox
 from jobs.deliver.outbox import StorageItem, seal
-from jobs.collect.platforms import get_platform
+from jobs.collect.platforms import Platform, get_platform
 from jobs.redact import Redactor
 from jobs.streams.results import DEVICE_RESULTS_STREAM, DeviceResult, DeviceStatus, utcnow
 from jobs.settings import Settings
 
 log = logging.getLogger(__name__)
-
-#: host -> sha256 of the masked view of the newest configuration handed to storage (what decides "changed");
-#: the outbox then keeps the configuration until it lands
-LATEST_SHA_KEY = "devicevault:latest-sha256"
-#: host -> sha256 of that configuration as stored (differs from the masked view's only when secrets are kept)
-STORED_SHA_KEY = "devicevault:stored-sha256"
 
 
 def device_task_id(run_id: str, host: str) -> str:
@@ -58,7 +63,6 @@ def collect(
     hosts: list[str],
     *,
     inventory: Path | str | None = None,
-    enqueue_storage: Callable[[list[StorageItem]], None] | None = None,
     layout: StorageLayout | None = None,
     attempt: int = 1,
     retry: Callable[[list[str], int, float], None] | None = None,
@@ -66,8 +70,8 @@ def collect(
 ) -> list[DeviceResult]:
     """Back up ``hosts`` (one ansible-runner call) and publish one result per host on ``device:results``.
 
-    Hosts locked by another job are reported ``skipped_locked`` and not touched. New configurations are
-    handed to ``enqueue_storage`` (the storage job); unchanged ones only produce a result.
+    Hosts locked by another job are reported ``skipped_locked`` and not touched. A configuration the cache
+    does not know is staged in the outbox as a candidate for the decider; a cache hit only produces a result.
 
     A host that fails transiently (timeout, connection refused/reset/lost, output cut short) is handed to
     ``retry(hosts, next_attempt, delay)`` while ``attempt <= settings.collect_retries``, with exponential
@@ -86,12 +90,13 @@ def collect(
                 _result(run_id, host, inv.get(host), DeviceStatus.SKIPPED_LOCKED,
                         error=f"{host}: skipped, another backup of this device is running")
             )
-        runnable: list[str] = []
+        runnable: dict[str, Platform] = {}
         for host in locked:
             entry = inv.get(host)
+            platform = get_platform(entry.platform) if entry is not None else None
             if entry is None:
                 results.append(_failed(run_id, host, None, errors.CollectionFailed(host, f"not in inventory {inventory_path}")))
-            elif get_platform(entry.platform) is None:
+            elif platform is None:
                 results.append(
                     _failed(run_id, host, entry, errors.UnknownPlatform(
                         host, f"unknown platform {entry.platform or '(no ansible_network_os)'}: "
@@ -115,18 +120,16 @@ def collect(
                         host, "devicevault_keep_raw keeps the device output with its secrets, so it needs an "
                               f"encrypted target; none of {', '.join(targets)} is encrypted (see storage.yml)")))
                     continue
-                runnable.append(host)
-        outcomes = fetch_configs(runnable, inventory=inventory_path, settings=settings, redactor=redactor)
-        new_versions: list[StorageItem] = []
-        for host in runnable:
-            result, item = _evaluate(redis, run_id, inv[host], outcomes[host], redactor, layout)
+                runnable[host] = platform
+        outcomes = fetch_configs(list(runnable), inventory=inventory_path, settings=settings, redactor=redactor)
+        candidates: dict[str, StorageItem] = {}
+        for host, platform in runnable.items():
+            result, item = _evaluate(redis, run_id, inv[host], platform, outcomes[host], redactor, layout)
             results.append(result)
             if item is not None:
-                new_versions.append(item)
-        if new_versions and enqueue_storage is not None:
-            enqueue_storage(new_versions)
+                candidates[host] = item
         results, again = _retry_or_final(results, attempt, settings, retry is not None)
-        publish(redis, results)
+        publish(redis, results, (candidates[r.device] for r in results if r.device in candidates))
     if again and retry is not None:
         delay = settings.collect_retry_base * 2 ** (attempt - 1)
         log.info("retrying %d host(s) in %.0fs (attempt %d): %s", len(again), delay, attempt + 1, ", ".join(again))
@@ -157,13 +160,14 @@ def _retry_or_final(results: list[DeviceResult], attempt: int, settings: Setting
 
 
 def _evaluate(
-    redis: Redis, run_id: str, entry: InventoryHost, outcome: FetchOutcome, redactor: Redactor, layout: StorageLayout
+    redis: Redis, run_id: str, entry: InventoryHost, platform: Platform, outcome: FetchOutcome, redactor: Redactor,
+    layout: StorageLayout,
 ) -> tuple[DeviceResult, StorageItem | None]:
+    """The host's result, and the candidate to stage (None on a cache hit or a failure)."""
     host = entry.name
-    if outcome.error is not None:
-        return _failed(run_id, host, entry, outcome.error, log=outcome.log, duration=outcome.duration), None
-    platform = get_platform(entry.platform)
-    assert platform is not None and outcome.outputs is not None
+    if outcome.error is not None or outcome.outputs is None:
+        error = outcome.error or errors.CollectionFailed(host, "the fetch returned neither output nor an error")
+        return _failed(run_id, host, entry, error, log=outcome.log, duration=outcome.duration), None
     try:
         version = normalize(host, platform, outcome.outputs, entry.secrets_mode)
     except errors.DeviceError as exc:
@@ -173,15 +177,14 @@ def _evaluate(
     # "changed" is decided on the masked view, so re-encrypted or kept secrets never make a version alone.
     # With kept secrets the stored text's sha differs from the masked view's: both are remembered.
     compare = sha if version.compare == version.text else sha256_text(version.compare)
-    previous, stored = redis.pipeline(transaction=False).hget(LATEST_SHA_KEY, host).hget(STORED_SHA_KEY, host).execute()
-    changed = previous is None or previous.decode() != compare
+    cached = cache.lookup(redis, host)
     # the result travels through Redis and the index: it carries the masked view, never kept secrets
-    fields = dict(log=outcome.log, config=version.compare, sha256=sha, size=len(to_bytes(version.text)),
-                  duration=outcome.duration, author=version.changed_by, unsaved=version.unsaved)
-    if not changed:  # an unchanged result names the version that is stored
-        fields["sha256"] = stored.decode() if stored else sha
+    fields = dict(log=outcome.log, config=version.compare, sha256=sha, view_sha256=compare,
+                  size=len(to_bytes(version.text)), duration=outcome.duration, author=version.changed_by,
+                  unsaved=version.unsaved)
+    if cached is not None and cached[0] == compare:  # a cache hit names the version that is stored
+        fields["sha256"] = cached[1]
         return _result(run_id, host, entry, DeviceStatus.UNCHANGED, **fields), None
-    redis.pipeline().hset(LATEST_SHA_KEY, host, compare).hset(STORED_SHA_KEY, host, sha).execute()
     targets = tuple(layout.targets_for(entry.group, entry.location))
     result = _result(run_id, host, entry, DeviceStatus.CHANGED, targets=",".join(targets), **fields)
     item = StorageItem(task_id=result.task_id, run_id=run_id, device=host, group=entry.group, sha256=sha,
@@ -192,8 +195,10 @@ def _evaluate(
     return result, item
 
 
-def publish(redis: Redis, results: list[DeviceResult]) -> None:
-    pipe = redis.pipeline(transaction=False)
+def publish(redis: Redis, results: list[DeviceResult], candidates: Iterable[StorageItem] = ()) -> None:
+    """Stage ``candidates`` in the outbox and add ``results`` to ``device:results``, in one transaction."""
+    pipe = redis.pipeline(transaction=True)
+    outbox.stage(pipe, list(candidates))
     for result in results:
         pipe.xadd(DEVICE_RESULTS_STREAM, result.to_message())
     pipe.execute()

@@ -1,9 +1,13 @@
 """The storage outbox: every copy still to be written, kept in Redis until it has landed.
 
-A new version is put here (once, with its text) together with the targets it must reach, *before* any
-storage job runs. A copy leaves the outbox only when its target has stored it. So a target that is down,
-or a worker that dies in the middle of a store, loses nothing: the copy stays, and is handed to a storage
-job again when it is due.
+A candidate is *staged* here by the collector (:func:`stage`: its text, sealed when it carries secrets) in
+the same Redis transaction that publishes its device result. The decider (the index consumer) then either
+*releases* it (:func:`release`, after committing the new version: the targets it must reach, its due times
+and its place in the device's order, plus the ``versions:created`` event, all in one Lua script guarded so
+that doing it again changes nothing) or *discards* it (:func:`discard`: the configuration was not new). Only
+released items are seen by storage jobs. A copy leaves the outbox only when its target has stored it. So a
+target that is down, or a worker that dies in the middle of a store, loses nothing: the copy stays, and is
+handed to a storage job again when it is due.
 
 Keys
 ----
@@ -13,6 +17,9 @@ Keys
 ``storage:outbox:order:<target>:<device>`` zset item id -> collection time (per-device order)
 ``storage:outbox:tries:<target>``   hash   item id -> failed attempts so far
 ``storage:outbox:error:<target>``   hash   item id -> the last error
+``storage:outbox:released:<item id>`` string set once the item was released (guard; expires after
+                                    :data:`RELEASE_GUARD_TTL`, by when the message that released it is long
+                                    acknowledged)
 
 Due times are *leases*: handing an item to a job pushes its due time ``lease`` seconds ahead, so if that
 job is lost (worker killed, job deleted) the item becomes due again by itself. A failed attempt sets the
@@ -33,6 +40,15 @@ from dataclasses import asdict, dataclass, replace
 from redis import Redis
 
 ITEMS = "storage:outbox:items"
+#: how long the guard of a release is kept (a redelivered device result within this time releases nothing
+#: again and announces nothing again; the index's copy rows say the rest)
+RELEASE_GUARD_TTL = 30 * 24 * 3600
+#: the ``versions:created`` stream keeps about this many entries (MAXLEN ~)
+EVENTS_MAXLEN = 100_000
+
+
+def _released(item_id: str) -> str:
+    return f"storage:outbox:released:{item_id}"
 
 
 def _left(item_id: str) -> str:
@@ -106,9 +122,69 @@ def unseal(item: StorageItem, codec) -> StorageItem:
     return replace(item, config=dec(item.config), raw=dec(item.raw), sealed=False)
 
 
+def stage(redis, items: list[StorageItem]) -> None:
+    """Keep the candidates' texts until the decider releases or discards them. ``redis`` may be a pipeline
+    (the collector stages and publishes the device results in one transaction)."""
+    for item in items:
+        redis.hset(ITEMS, item.task_id, item.to_json())
+
+
+_DISCARD = """
+if redis.call('EXISTS', KEYS[2]) == 1 then return 0 end
+return redis.call('HDEL', KEYS[1], ARGV[1])
+"""
+
+
+def discard(redis: Redis, item_id: str) -> bool:
+    """Forget a staged candidate that was not a new version (never one that was released)."""
+    return bool(redis.eval(_DISCARD, 2, ITEMS, _left(item_id), item_id))
+
+
+_RELEASE = """
+if not redis.call('SET', KEYS[1], '1', 'NX', 'EX', ARGV[1]) then return 0 end
+local n = tonumber(ARGV[6])
+local released = 0
+if n > 0 and redis.call('HEXISTS', KEYS[2], ARGV[2]) == 1 then
+  for i = 1, n do
+    redis.call('SADD', KEYS[3], ARGV[6 + i])
+    redis.call('ZADD', KEYS[3 + 2 * i], 'NX', ARGV[3], ARGV[2])
+    redis.call('ZADD', KEYS[4 + 2 * i], 'NX', ARGV[4], ARGV[2])
+  end
+  released = 1
+end
+if ARGV[5] ~= '' then
+  local fields = {}
+  for i = 7 + n, #ARGV do fields[#fields + 1] = ARGV[i] end
+  redis.call('XADD', KEYS[4], 'MAXLEN', '~', ARGV[5], '*', unpack(fields))
+end
+return 1 + released
+"""
+
+
+def release(redis: Redis, item_id: str, targets: list[str] | tuple[str, ...], lease: float, *,
+            event: tuple[str, dict[str, str]] | None = None, now: float | None = None) -> int:
+    """Hand the staged item ``item_id`` to ``targets`` (leased for ``lease`` seconds: the jobs about to be
+    enqueued hold it) and add ``event`` = ``(stream, fields)``, atomically and at most once per item.
+
+    Returns 0 when the item was released before (nothing done: the guard key exists), 1 when only the event
+    was added (the item's text is not in the outbox: lost with Redis, or no targets), 2 when both were done.
+    """
+    now = time.time() if now is None else now
+    raw = redis.hget(ITEMS, item_id)
+    item = StorageItem.from_json(raw) if raw is not None else None
+    targets = list(targets) if item is not None else []
+    keys = [_released(item_id), ITEMS, _left(item_id), event[0] if event else "-"]
+    for target in targets:
+        keys += [_due(target), _order(target, item.device)]
+    fields = [str(x) for kv in (event[1].items() if event else ()) for x in kv]
+    args = [RELEASE_GUARD_TTL, item_id, repr(now + lease), repr(item.collected_at if item else 0.0),
+            EVENTS_MAXLEN if event else "", len(targets), *targets, *fields]
+    return int(redis.eval(_RELEASE, len(keys), *keys, *args))
+
+
 def add(redis: Redis, items: list[StorageItem], lease: float, now: float | None = None) -> None:
     """Put ``items`` in the outbox for every one of their targets, leased for ``lease`` seconds (the job
-    about to be enqueued holds them)."""
+    about to be enqueued holds them): staging and releasing in one step, without a decision (tests, tools)."""
     now = time.time() if now is None else now
     pipe = redis.pipeline(transaction=True)
     for item in items:

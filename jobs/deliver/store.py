@@ -5,11 +5,20 @@ There is one storage job per target per batch, on the queue of the target's type
 exactly those. A copy that fails stays in the outbox (``jobs/deliver/outbox.py``) and is reported ``pending`` with
 its next attempt time; :func:`requeue_due` hands due copies to new jobs. One target failing never blocks
 the others. Git gets one commit per changed device, with a message naming the device and the run.
+
+Storage jobs do not ask whether a version is new: the decider did, before it released the version to the
+outbox (``jobs.deliver.release``). They write what they are given. Writing the same version again (a job
+that died after its store and before ``outbox.done``) creates nothing new: fs and s3 name a version by its
+collection time (``StoreOptions.timestamp``), git makes no commit for identical content.
+
+Every published outcome has its own task id (``<item>:<target>:<random>``), so a deferral, a retry and the
+landing of one copy never share one; a redelivered outcome keeps its id and is applied once.
 """
 
 from __future__ import annotations
 
 import logging
+import uuid
 from datetime import datetime, timezone
 from typing import Any, Callable
 
@@ -32,26 +41,14 @@ log = logging.getLogger(__name__)
 Enqueue = Callable[[str, list[str]], Any]
 
 
-def storage_task_id(item: StorageItem, target: str, attempt: int) -> str:
-    return f"{item.task_id}:{target}:{attempt}"
+def storage_task_id(item: StorageItem, target: str) -> str:
+    """A new id for each outcome published (unique across attempts, deferrals and jobs)."""
+    return f"{item.task_id}:{target}:{uuid.uuid4().hex[:16]}"
 
 
 def lease_seconds(settings: Settings) -> float:
     """How long a storage job holds its items before they are due again (its hard limit plus a margin)."""
     return float(settings.job_timeout + settings.lock_margin)
-
-
-def dispatch(redis: Redis, settings: Settings, items: list[StorageItem], enqueue: Enqueue) -> None:
-    """Put new versions in the outbox, then one job per target for them."""
-    if not items:
-        return
-    outbox.add(redis, items, lease_seconds(settings))
-    per_target: dict[str, list[str]] = {}
-    for item in items:
-        for target in item.targets:
-            per_target.setdefault(target, []).append(item.task_id)
-    for target, ids in per_target.items():
-        enqueue(target, ids)
 
 
 def requeue_due(redis: Redis, settings: Settings, layout: StorageLayout, enqueue: Enqueue,
@@ -94,7 +91,7 @@ def store_to_target(redis: Redis, settings: Settings, layout: StorageLayout, tar
         backend = layout.open(target)
     except Exception as exc:  # noqa: BLE001 - a target that cannot be opened is an outcome, not a crash
         failures = {item.task_id: f"{item.device} on {target}: cannot open target: {exc}" for item in ready}
-        stored: dict[str, tuple[str, StorageStatus]] = {}
+        stored: dict[str, str] = {}
     else:
         stored, failures = _store_all(backend, target, ready)
     key_id = layout.key_id_for(target)
@@ -102,16 +99,16 @@ def store_to_target(redis: Redis, settings: Settings, layout: StorageLayout, tar
     if key_id:  # raw device output (with its secrets) only ever goes to encrypted targets
         with_raw = [item for item in ready if item.raw and item.task_id in stored]
         raw_stored, raw_failures = _store_all(backend, target, with_raw, _raw_request, what="raw copy: ")
-        raw_refs = {task_id: ref for task_id, (ref, _) in raw_stored.items()}
+        raw_refs = dict(raw_stored)
         for task_id, error in raw_failures.items():  # the version is not landed without its raw copy
             del stored[task_id]
             failures[task_id] = error
     for item in ready:
         attempt = outbox.tries(redis, target, item.task_id) + 1
         if item.task_id in stored:
-            ref, status = stored[item.task_id]
+            ref = stored[item.task_id]
             outbox.done(redis, target, item)
-            outcomes.append(_outcome(item, target, status, attempt=attempt, ref=ref, key_id=key_id,
+            outcomes.append(_outcome(item, target, StorageStatus.STORED, attempt=attempt, ref=ref, key_id=key_id,
                                      raw_ref=raw_refs.get(item.task_id, "")))
             continue
         error = failures[item.task_id]
@@ -127,30 +124,23 @@ def store_to_target(redis: Redis, settings: Settings, layout: StorageLayout, tar
 
 def _store_all(backend: Any, target: str, items: list[StorageItem],
                make_request: Callable[[StorageItem], tuple[bytes, str, StoreOptions]] | None = None,
-               what: str = "") -> tuple[dict[str, tuple[str, StorageStatus]], dict[str, str]]:
-    """(task id -> (ref, status) for stored items, task id -> error for the others). ``make_request`` gives
-    an item's (content, path, options): its configuration by default; ``what`` starts its error messages."""
+               what: str = "") -> tuple[dict[str, str], dict[str, str]]:
+    """(task id -> ref for stored items, task id -> error for the others). ``make_request`` gives an item's
+    (content, path, options): its configuration by default; ``what`` starts its error messages."""
     if not items:
         return {}, {}
     requests = [(make_request or _request)(item) for item in items]
     try:
-        previous = [backend.latest(path) for _, path, _ in requests]
         refs = backend.store_many(requests)
     except (StorageError, OSError):
         stored, failures = {}, {}
         for item, request in zip(items, requests):  # one at a time: find the item(s) at fault
             try:
-                before = backend.latest(request[1])
-                ref = backend.store(*request)
+                stored[item.task_id] = backend.store(*request)
             except (StorageError, OSError) as exc:
                 failures[item.task_id] = f"{item.device} on {target}: {what}{exc}"
-            else:
-                stored[item.task_id] = (ref, StorageStatus.UNCHANGED if before == ref else StorageStatus.STORED)
         return stored, failures
-    return {
-        item.task_id: (ref, StorageStatus.UNCHANGED if before == ref else StorageStatus.STORED)
-        for item, before, ref in zip(items, previous, refs)
-    }, {}
+    return {item.task_id: ref for item, ref in zip(items, refs)}, {}
 
 
 def _options(item: StorageItem) -> StoreOptions:
@@ -175,7 +165,7 @@ def _raw_request(item: StorageItem) -> tuple[bytes, str, StoreOptions]:
 def _outcome(item: StorageItem, target: str, status: StorageStatus, *, attempt: int, ref: str = "",
              error: str = "", next_at: float | None = None, key_id: str = "", raw_ref: str = "") -> StorageResult:
     return StorageResult(
-        task_id=storage_task_id(item, target, attempt),
+        task_id=storage_task_id(item, target),
         run_id=item.run_id,
         device=item.device,
         backend=target,

@@ -16,7 +16,13 @@ Guarantees:
   inventory is read again when a name is missing, so fixing the inventory lets the next retry through). A
   message that cannot be parsed can never succeed and goes to the dead-letter stream at once. An index that
   cannot be reached (connection lost, database locked) is not the message's fault: the consumer backs off
-  and retries without moving anything to the dead-letter stream;
+  and retries without moving anything to the dead-letter stream. Neither is a storage result whose device
+  result has not been applied yet (:class:`storage.index.records.NotDecided`): it stays pending and is
+  retried (XAUTOCLAIM) until its device result is in, and never counts towards the dead-letter stream;
+- a device result is where "new version or not" is decided (``storage.index.records.apply_device_result``);
+  after its commit :meth:`Consumer.after_commit` releases the candidate to storage and adds the one
+  ``versions:created`` event, or discards it, and sets the collector's cache (``jobs.deliver.release``);
+  these steps are idempotent and run again when the message is redelivered;
 - streams are trimmed (:func:`trim_streams`, every ``trim_interval`` seconds) only below what every group
   has processed; dead-letter streams are never trimmed automatically.
 """
@@ -37,7 +43,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from sqlalchemy import exc as sa_exc
 from sqlalchemy.orm import Session, sessionmaker
 
-from storage.index.records import apply_device_result, apply_storage_result, refresh_run
+from storage.index.records import NotDecided, apply_device_result, apply_storage_result, refresh_run
 
 from jobs.streams.deadletters import count_dead_letters, dead_letter, dead_letter_stream
 from jobs.errors import InventoryError
@@ -167,6 +173,7 @@ class Consumer:
         inventory: Path | str | None = FROM_SETTINGS,
         trim_interval: float | None = TRIM_INTERVAL,
         crash_after_commit: int | None = None,
+        releaser: Any = FROM_SETTINGS,
     ):
         """``claim_idle_ms``: take over messages pending this long, and retry failed ones this often.
 
@@ -175,7 +182,10 @@ class Consumer:
         in this Ansible inventory are failures (default: the settings' inventory, ``DEVICEVAULT_INVENTORY``;
         None: no check). ``trim_interval``: seconds between :func:`trim_streams` calls (None: never).
         ``crash_after_commit``: for failure tests only; the process exits right after committing that many
-        messages and before acknowledging the last one, as a consumer killed at the worst moment would."""
+        messages and before acknowledging the last one (and before the after-commit steps), as a consumer
+        killed at the worst moment would. ``releaser``: the after-commit steps of the decider
+        (:class:`jobs.deliver.release.Releaser`; default: built from the settings on first use; None: none,
+        for tests of the index alone)."""
         self.redis = redis
         self.sessions = sessions
         self.name = name or default_name()
@@ -193,9 +203,11 @@ class Consumer:
         self.inventory = InventoryCheck(inventory) if inventory is not None else None
         self.trim_interval = trim_interval
         self.crash_after_commit = crash_after_commit
+        self._releaser = releaser
         self.committed = 0
         self.applied = 0
         self.failed = 0  # failed attempts left pending for a retry
+        self.waiting = 0  # storage outcomes left pending until their device result is in
         self.dead = 0  # messages this consumer moved to a dead-letter stream
         self.trimmed = 0
         self._backlog: list[tuple[str, list, dict | None]] = []
@@ -215,9 +227,14 @@ class Consumer:
         try:
             if self.inventory is not None:
                 self.inventory.check(record.device)
-            self._apply(stream, record)
+            decision = self._apply(stream, record)
         except TRANSIENT_ERRORS:
             raise
+        except NotDecided as exc:  # its device result comes later: wait for it, never dead-letter
+            self.waiting += 1
+            log.info("message %s of %s waits for its device result (delivery %d): %s",
+                     _name(message_id), stream, deliveries, exc)
+            return "retry"
         except Exception as exc:  # noqa: BLE001 - any failure of this message: retry, then dead-letter
             error = _error_text(exc)
             if deliveries >= self.max_deliveries:
@@ -231,10 +248,36 @@ class Consumer:
         if self.crash_after_commit is not None and self.committed >= self.crash_after_commit:
             log.error("crash_after_commit reached: exiting before acknowledging %s", message_id)
             os._exit(17)
+        if stream == DEVICE_RESULTS_STREAM:
+            try:
+                self.after_commit(decision)
+            except TRANSIENT_ERRORS:
+                raise
+            except Exception as exc:  # noqa: BLE001 - e.g. a broken storage file: keep it pending, retry it
+                self.failed += 1
+                log.error("message %s of %s is committed, but its after-commit steps failed (left pending, "
+                          "retried): %s", _name(message_id), stream, _error_text(exc))
+                return "retry"
         self.redis.xack(stream, self.group, message_id)
         return "applied"
 
-    def _apply(self, stream: str, record) -> None:
+    # --- the decider's after-commit hook ---------------------------------------------------------------
+    def after_commit(self, decision) -> None:
+        """The steps that follow a committed decision (release + event, or discard; the collector's cache):
+        :class:`jobs.deliver.release.Releaser`. Idempotent, so a redelivered message runs them again safely."""
+        if self._releaser is FROM_SETTINGS:
+            from jobs.deliver.release import Releaser
+
+            self._releaser = Releaser.from_settings(self.redis)
+        if self._releaser is not None:
+            self._releaser.after_commit(decision)
+
+    def flush_releases(self) -> None:
+        """Enqueue the storage jobs for the versions released since the last call (one per target)."""
+        if self._releaser not in (None, FROM_SETTINGS):
+            self._releaser.flush()
+
+    def _apply(self, stream: str, record):
         """Apply and commit one result. Consumers running at once may race to create the same row (a new
         device, or a new version, seen in results handled at the same time): the loser's transaction is
         rolled back and applied again at once, which then finds the row (a race costs one retry per row it
@@ -243,10 +286,10 @@ class Consumer:
         for attempt in (1, 2, 3):
             try:
                 with self.sessions.begin() as session:
-                    new = apply(session, record)
+                    outcome = apply(session, record)
                     refresh_run(session, record.run_id)
-                self.applied += bool(new)  # counted once committed
-                return
+                self.applied += bool(getattr(outcome, "new", outcome))  # counted once committed
+                return outcome
             except sa_exc.IntegrityError as exc:
                 if attempt == 3:
                     raise
@@ -288,17 +331,20 @@ class Consumer:
         again by :meth:`run` after a pause: they stay pending, and their delivery count is not raised by
         the outage (a redelivery would count against ``max_deliveries``)."""
         done = 0
-        for b, (stream, messages, deliveries) in enumerate(batches):
-            for i, (message_id, fields) in enumerate(messages):
-                try:
-                    if not fields:  # deleted from the stream while pending
-                        self.redis.xack(stream, self.group, message_id)
-                        continue
-                    self.handle(stream, message_id, fields, (deliveries or {}).get(_name(message_id), 1))
-                except TRANSIENT_ERRORS:
-                    self._backlog = [(stream, messages[i:], deliveries), *batches[b + 1:]]
-                    raise
-                done += 1
+        try:
+            for b, (stream, messages, deliveries) in enumerate(batches):
+                for i, (message_id, fields) in enumerate(messages):
+                    try:
+                        if not fields:  # deleted from the stream while pending
+                            self.redis.xack(stream, self.group, message_id)
+                            continue
+                        self.handle(stream, message_id, fields, (deliveries or {}).get(_name(message_id), 1))
+                    except TRANSIENT_ERRORS:
+                        self._backlog = [(stream, messages[i:], deliveries), *batches[b + 1:]]
+                        raise
+                    done += 1
+        finally:
+            self.flush_releases()
         return done
 
     def _own_pending(self) -> int:

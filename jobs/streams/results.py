@@ -15,8 +15,12 @@ STORAGE_RESULTS_STREAM = "storage:results"
 class DeviceStatus(str, Enum):
     """Outcome of collecting one device in one run."""
 
-    CHANGED = "changed"  # collected; differs from the last stored version (or is the first)
-    UNCHANGED = "unchanged"  # collected; same as the last stored version once volatile lines are removed
+    #: on the wire: a *candidate* (differs from the collector's cache, its text is staged in the outbox); in
+    #: the index: the decider (``storage.index.records.apply_device_result``) made a new version of it
+    CHANGED = "changed"
+    #: collected; same as the newest version once volatile lines are removed (on the wire: the collector's
+    #: cache said so; in the index: the decider found it so, or confirmed the cache)
+    UNCHANGED = "unchanged"
     FAILED = "failed"  # not collected; ``error`` says why
     SKIPPED_LOCKED = "skipped_locked"  # another job holds lock:device:<host>
 
@@ -28,10 +32,9 @@ class DeviceStatus(str, Enum):
 class StorageStatus(str, Enum):
     """Outcome of storing one version on one storage target."""
 
-    STORED = "stored"  # a new version was written
-    UNCHANGED = "unchanged"  # the target already held this content as its latest version
+    STORED = "stored"  # the version is on the target (written now, or found there from an earlier attempt)
+    UNCHANGED = "unchanged"  # older producers only: the target already held it (storage jobs no longer ask)
     PENDING = "pending"  # this attempt failed; the copy waits in the outbox and is retried with backoff
-    FAILED = "failed"  # given up (not produced any more: copies are retried until they land)
 
     @property
     def landed(self) -> bool:
@@ -93,7 +96,10 @@ class DeviceResult(_StreamRecord):
     config: str = ""
     error: str = ""
     error_kind: str = ""
-    sha256: str = ""
+    sha256: str = ""  # of the text as stored (an unchanged result: of the newest version)
+    #: sha256 of the masked view, on which "same or new" is decided (differs from ``sha256`` only when
+    #: secrets are kept; "" from older producers: the decider then uses ``sha256``)
+    view_sha256: str = ""
     size: int = 0
     duration: float = 0.0
     author: str = ""  # who last changed the configuration, when the device says so (``changed_by``)

@@ -98,7 +98,10 @@ class Version(Base):
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     device_id: Mapped[int] = mapped_column(ForeignKey("devices.id"), index=True)
     run_id: Mapped[str] = mapped_column(String(64), index=True)
-    sha256: Mapped[str] = mapped_column(String(64), index=True)
+    sha256: Mapped[str] = mapped_column(String(64), index=True)  # of the text as stored
+    #: sha256 of the masked view: what "same or new" is decided on (differs from ``sha256`` only with
+    #: ``devicevault_secrets: keep``; rows from before 0005 have ``sha256``)
+    view_sha256: Mapped[str] = mapped_column(String(64), default="")
     size: Mapped[int] = mapped_column(Integer)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow, index=True)
     author: Mapped[str] = mapped_column(String(255), default="")
@@ -110,13 +113,14 @@ class Version(Base):
 class CopyStatus:
     """Values of ``Copy.status``."""
 
-    STORED = "stored"  # written by this version's run
-    UNCHANGED = "unchanged"  # the target already held it as its newest version
-    PENDING = "pending"  # not landed yet: waits in the outbox, retried with backoff
+    STORED = "stored"  # the target holds it
+    UNCHANGED = "unchanged"  # written by older versions of DeviceVault only (the target already held it)
+    #: not landed yet: waits in the outbox, retried with backoff. Created with the version by the decider
+    #: (``attempts`` 0) and updated by every storage outcome until it lands
+    PENDING = "pending"
     MISSING = "missing"  # verify found no copy at ``ref``
     CORRUPT = "corrupt"  # verify read it back with another sha256 (or could not decode it)
     PRUNED = "pruned"  # removed on purpose by retention
-    FAILED = "failed"  # written by older versions of DeviceVault only
 
     LANDED = (STORED, UNCHANGED)
     CHECKED = (STORED, UNCHANGED, MISSING, CORRUPT)  # copies verify reads

@@ -1,0 +1,91 @@
+"""After the decision: what the index consumer does once a device result's decision is committed.
+
+The decider (``storage.index.records.apply_device_result``) decides in one transaction; these steps follow
+the commit, in this order, and are all idempotent, because a consumer can die between the commit and the
+acknowledgement and the message is then handled again (and the decision returned again):
+
+1. a new version: its staged candidate is released to the targets of its copy rows and ONE
+   ``versions:created`` event is added (one guarded Lua script, :func:`jobs.deliver.outbox.release`: a second
+   time does nothing), then one storage job per target is enqueued for the released items of the batch
+   (:meth:`Releaser.flush`). If the consumer dies after the release and before the enqueue, the items'
+   lease expires and the workers' retry pump hands them to a job (as for a job lost with its worker);
+2. not a new version: the staged candidate is discarded;
+3. the collector's cache is set to the device's newest version (or dropped when the index contradicted it).
+
+Storage jobs therefore only ever see versions the index already has.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any, Callable
+
+from redis import Redis
+
+from jobs.collect import cache
+from jobs.deliver import outbox
+from jobs.streams.events import VERSIONS_CREATED_STREAM, version_created
+
+log = logging.getLogger(__name__)
+
+#: enqueue(target, item_ids) -> puts one storage job on the target's queue
+Enqueue = Callable[[str, list[str]], Any]
+
+
+class Releaser:
+    """The after-commit steps of one consumer; storage jobs are enqueued per target per batch of messages."""
+
+    def __init__(self, redis: Redis, lease: float, enqueue: Enqueue | None, *, chunk: int = 50):
+        self.redis = redis
+        self.lease = lease
+        self.enqueue = enqueue
+        self.chunk = max(1, chunk)
+        self._jobs: dict[str, list[str]] = {}
+
+    @classmethod
+    def from_settings(cls, redis: Redis, settings: Any = None) -> "Releaser":
+        """Storage jobs go to ``storage.<type>`` queues of the settings' storage layout, through
+        ``jobs.tasks.enqueue_store``; the lease is the storage jobs' (``jobs.deliver.store.lease_seconds``)."""
+        from jobs.deliver.locations import StorageLayout
+        from jobs.deliver.store import lease_seconds
+        from jobs.settings import Settings
+        from jobs.tasks import enqueue_store
+
+        settings = settings or Settings.load()
+        layout = StorageLayout.load(settings)
+        return cls(redis, lease_seconds(settings),
+                   lambda target, ids: enqueue_store(redis, settings, layout, target, ids), chunk=settings.batch_size)
+
+    def after_commit(self, decision: Any) -> None:
+        """The steps for one committed :class:`storage.index.records.Decision`."""
+        if decision.created:
+            state = outbox.release(self.redis, decision.task_id, decision.targets, self.lease,
+                                   event=(VERSIONS_CREATED_STREAM, version_created(decision)))
+            if state == 2:
+                for target in decision.targets:
+                    self._jobs.setdefault(target, []).append(decision.task_id)
+            elif state == 1 and decision.targets:
+                log.error("%s: version %s of run %s is in the index but its text is not in the storage outbox "
+                          "(Redis lost it?): its copies stay pending; back the device up again",
+                          decision.device, decision.sha256[:12], decision.run_id)
+        elif decision.discard:
+            outbox.discard(self.redis, decision.task_id)
+        if decision.drop_cache:
+            cache.forget(self.redis, decision.device)
+        elif decision.version_id is not None and decision.status in ("changed", "unchanged"):
+            cache.remember(self.redis, decision.device, decision.version_id, decision.view_sha256, decision.sha256)
+
+    def flush(self) -> None:
+        """Enqueue one storage job per target for what was released since the last flush. A failure here is
+        logged, not raised: the released items are leased, and become due again by themselves."""
+        jobs, self._jobs = self._jobs, {}
+        if self.enqueue is None:
+            return
+        for target, ids in jobs.items():
+            for start in range(0, len(ids), self.chunk):
+                chunk = ids[start:start + self.chunk]
+                try:
+                    self.enqueue(target, chunk)
+                except Exception as exc:  # noqa: BLE001 - the lease brings them back
+                    log.warning("could not enqueue the storage job for %d version(s) on %s (they become due "
+                                "again after their lease): %s", len(chunk), target, exc)
