@@ -17,74 +17,18 @@ from pathlib import Path
 
 import click
 
-from jobs.errors import BackupError
 from jobs.settings import Settings
+from jobs.streams.results import DeviceStatus
+from storage.index.models import CopyStatus
+
+from .common import (Fail, daemon_logging, emit, guard, index_sessions, load_settings, redis_client,
+                     storage_layout, table)
+from .operations import hygiene, status, up
+from .portal import portal, users
+from .schedule import schedule, scheduler
+from .streams import dlq
 
 os.environ.setdefault("LC_ALL", "C.UTF-8")
-
-
-def _settings() -> Settings:
-    return Settings.load()
-
-
-def _redis(settings: Settings, *, blocking: bool = False):
-    from redis import Redis
-
-    return Redis.from_url(settings.redis_url, socket_timeout=None if blocking else 30)
-
-
-def _layout(settings: Settings):
-    from jobs.deliver.locations import StorageLayout
-
-    return StorageLayout.load(settings)
-
-
-def _sessions(settings: Settings):
-    from storage.index.db import connect
-
-    return connect(settings.database_url)
-
-
-def _table(rows: list[dict], columns: list[str]) -> None:
-    if not rows:
-        click.echo("(none)")
-        return
-    widths = {c: max(len(c), *(len(str(r.get(c) if r.get(c) is not None else "")) for r in rows)) for c in columns}
-    widths = {c: min(w, 70) for c, w in widths.items()}
-    click.echo("  ".join(c.upper().ljust(widths[c]) for c in columns).rstrip())
-    for r in rows:
-        cells = []
-        for c in columns:
-            value = "" if r.get(c) is None else str(r.get(c))
-            cells.append((value[: widths[c] - 1] + "…" if len(value) > widths[c] else value).ljust(widths[c]))
-        click.echo("  ".join(cells).rstrip())
-
-
-def _emit(rows, columns, as_json: bool) -> None:
-    if as_json:
-        click.echo(json.dumps(rows, indent=2, default=str))
-    else:
-        _table(rows, columns)
-
-
-class _Fail(click.ClickException):
-    """A clear one-line error (no traceback)."""
-
-
-def _guard(fn):
-    import functools
-
-    from storage.errors import StorageError
-    from storage.index.queries import NotFound
-
-    @functools.wraps(fn)
-    def wrapper(*args, **kwargs):
-        try:
-            return fn(*args, **kwargs)
-        except (BackupError, NotFound, StorageError, OSError) as exc:
-            raise _Fail(str(exc)) from exc
-
-    return wrapper
 
 
 @click.group()
@@ -108,24 +52,24 @@ def _lab_state(state_dir: str | None, settings: Settings) -> Path:
 @lab.command("up")
 @click.option("--inventory", type=click.Path(exists=True), help="Inventory the lab serves (default: the settings' inventory).")
 @click.option("--state-dir", help="Lab state directory (default: <home>/lab).")
-@_guard
+@guard
 def lab_up(inventory: str | None, state_dir: str | None) -> None:
     """Start the lab in the background; returns once every device accepts connections."""
     from lab import commands
 
-    settings = _settings()
+    settings = load_settings()
     pid = commands.up(Path(inventory or settings.inventory), _lab_state(state_dir, settings), daemon=True)
     click.echo(f"lab running (pid {pid}), state in {_lab_state(state_dir, settings)}")
 
 
 @lab.command("down")
 @click.option("--state-dir")
-@_guard
+@guard
 def lab_down(state_dir: str | None) -> None:
     """Stop the lab."""
     from lab import commands
 
-    state = _lab_state(state_dir, _settings())
+    state = _lab_state(state_dir, load_settings())
     click.echo("lab stopped" if commands.down(state) else f"no lab running for {state}")
 
 
@@ -133,12 +77,12 @@ def lab_down(state_dir: str | None) -> None:
 @click.argument("host")
 @click.option("-n", "--count", default=1, show_default=True, help="How many changes to make.")
 @click.option("--state-dir")
-@_guard
+@guard
 def lab_change(host: str, count: int, state_dir: str | None) -> None:
     """Change a lab device's running configuration."""
     from lab import commands
 
-    commands.change(_lab_state(state_dir, _settings()), host, count)
+    commands.change(_lab_state(state_dir, load_settings()), host, count)
     click.echo(f"{host}: configuration changed")
 
 
@@ -147,13 +91,13 @@ def lab_change(host: str, count: int, state_dir: str | None) -> None:
 @click.argument("mode", type=click.Choice(["none", "auth_fail", "slow", "hang", "disconnect"]))
 @click.option("--delay", type=float, help="Seconds per response for 'slow'.")
 @click.option("--state-dir")
-@_guard
+@guard
 def lab_fault(host: str, mode: str, delay: float | None, state_dir: str | None) -> None:
     """Make a lab device misbehave (or behave again with 'none')."""
     from lab import commands
 
     params = {"delay": delay} if delay is not None else {}
-    commands.fault(_lab_state(state_dir, _settings()), host, mode, **params)
+    commands.fault(_lab_state(state_dir, load_settings()), host, mode, **params)
     click.echo(f"{host}: fault {mode}")
 
 
@@ -165,13 +109,13 @@ def lab_fault(host: str, mode: str, delay: float | None, state_dir: str | None) 
 @click.option("--wait/--no-wait", default=False, help="Wait for the run to finish, with a progress bar.")
 @click.option("--timeout", default=3600, show_default=True, help="Seconds to wait with --wait.")
 @click.option("--json", "as_json", is_flag=True)
-@_guard
+@guard
 def backup(groups, hosts, inventory, wait, timeout, as_json) -> None:
     """Start a backup run of every device, or of --group/--host."""
     from jobs.collect.runs import start_backup
 
-    settings = _settings()
-    redis = _redis(settings)
+    settings = load_settings()
+    redis = redis_client(settings)
     started = start_backup(redis, settings, groups=list(groups), hosts=list(hosts), inventory=inventory, requested_by="cli")
     if not wait:
         payload = {"run_id": started.run_id, "devices": len(started.hosts), "jobs": started.job_ids}
@@ -184,7 +128,7 @@ def backup(groups, hosts, inventory, wait, timeout, as_json) -> None:
     else:
         _run_summary(started.run_id, rows)
         _copies_summary(copies)
-    if any(r["status"] == "failed" for r in rows):
+    if any(r["status"] == DeviceStatus.FAILED for r in rows):
         sys.exit(1)
 
 
@@ -192,7 +136,7 @@ def _run_summary(run_id: str, rows: list[dict]) -> None:
     """One line per device, then the run's count per status."""
     from collections import Counter
 
-    _table(rows, ["device", "platform", "status", "sha256", "duration", "error"])
+    table(rows, ["device", "platform", "status", "sha256", "duration", "error"])
     counts = Counter(r["status"] for r in rows)
     click.echo(f"run {run_id}: " + ", ".join(f"{v} {k}" for k, v in sorted(counts.items())))
 
@@ -200,7 +144,7 @@ def _run_summary(run_id: str, rows: list[dict]) -> None:
 def _run_copies(settings: Settings, run_id: str) -> dict[str, dict[str, int]]:
     from storage.index.queries import copy_counts
 
-    with _sessions(settings)() as session:
+    with index_sessions(settings)() as session:
         return copy_counts(session, run_id)
 
 
@@ -210,7 +154,7 @@ def _copies_summary(copies: dict[str, dict[str, int]]) -> None:
         parts = [f"{target} " + ", ".join(f"{n} {status}" for status, n in sorted(by.items()))
                  for target, by in sorted(copies.items())]
         click.echo("copies: " + "; ".join(parts))
-        if any("pending" in by for by in copies.values()):
+        if any(CopyStatus.PENDING in by for by in copies.values()):
             click.echo("pending copies are retried until they land (devicevault pending)")
 
 
@@ -220,7 +164,7 @@ def wait_for_run(settings: Settings, run_id: str, total: int, timeout: float, *,
 
     from storage.index.queries import run_progress, run_results
 
-    Session = _sessions(settings)
+    Session = index_sessions(settings)
     deadline = time.monotonic() + timeout
     with tqdm(total=total, unit="device", desc="backup", disable=quiet, file=sys.stderr) as bar:
         while True:
@@ -230,7 +174,7 @@ def wait_for_run(settings: Settings, run_id: str, total: int, timeout: float, *,
             if finished:
                 break
             if time.monotonic() > deadline:
-                raise _Fail(f"run {run_id} did not finish within {timeout}s ({done}/{total} devices reported); "
+                raise Fail(f"run {run_id} did not finish within {timeout}s ({done}/{total} devices reported); "
                             "are a worker and the consumer running?")
             time.sleep(0.5)
     with Session() as session:
@@ -256,10 +200,10 @@ def worker(queues, groups, burst, name) -> None:
 
     from jobs.worker import DeviceVaultWorker
 
-    settings = _settings()
-    _daemon_logging(settings)
-    redis = _redis(settings, blocking=True)
-    layout = _layout(settings)
+    settings = load_settings()
+    daemon_logging(settings)
+    redis = redis_client(settings, blocking=True)
+    layout = storage_layout(settings)
     names = list(queues) + [settings.collector_queue_for(g) for g in groups]
     if not names:
         names = [settings.collector_queue] + [settings.storage_queue_for(t) for t in layout.types()]
@@ -270,13 +214,6 @@ def worker(queues, groups, burst, name) -> None:
     w.work(burst=burst, logging_level="INFO", with_scheduler=True)
 
 
-def _daemon_logging(settings: Settings) -> None:
-    """Long-running processes log JSON lines (DEVICEVAULT_LOG_FORMAT), credentials masked."""
-    from jobs.logs import configure_logging
-
-    configure_logging(settings, level=logging.INFO)
-
-
 def _start_retry_pump(settings: Settings, layout, types: list[str]) -> None:
     """A daemon thread of the worker's main process: hand due outbox copies to storage jobs."""
     import threading
@@ -285,7 +222,7 @@ def _start_retry_pump(settings: Settings, layout, types: list[str]) -> None:
     from jobs.tasks import enqueue_store
 
     log = logging.getLogger("devicevault.retry")
-    redis = _redis(settings)
+    redis = redis_client(settings)
 
     def pump() -> None:
         while True:
@@ -312,13 +249,13 @@ def consumer(name, idle_exit, claim_idle, max_deliveries, crash_after_commit) ->
     """Write collection and storage results from the Redis streams into the index."""
     from jobs.streams.consumer import Consumer
 
-    settings = _settings()
-    _daemon_logging(settings)
+    settings = load_settings()
+    daemon_logging(settings)
     stopping = []
     signal.signal(signal.SIGTERM, lambda *_: stopping.append(1))
     c = Consumer(
-        _redis(settings, blocking=True),
-        _sessions(settings),
+        redis_client(settings, blocking=True),
+        index_sessions(settings),
         name=name,
         claim_idle_ms=int(claim_idle * 1000),
         max_deliveries=max_deliveries,
@@ -336,7 +273,7 @@ def consumer(name, idle_exit, claim_idle, max_deliveries, crash_after_commit) ->
 @click.option("--stop", is_flag=True, help="Stop what the demo started.")
 @click.option("--timeout", default=900, show_default=True)
 @click.option("--portal-port", default=8501, show_default=True, help="The portal's port (0: no portal).")
-@_guard
+@guard
 def demo(stop, timeout, portal_port) -> None:
     """Start Redis, the lab, workers and the consumer, then back up every lab device
     (a smaller lab: set DEVICEVAULT_INVENTORY to one from python -m lab.generate_inventory)."""
@@ -344,12 +281,12 @@ def demo(stop, timeout, portal_port) -> None:
 
     from .demo import start_services, stop_services
 
-    settings = _settings()
+    settings = load_settings()
     if stop:
         stop_services(settings, echo=click.echo)
         return
     start_services(settings, echo=click.echo, portal_port=portal_port)
-    started = start_backup(_redis(settings), settings, requested_by="demo")
+    started = start_backup(redis_client(settings), settings, requested_by="demo")
     click.echo(f"backing up {len(started.hosts)} devices (run {started.run_id})")
     rows = wait_for_run(settings, started.run_id, len(started.hosts), timeout)
     _run_summary(started.run_id, rows)
@@ -364,75 +301,75 @@ def demo(stop, timeout, portal_port) -> None:
 @main.command()
 @click.option("--json", "as_json", is_flag=True)
 @click.option("--unsaved", "unsaved_only", is_flag=True, help="only devices whose running config is not saved")
-@_guard
+@guard
 def devices(as_json, unsaved_only) -> None:
     """Devices in the index with their last status and number of versions. UNSAVED is "yes" when the
     running configuration differed from the startup configuration at the newest backup ("-": the
     platform has no startup configuration)."""
     from storage.index.queries import list_devices
 
-    with _sessions(_settings())() as session:
+    with index_sessions(load_settings())() as session:
         rows = list_devices(session)
     if unsaved_only:
         rows = [r for r in rows if r["unsaved"]]
     if not as_json:
         rows = [{**r, "unsaved": {True: "yes", False: "no", None: "-"}[r["unsaved"]]} for r in rows]
-    _emit(rows, ["name", "group", "platform", "status", "versions", "unsaved", "last_success", "last_change",
+    emit(rows, ["name", "group", "platform", "status", "versions", "unsaved", "last_success", "last_change",
                  "last_error"], as_json)
 
 
 @main.command()
 @click.option("--json", "as_json", is_flag=True)
 @click.option("--limit", default=20, show_default=True)
-@_guard
+@guard
 def runs(as_json, limit) -> None:
     """The latest backup runs."""
     from storage.index.queries import list_runs
 
-    with _sessions(_settings())() as session:
+    with index_sessions(load_settings())() as session:
         rows = list_runs(session, limit)
-    _emit(rows, ["run_id", "created_at", "finished_at", "status", "selector", "total"], as_json)
+    emit(rows, ["run_id", "created_at", "finished_at", "status", "selector", "total"], as_json)
 
 
 @main.command()
 @click.argument("run_id")
 @click.option("--json", "as_json", is_flag=True)
-@_guard
+@guard
 def run(run_id, as_json) -> None:
     """Per-device results of one run."""
     from storage.index.queries import run_results
 
-    with _sessions(_settings())() as session:
+    with index_sessions(load_settings())() as session:
         rows = run_results(session, run_id)
-    _emit(rows, ["device", "platform", "status", "duration", "error"], as_json)
+    emit(rows, ["device", "platform", "status", "duration", "error"], as_json)
 
 
 @main.command()
 @click.argument("host")
 @click.option("--json", "as_json", is_flag=True)
-@_guard
+@guard
 def versions(host, as_json) -> None:
     """Stored versions of HOST, oldest first."""
     from storage.index.queries import device_versions
 
-    with _sessions(_settings())() as session:
+    with index_sessions(load_settings())() as session:
         found = device_versions(session, host)
     rows = [
         dict(v.as_dict(), sha=v.sha256[:12],
-             targets=",".join(b if s in ("stored", "unchanged") else f"{b}({s})" for b, _, s in v.copies))
+             targets=",".join(b if s in CopyStatus.LANDED else f"{b}({s})" for b, _, s in v.copies))
         for v in found
     ]
-    _emit(rows, ["number", "created_at", "sha", "size", "targets", "run_id"], as_json)
+    emit(rows, ["number", "created_at", "sha", "size", "targets", "run_id"], as_json)
 
 
 def _version_text(settings: Settings, host: str, selector: str | None, raw: bool = False) -> tuple[str, object]:
     from storage.index.queries import device_versions, resolve_version
     from storage.retrieve import read_first
 
-    with _sessions(settings)() as session:
+    with index_sessions(settings)() as session:
         found = device_versions(session, host)
     version = resolve_version(found, selector, device=host)
-    layout = _layout(settings)
+    layout = storage_layout(settings)
     if raw:
         return _raw_text(layout, host, version), version
     content, _ = read_first(version.copies, version.sha256, layout.open)
@@ -459,10 +396,10 @@ def _raw_text(layout, host: str, version) -> str:
 @click.argument("host")
 @click.argument("version", required=False)
 @click.option("--raw", is_flag=True, help="The device output exactly as read, secrets included (devicevault_keep_raw).")
-@_guard
+@guard
 def show(host, version, raw) -> None:
     """Print a stored configuration of HOST (the newest, or VERSION: a number, -1 for newest, or a sha prefix)."""
-    text, _ = _version_text(_settings(), host, version, raw=raw)
+    text, _ = _version_text(load_settings(), host, version, raw=raw)
     click.echo(text, nl=False)
 
 
@@ -471,10 +408,10 @@ def show(host, version, raw) -> None:
 @click.argument("a", required=False)
 @click.argument("b", required=False)
 @click.option("-U", "--context", "context_lines", default=3, show_default=True)
-@_guard
+@guard
 def diff(host, a, b, context_lines) -> None:
     """Unified diff between two versions of HOST (default: the previous and the newest)."""
-    settings = _settings()
+    settings = load_settings()
     old_text, old = _version_text(settings, host, a if a is not None else "-2")
     new_text, new = _version_text(settings, host, b if b is not None else "-1")
     lines = difflib.unified_diff(
@@ -493,7 +430,7 @@ def diff(host, a, b, context_lines) -> None:
 @click.option("--target", "targets", multiple=True, help="Check only this target (repeatable).")
 @click.option("--host", "hosts", multiple=True, help="Check only this device (repeatable).")
 @click.option("--json", "as_json", is_flag=True)
-@_guard
+@guard
 def verify(repair, targets, hosts, as_json) -> None:
     """Scrub: read every version back from every target and check its sha256.
 
@@ -504,16 +441,17 @@ def verify(repair, targets, hosts, as_json) -> None:
 
     from jobs.deliver.verify import verify as scrub
 
-    settings = _settings()
+    settings = load_settings()
     with tqdm(unit="copy", desc="verify", file=sys.stderr, disable=as_json) as bar:
-        report = scrub(_sessions(settings), _layout(settings), repair=repair, targets=list(targets) or None,
+        report = scrub(index_sessions(settings), storage_layout(settings), repair=repair,
+                       targets=list(targets) or None,
                        devices=list(hosts) or None, progress=bar.update, total=lambda n: setattr(bar, "total", n))
     rows = [p.as_dict() for p in report.problems]
     if as_json:
         click.echo(json.dumps({"checked": report.checked, "skipped": report.skipped, "problems": rows}, indent=2))
     else:
         if rows:
-            _table(rows, ["device", "version", "sha256", "target", "problem", "repaired", "detail"])
+            table(rows, ["device", "version", "sha256", "target", "problem", "repaired", "detail"])
         fixed = sum(p.repaired for p in report.problems)
         click.echo(f"verify: {report.checked} copies checked, {len(rows)} problem(s), {fixed} repaired, "
                    f"{report.skipped} pending or pruned not read")
@@ -525,52 +463,39 @@ def verify(repair, targets, hosts, as_json) -> None:
 @click.option("--dry-run", is_flag=True, help="Only list what would be removed.")
 @click.option("--target", "targets", multiple=True, help="Only this target (repeatable).")
 @click.option("--json", "as_json", is_flag=True)
-@_guard
+@guard
 def prune(dry_run, targets, as_json) -> None:
     """Apply each target's retention (keep_last / keep_days); never the newest version nor the last copy."""
     from jobs.deliver.retention import prune as apply_retention
 
-    settings = _settings()
-    removed = apply_retention(_sessions(settings), _layout(settings), dry_run=dry_run, targets=list(targets) or None)
-    _emit([r.as_dict() for r in removed], ["device", "target", "created_at", "ref"], as_json)
+    settings = load_settings()
+    removed = apply_retention(index_sessions(settings), storage_layout(settings), dry_run=dry_run,
+                              targets=list(targets) or None)
+    emit([r.as_dict() for r in removed], ["device", "target", "created_at", "ref"], as_json)
     if not as_json:
         click.echo(f"{'would remove' if dry_run else 'removed'} {len(removed)} copy(ies)")
 
 
 @main.command()
 @click.option("--json", "as_json", is_flag=True)
-@_guard
+@guard
 def pending(as_json) -> None:
     """Copies that have not reached their target yet (they are retried with backoff until they land)."""
     from jobs.deliver.outbox import waiting
     from storage.index.queries import pending_copies
 
-    settings = _settings()
-    with _sessions(settings)() as session:
+    settings = load_settings()
+    with index_sessions(settings)() as session:
         rows = pending_copies(session)
-    _emit(rows, ["device", "target", "sha256", "attempts", "next_attempt", "error"], as_json)
+    emit(rows, ["device", "target", "sha256", "attempts", "next_attempt", "error"], as_json)
     if not as_json:
-        counts = waiting(_redis(settings), _layout(settings).all_targets())
+        counts = waiting(redis_client(settings), storage_layout(settings).all_targets())
         click.echo("in the outbox: " + ", ".join(f"{t} {n}" for t, n in counts.items()))
 
 
-from .operations import hygiene, status, up  # noqa: E402 - the commands need this module's helpers
-
-main.add_command(status)
-main.add_command(hygiene)
-main.add_command(up)
-
-from .schedule import schedule, scheduler  # noqa: E402 - registers the schedule commands
-
-main.add_command(schedule)
-main.add_command(scheduler)
-
-from .portal import portal, users  # noqa: E402 - the web portal and its users
-main.add_command(portal)
-main.add_command(users)
-
-from .streams import dlq  # noqa: E402 - the dead-letter commands
-main.add_command(dlq)
+# the commands of the sub-modules (they share this module's helpers through cli/common.py)
+for command in (status, hygiene, up, schedule, scheduler, portal, users, dlq):
+    main.add_command(command)
 
 if __name__ == "__main__":  # pragma: no cover
     main()

@@ -13,44 +13,40 @@ import click
 
 from jobs.settings import Settings
 
+from .common import guard, table
+
 log = logging.getLogger("devicevault.up")
 
 
 @click.command()
 @click.option("--json", "as_json", is_flag=True)
+@guard
 def status(as_json) -> None:
     """Queues and their depth, workers and what they run, stream lag, dead letters, stale devices, last runs."""
-    from .main import _guard, _table
+    from jobs.ops.status import gather_status
 
-    @_guard
-    def show() -> None:
-        from jobs.ops.status import gather_status
-
-        data = gather_status(Settings.load())
-        if as_json:
-            click.echo(json.dumps(data, indent=2, default=str))
-            return
-        for row in data["streams"]:
-            if isinstance(row.get("consumers"), list):
-                row["consumers"] = ", ".join(f"{c['name']}({c['pending']})" for c in row["consumers"]) or "-"
-        for title, key, columns in (
-            ("queues", "queues", ["queue", "queued", "started", "scheduled", "deferred", "failed"]),
-            ("workers", "workers", ["worker", "state", "queues", "job"]),
-            ("streams (lag: entries not yet delivered to the group)", "streams",
-             ["stream", "group", "length", "pending", "lag", "consumers", "dead_letters"]),
-            ("stale devices (no successful backup within their allowed age)", "stale",
-             ["device", "group", "last_success", "stale_since"]),
-            ("unsaved devices (running configuration differs from startup)", "unsaved",
-             ["device", "group", "platform", "unsaved_since"]),
-            ("last runs", "runs", ["run_id", "created_at", "status", "selector", "total"]),
-        ):
-            click.echo(f"== {title}")
-            rows = data[key]
-            _table(rows, columns or sorted({k for r in rows for k in r}))
-        click.echo("== storage outbox (copies waiting for their target): "
-                   + (", ".join(f"{t} {n}" for t, n in data["outbox"].items()) or "none"))
-
-    show()
+    data = gather_status(Settings.load())
+    if as_json:
+        click.echo(json.dumps(data, indent=2, default=str))
+        return
+    for row in data["streams"]:
+        if isinstance(row.get("consumers"), list):
+            row["consumers"] = ", ".join(f"{c['name']}({c['pending']})" for c in row["consumers"]) or "-"
+    for title, key, columns in (
+        ("queues", "queues", ["queue", "queued", "started", "scheduled", "deferred", "failed"]),
+        ("workers", "workers", ["worker", "state", "queues", "job"]),
+        ("streams (lag: entries not yet delivered to the group)", "streams",
+         ["stream", "group", "length", "pending", "lag", "consumers", "dead_letters"]),
+        ("stale devices (no successful backup within their allowed age)", "stale",
+         ["device", "group", "last_success", "stale_since"]),
+        ("unsaved devices (running configuration differs from startup)", "unsaved",
+         ["device", "group", "platform", "unsaved_since"]),
+        ("last runs", "runs", ["run_id", "created_at", "status", "selector", "total"]),
+    ):
+        click.echo(f"== {title}")
+        table(data[key], columns)
+    click.echo("== storage outbox (copies waiting for their target): "
+               + (", ".join(f"{t} {n}" for t, n in data["outbox"].items()) or "none"))
 
 
 @click.command()
@@ -73,9 +69,7 @@ def hygiene(as_json, grace) -> None:
     if as_json:
         click.echo(json.dumps(data, indent=2, default=str))
     else:
-        from .main import _table
-
-        _table(data["hygiene"], ["kind", "queue", "job_id", "action", "reason"])
+        table(data["hygiene"], ["kind", "queue", "job_id", "action", "reason"])
         click.echo(f"stale devices: {len(data['stale'])}; trimmed: {data['trimmed'] or 'nothing'}")
         for error in data["errors"]:
             click.echo(f"error: {error}", err=True)

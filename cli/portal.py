@@ -7,13 +7,14 @@ Users live in ``DEVICEVAULT_USERS_FILE`` (default ``$DEVICEVAULT_HOME/users.yml`
 
 from __future__ import annotations
 
-import json
 import os
 import sys
 
 import click
 
 from jobs.settings import PORTAL_APP, Settings
+
+from .common import Fail, emit
 
 APP = PORTAL_APP  # jobs.settings decides where the files are (a checkout or an installed package)
 
@@ -48,7 +49,7 @@ def portal(port: int, address: str | None) -> None:
             click.echo(f"note: no portal user in {users_path} yet; create one with "
                        "`devicevault users add NAME --role admin`", err=True)
     except UsersError as exc:
-        raise click.ClickException(str(exc)) from exc
+        raise Fail(str(exc)) from exc
     os.environ.setdefault("LC_ALL", "C.UTF-8")
     command = streamlit_command(port, address)
     os.execv(command[0], command)
@@ -64,10 +65,6 @@ def _file():
 
     settings = Settings.load()
     return UsersFile(settings.users_file or settings.home / "users.yml")
-
-
-def _fail(exc: Exception):
-    return click.ClickException(str(exc))
 
 
 @users.command("add")
@@ -88,7 +85,7 @@ def users_add(name: str, role: str, password_stdin: bool, replace: bool) -> None
     try:
         user = users_file.add(name, role, password, replace=replace)
     except UsersError as exc:
-        raise _fail(exc) from exc
+        raise Fail(str(exc)) from exc
     click.echo(f"user {user.name} ({user.role}) saved in {users_file.path}")
 
 
@@ -101,16 +98,8 @@ def users_list(as_json: bool) -> None:
     try:
         rows = [{"name": u.name, "role": u.role} for u in _file().users()]
     except UsersError as exc:
-        raise _fail(exc) from exc
-    if as_json:
-        click.echo(json.dumps(rows, indent=2))
-    elif not rows:
-        click.echo("(none)")
-    else:
-        width = max(len("NAME"), *(len(r["name"]) for r in rows))
-        click.echo(f"{'NAME'.ljust(width)}  ROLE")
-        for r in rows:
-            click.echo(f"{r['name'].ljust(width)}  {r['role']}")
+        raise Fail(str(exc)) from exc
+    emit(rows, ["name", "role"], as_json)
 
 
 @users.command("remove")
@@ -122,5 +111,5 @@ def users_remove(name: str) -> None:
     try:
         _file().remove(name)
     except UsersError as exc:
-        raise _fail(exc) from exc
+        raise Fail(str(exc)) from exc
     click.echo(f"user {name} removed")

@@ -65,6 +65,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from jobs.errors import BackupError
+
 # Where DeviceVault's files live. This is the one place that decides it; everything else asks here.
 #: the directory holding the Python packages (cli/, jobs/, portal/, ...): the checkout, or site-packages
 SOURCE_ROOT = Path(__file__).resolve().parent.parent
@@ -119,6 +121,23 @@ def _split(value: str) -> list[str]:
     return [part.strip() for part in value.split(",") if part.strip()]
 
 
+class SettingsError(BackupError, ValueError):
+    """A setting has a value DeviceVault cannot use; the message names the variable and the value."""
+
+    kind = "settings"
+
+
+def _at_least_one(name: str, value: Any) -> int:
+    """A whole number >= 1 (hosts per batch, forks): 0 would enqueue empty jobs, a negative one nothing."""
+    try:
+        number = int(str(value).strip())
+    except ValueError:
+        number = 0
+    if number < 1:
+        raise SettingsError(f"DEVICEVAULT_{name.upper()}={value!r}: must be a whole number of at least 1")
+    return number
+
+
 @dataclass(frozen=True)
 class Settings:
     home: Path
@@ -154,7 +173,6 @@ class Settings:
     log_format: str = "json"
     users_file: Path | None = None
     target_env: dict[str, str] = field(default_factory=dict, compare=False)
-    extra: dict[str, Any] = field(default_factory=dict, compare=False)
 
     @property
     def lock_ttl(self) -> int:
@@ -185,8 +203,8 @@ class Settings:
             device_timeout=int(pick("device_timeout", 30)),
             job_timeout=int(pick("job_timeout", 900)),
             lock_margin=int(pick("lock_margin", 60)),
-            batch_size=int(pick("batch_size", 50)),
-            forks=int(pick("forks", 50)),
+            batch_size=_at_least_one("batch_size", pick("batch_size", 50)),
+            forks=_at_least_one("forks", pick("forks", 50)),
             collector_queue=str(pick("collector_queue", "collector")),
             storage_queue=str(pick("storage_queue", "storage")),
             storage_config=_storage_config(pick("storage_config", None), home),
@@ -210,7 +228,7 @@ class Settings:
         )
 
     def backend_options(self, name: str) -> dict[str, Any]:
-        """Constructor options of the built-in target named ``name`` (``git``, ``fs``, ``s3``)."""
+        """Constructor options of the built-in target named ``name`` (``git``, ``fs``, ``s3``); none for others."""
         if name == "git":
             return {"repo_path": str(self.git_repo), "branch": self.git_branch}
         if name == "fs":
@@ -222,7 +240,7 @@ class Settings:
                 "secret_access_key": self.s3_secret_access_key, "create_bucket": True,
             }
             return {k: v for k, v in options.items() if v not in (None, "")} | {"bucket": self.s3_bucket}
-        return dict(self.extra.get(name, {}))
+        return {}
 
     def collector_queue_for(self, collector_group: str = "") -> str:
         """``collector`` for devices without a collection group, ``collector.group.<name>`` for the others."""
@@ -246,7 +264,7 @@ class Settings:
     def __repr__(self) -> str:
         parts = []
         for f in dataclasses.fields(self):
-            if f.name in ("extra", "target_env"):
+            if f.name == "target_env":
                 continue
             value = getattr(self, f.name)
             if f.name in ("database_url", "redis_url"):

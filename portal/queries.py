@@ -15,6 +15,7 @@ import pandas as pd
 from sqlalchemy import case, func, or_, select
 from sqlalchemy.orm import Session
 
+from jobs.ops.freshness import is_stale
 from storage.index.models import Copy, Device, DeviceResultRow, Run, Version, aware
 from storage.index.queries import NotFound
 
@@ -23,6 +24,9 @@ from .content import Target
 OK_STATUSES = ("changed", "unchanged")
 #: the status filter's choices on the Devices page
 STATUS_FILTERS = ("ok", "failed", "stale", "never backed up")
+#: what "stale" means, beside the stale counts and filters (the rule itself: ``jobs.ops.freshness``)
+STALE_HELP = ("no successful backup within the device's allowed age (its devicevault_max_age, else "
+              "DEVICEVAULT_MAX_AGE = {max_age:g} h), as of the last freshness check (every minute)")
 SORTS = {
     "name": Device.name,
     "group": Device.group_name,
@@ -44,20 +48,13 @@ def _chunks(items: Sequence, size: int = _CHUNK):
         yield items[start:start + size]
 
 
-def stale_condition(now: datetime, max_age_hours: float):
-    """A device is stale when the freshness check marked it (``stale_since``, which honours per-host
-    ``devicevault_max_age``) or when its last successful backup is older than ``max_age_hours`` (or never)."""
-    cutoff = now - timedelta(hours=max_age_hours)
-    return or_(Device.stale_since.is_not(None), Device.last_success_at.is_(None), Device.last_success_at < cutoff)
-
-
-def _status_condition(status: str, now: datetime, max_age_hours: float):
+def _status_condition(status: str):
     if status == "ok":
         return Device.last_status.in_(OK_STATUSES)
     if status == "failed":
         return Device.last_status == "failed"
     if status == "stale":
-        return stale_condition(now, max_age_hours)
+        return is_stale()
     if status == "never backed up":
         return Device.last_success_at.is_(None)
     raise ValueError(f"unknown status filter {status!r} (choices: {', '.join(STATUS_FILTERS)})")
@@ -69,18 +66,17 @@ class Overview:
     total: int
     ok: int  # last backup succeeded
     failed: int  # last backup failed
-    stale: int  # no successful backup within max_age_hours (may overlap with failed)
+    stale: int  # marked stale by the freshness check (jobs.ops.freshness; may overlap with failed)
     versions: int
 
 
-def overview(session: Session, *, now: datetime | None = None, max_age_hours: float = 24.0) -> Overview:
-    now = now or utcnow()
+def overview(session: Session) -> Overview:
     row = session.execute(
         select(
             func.count(Device.id),
             func.sum(case((Device.last_status.in_(OK_STATUSES), 1), else_=0)),
             func.sum(case((Device.last_status == "failed", 1), else_=0)),
-            func.sum(case((stale_condition(now, max_age_hours), 1), else_=0)),
+            func.sum(case((is_stale(), 1), else_=0)),
         )
     ).one()
     versions = session.scalar(select(func.count(Version.id))) or 0
@@ -177,8 +173,6 @@ def devices_table(
     descending: bool = False,
     offset: int = 0,
     limit: int = 200,
-    now: datetime | None = None,
-    max_age_hours: float = 24.0,
 ) -> tuple[pd.DataFrame, int]:
     """One page of the devices matching the filters, sorted in SQL; returns (page, number matching).
 
@@ -186,7 +180,6 @@ def devices_table(
     the devices whose running configuration was not saved at their newest backup. The version count is
     computed for the page's devices only, except when sorting by it.
     """
-    now = now or utcnow()
     where = []
     if name:
         where.append(Device.name.icontains(name.strip(), autoescape=True))
@@ -195,13 +188,12 @@ def devices_table(
     if platforms:
         where.append(Device.platform.in_(list(platforms)))
     if statuses:
-        where.append(or_(*[_status_condition(s, now, max_age_hours) for s in statuses]))
+        where.append(or_(*[_status_condition(s) for s in statuses]))
     if unsaved_only:
         where.append(Device.unsaved.is_(True))
     total = session.scalar(select(func.count(Device.id)).where(*where)) or 0
-    stale = stale_condition(now, max_age_hours)
     columns = [Device.id, Device.name, Device.group_name, Device.platform, Device.last_status,
-               case((stale, True), else_=False), Device.last_success_at, Device.last_change_at, Device.last_error,
+               case((is_stale(), True), else_=False), Device.last_success_at, Device.last_change_at, Device.last_error,
                Device.unsaved]
     if sort == "versions":
         counts = select(Version.device_id.label("device_id"), func.count().label("n")).group_by(Version.device_id).subquery()

@@ -121,6 +121,7 @@ def portal_env(tmp_path_factory, redis_server):
     was saved at its newest backup; every other device's unsaved state is unknown."""
     from cli.services import free_port
     from jobs.collect.inventory import load_inventory
+    from jobs.ops.freshness import mark_stale
     from jobs.settings import Settings
     from lab.generate_inventory import generate_inventory
     from portal.users import UsersFile
@@ -154,6 +155,7 @@ def portal_env(tmp_path_factory, redis_server):
     seed.run(NOW - timedelta(hours=2), third, requested_by="oscar", unsaved={busy: True, saved: False},
              authors={busy: "jdoe"}, **kw)
     seed.broken_version(names[3], hosts[names[3]].group, hosts[names[3]].network_os, NOW - timedelta(hours=1))
+    mark_stale(seed.sessions, settings, hosts, now=NOW)  # what the scheduler's maintenance pass does
     users = UsersFile(home / "users.yml")
     for name, (role, password) in PASSWORDS.items():
         users.add(name, role, password, rounds=4)
@@ -286,8 +288,30 @@ def test_dashboard(portal_env):
     assert by_day[((NOW - timedelta(days=2)).date(), "backups")] == 6
     assert by_day[((NOW - timedelta(days=2)).date(), "changes")] == 1
     assert len(activity) == 60 and at.get("vega_lite_chart")
-    at.number_input(key="dash_max_age").set_value(24 * 7).run()
-    assert {m.label: m.value for m in at.metric}["Stale"] == "0"
+
+
+def test_stale_follows_the_freshness_check_and_each_hosts_allowed_age(portal_env):
+    """One staleness rule: the portal shows what jobs.ops.freshness marked, with the host's own
+    devicevault_max_age (a week for the stale device here), not an age of its own."""
+    from dataclasses import replace
+
+    from jobs.ops.freshness import mark_stale
+    from storage.index.db import connect
+
+    sessions = connect(portal_env["settings"].database_url)
+    hosts, stale = portal_env["hosts"], portal_env["stale"]
+    patient = {**hosts, stale: replace(hosts[stale], max_age=24.0 * 7)}
+    try:
+        assert sorted(s.device for s in mark_stale(sessions, portal_env["settings"], patient, now=NOW)) == \
+            [portal_env["failing"]]
+        at = ok(app("victor").run())
+        assert {m.label: m.value for m in at.metric}["Stale"] == "1"
+        at = ok(page("victor", "views/devices.py"))
+        at.multiselect(key="devices_status").set_value(["stale"]).run()
+        assert list(ok(at).dataframe(key="devices_table").value["device"]) == [portal_env["failing"]]
+    finally:
+        mark_stale(sessions, portal_env["settings"], hosts, now=NOW)
+    assert {m.label: m.value for m in ok(app("victor").run()).metric}["Stale"] == "2"
 
 
 def test_devices_filter_and_sort(portal_env):

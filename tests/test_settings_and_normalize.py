@@ -10,7 +10,7 @@ from jobs.collect.inventory import load_inventory
 from jobs.collect.normalize import normalize
 from jobs.collect.platforms import all_platforms, get_platform
 from jobs.redact import Redactor
-from jobs.settings import Settings
+from jobs.settings import Settings, SettingsError
 
 IOS_RAW = """Building configuration...
 
@@ -35,6 +35,25 @@ def test_settings_precedence_explicit_then_env_then_default(tmp_path):
     assert s.batch_size == 50  # then the default
     assert s.database_url == f"sqlite:///{tmp_path / 'index.sqlite'}"
     assert s.lock_ttl == s.job_timeout + s.lock_margin
+
+@pytest.mark.parametrize("variable", ["DEVICEVAULT_BATCH_SIZE", "DEVICEVAULT_FORKS"])
+@pytest.mark.parametrize("value", ["0", "-3", "ten", "2.5", " "])
+def test_batch_size_and_forks_must_be_whole_numbers_of_at_least_one(tmp_path, variable, value):
+    from jobs.errors import BackupError
+
+    with pytest.raises(SettingsError) as caught:
+        Settings.load(env={"DEVICEVAULT_HOME": str(tmp_path), variable: value})
+    assert str(caught.value) == f"{variable}={value!r}: must be a whole number of at least 1"
+    assert isinstance(caught.value, BackupError)  # the CLI prints it as one line
+
+
+def test_batch_size_and_forks_from_the_environment(tmp_path):
+    s = Settings.load(env={"DEVICEVAULT_HOME": str(tmp_path), "DEVICEVAULT_BATCH_SIZE": "1",
+                           "DEVICEVAULT_FORKS": " 7 "})
+    assert (s.batch_size, s.forks) == (1, 7)
+    with pytest.raises(SettingsError, match="DEVICEVAULT_BATCH_SIZE=0"):  # an explicit value is checked too
+        Settings.load(env={"DEVICEVAULT_HOME": str(tmp_path)}, batch_size=0)
+
 
 SHOW_VERSION = "Cisco IOS XE Software, Version 17.9.4a\nrouter uptime is 3 days, 2 hours, 1 minute\n"
 

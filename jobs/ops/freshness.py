@@ -5,6 +5,10 @@ The allowed age is the host's ``devicevault_max_age`` inventory variable (hours)
 removed from every schedule), :func:`mark_stale` sets ``devices.stale_since`` and clears it once a backup
 succeeds again. Inventory hosts never seen by the index are added to it, so a device that was never
 backed up is stale too once its age (counted from when DeviceVault first saw it) is over.
+
+This is the only staleness rule: everything else (``devicevault status``, the portal) reads the mark through
+:func:`is_stale`, so the per-host age holds everywhere. The mark is as fresh as the last maintenance pass
+(``devicevault scheduler`` runs one every minute; ``devicevault hygiene`` runs one now).
 """
 
 from __future__ import annotations
@@ -31,6 +35,11 @@ class Staleness:
     last_success: datetime | None
     stale_since: datetime
     max_age_hours: float
+
+
+def is_stale():
+    """SQL condition: the device is stale (the freshness check marked it, with the host's own allowed age)."""
+    return Device.stale_since.is_not(None)
 
 
 def mark_stale(

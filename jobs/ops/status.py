@@ -14,6 +14,7 @@ def gather_status(settings: Settings) -> dict[str, Any]:
     from rq.job import Job
     from sqlalchemy import select
 
+    from jobs.ops.freshness import is_stale
     from jobs.ops.hygiene import our_queues
     from jobs.deliver.locations import StorageLayout
     from jobs.deliver.outbox import waiting
@@ -61,7 +62,7 @@ def gather_status(settings: Settings) -> dict[str, Any]:
             {"device": d.name, "group": d.group_name,
              "last_success": aware(d.last_success_at).isoformat() if d.last_success_at else "never",
              "stale_since": aware(d.stale_since).isoformat()}
-            for d in session.scalars(select(Device).where(Device.stale_since.is_not(None)).order_by(Device.name))
+            for d in session.scalars(select(Device).where(is_stale()).order_by(Device.name))
         ]
         unsaved = [
             {"device": d.name, "group": d.group_name, "platform": d.platform,

@@ -33,7 +33,7 @@ def render(user) -> None:
     chosen_groups = f2.multiselect("Group", groups, key="devices_groups", on_change=_reset_page)
     chosen_platforms = f3.multiselect("Platform", platforms, key="devices_platforms", on_change=_reset_page)
     statuses = f4.multiselect("Status", list(queries.STATUS_FILTERS), key="devices_status", on_change=_reset_page,
-                              help=f"stale: no successful backup in {s.max_age:g} h (DEVICEVAULT_MAX_AGE)")
+                              help="stale: " + queries.STALE_HELP.format(max_age=s.max_age))
     o1, o2, o3, o4, o5 = st.columns([2, 1, 1, 1, 1])
     sort = o1.selectbox("Sort by", SORTS, key="devices_sort", on_change=_reset_page)
     descending = o2.toggle("Descending", key="devices_desc", on_change=_reset_page)
@@ -48,7 +48,7 @@ def render(user) -> None:
             return queries.devices_table(
                 session, name=name, groups=chosen_groups, platforms=chosen_platforms, statuses=statuses,
                 unsaved_only=unsaved_only, sort=sort, descending=descending, offset=(number - 1) * size,
-                limit=size, max_age_hours=s.max_age,
+                limit=size,
             )
 
     frame, total = fetch(page_number)

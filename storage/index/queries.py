@@ -170,22 +170,10 @@ def list_runs(session: Session, limit: int = 20) -> list[dict]:
     ]
 
 
-def count_versions(session: Session) -> int:
-    return session.scalar(select(func.count(Version.id))) or 0
-
-
-def count_copies(session: Session, backend: str | None = None) -> int:
-    query = select(func.count(Copy.id))
-    if backend:
-        query = query.where(Copy.backend == backend)
-    return session.scalar(query) or 0
-
-
-def copy_counts(session: Session, run_id: str | None = None) -> dict[str, dict[str, int]]:
-    """target -> status -> number of copies (of one run's versions, or of all)."""
-    query = select(Copy.backend, Copy.status, func.count()).group_by(Copy.backend, Copy.status)
-    if run_id is not None:
-        query = query.join(Version).where(Version.run_id == run_id)
+def copy_counts(session: Session, run_id: str) -> dict[str, dict[str, int]]:
+    """target -> status -> number of copies of one run's versions."""
+    query = (select(Copy.backend, Copy.status, func.count()).join(Version).where(Version.run_id == run_id)
+             .group_by(Copy.backend, Copy.status))
     counts: dict[str, dict[str, int]] = {}
     for backend, status, n in session.execute(query).all():
         counts.setdefault(backend, {})[status] = n
