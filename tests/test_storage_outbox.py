@@ -193,15 +193,15 @@ def test_a_staged_candidate_is_invisible_until_released_and_released_once(r):
     assert outbox.waiting(r, ["git", "s3"]) == {"git": 0, "s3": 0}  # no storage job sees a candidate
     assert outbox.claim_due(r, "git", lease=0, now=10**10) == []
     event = ("versions:created", {"version_id": "7", "device": "r1"})
-    assert outbox.release(r, a.task_id, a.targets, lease=60, event=event) == 2
-    assert outbox.release(r, a.task_id, a.targets, lease=60, event=event) == 0  # a redelivery: nothing again
+    assert outbox.release(r, a.task_id, a.targets, event=event) == 2
+    assert outbox.release(r, a.task_id, a.targets, event=event) == 0  # a redelivery: nothing again
     assert outbox.waiting(r, ["git", "s3"]) == {"git": 1, "s3": 1}
     assert [f for _, f in r.xrange("versions:created")] == [{b"version_id": b"7", b"device": b"r1"}]
     assert outbox.discard(r, a.task_id) is False  # a released item is never discarded
     assert outbox.discard(r, b.task_id) is True and outbox.load(r, [b.task_id]) == []
     for target in a.targets:
         outbox.done(r, target, a)
-    assert outbox.release(r, a.task_id, a.targets, lease=60, event=event) == 0  # landed: never again
+    assert outbox.release(r, a.task_id, a.targets, event=event) == 0  # landed: never again
     assert outbox.waiting(r, ["git", "s3"]) == {"git": 0, "s3": 0} and r.xlen("versions:created") == 1
 
 

@@ -161,10 +161,11 @@ return 1 + released
 """
 
 
-def release(redis: Redis, item_id: str, targets: list[str] | tuple[str, ...], lease: float, *,
+def release(redis: Redis, item_id: str, targets: list[str] | tuple[str, ...], *,
             event: tuple[str, dict[str, str]] | None = None, now: float | None = None) -> int:
-    """Hand the staged item ``item_id`` to ``targets`` (leased for ``lease`` seconds: the jobs about to be
-    enqueued hold it) and add ``event`` = ``(stream, fields)``, atomically and at most once per item.
+    """Hand the staged item ``item_id`` to ``targets`` (due at once: whoever claims it first, the releasing
+    consumer or a worker's retry pump, enqueues its job) and add ``event`` = ``(stream, fields)``, atomically
+    and at most once per item.
 
     Returns 0 when the item was released before (nothing done: the guard key exists), 1 when only the event
     was added (the item's text is not in the outbox: lost with Redis, or no targets), 2 when both were done.
@@ -177,7 +178,7 @@ def release(redis: Redis, item_id: str, targets: list[str] | tuple[str, ...], le
     for target in targets:
         keys += [_due(target), _order(target, item.device)]
     fields = [str(x) for kv in (event[1].items() if event else ()) for x in kv]
-    args = [RELEASE_GUARD_TTL, item_id, repr(now + lease), repr(item.collected_at if item else 0.0),
+    args = [RELEASE_GUARD_TTL, item_id, repr(now), repr(item.collected_at if item else 0.0),
             EVENTS_MAXLEN if event else "", len(targets), *targets, *fields]
     return int(redis.eval(_RELEASE, len(keys), *keys, *args))
 

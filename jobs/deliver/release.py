@@ -4,11 +4,12 @@ The decider (``storage.index.records.apply_device_result``) decides in one trans
 the commit, in this order, and are all idempotent, because a consumer can die between the commit and the
 acknowledgement and the message is then handled again (and the decision returned again):
 
-1. a new version: its staged candidate is released to the targets of its copy rows and ONE
+1. a new version: its staged candidate is released to the targets of its copy rows, due at once, and ONE
    ``versions:created`` event is added (one guarded Lua script, :func:`jobs.deliver.outbox.release`: a second
-   time does nothing), then one storage job per target is enqueued for the released items of the batch
-   (:meth:`Releaser.flush`). If the consumer dies after the release and before the enqueue, the items'
-   lease expires and the workers' retry pump hands them to a job (as for a job lost with its worker);
+   time does nothing); at the end of each batch of messages the consumer claims what is due on those
+   targets and enqueues one storage job per target and chunk (:meth:`Releaser.flush`), so a batch of new
+   versions is one job per target. If the consumer dies after the release and before the enqueue, the items
+   are due already and the workers' retry pump hands them to a job within ``DEVICEVAULT_RETRY_POLL``;
 2. not a new version: the staged candidate is discarded;
 3. the collector's cache is set to the device's newest version (or dropped when the index contradicted it).
 
@@ -40,7 +41,7 @@ class Releaser:
         self.lease = lease
         self.enqueue = enqueue
         self.chunk = max(1, chunk)
-        self._jobs: dict[str, list[str]] = {}
+        self._targets: set[str] = set()
 
     @classmethod
     def from_settings(cls, redis: Redis, settings: Any = None) -> "Releaser":
@@ -59,11 +60,10 @@ class Releaser:
     def after_commit(self, decision: Any) -> None:
         """The steps for one committed :class:`storage.index.records.Decision`."""
         if decision.created:
-            state = outbox.release(self.redis, decision.task_id, decision.targets, self.lease,
+            state = outbox.release(self.redis, decision.task_id, decision.targets,
                                    event=(VERSIONS_CREATED_STREAM, version_created(decision)))
             if state == 2:
-                for target in decision.targets:
-                    self._jobs.setdefault(target, []).append(decision.task_id)
+                self._targets.update(decision.targets)
             elif state == 1 and decision.targets:
                 log.error("%s: version %s of run %s is in the index but its text is not in the storage outbox "
                           "(Redis lost it?): its copies stay pending; back the device up again",
@@ -76,16 +76,17 @@ class Releaser:
             cache.remember(self.redis, decision.device, decision.version_id, decision.view_sha256, decision.sha256)
 
     def flush(self) -> None:
-        """Enqueue one storage job per target for what was released since the last flush. A failure here is
-        logged, not raised: the released items are leased, and become due again by themselves."""
-        jobs, self._jobs = self._jobs, {}
+        """Claim what is due on the targets released to since the last flush (leased to the job) and enqueue
+        one storage job per target and chunk. A failure to enqueue is logged, not raised: the claimed items
+        become due again when their lease ends. Without ``enqueue`` nothing is claimed (the pump does it)."""
+        targets, self._targets = self._targets, set()
         if self.enqueue is None:
             return
-        for target, ids in jobs.items():
-            for start in range(0, len(ids), self.chunk):
-                chunk = ids[start:start + self.chunk]
+        for target in sorted(targets):
+            while ids := outbox.claim_due(self.redis, target, self.lease, limit=self.chunk):
                 try:
-                    self.enqueue(target, chunk)
+                    self.enqueue(target, ids)
                 except Exception as exc:  # noqa: BLE001 - the lease brings them back
                     log.warning("could not enqueue the storage job for %d version(s) on %s (they become due "
-                                "again after their lease): %s", len(chunk), target, exc)
+                                "again after their lease): %s", len(ids), target, exc)
+                    break
