@@ -124,9 +124,10 @@ def unseal(item: StorageItem, codec) -> StorageItem:
 
 def stage(redis, items: list[StorageItem]) -> None:
     """Keep the candidates' texts until the decider releases or discards them. ``redis`` may be a pipeline
-    (the collector stages and publishes the device results in one transaction)."""
+    (the collector stages and publishes the device results in one transaction). A candidate already staged
+    under the same id (a collection job run again after it published) is kept: it is the one decided on."""
     for item in items:
-        redis.hset(ITEMS, item.task_id, item.to_json())
+        redis.hsetnx(ITEMS, item.task_id, item.to_json())
 
 
 _DISCARD = """

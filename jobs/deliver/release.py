@@ -64,6 +64,8 @@ class Releaser:
                                    event=(VERSIONS_CREATED_STREAM, version_created(decision)))
             if state == 2:
                 self._targets.update(decision.targets)
+            elif state == 0:  # released before; a candidate staged again since (a rerun job) is not needed
+                outbox.discard(self.redis, decision.task_id)
             elif state == 1 and decision.targets:
                 log.error("%s: version %s of run %s is in the index but its text is not in the storage outbox "
                           "(Redis lost it?): its copies stay pending; back the device up again",
