@@ -40,6 +40,9 @@ def dv(tmp_path_factory, redis_server):
         "DEVICEVAULT_JOB_TIMEOUT": "180",
         "DEVICEVAULT_BATCH_SIZE": "10",
         "DEVICEVAULT_COLLECT_RETRIES": "0",  # the fault tests look at the first failure
+        "DEVICEVAULT_RETRY_BASE": "1",  # storage copies: the target-down test waits for a few retries
+        "DEVICEVAULT_RETRY_MAX": "2",
+        "DEVICEVAULT_RETRY_POLL": "0.5",
     }
     tool = DeviceVault(env, home)
     start_lab(inventory, home / "lab")
@@ -60,6 +63,40 @@ def _git_commits(repo: Path) -> int:
 
 def _total_versions(dv) -> dict[str, int]:
     return {d["name"]: d["versions"] for d in dv.json("devices")}
+
+
+def _redis(dv):
+    from redis import Redis
+
+    return Redis.from_url(dv.settings.redis_url)
+
+
+def _events(dv) -> list[dict[str, str]]:
+    """The ``versions:created`` stream."""
+    from jobs.streams.events import VERSIONS_CREATED_STREAM
+
+    return [{k.decode(): v.decode() for k, v in f.items()} for _, f in _redis(dv).xrange(VERSIONS_CREATED_STREAM)]
+
+
+def _storage_job_ids(dv) -> set[str]:
+    """Every storage job RQ still knows of (queued, running, finished or failed)."""
+    from rq import Queue
+
+    ids: set[str] = set()
+    for name in ("storage.git", "storage.fs"):
+        queue = Queue(name, connection=_redis(dv))
+        ids |= set(queue.get_job_ids())
+        for registry in (queue.started_job_registry, queue.finished_job_registry, queue.failed_job_registry):
+            ids |= set(registry.get_job_ids())
+    return ids
+
+
+def _eventually(condition, timeout: float = 60.0, what: str = "condition"):
+    deadline = time.monotonic() + timeout
+    while not (value := condition()):
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.2)
+    return value
 
 
 def _backup(dv, *args: str, check: bool = True) -> dict[str, dict]:
@@ -92,6 +129,10 @@ def test_first_backup_stores_every_device_once_in_git_fs_and_index(dv):
         for pattern in noise[platform_key(device["platform"])]:
             assert not any(pattern.search(line) for line in text.splitlines()), (device["name"], pattern.pattern)
         assert dv("show", device["name"]).stdout == text
+    events = _events(dv)  # one "version created" event per version, naming it
+    versions = {v["sha256"] for d in dv.json("devices") for v in dv.json("versions", d["name"])}
+    assert len(events) == 20 and {e["sha256"] for e in events} == versions
+    assert len({e["version_id"] for e in events}) == 20 and {e["targets"] for e in events} == {"git,fs"}
 
 
 def test_second_backup_without_changes_adds_nothing(dv):
@@ -101,6 +142,26 @@ def test_second_backup_without_changes_adds_nothing(dv):
     assert {r["status"] for r in results.values()} == {"unchanged"}
     assert _total_versions(dv) == before
     assert _git_commits(dv.settings.git_repo) == before_commits
+
+
+def test_with_the_cache_emptied_the_run_finishes_unchanged_without_storage_jobs(dv):
+    """The collector's cache is lost: every device is staged as a candidate, and the index consumer decides
+    them all unchanged against the index; no version, no storage job, no event, and the run finishes."""
+    from jobs.collect import cache
+    from jobs.deliver import outbox
+
+    redis = _redis(dv)
+    before, commits, events, jobs = _total_versions(dv), _git_commits(dv.settings.git_repo), len(_events(dv)), _storage_job_ids(dv)
+    redis.delete(*cache.KEYS)
+    results = _backup(dv)
+    assert {r["status"] for r in results.values()} == {"unchanged"}, results
+    run = dv.json("runs")[0]
+    assert run["finished_at"] and run["status"] == "succeeded", run
+    assert _total_versions(dv) == before and _git_commits(dv.settings.git_repo) == commits
+    _eventually(lambda: redis.hlen(outbox.ITEMS) == 0, what="the staged candidates to be discarded")
+    assert _eventually(lambda: redis.hlen(cache.LATEST_SHA_KEY) == 20, what="the decider to refill the cache")
+    assert len(_events(dv)) == events and _storage_job_ids(dv) - jobs == set()
+    assert all(r["sha256"] for r in results.values())  # each names the stored version
 
 
 def test_three_changed_devices_make_exactly_three_versions_with_exact_diffs(dv):
@@ -122,6 +183,7 @@ def test_three_changed_devices_make_exactly_three_versions_with_exact_diffs(dv):
     after = _total_versions(dv)
     assert sum(after.values()) - sum(before.values()) == 3
     assert _git_commits(dv.settings.git_repo) - before_commits == 3
+    assert sorted(e["device"] for e in _events(dv)[-3:]) == sorted(changed_hosts)
     for host in changed_hosts:
         diff = dv("diff", host).stdout
         changed_lines = [l for l in diff.splitlines() if re.match(r"^[+-](?![+-]{2} )", l)]
@@ -203,12 +265,56 @@ def test_consumer_killed_before_ack_then_restarted_applies_everything_once(dv):
     results = dv.json("run", started["run_id"])
     assert len(results) == 20
     assert len({r["device"] for r in results}) == 20  # each device's result exactly once
+    events = _events(dv)
+    assert len({e["version_id"] for e in events}) == len(events)  # one event per version, the crash included
+    assert sorted(e["device"] for e in events if e["run_id"] == started["run_id"]) == sorted(
+        r["device"] for r in results if r["status"] == "changed")
     versions = {d["name"]: dv.json("versions", d["name"]) for d in dv.json("devices")}
     for host, found in versions.items():
         shas = [v["sha256"] for v in found]
         assert all(a != b for a, b in zip(shas, shas[1:])), (host, shas)  # no version recorded twice
         for v in found:
             assert sorted(c["backend"] for c in v["copies"]) == ["fs", "git"], (host, v)
+
+
+def test_a_target_down_across_two_runs_catches_up_without_storing_anything_twice(dv):
+    """The fs root is replaced by a plain file (root cannot write below a file either) for two runs that
+    each change the same two devices; then it comes back. Every copy lands with its ref, the outbox empties,
+    and each version is on fs once (the newer version of a device waits for the older one)."""
+    from jobs.deliver import outbox
+
+    settings = dv.settings
+    hosts = sorted(d["name"] for d in dv.json("devices"))[10:12]
+    before = {h: len(dv.json("versions", h)) for h in hosts}
+    commits = _git_commits(settings.git_repo)
+    root, aside = settings.fs_root, settings.fs_root.with_name(settings.fs_root.name + ".aside")
+    root.rename(aside)
+    root.write_text("the fs target is down\n")
+    try:
+        for _ in range(2):
+            for host in hosts:
+                dv("lab", "change", host)
+            results = _backup(dv, *[a for h in hosts for a in ("--host", h)])
+            assert {r["status"] for r in results.values()} == {"changed"}, results
+            pending = dv.json("pending")
+            assert {p["device"] for p in pending} == set(hosts) and {p["target"] for p in pending} == {"fs"}
+    finally:
+        root.unlink()
+        aside.rename(root)
+    _eventually(lambda: dv.json("pending") == [], timeout=120, what="the fs copies to land")
+    for host in hosts:
+        versions = dv.json("versions", host)
+        assert len(versions) == before[host] + 2
+        for version in versions[-2:]:
+            copies = {c["backend"]: c for c in version["copies"]}
+            assert {c["status"] for c in copies.values()} == {"stored"} and all(c["ref"] for c in copies.values())
+            stored = (settings.fs_root / copies["fs"]["ref"]).read_bytes()
+            assert hashlib.sha256(stored).hexdigest() == version["sha256"]
+        folder = (settings.fs_root / next(c["ref"] for c in versions[-1]["copies"] if c["backend"] == "fs")).parent
+        assert len(list(folder.glob("*.cfg"))) == len(versions)  # nothing stored twice
+    assert _git_commits(settings.git_repo) - commits == 4
+    redis = _redis(dv)
+    assert redis.hlen(outbox.ITEMS) == 0 and outbox.waiting(redis, ["git", "fs"]) == {"git": 0, "fs": 0}
 
 
 def test_plain_ansible_playbook_writes_one_file_per_device(dv, tmp_path):
