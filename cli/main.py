@@ -162,14 +162,17 @@ def wait_for_run(settings: Settings, run_id: str, total: int, timeout: float, *,
     """Follow a run in the index until it is finished; a progress bar on stderr."""
     from tqdm import tqdm
 
-    from storage.index.queries import run_progress, run_results
+    from storage.index.queries import NotFound, run_progress, run_results
 
     Session = index_sessions(settings)
     deadline = time.monotonic() + timeout
     with tqdm(total=total, unit="device", desc="backup", disable=quiet, file=sys.stderr) as bar:
         while True:
             with Session() as session:
-                done, _, finished = run_progress(session, run_id)
+                try:
+                    done, _, finished = run_progress(session, run_id)
+                except NotFound:  # the consumer has not recorded the run's start yet
+                    done, finished = 0, False
             bar.update(done - bar.n)
             if finished:
                 break

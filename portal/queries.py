@@ -18,10 +18,11 @@ from sqlalchemy.orm import Session
 from jobs.ops.freshness import is_stale
 from storage.index.models import Copy, Device, DeviceResultRow, Run, Version, aware
 from storage.index.queries import NotFound
+from storage.index.statuses import DeviceStatus, RunStatus
 
 from .content import Target
 
-OK_STATUSES = ("changed", "unchanged")
+OK_STATUSES = DeviceStatus.OK
 #: the status filter's choices on the Devices page
 STATUS_FILTERS = ("ok", "failed", "stale", "never backed up")
 #: what "stale" means, beside the stale counts and filters (the rule itself: ``jobs.ops.freshness``)
@@ -51,8 +52,8 @@ def _chunks(items: Sequence, size: int = _CHUNK):
 def _status_condition(status: str):
     if status == "ok":
         return Device.last_status.in_(OK_STATUSES)
-    if status == "failed":
-        return Device.last_status == "failed"
+    if status == DeviceStatus.FAILED:
+        return Device.last_status == DeviceStatus.FAILED.value
     if status == "stale":
         return is_stale()
     if status == "never backed up":
@@ -75,7 +76,7 @@ def overview(session: Session) -> Overview:
         select(
             func.count(Device.id),
             func.sum(case((Device.last_status.in_(OK_STATUSES), 1), else_=0)),
-            func.sum(case((Device.last_status == "failed", 1), else_=0)),
+            func.sum(case((Device.last_status == DeviceStatus.FAILED.value, 1), else_=0)),
             func.sum(case((is_stale(), 1), else_=0)),
         )
     ).one()
@@ -127,7 +128,7 @@ def recently_changed(session: Session, limit: int = 10) -> pd.DataFrame:
 def failing_devices(session: Session, limit: int = 100) -> pd.DataFrame:
     rows = session.execute(
         select(Device.name, Device.group_name, Device.last_attempt_at, Device.last_success_at, Device.last_error)
-        .where(Device.last_status == "failed")
+        .where(Device.last_status == DeviceStatus.FAILED.value)
         .order_by(Device.last_attempt_at.desc())
         .limit(limit)
     ).all()
@@ -317,9 +318,9 @@ def runs_table(session: Session, *, limit: int = 20, offset: int = 0) -> pd.Data
         created, finished = aware(created), aware(finished)
         rows.append({
             "run": run_id, "started": created, "finished": finished,
-            "status": status if finished else "running", "selector": selector, "requested by": who or "",
-            "devices": total or sum(c.values()), "changed": c.get("changed", 0), "unchanged": c.get("unchanged", 0),
-            "failed": c.get("failed", 0), "skipped": c.get("skipped_locked", 0),
+            "status": status if finished else RunStatus.RUNNING.value, "selector": selector, "requested by": who or "",
+            "devices": total or sum(c.values()), "changed": c.get(DeviceStatus.CHANGED.value, 0), "unchanged": c.get(DeviceStatus.UNCHANGED.value, 0),
+            "failed": c.get(DeviceStatus.FAILED.value, 0), "skipped": c.get(DeviceStatus.SKIPPED_LOCKED.value, 0),
             "duration s": round((finished - created).total_seconds(), 1) if finished and created else None,
         })
     frame = pd.DataFrame(rows, columns=RUN_COLUMNS)
@@ -341,13 +342,17 @@ class RunState:
     finished_at: datetime | None
 
 
-def run_state(session: Session, run_id: str) -> RunState:
+def run_state(session: Session, run_id: str, started_hosts: Sequence[str] | None = None) -> RunState:
+    """A run's progress. A run this process just started (``started_hosts``) may not be in the index yet (the
+    index consumer records it from its start message): it is then shown running with nothing done."""
     run = session.get(Run, run_id)
+    if run is None and started_hosts is not None:
+        return RunState(run_id, RunStatus.RUNNING.value, len(started_hosts), 0, False, "", "", None, None)
     if run is None:
         raise NotFound(f"run {run_id!r} is not in the index")
     done = session.scalar(select(func.count(DeviceResultRow.id)).where(DeviceResultRow.run_id == run_id)) or 0
     finished = run.finished_at is not None
-    return RunState(run.id, run.status if finished else "running", run.total or 0, int(done), finished,
+    return RunState(run.id, run.status if finished else RunStatus.RUNNING.value, run.total or 0, int(done), finished,
                     run.requested_by or "", run.selector, aware(run.created_at), aware(run.finished_at))
 
 

@@ -7,11 +7,12 @@ import logging
 from typing import Callable, Iterable
 
 from .errors import IntegrityError, StorageError
+from .index.statuses import CopyStatus
 
 log = logging.getLogger(__name__)
 
-_LANDED = ("stored", "unchanged")
-_READABLE = _LANDED + ("missing", "corrupt")
+_LANDED = CopyStatus.LANDED
+_READABLE = CopyStatus.CHECKED
 
 
 def read_first(

@@ -180,6 +180,40 @@ def test_a_job_removed_behind_rqs_back_is_found_and_its_devices_backed_up(ops):
     assert {r["status"] for r in rows} <= {"changed", "unchanged"}, rows
 
 
+def test_a_run_over_another_inventory_is_indexed_against_that_inventory(ops):
+    """``backup --inventory OTHER`` for a host that only OTHER has: the run's inventory travels with it, so the
+    consumer checks the host against OTHER (not DEVICEVAULT_INVENTORY), nothing is dead-lettered, the version
+    is in the index, and a second run finds it unchanged."""
+    import shutil
+    import sqlite3
+
+    import yaml
+
+    main = Path(ops.env["DEVICEVAULT_INVENTORY"])
+    other = ops.home / "other-inventory"
+    (other / "group_vars").mkdir(parents=True)
+    for name in ("all.yml", "ios.yml"):  # credentials and platform; no collection group: queue "collector"
+        shutil.copy(main / "group_vars" / name, other / "group_vars" / name)
+    address = yaml.safe_load((main / "hosts.yml").read_text())["all"]["children"]["site_ams"]["hosts"]["ams-ios-01"]
+    (other / "hosts.yml").write_text(yaml.safe_dump({"all": {"children": {
+        "edge": {"hosts": {"edge-ios-01": address}}, "ios": {"hosts": {"edge-ios-01": None}}}}}))
+    redis = _redis(ops)
+    dead_before = sum(redis.xlen(f"{s}:dead") for s in ("device:results", "storage:results"))
+    assert "edge-ios-01" not in {d["name"] for d in ops.json("devices")}
+
+    first = json.loads(ops("backup", "--inventory", str(other), "--json").stdout)
+    rows = _wait_run(ops, first["run_id"])
+    assert [(r["device"], r["status"]) for r in rows] == [("edge-ios-01", "changed")], rows
+    assert len(ops.json("versions", "edge-ios-01")) == 1
+    second = json.loads(ops("backup", "--inventory", str(other), "--json").stdout)
+    assert [(r["device"], r["status"]) for r in _wait_run(ops, second["run_id"])] == [("edge-ios-01", "unchanged")]
+    assert len(ops.json("versions", "edge-ios-01")) == 1
+    assert sum(redis.xlen(f"{s}:dead") for s in ("device:results", "storage:results")) == dead_before
+    with sqlite3.connect(ops.home / "index.sqlite") as db:
+        recorded = {run: inventory for run, inventory in db.execute("SELECT id, inventory FROM runs")}
+    assert recorded[first["run_id"]] == recorded[second["run_id"]] == str(other.absolute())
+
+
 def _age_last_success(ops, host: str, hours: float) -> None:
     """Moves the device's last success *hours* into the past in the index: time passing, without a sleep."""
     import sqlite3

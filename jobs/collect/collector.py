@@ -129,6 +129,8 @@ def collect(
             if item is not None:
                 candidates[host] = item
         results, again = _retry_or_final(results, attempt, settings, retry is not None)
+        for result in results:  # the consumer checks each device against the run's own inventory
+            result.inventory = str(inventory_path.absolute())
         publish(redis, results, (candidates[r.device] for r in results if r.device in candidates))
     if again and retry is not None:
         delay = settings.collect_retry_base * 2 ** (attempt - 1)

@@ -1,4 +1,5 @@
-"""Start a backup run: choose hosts, record the run in the index, enqueue one collection job per batch."""
+"""Start a backup run: choose hosts, announce the run on ``device:results`` (the index consumer records it), enqueue
+one collection job per batch."""
 
 from __future__ import annotations
 
@@ -9,13 +10,11 @@ from pathlib import Path
 from redis import Redis
 from rq import Queue, Retry
 
-from storage.index.db import connect
-from storage.index.records import create_run
-
 from jobs.collect.inventory import load_inventory, select_hosts
 from jobs.deliver.locations import StorageConfigError, StorageLayout
 from jobs.settings import Settings
 from jobs import tasks
+from jobs.streams.results import DEVICE_RESULTS_STREAM, RunStarted, run_task_id, utcnow
 
 
 @dataclass(frozen=True)
@@ -52,9 +51,12 @@ def start_backup(
             pass
     run_id = run_id or new_run_id()
     selector = ",".join([f"group={g}" for g in groups or []] + [f"host={h}" for h in hosts or []]) or "all"
-    Session = connect(settings.database_url)
-    with Session.begin() as session:
-        create_run(session, run_id, total=len(chosen), selector=selector, targets=list(targets), requested_by=requested_by)
+    # the run's start goes on device:results before any of its jobs can publish there: the index consumer
+    # writes the run's row from it (the index has one writer), and checks the run's devices against its inventory
+    started = RunStarted(task_id=run_task_id(run_id), run_id=run_id, timestamp=utcnow(), total=len(chosen),
+                         selector=selector, targets=",".join(targets), inventory=str(inventory_path),
+                         requested_by=requested_by)
+    redis.xadd(DEVICE_RESULTS_STREAM, started.to_message())
     by_queue: dict[str, list[str]] = {}
     for name in chosen:  # devices bound to a collection group go to that group's queue
         by_queue.setdefault(settings.collector_queue_for(inv[name].collector_group), []).append(name)

@@ -26,6 +26,7 @@ from redis import Redis
 from jobs.collect import cache
 from jobs.deliver import outbox
 from jobs.streams.events import VERSIONS_CREATED_STREAM, version_created
+from storage.index.statuses import DeviceStatus
 
 log = logging.getLogger(__name__)
 
@@ -74,7 +75,7 @@ class Releaser:
             outbox.discard(self.redis, decision.task_id)
         if decision.drop_cache:
             cache.forget(self.redis, decision.device)
-        elif decision.version_id is not None and decision.status in ("changed", "unchanged"):
+        elif decision.version_id is not None and decision.status in DeviceStatus.OK:
             cache.remember(self.redis, decision.device, decision.version_id, decision.view_sha256, decision.sha256)
 
     def flush(self) -> None:

@@ -215,11 +215,12 @@ def _failed_collections(redis: Redis, queue: Queue, settings: Settings) -> list[
         result = job.latest_result()
         last_line = ((result.exc_string if result is not None else "") or job._exc_info or "").strip()
         reason = masker.redact(last_line.splitlines()[-1] if last_line else "the job failed")
+        inventory = str(job.args[2]) if len(job.args) > 2 else ""  # collect_batch(run_id, hosts, inventory, ...)
         results = [
             DeviceResult(task_id=device_task_id(run_id, host), run_id=run_id, device=host, status=DeviceStatus.FAILED,
                          timestamp=utcnow(),
                          error=str(CollectionFailed(host, f"collection job {job.id} failed: {reason}")),
-                         error_kind=CollectionFailed.kind)
+                         error_kind=CollectionFailed.kind, inventory=inventory)
             for host in hosts
         ]
         publish(redis, results)  # the index ignores hosts that already have a result in this run

@@ -43,11 +43,15 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from sqlalchemy import exc as sa_exc
 from sqlalchemy.orm import Session, sessionmaker
 
-from storage.index.records import NotDecided, apply_device_result, apply_storage_result, refresh_run
+from storage.index.records import (
+    NotDecided, apply_device_result, apply_run_started, apply_storage_result, refresh_run,
+)
 
 from jobs.streams.deadletters import count_dead_letters, dead_letter, dead_letter_stream
 from jobs.errors import InventoryError
-from jobs.streams.results import DEVICE_RESULTS_STREAM, STORAGE_RESULTS_STREAM, DeviceResult, StorageResult
+from jobs.streams.results import (
+    DEVICE_RESULTS_STREAM, STORAGE_RESULTS_STREAM, DeviceResult, RunStarted, StorageResult, parse,
+)
 
 log = logging.getLogger(__name__)
 
@@ -178,9 +182,10 @@ class Consumer:
         """``claim_idle_ms``: take over messages pending this long, and retry failed ones this often.
 
         ``max_deliveries``: a message whose handling fails on this delivery goes to the dead-letter stream
-        (None: ``$DEVICEVAULT_STREAM_MAX_DELIVERIES``, else 5). ``inventory``: results naming a device not
-        in this Ansible inventory are failures (default: the settings' inventory, ``DEVICEVAULT_INVENTORY``;
-        None: no check). ``trim_interval``: seconds between :func:`trim_streams` calls (None: never).
+        (None: ``$DEVICEVAULT_STREAM_MAX_DELIVERIES``, else 5). ``inventory``: a device result is checked
+        against the inventory its run was started with (``DeviceResult.inventory``, from ``backup
+        --inventory``); this one is for results that name none (default: the settings' inventory,
+        ``DEVICEVAULT_INVENTORY``; None: no check at all). ``trim_interval``: seconds between :func:`trim_streams` calls (None: never).
         ``crash_after_commit``: for failure tests only; the process exits right after committing that many
         messages and before acknowledging the last one (and before the after-commit steps), as a consumer
         killed at the worst moment would. ``releaser``: the after-commit steps of the decider
@@ -201,6 +206,7 @@ class Consumer:
 
             inventory = Settings.load().inventory
         self.inventory = InventoryCheck(inventory) if inventory is not None else None
+        self._inventories: dict[str, InventoryCheck] = {}  # a run's own inventory -> its check
         self.trim_interval = trim_interval
         self.crash_after_commit = crash_after_commit
         self._releaser = releaser
@@ -218,15 +224,13 @@ class Consumer:
         """Apply one message; ``deliveries`` is its delivery count. Returns ``applied`` (committed, then
         acknowledged), ``retry`` (failed, left pending) or ``dead`` (moved to the dead-letter stream).
         Raises the :data:`TRANSIENT_ERRORS` (the message stays pending)."""
-        parser: Callable = DeviceResult.from_message if stream == DEVICE_RESULTS_STREAM else StorageResult.from_message
         try:
-            record = parser(fields)
+            record = parse(stream, fields)
         except (ValueError, KeyError, TypeError, AttributeError) as exc:
             self._dead_letter(stream, message_id, fields, f"malformed message: {exc}", deliveries)
             return "dead"
         try:
-            if self.inventory is not None:
-                self.inventory.check(record.device)
+            self._check_inventory(record)
             decision = self._apply(stream, record)
         except TRANSIENT_ERRORS:
             raise
@@ -248,7 +252,7 @@ class Consumer:
         if self.crash_after_commit is not None and self.committed >= self.crash_after_commit:
             log.error("crash_after_commit reached: exiting before acknowledging %s", message_id)
             os._exit(17)
-        if stream == DEVICE_RESULTS_STREAM:
+        if isinstance(record, DeviceResult):
             try:
                 self.after_commit(decision)
             except TRANSIENT_ERRORS:
@@ -260,6 +264,16 @@ class Consumer:
                 return "retry"
         self.redis.xack(stream, self.group, message_id)
         return "applied"
+
+    def _check_inventory(self, record) -> None:
+        """A device result must name a device of its run's inventory (:class:`UnknownDevice` otherwise). A run's
+        start names no device, and a storage result exists only for a version its device result decided."""
+        if self.inventory is None or not isinstance(record, DeviceResult):
+            return
+        check = self.inventory
+        if record.inventory and Path(record.inventory) != self.inventory.path:
+            check = self._inventories.setdefault(record.inventory, InventoryCheck(record.inventory))
+        check.check(record.device)
 
     # --- the decider's after-commit hook ---------------------------------------------------------------
     def after_commit(self, decision) -> None:
@@ -282,7 +296,8 @@ class Consumer:
         device, or a new version, seen in results handled at the same time): the loser's transaction is
         rolled back and applied again at once, which then finds the row (a race costs one retry per row it
         creates: device, then version), before it counts as a failure."""
-        apply = apply_device_result if stream == DEVICE_RESULTS_STREAM else apply_storage_result
+        apply = {RunStarted: apply_run_started, DeviceResult: apply_device_result,
+                 StorageResult: apply_storage_result}[type(record)]
         for attempt in (1, 2, 3):
             try:
                 with self.sessions.begin() as session:

@@ -1,4 +1,11 @@
-"""Typed results that travel on the Redis streams ``device:results`` and ``storage:results``."""
+"""Typed records that travel on the Redis streams ``device:results`` and ``storage:results``.
+
+``device:results`` carries, per run, first a :class:`RunStarted` (published by whoever starts the run,
+``jobs.collect.runs.start_backup``, before any job is enqueued) and then one :class:`DeviceResult` per device;
+``storage:results`` one :class:`StorageResult` per copy outcome. :func:`parse` turns a stream entry back into
+its record. The index consumer is the only writer of the index: a run's row is written from its
+:class:`RunStarted`, never by the process that started the run.
+"""
 
 from __future__ import annotations
 
@@ -8,37 +15,14 @@ from datetime import datetime, timezone
 from enum import Enum
 from typing import Any
 
+from storage.index.statuses import CopyStatus, DeviceStatus
+
 DEVICE_RESULTS_STREAM = "device:results"
 STORAGE_RESULTS_STREAM = "storage:results"
 
 
-class DeviceStatus(str, Enum):
-    """Outcome of collecting one device in one run."""
-
-    #: on the wire: a *candidate* (differs from the collector's cache, its text is staged in the outbox); in
-    #: the index: the decider (``storage.index.records.apply_device_result``) made a new version of it
-    CHANGED = "changed"
-    #: collected; same as the newest version once volatile lines are removed (on the wire: the collector's
-    #: cache said so; in the index: the decider found it so, or confirmed the cache)
-    UNCHANGED = "unchanged"
-    FAILED = "failed"  # not collected; ``error`` says why
-    SKIPPED_LOCKED = "skipped_locked"  # another job holds lock:device:<host>
-
-    @property
-    def ok(self) -> bool:
-        return self in (DeviceStatus.CHANGED, DeviceStatus.UNCHANGED)
-
-
-class StorageStatus(str, Enum):
-    """Outcome of storing one version on one storage target."""
-
-    STORED = "stored"  # the version is on the target (written now, or found there from an earlier attempt)
-    UNCHANGED = "unchanged"  # older producers only: the target already held it (storage jobs no longer ask)
-    PENDING = "pending"  # this attempt failed; the copy waits in the outbox and is retried with backoff
-
-    @property
-    def landed(self) -> bool:
-        return self in (StorageStatus.STORED, StorageStatus.UNCHANGED)
+#: a storage job's outcome is the status its copy gets in the index (stored, or pending until it lands)
+StorageStatus = CopyStatus
 
 
 def utcnow() -> datetime:
@@ -52,6 +36,9 @@ def _iso(value: datetime) -> str:
 class _StreamRecord:
     """Serialise to/from a flat ``{field: str}`` stream entry (a single JSON ``data`` field)."""
 
+    #: the entry's ``kind`` field: which record it is on a stream that carries several
+    KIND = ""
+
     def to_message(self) -> dict[str, str]:
         payload = asdict(self)  # type: ignore[call-overload]
         for key, value in payload.items():
@@ -59,7 +46,10 @@ class _StreamRecord:
                 payload[key] = _iso(value)
             elif isinstance(value, Enum):
                 payload[key] = value.value
-        return {"task_id": payload["task_id"], "data": json.dumps(payload)}
+        message = {"task_id": payload["task_id"], "data": json.dumps(payload)}
+        if self.KIND:
+            message["kind"] = self.KIND
+        return message
 
     @classmethod
     def from_message(cls, message: dict[Any, Any]):
@@ -105,11 +95,35 @@ class DeviceResult(_StreamRecord):
     author: str = ""  # who last changed the configuration, when the device says so (``changed_by``)
     targets: str = ""  # changed devices: the storage targets of the device's location, comma separated
     unsaved: bool | None = None  # running differs from startup (None: unknown or no startup on the platform)
+    #: the Ansible inventory the run was started with (the consumer checks the device against it; "" from
+    #: older producers: the installation's DEVICEVAULT_INVENTORY)
+    inventory: str = ""
 
     @classmethod
     def _coerce(cls, kwargs: dict[str, Any]) -> dict[str, Any]:
         kwargs["status"] = DeviceStatus(kwargs["status"])
         return kwargs
+
+
+def run_task_id(run_id: str) -> str:
+    return f"run:{run_id}"
+
+
+@dataclass
+class RunStarted(_StreamRecord):
+    """A backup run was started: what the index's run row holds. Published on ``device:results`` before the
+    run's jobs are enqueued, so it comes before the run's device results."""
+
+    KIND = "run"
+
+    task_id: str
+    run_id: str
+    timestamp: datetime
+    total: int = 0
+    selector: str = "all"
+    targets: str = ""  # every target of the chosen devices' locations, comma separated
+    inventory: str = ""  # the Ansible inventory the run's devices are collected from (absolute path)
+    requested_by: str = ""
 
 
 @dataclass
@@ -137,3 +151,16 @@ class StorageResult(_StreamRecord):
     def _coerce(cls, kwargs: dict[str, Any]) -> dict[str, Any]:
         kwargs["status"] = StorageStatus(kwargs["status"])
         return kwargs
+
+
+def parse(stream: str, message: dict[Any, Any]) -> RunStarted | DeviceResult | StorageResult:
+    """The record a stream entry holds (raises ValueError/KeyError/TypeError on a malformed entry)."""
+    if stream == STORAGE_RESULTS_STREAM:
+        return StorageResult.from_message(message)
+    kind = message.get(b"kind", message.get("kind", b""))
+    kind = kind.decode() if isinstance(kind, bytes) else kind
+    if kind == RunStarted.KIND:
+        return RunStarted.from_message(message)
+    if kind:
+        raise ValueError(f"unknown record kind {kind!r} on {stream}")
+    return DeviceResult.from_message(message)

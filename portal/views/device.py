@@ -15,6 +15,7 @@ import pandas as pd
 import streamlit as st
 
 from portal import content, queries, ui
+from storage.index.statuses import CopyStatus, DeviceStatus
 
 TIMELINE_PAGE = 50
 PER_DEVICE_KEYS = ("device_diff_a", "device_diff_b", "device_show_version", "device_timeline_page", "device_timeline",
@@ -61,7 +62,7 @@ def _read(s, session, chosen) -> dict[int, bytes | Exception]:
 
 
 def _copies_text(copies) -> str:
-    return ", ".join(b if st_ in ("stored", "unchanged") else f"{b} ({st_})" for b, _, st_ in copies) or "none"
+    return ", ".join(b if st_ in CopyStatus.LANDED else f"{b} ({st_})" for b, _, st_ in copies) or "none"
 
 
 def render(user) -> None:
@@ -112,7 +113,7 @@ def _header(info, versions) -> None:
                                            ("Group · platform", f"{info.group or '-'} · {info.platform or '-'}"))):
         col.caption(label)
         col.markdown(f"**{ui.md(value)}**")
-    if info.status == "failed" and info.last_error:
+    if info.status == DeviceStatus.FAILED and info.last_error:
         st.error(f"Last backup failed ({ui.when(info.last_attempt)}): {ui.md(ui.mask(info.last_error))}")
     if info.stale_since is not None:
         st.warning(f"Stale since {ui.when(info.stale_since)}: no successful backup for too long.")

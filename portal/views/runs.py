@@ -13,6 +13,7 @@ import math
 import streamlit as st
 
 from portal import queries, ui
+from storage.index.statuses import DeviceStatus, RunStatus
 
 SCOPES = ["one device", "one group", "every device"]
 FOLLOW_KEY = "runs_follow"
@@ -74,12 +75,12 @@ def _trigger(s, user) -> None:
 
 def _follow(s, run_id: str, hosts: list[str]) -> None:
     with ui.sessions(s)() as session:
-        state = queries.run_state(session, run_id)
+        state = queries.run_state(session, run_id, hosts)
 
     @st.fragment(run_every=None if state.finished else REFRESH_SECONDS)
     def progress() -> None:
         with ui.sessions(s)() as session:
-            now = queries.run_state(session, run_id)
+            now = queries.run_state(session, run_id, hosts)
             devices = queries.run_devices(session, run_id, hosts)
         total = max(now.total, len(hosts), 1)
         st.subheader(f"Run {run_id[:12]}")
@@ -87,10 +88,10 @@ def _follow(s, run_id: str, hosts: list[str]) -> None:
             f"{now.status} · finished {ui.when(now.finished_at)}" if now.finished else "running…")
         st.progress(min(now.done / total, 1.0), text=label)
         if now.finished:
-            (st.success if now.status == "succeeded" else st.warning)(f"Run {run_id[:12]} {now.status}.")
+            (st.success if now.status == RunStatus.SUCCEEDED else st.warning)(f"Run {run_id[:12]} {now.status}.")
         st.dataframe(devices.assign(error=devices["error"].map(ui.mask)), hide_index=True, width="stretch",
                      key="runs_follow_table")
-        changed = devices[devices["status"] == "changed"]["device"].tolist()
+        changed = devices[devices["status"] == DeviceStatus.CHANGED.value]["device"].tolist()
         cols = st.columns(min(len(changed), 4) + 1) if changed else []
         for i, name in enumerate(changed[:4]):
             if cols[i].button(f"Open diff of {name}", key=f"runs_open_{i}"):
@@ -131,7 +132,7 @@ def _history(s) -> None:
     st.markdown(f"**Run {run_id}**: {runs.iloc[rows[0]]['status']}, {len(devices)} device(s)")
     st.dataframe(devices.assign(error=devices["error"].map(ui.mask)), hide_index=True, width="stretch",
                  key="runs_detail", column_config={"error": st.column_config.TextColumn(width="large")})
-    if runs.iloc[rows[0]]["status"] == "running" and st.button("Follow this run", key="runs_follow_button"):
+    if runs.iloc[rows[0]]["status"] == RunStatus.RUNNING and st.button("Follow this run", key="runs_follow_button"):
         st.session_state[FOLLOW_KEY] = {"run_id": run_id, "hosts": []}
         st.rerun()
 

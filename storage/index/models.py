@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from datetime import datetime, timezone
 
+from .statuses import CopyStatus, DeviceStatus, RunStatus  # noqa: F401 - the index's vocabulary
 from sqlalchemy import Boolean, DateTime, Float, ForeignKey, Integer, String, Text, UniqueConstraint
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
@@ -57,11 +58,13 @@ class Run(Base):
     id: Mapped[str] = mapped_column(String(64), primary_key=True)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow, index=True)
     finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
-    status: Mapped[str] = mapped_column(String(32), default="running")
+    status: Mapped[str] = mapped_column(String(32), default=RunStatus.RUNNING.value)
     selector: Mapped[str] = mapped_column(String(512), default="all")
     requested_by: Mapped[str] = mapped_column(String(255), default="")
     total: Mapped[int] = mapped_column(Integer, default=0)
     targets: Mapped[str] = mapped_column(String(255), default="")
+    #: the Ansible inventory the run was started with ("" for runs the index learnt of from a device result)
+    inventory: Mapped[str] = mapped_column(String(1024), default="", server_default="")
 
     results: Mapped[list["DeviceResultRow"]] = relationship(back_populates="run")
 
@@ -108,22 +111,6 @@ class Version(Base):
 
     device: Mapped[Device] = relationship(back_populates="versions")
     copies: Mapped[list["Copy"]] = relationship(back_populates="version", order_by="Copy.id")
-
-
-class CopyStatus:
-    """Values of ``Copy.status``."""
-
-    STORED = "stored"  # the target holds it
-    UNCHANGED = "unchanged"  # written by older versions of DeviceVault only (the target already held it)
-    #: not landed yet: waits in the outbox, retried with backoff. Created with the version by the decider
-    #: (``attempts`` 0) and updated by every storage outcome until it lands
-    PENDING = "pending"
-    MISSING = "missing"  # verify found no copy at ``ref``
-    CORRUPT = "corrupt"  # verify read it back with another sha256 (or could not decode it)
-    PRUNED = "pruned"  # removed on purpose by retention
-
-    LANDED = (STORED, UNCHANGED)
-    CHECKED = (STORED, UNCHANGED, MISSING, CORRUPT)  # copies verify reads
 
 
 class Copy(Base):

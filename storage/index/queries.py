@@ -9,6 +9,7 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session, selectinload
 
 from .models import Copy, Device, DeviceResultRow, Run, Version, aware
+from .statuses import CopyStatus
 
 
 class NotFound(LookupError):
@@ -186,7 +187,7 @@ def pending_copies(session: Session, limit: int = 100) -> list[dict]:
         select(Copy, Version.sha256, Version.run_id, Device.name)
         .join(Version, Version.id == Copy.version_id)
         .join(Device, Device.id == Version.device_id)
-        .where(Copy.status == "pending")
+        .where(Copy.status == CopyStatus.PENDING.value)
         .order_by(Copy.id)
         .limit(limit)
     ).all()

@@ -23,9 +23,10 @@ from typing import Any
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from .models import Copy, CopyStatus, Device, DeviceResultRow, Run, Version, aware
+from .models import Copy, Device, DeviceResultRow, Run, Version, aware
+from .statuses import CopyStatus, DeviceStatus, RunStatus
 
-OK_STATUSES = ("changed", "unchanged")
+OK_STATUSES = DeviceStatus.OK
 #: ``device_results.error_kind`` of an ``unchanged`` claim the index contradicts (see :func:`apply_device_result`)
 CACHE_DISAGREES = "cache"
 
@@ -74,14 +75,39 @@ def _value(status: Any) -> str:
     return getattr(status, "value", status)
 
 
+#: the selector of a run the index learnt of from a device result before (or without) its start
+UNKNOWN_SELECTOR = "unknown"
+
+
 def create_run(
-    session: Session, run_id: str, *, total: int, selector: str, targets: list[str] | tuple[str, ...], requested_by: str = ""
+    session: Session, run_id: str, *, total: int, selector: str, targets: list[str] | tuple[str, ...],
+    requested_by: str = "", inventory: str = "", created_at: datetime | None = None,
 ) -> Run:
+    """The run's row, as its start says. A row the index made up from an earlier device result (several
+    consumers may take a run's start and its first results at once) is filled in and counted again."""
     run = session.get(Run, run_id)
+    fields = dict(total=total, selector=selector, targets=",".join(targets), requested_by=requested_by,
+                  inventory=inventory)
     if run is None:
-        run = Run(id=run_id, total=total, selector=selector, targets=",".join(targets), requested_by=requested_by)
+        run = Run(id=run_id, **fields, **({"created_at": created_at} if created_at else {}))
         session.add(run)
+    elif run.selector == UNKNOWN_SELECTOR:
+        for key, value in fields.items():
+            setattr(run, key, value)
+        run.finished_at, run.status = None, RunStatus.RUNNING
+    session.flush()
     return run
+
+
+def apply_run_started(session: Session, record: Any) -> bool:
+    """Record a run's start (``jobs.streams.results.RunStarted``). Returns False if it was recorded before."""
+    run = session.get(Run, record.run_id)
+    if run is not None and run.selector != UNKNOWN_SELECTOR:
+        return False
+    create_run(session, record.run_id, total=record.total, selector=record.selector,
+               targets=[t for t in record.targets.split(",") if t], requested_by=record.requested_by,
+               inventory=record.inventory, created_at=record.timestamp)
+    return True
 
 
 def get_or_create_device(session: Session, name: str, *, group: str = "", platform: str = "",
@@ -124,12 +150,12 @@ def _decision(result: Any, status: str, device: Device, newest: Version | None, 
 def _recorded_decision(session: Session, row: DeviceResultRow, result: Any) -> Decision:
     """The decision a result already in the index stands for (a redelivered message)."""
     device = session.get(Device, row.device_id)
-    if row.status == "changed":
+    if row.status == DeviceStatus.CHANGED:
         version = session.scalar(select(Version).where(Version.device_id == device.id, Version.run_id == row.run_id))
         if version is not None:
             targets = tuple(c.backend for c in version.copies)
             return _decision(result, row.status, device, version, new=False, created=True, targets=targets)
-    if row.status == "unchanged":
+    if row.status == DeviceStatus.UNCHANGED:
         return _decision(result, row.status, device, _newest(session, device.id), new=False, discard=True)
     return _decision(result, row.status, device, None, new=False, discard=True,
                      drop_cache=row.error_kind == CACHE_DISAGREES)
@@ -154,17 +180,17 @@ def apply_device_result(session: Session, result: Any) -> Decision:
     error, error_kind = result.error, result.error_kind
     lock = status in OK_STATUSES
     device = get_or_create_device(session, result.device, group=result.group, platform=result.platform, lock=lock)
-    if session.get(Run, result.run_id) is None:  # a run started by someone who did not write the index
-        session.add(Run(id=result.run_id, total=0, selector="unknown", targets=""))
+    if session.get(Run, result.run_id) is None:  # its start is not in yet (or it was started without one)
+        session.add(Run(id=result.run_id, total=0, selector=UNKNOWN_SELECTOR, targets=""))
         session.flush()
     sha = result.sha256
     view = getattr(result, "view_sha256", "") or sha
     newest = _newest(session, device.id) if lock else None
     created = None
     targets: tuple[str, ...] = ()
-    if status == "changed" and newest is not None and _view(newest) == view:
-        status, sha = "unchanged", newest.sha256
-    elif status == "changed":
+    if status == DeviceStatus.CHANGED and newest is not None and _view(newest) == view:
+        status, sha = DeviceStatus.UNCHANGED.value, newest.sha256
+    elif status == DeviceStatus.CHANGED:
         run_targets = session.get(Run, result.run_id).targets
         targets = tuple(t for t in ((getattr(result, "targets", "") or run_targets or "").split(",")) if t)
         created = Version(device_id=device.id, run_id=result.run_id, sha256=sha, view_sha256=view,
@@ -177,8 +203,8 @@ def apply_device_result(session: Session, result: Any) -> Decision:
         change = aware(device.last_change_at)
         if change is None or change < result.timestamp:
             device.last_change_at = result.timestamp
-    elif status == "unchanged" and getattr(result, "view_sha256", "") and (newest is None or _view(newest) != view):
-        status, error_kind = "failed", CACHE_DISAGREES
+    elif status == DeviceStatus.UNCHANGED and getattr(result, "view_sha256", "") and (newest is None or _view(newest) != view):
+        status, error_kind = DeviceStatus.FAILED.value, CACHE_DISAGREES
         error = (f"{result.device}: the collector's cache said unchanged, but the index's newest version is "
                  f"{newest.sha256[:12] if newest is not None else 'none'}: the cache entry is dropped and the next "
                  "backup stores the configuration")
@@ -200,12 +226,12 @@ def apply_device_result(session: Session, result: Any) -> Decision:
             changed_by=getattr(result, "author", "") or "",
         )
     )
-    if status != "skipped_locked":
+    if status != DeviceStatus.SKIPPED_LOCKED:
         last = aware(device.last_attempt_at)
         if last is None or last <= result.timestamp:
             device.last_attempt_at = result.timestamp
             device.last_status = status
-            device.last_error = error if status == "failed" else ""
+            device.last_error = error if status == DeviceStatus.FAILED else ""
             unsaved = getattr(result, "unsaved", None)
             if status in OK_STATUSES and unsaved is not None:
                 if unsaved and not device.unsaved:
@@ -220,7 +246,7 @@ def apply_device_result(session: Session, result: Any) -> Decision:
     session.flush()
     if created is not None:
         return _decision(result, status, device, created, created=True, targets=targets)
-    if status == "unchanged":
+    if status == DeviceStatus.UNCHANGED:
         return _decision(result, status, device, newest, discard=True)
     return _decision(result, status, device, None, discard=True, drop_cache=error_kind == CACHE_DISAGREES)
 
@@ -291,7 +317,7 @@ def refresh_run(session: Session, run_id: str, now: datetime | None = None) -> R
     done = sum(statuses.values())
     if run.total and done < run.total:
         return run
-    if statuses.get("changed", 0):
+    if statuses.get(DeviceStatus.CHANGED.value, 0):
         untried = session.scalar(
             select(func.count(Copy.id)).join(Version, Version.id == Copy.version_id).where(
                 Version.run_id == run_id, Copy.status == CopyStatus.PENDING, Copy.attempts == 0)
@@ -299,7 +325,7 @@ def refresh_run(session: Session, run_id: str, now: datetime | None = None) -> R
         if untried:
             return run
     run.finished_at = now or datetime.now(timezone.utc)
-    failed = statuses.get("failed", 0)
-    run.status = "succeeded" if not failed else ("failed" if failed == done else "partial")
+    failed = statuses.get(DeviceStatus.FAILED.value, 0)
+    run.status = (RunStatus.SUCCEEDED if not failed else RunStatus.FAILED if failed == done else RunStatus.PARTIAL).value
     session.flush()
     return run
