@@ -48,7 +48,7 @@ def vault(tmp_path, redis_server) -> DeviceVault:
 def _publish(redis, run_id: str, hosts: list[str], targets=("git",)) -> int:
     pipe = redis.pipeline(transaction=False)
     for h in hosts:
-        pipe.xadd(DEVICE_RESULTS_STREAM, _device_result(run_id, h).to_message())
+        pipe.xadd(DEVICE_RESULTS_STREAM, _device_result(run_id, h, targets=",".join(targets)).to_message())
         for t in targets:
             pipe.xadd(STORAGE_RESULTS_STREAM, _storage_result(run_id, h, t).to_message())
     return len(pipe.execute())
@@ -196,7 +196,7 @@ def test_dlq_replay_all_and_clear_errors(streams, vault):
                         trim_interval=None)
     run_id = uuid.uuid4().hex
     for host in ("x1", "x2"):
-        streams.xadd(DEVICE_RESULTS_STREAM, _device_result(run_id, host).to_message())
+        streams.xadd(DEVICE_RESULTS_STREAM, _device_result(run_id, host, targets="git").to_message())
     streams.xadd(STORAGE_RESULTS_STREAM, _storage_result(run_id, "x1", "git").to_message())
     consumer.run(idle_exit=0.3, stop=within(20))
     assert len(vault.json("dlq", "list")) == 3
@@ -212,7 +212,9 @@ def test_dlq_replay_all_and_clear_errors(streams, vault):
     assert vault.json("dlq", "list") == []
     consumer.run(idle_exit=0.3, stop=within(20))
     assert _each_once(vault.sessions, DeviceResultRow) == (2, 0)
-    assert _each_once(vault.sessions, Copy) == (1, 0)
+    assert _each_once(vault.sessions, Copy) == (2, 0)  # one git copy per version, created by the decision
+    with vault.sessions() as s:
+        assert sorted(s.scalars(select(Copy.status)).all()) == ["pending", "stored"]  # x1's landed, x2's waits
 
 
 # --- several consumers at once ----------------------------------------------------------------------------

@@ -2,9 +2,9 @@
 
 ``versions:created``: exactly one entry per new version, added only after the version and its copy rows are
 committed to the index (by the decider's after-commit step, ``jobs.deliver.release``), in the same atomic
-step that releases the version to storage. A subscriber reads it with its own consumer group
-(``XGROUP CREATE versions:created <group> 0``; notifications, compliance checks, exports) and can rely on
-the index already holding the version. Fields (all strings):
+step that releases the version to storage. A subscriber is a :class:`jobs.streams.group.StreamConsumer` with
+its own consumer group (notifications, compliance checks, exports: a few lines, see that module) and can
+rely on the index already holding the version. Fields (all strings):
 
 ``version_id`` (index id), ``device``, ``group``, ``platform``, ``run_id``, ``sha256`` (the stored text),
 ``view_sha256`` (the masked view, equal to ``sha256`` unless secrets are kept), ``author`` ("" when the
