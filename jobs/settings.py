@@ -13,9 +13,13 @@ redis_url                     DEVICEVAULT_REDIS_URL            ``redis://127.0.0
 inventory                     DEVICEVAULT_INVENTORY            ``<data>/inventories/lab`` (the lab; ``<data>``:
                                                                ``jobs.settings.DATA_DIR``)
 targets                       DEVICEVAULT_TARGETS              ``git,fs`` (storage backends, comma separated)
-git_repo                      DEVICEVAULT_GIT_REPO             ``<home>/git``
-git_branch                    DEVICEVAULT_GIT_BRANCH           ``main``
-fs_root                       DEVICEVAULT_FS_ROOT              ``<home>/fs``
+<type>_<variable>             DEVICEVAULT_<TYPE>_<VARIABLE>    declared by each storage backend type in
+                                                               ``storage/registry.py``: ``git_repo``
+                                                               (DEVICEVAULT_GIT_REPO, ``<home>/git``),
+                                                               ``git_branch``, ``fs_root``, ``s3_bucket``,
+                                                               ``s3_prefix``, ``s3_endpoint_url``, ``s3_region``,
+                                                               ``s3_access_key_id``, ``s3_secret_access_key``
+                                                               (secret; prints as REDACTED)...
 device_timeout                DEVICEVAULT_DEVICE_TIMEOUT       ``30`` seconds (connect and per command)
 job_timeout                   DEVICEVAULT_JOB_TIMEOUT          ``900`` seconds (hard limit of one batch job)
 lock_margin                   DEVICEVAULT_LOCK_MARGIN          ``60`` seconds added to the job timeout
@@ -27,12 +31,6 @@ storage_queue                 DEVICEVAULT_STORAGE_QUEUE        ``storage`` (pref
 storage_config                DEVICEVAULT_STORAGE_CONFIG       ``<home>/storage.yml`` if that file exists, else none
                                                                (targets, locations, per-group locations; see
                                                                ``jobs/deliver/locations.py``)
-s3_bucket                     DEVICEVAULT_S3_BUCKET            ``devicevault``
-s3_prefix                     DEVICEVAULT_S3_PREFIX            empty
-s3_endpoint_url               DEVICEVAULT_S3_ENDPOINT_URL      none (AWS); set it for R2, B2, MinIO, moto
-s3_region                     DEVICEVAULT_S3_REGION            none (boto3's default chain)
-s3_access_key_id              DEVICEVAULT_S3_ACCESS_KEY_ID     none (boto3's chain: ``AWS_ACCESS_KEY_ID``, profile...)
-s3_secret_access_key          DEVICEVAULT_S3_SECRET_ACCESS_KEY none (secret; prints as REDACTED)
 encryption_keys               DEVICEVAULT_ENCRYPTION_KEYS      none; ``kid:base64key[,kid2:base64key]``, 32-byte
                                                                AES-256-GCM keys (secret; prints as REDACTED)
 encryption_key_id             DEVICEVAULT_ENCRYPTION_KEY_ID    the first key id in ``encryption_keys``
@@ -51,8 +49,8 @@ log_format                    DEVICEVAULT_LOG_FORMAT           ``json`` for the 
                                                                consumer, scheduler, up); ``text`` for people
 ============================  ==============================  ===============================================
 
-Per-target options for the three built-in targets (when there is no storage file, or to override it):
-``DEVICEVAULT_<FS|GIT|S3>_COMPRESSION`` (``gzip``, ``zstd``, ``none``), ``DEVICEVAULT_<...>_ENCRYPT``
+Per-target options for the targets named after a backend type (``git``, ``fs``, ``s3``: the built-in
+targets when there is no storage file, or to override the file): ``DEVICEVAULT_<FS|GIT|S3>_COMPRESSION`` (``gzip``, ``zstd``, ``none``), ``DEVICEVAULT_<...>_ENCRYPT``
 (``true``/``false``), ``DEVICEVAULT_<...>_KEEP_LAST`` and ``DEVICEVAULT_<...>_KEEP_DAYS`` (retention).
 """
 
@@ -64,6 +62,8 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from storage.registry import BackendType, backend_type, backend_types
 
 from jobs.errors import BackupError
 
@@ -93,8 +93,8 @@ def redact_url(url: str) -> str:
     return _URL_PASSWORD.sub(lambda m: f"{m['scheme']}{m['user']}:REDACTED@", url)
 
 
-_TARGET_ENV = re.compile(r"\ADEVICEVAULT_(FS|GIT|S3)_(COMPRESSION|ENCRYPT|KEEP_LAST|KEEP_DAYS)\Z")
-SECRET_FIELDS = ("s3_secret_access_key", "encryption_keys")
+_TARGET_ENV = re.compile(r"\ADEVICEVAULT_[A-Z0-9_]+?_(COMPRESSION|ENCRYPT|KEEP_LAST|KEEP_DAYS)\Z")
+SECRET_FIELDS = ("encryption_keys",)  # and every backend setting declared secret (storage/registry.py)
 
 
 def parse_flag(value: Any) -> bool | None:
@@ -115,6 +115,14 @@ def _storage_config(value: Any, home: Path) -> Path | None:
         return Path(value).absolute()
     default = home / "storage.yml"
     return default if default.is_file() else None
+
+
+def _backend_value(setting: Any, value: Any) -> Any:
+    return Path(value).absolute() if setting.path and value not in (None, "") else value
+
+
+def _defaults(kind: BackendType, home: Path) -> dict[str, Any]:
+    return {kind.attribute(s): _backend_value(s, s.default_for(home)) for s in kind.settings}
 
 
 def _split(value: str) -> list[str]:
@@ -145,9 +153,6 @@ class Settings:
     redis_url: str
     inventory: Path
     targets: tuple[str, ...]
-    git_repo: Path
-    git_branch: str
-    fs_root: Path
     device_timeout: int
     job_timeout: int
     lock_margin: int
@@ -156,12 +161,9 @@ class Settings:
     collector_queue: str
     storage_queue: str
     storage_config: Path | None = None
-    s3_bucket: str = "devicevault"
-    s3_prefix: str = ""
-    s3_endpoint_url: str | None = None
-    s3_region: str | None = None
-    s3_access_key_id: str | None = None
-    s3_secret_access_key: str | None = None
+    #: the storage backends' settings, ``(attribute, value)`` pairs such as ``("git_repo", Path(...))``, as the
+    #: registered backend types declare them; read them as attributes: ``settings.git_repo``
+    backend_settings: tuple[tuple[str, Any], ...] = ()
     encryption_keys: str | None = None
     encryption_key_id: str | None = None
     retry_base: float = 30.0
@@ -197,9 +199,6 @@ class Settings:
             redis_url=str(pick("redis_url", "redis://127.0.0.1:6379/0")),
             inventory=Path(pick("inventory", LAB_INVENTORY)).absolute(),
             targets=tuple(_split(targets) if isinstance(targets, str) else targets),
-            git_repo=Path(pick("git_repo", home / "git")).absolute(),
-            git_branch=str(pick("git_branch", "main")),
-            fs_root=Path(pick("fs_root", home / "fs")).absolute(),
             device_timeout=int(pick("device_timeout", 30)),
             job_timeout=int(pick("job_timeout", 900)),
             lock_margin=int(pick("lock_margin", 60)),
@@ -208,12 +207,9 @@ class Settings:
             collector_queue=str(pick("collector_queue", "collector")),
             storage_queue=str(pick("storage_queue", "storage")),
             storage_config=_storage_config(pick("storage_config", None), home),
-            s3_bucket=str(pick("s3_bucket", "devicevault")),
-            s3_prefix=str(pick("s3_prefix", "")),
-            s3_endpoint_url=pick("s3_endpoint_url", None),
-            s3_region=pick("s3_region", None),
-            s3_access_key_id=pick("s3_access_key_id", None),
-            s3_secret_access_key=pick("s3_secret_access_key", None),
+            backend_settings=tuple(
+                (kind.attribute(s), _backend_value(s, pick(kind.attribute(s), s.default_for(home))))
+                for kind in backend_types() for s in kind.settings),
             encryption_keys=pick("encryption_keys", None),
             encryption_key_id=pick("encryption_key_id", None),
             retry_base=float(pick("retry_base", 30.0)),
@@ -227,20 +223,19 @@ class Settings:
             target_env={k: v for k, v in env.items() if _TARGET_ENV.match(k) and v != ""},
         )
 
-    def backend_options(self, name: str) -> dict[str, Any]:
-        """Constructor options of the built-in target named ``name`` (``git``, ``fs``, ``s3``); none for others."""
-        if name == "git":
-            return {"repo_path": str(self.git_repo), "branch": self.git_branch}
-        if name == "fs":
-            return {"root": str(self.fs_root)}
-        if name == "s3":
-            options = {
-                "bucket": self.s3_bucket, "prefix": self.s3_prefix, "endpoint_url": self.s3_endpoint_url,
-                "region_name": self.s3_region, "access_key_id": self.s3_access_key_id,
-                "secret_access_key": self.s3_secret_access_key, "create_bucket": True,
-            }
-            return {k: v for k, v in options.items() if v not in (None, "")} | {"bucket": self.s3_bucket}
-        return {}
+    def __getattr__(self, name: str) -> Any:
+        """A backend setting by its attribute name (``git_repo``, ``fs_root``, ``s3_bucket``...)."""
+        if not name.startswith("_") and name != "backend_settings":
+            for attribute, value in self.backend_settings:
+                if attribute == name:
+                    return value
+        raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
+
+    def backend_options(self, kind: str) -> dict[str, Any]:
+        """Constructor options of a ``kind`` target from these settings (what the backend type declares, with
+        its defaults if it was registered after these settings were loaded)."""
+        spec = backend_type(kind)
+        return spec.options(_defaults(spec, self.home) | dict(self.backend_settings))
 
     def collector_queue_for(self, collector_group: str = "") -> str:
         """``collector`` for devices without a collection group, ``collector.group.<name>`` for the others."""
@@ -248,7 +243,8 @@ class Settings:
 
     def secrets(self) -> list[str]:
         """Secret values held by the settings (to mask them in logs)."""
-        values = [self.s3_secret_access_key or ""]
+        secret = {kind.attribute(s) for kind in backend_types() for s in kind.settings if s.secret}
+        values = [str(value or "") for attribute, value in self.backend_settings if attribute in secret]
         for part in (self.encryption_keys or "").split(","):
             values.append(part.partition(":")[2].strip())
         for url in (self.database_url, self.redis_url):
@@ -262,16 +258,18 @@ class Settings:
         return f"{self.storage_queue}.{backend_type}"
 
     def __repr__(self) -> str:
+        secret = set(SECRET_FIELDS) | {kind.attribute(s) for kind in backend_types() for s in kind.settings if s.secret}
         parts = []
         for f in dataclasses.fields(self):
             if f.name == "target_env":
                 continue
-            value = getattr(self, f.name)
-            if f.name in ("database_url", "redis_url"):
-                value = redact_url(value)
-            elif f.name in SECRET_FIELDS and value:
-                value = "REDACTED"
-            parts.append(f"{f.name}={value!r}")
+            pairs = self.backend_settings if f.name == "backend_settings" else [(f.name, getattr(self, f.name))]
+            for name, value in pairs:
+                if name in ("database_url", "redis_url"):
+                    value = redact_url(value)
+                elif name in secret and value:
+                    value = "REDACTED"
+                parts.append(f"{name}={value!r}")
         return f"Settings({', '.join(parts)})"
 
     __str__ = __repr__

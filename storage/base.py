@@ -8,6 +8,8 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from typing import Protocol, runtime_checkable
 
+from .paths import split_relpath
+
 
 @dataclass(frozen=True)
 class StoreOptions:
@@ -45,9 +47,16 @@ class Backend(Protocol):
     ``ref``.  If ``ref`` already reads back as ``content`` nothing is written
     and ``ref`` is returned.  Restoring a version that is not the newest does
     not change ``latest`` (git: see :meth:`storage.git.GitBackend.restore`).
+
+    ``store_many(items)`` stores several versions, refs in input order (the storage jobs store a batch with
+    one call: one lock, one git process); a path that is not safe stores nothing of the batch.  ``close()``
+    releases what the backend holds (a git process, connections).  ``history_is_immutable`` says that
+    ``delete`` cannot erase an older version (retention then only forgets it).  :class:`BackendBase` gives
+    all three a default (a loop over ``store``, nothing to release, False).
     """
 
     name: str
+    history_is_immutable: bool
 
     def store(self, content: bytes, path: str, options: StoreOptions | None = None) -> str: ...
 
@@ -60,6 +69,25 @@ class Backend(Protocol):
     def latest(self, path: str) -> str | None: ...
 
     def healthy(self) -> bool: ...
+
+    def store_many(self, items: list[tuple[bytes, str, StoreOptions | None]]) -> list[str]: ...
+
+    def close(self) -> None: ...
+
+
+class BackendBase:
+    """Defaults for the members of :class:`Backend` that a simple backend need not write itself."""
+
+    history_is_immutable: bool = False
+
+    def store_many(self, items: list[tuple[bytes, str, StoreOptions | None]]) -> list[str]:
+        """One ``store`` per item after checking every path first, so an unsafe path stores nothing."""
+        for _content, path, _options in items:
+            split_relpath(path, target=getattr(self, "name", type(self).__name__))
+        return [self.store(content, path, options) for content, path, options in items]  # type: ignore[attr-defined]
+
+    def close(self) -> None:
+        """Nothing to release."""
 
 
 # --- helpers shared by the timestamp-named backends (fs, s3) ---------------

@@ -15,14 +15,14 @@ import tempfile
 from pathlib import Path
 
 from ._lock import file_lock
-from .base import already_holds, VERSION_NAME, StoreOptions, as_content, next_stamp, restored_name, sha256_hex, version_name
+from .base import BackendBase, already_holds, VERSION_NAME, StoreOptions, as_content, next_stamp, restored_name, sha256_hex, version_name
 from .errors import IntegrityError, RefNotFound, StorageError, TargetUnavailable, UnsafePath
 from .paths import resolve_inside, split_relpath
 
 LOCK_NAME = ".devicevault.lock"
 
 
-class FilesystemBackend:
+class FilesystemBackend(BackendBase):
     name = "fs"
     history_is_immutable = False
 

@@ -28,6 +28,7 @@ from botocore.exceptions import BotoCoreError, ClientError, HTTPClientError
 from botocore.exceptions import ConnectionError as BotoConnectionError
 
 from .base import (
+    BackendBase,
     already_holds,
     VERSION_NAME,
     StoreOptions,
@@ -59,7 +60,7 @@ def _safe_endpoint(url: str | None) -> str | None:
     return urlunsplit(parts)
 
 
-class S3Backend:
+class S3Backend(BackendBase):
     name = "s3"
     history_is_immutable = False
 

@@ -117,3 +117,36 @@ def test_malformed_inventory_error_names_the_file(tmp_path):
         load_inventory(bad)
     with pytest.raises(InventoryError, match="not found"):
         load_inventory(tmp_path / "missing")
+
+
+def test_backend_settings_come_from_the_backend_types_variables(tmp_path):
+    """Each storage backend type declares its variables (storage/registry.py); the README's names still hold."""
+    env = {"DEVICEVAULT_HOME": str(tmp_path), "DEVICEVAULT_GIT_BRANCH": "backups", "DEVICEVAULT_S3_BUCKET": "net",
+           "DEVICEVAULT_S3_REGION": "auto", "DEVICEVAULT_S3_SECRET_ACCESS_KEY": "s3-secret-key-1",
+           "DEVICEVAULT_S3_ACCESS_KEY_ID": "AKIA0000", "DEVICEVAULT_S3_ENDPOINT_URL": "http://127.0.0.1:9"}
+    s = Settings.load(env=env, fs_root=tmp_path / "elsewhere")
+    assert (s.git_repo, s.git_branch, s.fs_root) == (tmp_path / "git", "backups", tmp_path / "elsewhere")
+    assert (s.s3_bucket, s.s3_prefix, s.s3_region) == ("net", "", "auto")
+    assert s.backend_options("git") == {"repo_path": str(tmp_path / "git"), "branch": "backups"}
+    assert s.backend_options("fs") == {"root": str(tmp_path / "elsewhere")}
+    assert s.backend_options("s3") == {
+        "bucket": "net", "endpoint_url": "http://127.0.0.1:9", "region_name": "auto", "access_key_id": "AKIA0000",
+        "secret_access_key": "s3-secret-key-1", "create_bucket": True}
+    assert "s3-secret-key-1" not in repr(s) and "s3_secret_access_key='REDACTED'" in repr(s)
+    assert "s3-secret-key-1" in s.secrets()
+    with pytest.raises(AttributeError):
+        s.tape_root  # noqa: B018 - no such backend type
+
+
+def test_a_registered_backend_type_brings_its_own_variables(tmp_path):
+    from storage.registry import Setting, register, unregister
+
+    register("tape", dict, settings=[Setting("drive", "DRIVE", lambda home: home / "tape", path=True),
+                                     Setting("token", "TOKEN", secret=True)], keep_last=5)
+    try:
+        s = Settings.load(env={"DEVICEVAULT_HOME": str(tmp_path), "DEVICEVAULT_TAPE_TOKEN": "tape-token-99"})
+        assert s.tape_drive == tmp_path / "tape"
+        assert s.backend_options("tape") == {"drive": str(tmp_path / "tape"), "token": "tape-token-99"}
+        assert "tape-token-99" not in repr(s) and "tape-token-99" in s.secrets()
+    finally:
+        unregister("tape")

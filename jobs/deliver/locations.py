@@ -6,14 +6,15 @@ version of a device is stored on every target of the device's location.
 
 Where the layout comes from
 ---------------------------
-Without a storage file, there are the three built-in targets ``git``, ``fs`` and ``s3`` (options from the
-settings, e.g. ``DEVICEVAULT_S3_BUCKET``) and one location, ``default``, made of ``settings.targets``
+Without a storage file, there is one target per registered backend type, named after it: ``git``, ``fs``
+and ``s3`` (options from the settings, e.g. ``DEVICEVAULT_S3_BUCKET``) and one location, ``default``, made of ``settings.targets``
 (``DEVICEVAULT_TARGETS``, default ``git,fs``).
 
 With a storage file (``DEVICEVAULT_STORAGE_CONFIG``, or ``<home>/storage.yml``)::
 
     targets:                       # name -> type and options; a name may be anything, the type is git|fs|s3
-      git: {type: git}             # options default to the settings (git_repo, fs_root, s3_*)
+      git: {type: git}             # (or any type in storage/registry.py); options default to the settings
+                                   # (git_repo, fs_root, s3_*: each type's DEVICEVAULT_<TYPE>_* variables)
       fs:  {type: fs, compression: gzip, encrypt: true, keep_days: 30}
       s3:  {type: s3, bucket: net-configs, endpoint_url: "https://...", keep_last: 100}
     locations:
@@ -29,7 +30,7 @@ own chain (``AWS_ACCESS_KEY_ID``, profiles, instance roles); encryption keys fro
 
 Retention (``keep_last``, ``keep_days``): a version's copy on a target is kept while it is one of the
 device's newest ``keep_last`` versions on that target *or* younger than ``keep_days``. When a target sets
-neither, the defaults apply: fs 30 days, s3 365 days, git forever. ``keep_last: 0`` / ``keep_days: 0``
+neither, the defaults of its type apply (``storage/registry.py``): fs 30 days, s3 365 days, git forever. ``keep_last: 0`` / ``keep_days: 0``
 mean "no limit of that kind". See ``jobs/deliver/retention.py`` for what pruning never removes.
 """
 
@@ -44,14 +45,12 @@ from typing import Any
 import yaml
 
 from storage.base import Backend
-from storage.registry import available, get_backend
+from storage.registry import available, backend_type, get_backend
 
 from jobs.errors import BackupError
 from jobs.settings import Settings, parse_flag
 
 DEFAULT_LOCATION = "default"
-#: retention when a target says nothing: (keep_last, keep_days); None = unlimited
-DEFAULT_RETENTION: dict[str, tuple[int | None, int | None]] = {"fs": (None, 30), "s3": (None, 365), "git": (None, None)}
 _TARGET_KEYS = {"type", "compression", "encrypt", "keep_last", "keep_days"}
 
 
@@ -115,7 +114,7 @@ class StorageLayout:
     @classmethod
     def load(cls, settings: Settings) -> "StorageLayout":
         if settings.storage_config is None:
-            targets = {name: _builtin_target(settings, name, {}) for name in ("git", "fs", "s3")}
+            targets = {name: _target_config(settings, name, {}) for name in available()}
             layout = cls(settings, targets, {DEFAULT_LOCATION: list(settings.targets)}, {}, "settings")
         else:
             layout = cls._from_file(settings)
@@ -142,7 +141,7 @@ class StorageLayout:
             spec = dict(spec or {})
             if not isinstance(name, str) or not name.replace("-", "").replace("_", "").isalnum():
                 raise StorageConfigError(f"storage file {path}: target name {name!r}: use letters, digits, - and _")
-            targets[name] = _builtin_target(settings, name, spec, where=f"storage file {path}: target {name!r}")
+            targets[name] = _target_config(settings, name, spec, where=f"storage file {path}: target {name!r}")
         locations = data.get("locations") or {DEFAULT_LOCATION: list(targets)}
         if not isinstance(locations, dict) or not all(isinstance(v, list) for v in locations.values()):
             raise StorageConfigError(f"storage file {path}: 'locations' must map names to lists of targets")
@@ -236,7 +235,7 @@ class StorageLayout:
         return self._backends[target]
 
 
-def _builtin_target(settings: Settings, name: str, spec: dict[str, Any], where: str = "") -> TargetConfig:
+def _target_config(settings: Settings, name: str, spec: dict[str, Any], where: str = "") -> TargetConfig:
     where = where or f"target {name!r}"
     kind = str(spec.pop("type", name))
     if kind not in available():
@@ -244,13 +243,14 @@ def _builtin_target(settings: Settings, name: str, spec: dict[str, Any], where: 
     at_rest = {k: spec.pop(k) for k in list(spec) if k in _TARGET_KEYS}
     env_prefix = f"DEVICEVAULT_{name.upper()}_"
     for key in ("compression", "encrypt", "keep_last", "keep_days"):
-        if env_prefix + key.upper() in settings.target_env:
+        if name in available() and env_prefix + key.upper() in settings.target_env:
             at_rest[key] = settings.target_env[env_prefix + key.upper()]
-    options = settings.backend_options(kind) | _rename(spec)
+    spec_type = backend_type(kind)
+    options = settings.backend_options(kind) | spec_type.rename(spec)
     compression = str(at_rest.get("compression") or "none").lower()
     if compression not in ("none", "gzip", "zstd"):
         raise StorageConfigError(f"{where}: compression {compression!r}: use gzip, zstd or none")
-    keep_last, keep_days = DEFAULT_RETENTION.get(kind, (None, None))
+    keep_last, keep_days = spec_type.keep_last, spec_type.keep_days
     if "keep_last" in at_rest or "keep_days" in at_rest:
         keep_last = _count(at_rest.get("keep_last"), where, "keep_last")
         keep_days = _count(at_rest.get("keep_days"), where, "keep_days")
@@ -260,12 +260,6 @@ def _builtin_target(settings: Settings, name: str, spec: dict[str, Any], where: 
         encrypt=_flag(at_rest.get("encrypt", False), where),
         keep_last=keep_last or None, keep_days=keep_days or None,
     )
-
-
-def _rename(spec: dict[str, Any]) -> dict[str, Any]:
-    """Friendly storage-file names -> backend constructor names."""
-    aliases = {"repo": "repo_path", "path": "root", "region": "region_name"}
-    return {aliases.get(k, k): v for k, v in spec.items()}
 
 
 def _count(value: Any, where: str, key: str) -> int | None:
