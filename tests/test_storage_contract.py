@@ -1,5 +1,7 @@
-"""One contract every storage backend runs unchanged (fs, git, s3, s3 versioned), and the same
-backends wrapped in an :class:`EncodedBackend` (gzip, AES-256-GCM + zstd/gzip).
+"""The storage contract (:mod:`storage.contract`) run over every built-in backend (fs, git, s3, s3 versioned)
+and the same backends wrapped in an :class:`EncodedBackend` (gzip, AES-256-GCM + zstd/gzip), and over a
+throwaway in-memory backend registered here, to show that a new backend needs ``storage/`` and this suite
+only: its targets work through ``jobs.deliver.locations.StorageLayout`` without an edit in ``jobs/``.
 
 The s3 backends talk to moto's standalone server over real HTTP.
 """
@@ -12,7 +14,6 @@ import socket
 import subprocess
 import base64
 import urllib.request
-from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Callable
@@ -20,8 +21,11 @@ from urllib.parse import unquote
 
 import pytest
 
+from storage.base import BackendBase, as_content, sha256_hex
+from storage.contract import BackendContract, Harness
+from storage.paths import split_relpath
+from storage.registry import Setting, register, unregister
 from storage import (
-    Backend,
     Codec,
     EncodedBackend,
     IntegrityError,
@@ -76,18 +80,8 @@ def s3_client(endpoint: str):
     )
 
 
-# --- harness ----------------------------------------------------------------------
-@dataclass
-class Harness:
-    backend: Backend
-    versions: Callable[[], int]  # how many versions/commits/objects exist
-    secrets: list[str] = field(default_factory=list)
-    # damage(ref, "missing" | "garbage") -> False when the target cannot be damaged that way
-    damage: Callable[[str, str], bool] = lambda ref, how: False
-    raw: Callable[[], list[bytes]] = list  # every stored byte string, as the target holds it
-    encrypted: bool = False
 
-
+# --- harnesses --------------------------------------------------------------------
 def _prune(directory: Path, root: Path) -> None:
     while directory != root and not any(directory.iterdir()):
         directory.rmdir()
@@ -203,278 +197,13 @@ HARNESSES = {
 }
 
 
-@pytest.fixture(params=list(HARNESSES))
-def harness(request, tmp_path) -> Harness:
-    h = HARNESSES[request.param](tmp_path, request)
-    yield h
-    close = getattr(h.backend, "close", None)
-    if close:
-        close()
+class TestBuiltinBackends(BackendContract):
+    @pytest.fixture(params=list(HARNESSES))
+    def harness(self, request, tmp_path) -> Harness:
+        return HARNESSES[request.param](tmp_path, request)
 
 
-@pytest.fixture
-def backend(harness) -> Backend:
-    return harness.backend
-
-
-OPTS = StoreOptions(device="ams-r1", run_id="run-1")
-
-
-# --- the contract -----------------------------------------------------------------
-def test_is_a_backend(backend):
-    assert isinstance(backend, Backend)
-    assert backend.name in available()
-    assert backend.healthy() is True
-
-
-@pytest.mark.parametrize(
-    "content",
-    [
-        b"hostname r1\n!\nend\n",
-        b"\xff\xfe\x00binary\r\n\x80 not utf-8\n\n\n",
-        b"",
-        b"no trailing newline",
-    ],
-    ids=["text", "binary", "empty", "no-newline"],
-)
-def test_round_trip(backend, content):
-    ref = backend.store(content, "site_ams/ams-r1", OPTS)
-    assert isinstance(ref, str) and ref
-    assert backend.read(ref) == content
-    assert backend.latest("site_ams/ams-r1") == ref
-
-
-def test_round_trip_5mb(backend):
-    blob = os.urandom(5 * 1024 * 1024)
-    ref = backend.store(blob, "big/blob", OPTS)
-    assert backend.read(ref) == blob
-
-
-def test_the_same_version_stored_twice_creates_nothing(harness, backend):
-    """A version is stored again when a storage job died after its store and before the outbox heard of it:
-    the same content with the same options (``timestamp`` = its collection time). Whether a configuration is
-    a *new* version is not the backend's question any more (the index decides before anything is stored)."""
-    when = datetime(2026, 11, 30, 8, 15, 0, 123456, tzinfo=timezone.utc)
-    v1 = StoreOptions(device="ams-r1", run_id="run-1", timestamp=when)
-    v2 = StoreOptions(device="ams-r2", run_id="run-1", timestamp=when)
-    ref = backend.store(b"config v1\n", "g/r1", v1)
-    other = backend.store(b"other device\n", "g/r2", v2)  # moves e.g. git HEAD
-    before = harness.versions()
-    assert backend.store(b"config v1\n", "g/r1", v1) == ref
-    assert backend.store_many([(b"other device\n", "g/r2", v2)]) == [other]
-    assert harness.versions() == before
-    assert backend.latest("g/r1") == ref and backend.read(ref) == b"config v1\n"
-
-
-def test_two_contents_two_refs(harness, backend):
-    r1 = backend.store(b"v1\n", "g/r1", OPTS)
-    r2 = backend.store(b"v2\n", "g/r1", OPTS)
-    assert r1 != r2
-    assert backend.read(r1) == b"v1\n"
-    assert backend.read(r2) == b"v2\n"
-    assert backend.latest("g/r1") == r2
-    # going back to old content is a change, not a no-op
-    r3 = backend.store(b"v1\n", "g/r1", OPTS)
-    assert r3 not in (r1, r2)
-    assert backend.latest("g/r1") == r3
-    assert backend.read(r3) == b"v1\n"
-
-
-def test_latest_unknown_path_is_none(backend):
-    assert backend.latest("nowhere/nothing") is None
-    backend.store(b"x", "somewhere/r1")
-    assert backend.latest("somewhere/r2") is None
-
-
-def test_paths_are_independent(backend):
-    a = backend.store(b"same\n", "g/a")
-    b = backend.store(b"same\n", "g/b")
-    assert a != b
-    assert backend.latest("g/a") == a and backend.latest("g/b") == b
-
-
-@pytest.mark.parametrize(
-    "group,host",
-    [
-        ("site", "../../etc/x"),
-        ("a b", "c"),
-        ("a b/c", "d/e f"),
-        ("Zürich", "路由器-1"),
-        (".", ".."),
-        ("..", ".hidden"),
-        ("100%", "r?#@:;*[x]"),
-    ],
-)
-def test_untrusted_names_stay_inside(tmp_path, backend, group, host):
-    before = set(tmp_path.iterdir())
-    path = device_path(group, host)
-    enc_group, enc_host = path.split("/")
-    assert (decode_component(enc_group), decode_component(enc_host)) == (group, host)
-    content = f"hostname {host}\n".encode()
-    ref = backend.store(content, path, OPTS)
-    assert backend.read(ref) == content
-    assert backend.latest(path) == ref
-    assert set(tmp_path.iterdir()) == before  # nothing written next to the root
-    assert not (tmp_path.parent / "etc").exists()
-
-
-@pytest.mark.parametrize("path", ["sp ace/ünï", "a:b@c/d?e#f%", "x/y/z/deep"])
-def test_unusual_but_valid_raw_paths(backend, path):
-    ref = backend.store(b"cfg", path)
-    assert backend.read(ref) == b"cfg"
-    assert backend.latest(path) == ref
-
-
-UNSAFE_PATHS = ["..", "../x", "a/../../b", "/etc/passwd", "", "a//b", "a/", "./a", "a/.", "a\\b", "a\x00b", "a\nb"]
-
-
-def test_unsafe_paths_refused(harness, backend):
-    before = harness.versions()
-    for path in UNSAFE_PATHS:
-        with pytest.raises(UnsafePath) as exc:
-            backend.store(b"evil", path)
-        assert repr(path) in str(exc.value), path
-        with pytest.raises(UnsafePath):
-            backend.latest(path)
-        with pytest.raises(ValueError):  # UnsafePath is also a ValueError
-            backend.store_many([(b"ok", "fine/path", None), (b"evil", path, None)])
-    assert harness.versions() == before
-    assert backend.latest("fine/path") is None  # a batch with a bad path stores nothing
-
-
-def test_read_unknown_ref(backend):
-    ref = backend.store(b"exists", "grp/dev-one")
-    missing = ref.replace("dev-one", "dev-two")
-    with pytest.raises(RefNotFound) as exc:
-        backend.read(missing)
-    assert "dev-two" in str(exc.value)
-    with pytest.raises(RefNotFound):
-        backend.read("not a ref at all")
-    with pytest.raises(KeyError):  # RefNotFound is also a KeyError
-        backend.read(missing)
-
-
-def test_delete(backend):
-    old = backend.store(b"old\n", "g/r1")
-    new = backend.store(b"new\n", "g/r1")
-    backend.delete(old)  # retention: drop an older version
-    assert backend.latest("g/r1") == new
-    assert backend.read(new) == b"new\n"
-    if not getattr(backend, "history_is_immutable", False):
-        with pytest.raises(RefNotFound):
-            backend.read(old)
-    only = backend.store(b"only\n", "g/r2")
-    backend.delete(only)
-    assert backend.latest("g/r2") is None
-    with pytest.raises(RefNotFound):
-        backend.delete(only.replace("g/r2", "g/r9"))
-    # storing again after delete works
-    again = backend.store(b"only\n", "g/r2")
-    assert backend.read(again) == b"only\n"
-    assert backend.latest("g/r2") == again
-
-
-def test_store_many(harness, backend):
-    same = StoreOptions(device="r0", timestamp=datetime(2026, 11, 30, 8, 0, tzinfo=timezone.utc))
-    r0 = backend.store(b"unchanged\n", "b/r0", same)
-    before = harness.versions()
-    refs = backend.store_many(
-        [
-            (b"unchanged\n", "b/r0", same),  # the same version again: nothing new
-            (b"one\n", "b/r1", StoreOptions(device="r1")),
-            (b"two-a\n", "b/r2", StoreOptions(device="r2")),
-            (b"two-b\n", "b/r2", StoreOptions(device="r2")),
-        ]
-    )
-    assert refs[0] == r0
-    assert [backend.read(r) for r in refs] == [b"unchanged\n", b"one\n", b"two-a\n", b"two-b\n"]
-    assert backend.latest("b/r2") == refs[3]
-    assert harness.versions() == before + 3
-
-
-def test_repr_has_no_secrets(harness, backend):
-    text = repr(backend)
-    assert type(backend).__name__ in text
-    for secret in harness.secrets:
-        assert secret not in text
-        assert secret not in str(vars(backend))
-
-
-def test_error_messages_have_no_secrets(harness, backend):
-    ref = backend.store(b"x", "g/dev-one")
-    with pytest.raises(RefNotFound) as exc:
-        backend.read(ref.replace("dev-one", "dev-two"))
-    for secret in harness.secrets:
-        assert secret not in str(exc.value)
-
-
-# --- restore (a scrub repairing a copy) -------------------------------------------
-SAMPLE = (
-    b"hostname ams-r1\n"
-    b"interface GigabitEthernet0/1\n"
-    b" description uplink to ams-core-01\n"
-    b" ip address 10.20.30.1 255.255.255.0\n"
-    b"snmp-server community n0t-public RO\n"
-    b"end\n"
-)
-
-
-def test_restore_intact_version_writes_nothing(harness, backend):
-    r1 = backend.store(b"version one\n", "g/r1", OPTS)
-    r2 = backend.store(b"version two\n", "g/r1", OPTS)
-    before = harness.versions()
-    assert backend.restore(b"version one\n", r1) == r1
-    assert backend.restore(b"version two\n", r2, OPTS) == r2
-    assert harness.versions() == before
-    assert backend.latest("g/r1") == r2
-
-
-@pytest.mark.parametrize("how", ["missing", "garbage"])
-def test_restore_latest_version(harness, backend, how):
-    other = backend.store(b"another device\n", "g/r0", OPTS)
-    opts = StoreOptions(device="ams-r1", run_id="run-1", timestamp=datetime(2026, 11, 30, 9, 0, tzinfo=timezone.utc))
-    ref = backend.store(SAMPLE, "g/r1", opts)
-    before = harness.versions()
-    if not harness.damage(ref, how):
-        pytest.skip(f"{backend.name}: a stored version cannot be made {how}")
-    with pytest.raises((RefNotFound, IntegrityError)):
-        backend.read(ref)
-    restored = backend.restore(SAMPLE, ref, OPTS)
-    assert backend.read(restored) == SAMPLE
-    assert backend.latest("g/r1") == restored
-    assert harness.versions() == before  # exactly the lost version came back
-    assert backend.restore(SAMPLE, restored) == restored  # intact now: nothing to do
-    assert backend.store(SAMPLE, "g/r1", opts) == restored  # and storing the same version again is a no-op
-    assert harness.versions() == before
-    assert backend.read(other) == b"another device\n"
-
-
-@pytest.mark.parametrize("how", ["missing", "garbage"])
-def test_restore_old_version_keeps_latest(harness, backend, how):
-    r1 = backend.store(b"version one\n", "g/r1", OPTS)
-    opts2 = StoreOptions(device="ams-r1", run_id="run-2", timestamp=datetime.now(timezone.utc) + timedelta(days=1))
-    r2 = backend.store(b"version two\n", "g/r1", opts2)
-    before = harness.versions()
-    if not harness.damage(r1, how) and not backend.history_is_immutable:
-        pytest.skip(f"{backend.name}: a stored version cannot be made {how}")
-    restored = backend.restore(b"version one\n", r1, OPTS)
-    assert backend.read(restored) == b"version one\n"
-    assert backend.latest("g/r1") == r2
-    assert backend.read(r2) == b"version two\n"
-    assert harness.versions() == before
-    assert backend.store(b"version two\n", "g/r1", opts2) == r2
-
-
-def test_restore_refuses_bad_input(harness, backend):
-    ref = backend.store(b"x\n", "g/r1")
-    before = harness.versions()
-    with pytest.raises(RefNotFound):
-        backend.restore(b"x\n", "not a ref at all")
-    with pytest.raises(TypeError):
-        backend.restore("x\n", ref)  # type: ignore[arg-type]
-    assert harness.versions() == before
-
-
+# --- what only one backend does ---------------------------------------------------
 def test_fs_restore_stays_inside_root(tmp_path):
     backend = get_backend("fs", root=tmp_path / "root")
     with pytest.raises(UnsafePath):
@@ -494,25 +223,6 @@ def test_git_restore_of_a_lost_version_is_a_new_commit(tmp_path, request):
     h.backend.close()
 
 
-# --- encrypted targets ------------------------------------------------------------
-@pytest.mark.parametrize("name", [n for n in HARNESSES if "+aes" in n])
-def test_encrypted_target_holds_no_plaintext(tmp_path, request, name):
-    h = HARNESSES[name](tmp_path, request)
-    assert h.encrypted
-    first = h.backend.store(SAMPLE, "site_ams/ams-r1", OPTS)
-    h.backend.store(SAMPLE + b"ntp server 10.0.0.1\n", "site_ams/ams-r1", OPTS)
-    h.damage(first, "missing")
-    h.backend.restore(SAMPLE, first, OPTS)
-    blobs = h.raw()
-    assert len(blobs) >= 2
-    for blob in blobs:
-        assert blob.startswith(b"DVENC1\n")
-        for line in SAMPLE.splitlines()[:-1]:  # all but "end", too short not to occur by chance
-            assert line.strip() not in blob, line
-        for secret in ENC_SECRETS:
-            assert secret.encode() not in blob
-
-
 # --- registry -------------------------------------------------------------------
 def test_registry_names():
     assert {"fs", "git", "s3"} <= set(available())
@@ -521,3 +231,120 @@ def test_registry_names():
     assert "tape" in str(exc.value)
     with pytest.raises(LookupError):
         get_backend("tape")
+
+
+# --- a backend from outside: registered, run through the contract and a storage file ------------------
+class MemoryBackend(BackendBase):
+    """Versions in a dict: a throwaway backend, to show what a new backend type needs and nothing more."""
+
+    name = "memtest"
+
+    def __init__(self, label: str = "") -> None:
+        self.label = label
+        self.history: dict[str, list[str]] = {}  # path -> refs, oldest first
+        self.blobs: dict[str, bytes] = {}  # ref -> content (a lost or garbled one: see damage)
+        self.stamps: dict[str, datetime | None] = {}
+        self.digests: dict[str, str] = {}  # ref -> sha256 of what was stored, to notice garbled content
+        self.counter = 0
+
+    def _path(self, ref: str) -> str:
+        path, sep, number = ref.removeprefix("mem:").rpartition("@")
+        if not ref.startswith("mem:") or not sep or not number.isdigit() or ref not in self.stamps:
+            raise RefNotFound(f"memtest: no version {ref!r}")
+        return path
+
+    def store(self, content: bytes, path: str, options: StoreOptions | None = None) -> str:
+        content, when = as_content(content, path), (options or StoreOptions()).timestamp
+        split_relpath(path, target="memtest")
+        for ref in self.history.setdefault(path, []):
+            if when is not None and self.stamps[ref] == when:
+                return ref  # the same version stored again (a version is named by its time, as on fs and s3)
+        self.counter += 1
+        ref = f"mem:{path}@{self.counter}"
+        self.history[path].append(ref)
+        self.blobs[ref], self.stamps[ref], self.digests[ref] = content, when, sha256_hex(content)
+        return ref
+
+    def read(self, ref: str, options: StoreOptions | None = None) -> bytes:
+        self._path(ref)
+        if ref not in self.blobs:
+            raise RefNotFound(f"memtest: version {ref!r} is lost")
+        if sha256_hex(self.blobs[ref]) != self.digests[ref]:
+            raise IntegrityError(f"memtest: version {ref!r} does not match its checksum")
+        return self.blobs[ref]
+
+    def delete(self, ref: str) -> None:
+        self.history[self._path(ref)].remove(ref)
+        self.blobs.pop(ref, None)
+        del self.stamps[ref]
+
+    def restore(self, content: bytes, ref: str, options: StoreOptions | None = None) -> str:
+        content = as_content(content, ref)
+        self._path(ref)
+        self.blobs[ref], self.digests[ref] = content, sha256_hex(content)  # the ref keeps its place in the history and its timestamp
+        return ref
+
+    def latest(self, path: str) -> str | None:
+        split_relpath(path, target="memtest")
+        refs = self.history.get(path)
+        return refs[-1] if refs else None
+
+    def healthy(self) -> bool:
+        return True
+
+
+@pytest.fixture
+def memtest():
+    """``memtest`` registered as a backend type for one test: a setting, a storage-file alias, a retention."""
+    register("memtest", MemoryBackend, settings=[Setting("label", "LABEL", lambda home: f"vault in {home}")],
+             aliases={"tag": "label"}, keep_last=7)
+    try:
+        yield MemoryBackend
+    finally:
+        unregister("memtest")
+
+
+def _memory_harness(backend: MemoryBackend) -> Harness:
+    def damage(ref: str, how: str) -> bool:
+        if how == "missing":
+            del backend.blobs[ref]
+        else:
+            backend.blobs[ref] = b"garbage, not the version that was stored\n"
+        return True
+
+    return Harness(backend, lambda: len(backend.blobs), damage=damage, raw=lambda: list(backend.blobs.values()))
+
+
+class TestAnOutsideBackend(BackendContract):
+    @pytest.fixture(params=["memtest", "memtest+aes"])
+    def harness(self, request, memtest) -> Harness:
+        h = _memory_harness(get_backend("memtest"))
+        if request.param.endswith("+aes"):
+            h.backend, h.encrypted, h.secrets = EncodedBackend(h.backend, Codec("gzip", keys={"k1": ENC_KEY})), True, ENC_SECRETS
+        return h
+
+
+def test_an_outside_backend_is_a_storage_file_target_without_an_edit_in_jobs(tmp_path, memtest):
+    from jobs.deliver.locations import StorageLayout
+    from jobs.settings import Settings
+
+    (tmp_path / "storage.yml").write_text("targets:\n  fs: {type: fs}\n  ram: {type: memtest, tag: offsite}\n"
+                                          "  spare: {type: memtest, keep_days: 3}\n"
+                                          "locations: {default: [fs, ram], both: [ram, spare]}\n")
+    layout = StorageLayout.load(Settings.load(env={"DEVICEVAULT_HOME": str(tmp_path)}))
+    ram, spare = layout.targets["ram"], layout.targets["spare"]
+    assert (ram.type, ram.options, ram.keep_last, ram.keep_days) == ("memtest", {"label": "offsite"}, 7, None)
+    assert (spare.options, spare.keep_last, spare.keep_days) == ({"label": f"vault in {tmp_path}"}, None, 3)
+    assert layout.targets_for("any") == ["fs", "ram"] and layout.types() == ["fs", "memtest"]
+    assert layout.queue_for("ram") == "storage.memtest"
+    backend = layout.open("ram")
+    assert isinstance(backend.inner, MemoryBackend) and backend.inner.label == "offsite"
+    refs = backend.store_many([(b"hostname r1\n", device_path("ams", "r1"), None)])
+    assert backend.read(refs[0]) == b"hostname r1\n" and backend.latest(device_path("ams", "r1")) == refs[0]
+
+    (tmp_path / "storage.yml").unlink()  # without a storage file: a target per type, its variables read
+    settings = Settings.load(env={"DEVICEVAULT_HOME": str(tmp_path), "DEVICEVAULT_TARGETS": "git,memtest",
+                                  "DEVICEVAULT_MEMTEST_LABEL": "from-env", "DEVICEVAULT_MEMTEST_KEEP_LAST": "2"})
+    layout = StorageLayout.load(settings)
+    assert settings.memtest_label == "from-env" and layout.targets_for("any") == ["git", "memtest"]
+    assert (layout.targets["memtest"].options, layout.targets["memtest"].keep_last) == ({"label": "from-env"}, 2)
