@@ -50,8 +50,9 @@ log_format                    DEVICEVAULT_LOG_FORMAT           ``json`` for the 
 ============================  ==============================  ===============================================
 
 Per-target options for the targets named after a backend type (``git``, ``fs``, ``s3``: the built-in
-targets when there is no storage file, or to override the file): ``DEVICEVAULT_<FS|GIT|S3>_COMPRESSION`` (``gzip``, ``zstd``, ``none``), ``DEVICEVAULT_<...>_ENCRYPT``
-(``true``/``false``), ``DEVICEVAULT_<...>_KEEP_LAST`` and ``DEVICEVAULT_<...>_KEEP_DAYS`` (retention).
+targets when there is no storage file, or to override the file): ``DEVICEVAULT_<FS|GIT|S3>_COMPRESSION``
+(``gzip``, ``zstd``, ``none``), ``DEVICEVAULT_<...>_ENCRYPT`` (``true``/``false``), ``DEVICEVAULT_<...>_KEEP_LAST``
+and ``DEVICEVAULT_<...>_KEEP_DAYS`` (retention).
 """
 
 from __future__ import annotations
@@ -63,7 +64,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from storage.registry import BackendType, backend_type, backend_types
+from storage.registry import BackendType, Setting, backend_type, backend_types
 
 from jobs.errors import BackupError
 
@@ -117,7 +118,7 @@ def _storage_config(value: Any, home: Path) -> Path | None:
     return default if default.is_file() else None
 
 
-def _backend_value(setting: Any, value: Any) -> Any:
+def _backend_value(setting: Setting, value: Any) -> Any:
     return Path(value).absolute() if setting.path and value not in (None, "") else value
 
 

@@ -13,7 +13,8 @@ contract by subclassing :class:`BackendContract` and giving it a ``harness`` fix
             backend = TapeBackend(tmp_path / "tape")           # registered: storage.registry.register("tape", ...)
             return Harness(backend, versions=backend.count)    # damage/raw/secrets: optional, see Harness
 
-Parametrise the fixture to run it over several harnesses (``tests/test_storage_contract.py`` runs it over
+The harness keeps the target's files in a folder below ``tmp_path`` (the contract checks that nothing is
+written next to it). Parametrise the fixture to run it over several harnesses (``tests/test_storage_contract.py`` runs it over
 fs, git, s3, versioned s3 and encoded targets). Tests that need what a harness cannot do (damage a stored
 version, read the raw bytes) skip or check less; an encrypted harness (``encrypted=True``) also has to show
 that no plaintext reaches the target.
