@@ -349,8 +349,14 @@ def _crashing_consumer(redis_url: str, database_url: str, inventory: str) -> Non
 
 
 def test_one_event_per_new_version_also_when_the_consumer_dies_between_commit_and_ack(
-        streams, sessions, consumer, enqueued, redis_server, tmp_path, inventory):
+        streams, sessions, consumer, enqueued, redis_server, tmp_path, inventory, monkeypatch):
     import multiprocessing
+    import sys
+    import types
+
+    # "spawn" re-runs __main__ in the child; after a Streamlit AppTest in the same pytest worker that is
+    # portal/app.py, which the child cannot run: give it an empty one
+    monkeypatch.setitem(sys.modules, "__main__", types.ModuleType("__main__"))
 
     run_id = uuid.uuid4().hex
     item = _stage(streams, run_id, "r1")

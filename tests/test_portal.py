@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import time
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
@@ -504,6 +505,8 @@ def test_an_operator_triggers_a_backup_of_one_device(portal_env, redis_server):
     from rq import Queue
     from sqlalchemy import select
 
+    from jobs.streams.consumer import Consumer
+    from jobs.streams.results import DEVICE_RESULTS_STREAM, RunStarted, parse
     from storage.index.db import connect
     from storage.index.models import Run
 
@@ -525,7 +528,14 @@ def test_an_operator_triggers_a_backup_of_one_device(portal_env, redis_server):
     ok(at)
     follow = at.session_state["runs_follow"]
     assert follow["hosts"] == [device]
-    with connect(portal_env["settings"].database_url)() as session:
+    # the run is announced on device:results; the index consumer (its only writer) records it from there
+    (_, fields), = redis.xrevrange(DEVICE_RESULTS_STREAM, count=1)
+    started = parse(DEVICE_RESULTS_STREAM, fields)
+    assert isinstance(started, RunStarted) and started.run_id == follow["run_id"]
+    sessions = connect(portal_env["settings"].database_url)
+    Consumer(redis, sessions, name="portal-test", inventory=None, releaser=None, block_ms=50,
+             trim_interval=None).run(idle_exit=0.3, stop=lambda deadline=time.monotonic() + 60: time.monotonic() > deadline)
+    with sessions() as session:
         run = session.scalar(select(Run).where(Run.id == follow["run_id"]))
         assert (run.requested_by, run.total, run.selector) == ("oscar", 1, f"host={device}")
     jobs = queue.get_jobs()

@@ -8,6 +8,7 @@ import gzip
 import json
 import os
 import sys
+from datetime import datetime, timezone
 
 import pytest
 import zstandard
@@ -245,9 +246,11 @@ def test_encrypted_fs_target_keeps_no_plaintext_on_disk(tmp_path):
     root = tmp_path / "root"
     backend = EncodedBackend(get_backend("fs", root=root), Codec("zstd", keys={"k1": K1}))
     assert isinstance(backend, Backend) and backend.name == "fs"
-    r1 = backend.store(CONFIG, "site_ams/ams-core-01", StoreOptions(device="ams-core-01"))
-    r2 = backend.store(CONFIG + b"ntp server 10.0.0.1\n", "site_ams/ams-core-01")
-    assert backend.store(CONFIG + b"ntp server 10.0.0.1\n", "site_ams/ams-core-01") == r2  # idempotent
+    first = StoreOptions(device="ams-core-01", timestamp=datetime(2026, 11, 29, 11, 0, tzinfo=timezone.utc))
+    r1 = backend.store(CONFIG, "site_ams/ams-core-01", first)
+    second = StoreOptions(device="ams-core-01", timestamp=datetime(2026, 11, 29, 12, 0, tzinfo=timezone.utc))
+    r2 = backend.store(CONFIG + b"ntp server 10.0.0.1\n", "site_ams/ams-core-01", second)
+    assert backend.store(CONFIG + b"ntp server 10.0.0.1\n", "site_ams/ams-core-01", second) == r2  # idempotent
     (root / r1).write_bytes(b"garbage")
     r1 = backend.restore(CONFIG, r1)
     assert backend.read(r1) == CONFIG and backend.latest("site_ams/ams-core-01") == r2
@@ -270,10 +273,11 @@ def test_changing_settings_keeps_old_versions_readable(tmp_path):
     plain = get_backend("fs", root=root)
     v1 = plain.store(b"hostname r1\n", path)
     zipped = EncodedBackend(get_backend("fs", root=root), Codec("gzip"))
-    v2 = zipped.store(b"hostname r1\nv2\n", path)
+    at = StoreOptions(timestamp=datetime(2026, 11, 29, 12, 0, tzinfo=timezone.utc))
+    v2 = zipped.store(b"hostname r1\nv2\n", path, at)
     assert gzip.decompress((root / v2).read_bytes()) == b"hostname r1\nv2\n"
     k1 = EncodedBackend(get_backend("fs", root=root), Codec("zstd", keys={"k1": K1}))
-    assert k1.store(b"hostname r1\nv2\n", path) == v2  # same content, new settings: still no new version
+    assert k1.store(b"hostname r1\nv2\n", path, at) == v2  # the same version again, new settings: no new file
     v3 = k1.store(b"hostname r1\nv3\n", path)
     rotated = EncodedBackend(get_backend("fs", root=root), Codec("zstd", keys={"k1": K1, "k2": K2}, key_id="k2"))
     v4 = rotated.store(b"hostname r1\nv4\n", path)
@@ -287,23 +291,24 @@ def test_changing_settings_keeps_old_versions_readable(tmp_path):
     with pytest.raises(DecodeError) as exc:
         only_k2.read(v3)
     assert "'k1'" in str(exc.value) and v3 in str(exc.value)
-    # and storing over an undecodable latest writes a fresh, readable version
-    v5 = only_k2.store(b"hostname r1\nv4\n", "site_ams/ams-r2")
-    assert only_k2.store(b"hostname r1\nv4\n", "site_ams/ams-r2") == v5
+    # and storing beside an undecodable latest writes a fresh, readable version; the same version twice, once
+    v5 = only_k2.store(b"hostname r1\nv4\n", path, StoreOptions(timestamp=datetime(2026, 11, 30, tzinfo=timezone.utc)))
+    assert only_k2.read(v5) == b"hostname r1\nv4\n"
+    assert only_k2.store(b"hostname r1\nv4\n", path, StoreOptions(timestamp=datetime(2026, 11, 30, tzinfo=timezone.utc))) == v5
 
 
-def test_store_many_compares_decoded_content(tmp_path):
+def test_store_many_stores_a_repeated_version_once(tmp_path):
+    """A storage job run again (its worker died after writing) stores the same versions again: same content,
+    same collection time. Encryption makes new bytes each time, yet no second file appears."""
     root = tmp_path / "root"
     backend = EncodedBackend(get_backend("fs", root=root), Codec("gzip", keys={"k1": K1}))
-    r0 = backend.store(b"same\n", "g/r0")
-    refs = backend.store_many(
-        [
-            (b"same\n", "g/r0", None),
-            (b"a\n", "g/r1", None),
-            (b"a\n", "g/r1", None),  # equal to the item just before it: no second version
-            (b"b\n", "g/r1", None),
-        ]
-    )
-    assert refs[0] == r0 and refs[1] == refs[2] != refs[3]
-    assert [backend.read(r) for r in refs] == [b"same\n", b"a\n", b"a\n", b"b\n"]
+
+    def at(minute: int) -> StoreOptions:
+        return StoreOptions(timestamp=datetime(2026, 11, 29, 12, minute, tzinfo=timezone.utc))
+
+    batch = [(b"same\n", "g/r0", at(0)), (b"a\n", "g/r1", at(1)), (b"b\n", "g/r1", at(2))]
+    refs = backend.store_many(batch)
+    assert len(set(refs)) == 3 and [backend.read(r) for r in refs] == [b"same\n", b"a\n", b"b\n"]
+    assert backend.store_many(batch) == refs
     assert len(files_under(root)) == 3
+    assert backend.latest("g/r1") == refs[2]
