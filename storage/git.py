@@ -50,10 +50,29 @@ hidden process); the resulting small packs are rolled up with ``git repack
 last commit is not in the per-backend cache costs one ``git log`` (a retried
 job, never the normal path).  Reads, ``latest``, ``restore`` and ``delete``
 still use the git CLI (one or two processes each).
+
+Maintenance (:meth:`GitBackend.maintain`, run by the scheduler's maintenance pass, at most hourly per
+installation): every batch leaves one small pack and ``restore``/``delete`` (``git commit``) leave loose
+objects, while automatic gc is off (``gc.auto=0``, ``maintenance.auto=false``: no git process may start
+behind a store's back).  ``maintain`` runs ``git repack -d -l -q --geometric=2``: loose objects and the
+small packs are rolled into one pack (with deltas between versions of a device's file), the big pack is
+left alone unless the small ones add up to half its size, so the cost follows what was written since the
+last pass, not the repository's size, and the pack count stays logarithmic (one or two in practice);
+``-d`` also removes the loose objects now packed (``prune-packed``).  Nothing to do (no loose object, at
+most one pack, counted in Python) starts no git process.  It holds the store lock
+(``.git/devicevault.lock``) and never waits for it: while a store holds it, ``maintain`` returns at once
+with ``skipped="busy"`` and the pass tries again later, so a store never waits more than one repack of the
+recent packs.  Measured (tests/test_storage_git.py, 202 single-device commits of 20 devices in 40 batches,
+a delete's loose objects): before, 41 packs of 126 KiB and 3 loose objects; after, 1 pack of 71 KiB,
+0 loose, in 0.4 s here.  Compared: ``git maintenance run --task=loose-objects --task=incremental-repack`` left the
+loose objects (it deletes them only on its next run) and a second pack; ``git repack -a -d`` rewrites the
+whole repository every time; ``git gc`` also does that and expires reflogs and prunes.
+Unreachable objects are packed, never pruned (history is never rewritten here, so there are hardly any).
 """
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import os
 import re
@@ -61,8 +80,10 @@ import struct
 import subprocess
 import threading
 import time
+from contextlib import contextmanager
 from email.utils import parseaddr
 from pathlib import Path
+from typing import Iterator
 
 from ._lock import file_lock
 from .base import StoreOptions, as_content, as_utc, default_message
@@ -76,6 +97,7 @@ SYNC_MARK = "devicevault-sync"
 PACK_LIMIT = 50
 #: seconds a write waits for someone else's ``index.lock`` before it gives up (the next write repairs)
 INDEX_LOCK_WAIT = 5.0
+_LOOSE_DIR = re.compile(r"\A[0-9a-f]{2}\Z")
 _REF = re.compile(r"\A(?P<branch>[^:]+):(?P<path>.+)@(?P<sha>[0-9a-f]{40})\Z")
 _BRANCH = re.compile(r"\A(?!-)(?!.*\.\.)(?!.*//)[A-Za-z0-9._/-]+(?<![./])\Z")
 _SHA = re.compile(r"\A[0-9a-f]{40}\Z")
@@ -119,6 +141,25 @@ def _ident(name: str, email: str) -> bytes:
     name = _IDENT_CRUD.sub("", name).strip()
     email = _IDENT_CRUD.sub("", email).strip()
     return f"{name} <{email}>".encode() if name else f"<{email}>".encode()
+
+
+@contextmanager
+def _try_file_lock(lock_path: Path) -> Iterator[bool]:
+    """The ``flock`` of :func:`storage._lock.file_lock` on the same file, without waiting: yields False
+    (holding nothing) when someone else holds it."""
+    fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            yield False
+            return
+        try:
+            yield True
+        finally:
+            fcntl.flock(fd, fcntl.LOCK_UN)
+    finally:
+        os.close(fd)
 
 
 class _IndexUnsupported(Exception):
@@ -497,6 +538,50 @@ class GitBackend:
             return
         if packs > PACK_LIMIT:
             self._run("repack", "-d", "-l", "-q", "--geometric=2", what="git repack", check=False)
+
+    def _object_counts(self) -> tuple[int, int]:
+        """(loose objects, packs) in the object directory, counted without git."""
+        objects = self.common_dir / "objects"
+        loose = 0
+        try:
+            for entry in os.scandir(objects):
+                if entry.is_dir() and _LOOSE_DIR.match(entry.name):
+                    loose += sum(1 for name in os.listdir(entry.path) if len(name) == 38)
+            packs = sum(1 for n in os.listdir(objects / "pack") if n.endswith(".pack"))
+        except FileNotFoundError:
+            packs = 0
+        except OSError as exc:
+            raise StorageError(f"git {self.repo_path}: cannot list objects: {exc.strerror or exc}") from exc
+        return loose, packs
+
+    def maintain(self) -> dict[str, int | bool | str]:
+        """Pack loose objects and roll up small packs (module doc, "Maintenance") under the store lock.
+
+        Never waits for the lock: while a store (or another ``maintain``) holds it, returns at once with
+        ``ran=False, skipped="busy"``.  Returns ``{"ran", "skipped", "loose_before", "packs_before",
+        "loose_after", "packs_after"}``; ``skipped`` is ``""`` when it ran, ``"nothing to do"`` when there
+        was no loose object and at most one pack (no git process then).
+        """
+        if not self.git_dir.is_dir():
+            raise TargetUnavailable(f"git {self.repo_path}: repository is gone")
+        result: dict[str, int | bool | str] = {"ran": False, "skipped": "busy"}
+        if not self._tlock.acquire(blocking=False):
+            return result
+        try:
+            with _try_file_lock(self.git_dir / LOCK_NAME) as held:
+                if not held:
+                    return result
+                loose, packs = self._object_counts()
+                result.update(loose_before=loose, packs_before=packs)
+                if loose == 0 and packs <= 1:
+                    result.update(skipped="nothing to do", loose_after=loose, packs_after=packs)
+                    return result
+                self._run("repack", "-d", "-l", "-q", "--geometric=2", what="git repack")
+                loose, packs = self._object_counts()
+                result.update(ran=True, skipped="", loose_after=loose, packs_after=packs)
+                return result
+        finally:
+            self._tlock.release()
 
     # --- Backend ---------------------------------------------------------------
     def store(self, content: bytes, path: str, options: StoreOptions | None = None) -> str:

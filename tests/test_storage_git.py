@@ -336,3 +336,106 @@ def test_interrupted_write_is_repaired_by_the_next(tmp_path):
     assert not (repo / ".git" / SYNC_MARK).exists()
     assert (repo / "g" / "r1").read_bytes() == b"two\n"
     _clean(repo)
+
+
+# --- maintenance: packing (storage/git.py's module doc, "Maintenance") ---------------------------------------
+def _objects(repo: Path) -> dict[str, int]:
+    out = git(repo, "count-objects", "-v")
+    return {k: int(v) for k, v in (line.split(": ") for line in out.splitlines())}
+
+
+def test_maintain_packs_loose_objects_and_small_packs(tmp_path):
+    repo = tmp_path / "repo"
+    b = GitBackend(repo)
+    refs: list[tuple[str, bytes]] = []
+    base = "".join(f"interface Gi0/{i}\n description port {i}\n" for i in range(50))
+    for batch in range(40):  # 200 single-device commits, 40 batches: 40 small packs (below PACK_LIMIT)
+        items = [((base + f"! rev {batch}\n").encode(), f"site/r{batch % 4 * 5 + i}",
+                  StoreOptions(device=f"r{i}", run_id=str(batch))) for i in range(5)]
+        refs += zip(b.store_many(items), (c for c, _p, _o in items))
+    b.delete(refs[-1][0])  # git commit: loose objects
+    refs.pop()
+    refs.append((b.store(b"back\n", "site/r19"), b"back\n"))
+    assert int(git(repo, "rev-list", "--count", "main")) == 202
+    before = _objects(repo)
+    assert before["count"] > 0 and before["packs"] >= 40, before
+
+    result = b.maintain()
+    after = _objects(repo)
+    assert result["ran"] is True and result["skipped"] == ""
+    assert (result["loose_before"], result["packs_before"]) == (before["count"], before["packs"])
+    assert after["count"] == 0 and after["packs"] <= 2, after
+    assert (result["loose_after"], result["packs_after"]) == (0, after["packs"])
+    assert after["in-pack"] >= before["in-pack"] + before["count"]
+    print(f"\nbefore maintain: {before}\nafter maintain: {after}")
+    git(repo, "fsck", "--strict", "--no-progress")
+    assert git(repo, "status", "--porcelain", "--untracked-files=all") == ""
+    for ref, content in refs:
+        assert b.read(ref) == content
+    # nothing new: no git process, nothing changes
+    again = b.maintain()
+    assert again["ran"] is (after["packs"] > 1) and _objects(repo)["count"] == 0
+    # stores go on as before
+    assert b.read(b.store(b"after\n", "site/r0")) == b"after\n"
+    _clean(repo)
+
+
+_HOLD_LOCK = """
+import sys
+from storage._lock import file_lock
+with file_lock(sys.argv[1]):
+    print("held", flush=True)
+    sys.stdin.read()
+"""
+
+
+def test_maintain_never_runs_while_a_store_holds_the_lock(tmp_path):
+    from storage.git import LOCK_NAME
+
+    repo = tmp_path / "repo"
+    b = GitBackend(repo)
+    for i in range(3):
+        b.store(f"v{i}\n".encode(), f"g/r{i}")
+    before = _objects(repo)
+    assert before["packs"] == 3
+    holder = subprocess.Popen([sys.executable, "-c", _HOLD_LOCK, str(repo / ".git" / LOCK_NAME)],
+                              cwd=Path(__file__).resolve().parents[1], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                              text=True)
+    try:
+        assert holder.stdout.readline() == "held\n"  # the other process holds the store lock now
+        assert b.maintain() == {"ran": False, "skipped": "busy"}
+        assert _objects(repo) == before
+    finally:
+        holder.stdin.close()
+        holder.wait()
+    assert holder.returncode == 0
+    result = b.maintain()
+    assert result["ran"] is True and _objects(repo)["packs"] == 1
+    # a thread of this process holding the backend's lock counts too
+    b.store(b"more\n", "g/r0")
+    with b._tlock:
+        assert b.maintain()["skipped"] == "busy"
+
+
+def test_maintenance_pass_maintains_every_target_that_can(tmp_path):
+    from jobs.ops.maintenance import maintain_storage
+    from storage.codec import Codec
+    from storage.encoded import EncodedBackend
+    from storage.fs import FilesystemBackend
+
+    git_backend = GitBackend(tmp_path / "repo")
+    for i in range(3):
+        git_backend.store(f"v{i}\n".encode(), f"g/r{i}")
+
+    class Layout:
+        backends = {"git": EncodedBackend(git_backend, Codec()), "fs": FilesystemBackend(tmp_path / "fs")}
+
+        def all_targets(self):
+            return list(self.backends)
+
+        def open(self, name):
+            return self.backends[name]
+
+    results, errors = maintain_storage(Layout())
+    assert errors == [] and list(results) == ["git"] and results["git"]["ran"] is True
+    assert _objects(tmp_path / "repo")["packs"] == 1

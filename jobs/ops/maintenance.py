@@ -1,6 +1,8 @@
 """One maintenance pass, run periodically by ``devicevault scheduler`` (and on demand by
 ``devicevault hygiene``): queue hygiene, freshness, stream trimming, and at most once an hour (across
-every scheduler, through a Redis key) storage retention.
+every scheduler, through a Redis key each) storage retention and storage maintenance: every target whose
+backend has a ``maintain()`` (git: pack loose objects and small packs, see storage/git.py) gets it; a
+target whose store lock is busy is skipped and the key dropped, so the next pass tries again.
 
 Each part runs on its own: one failing (say, the index is locked) does not stop the others; its error is
 logged and returned.
@@ -19,11 +21,30 @@ log = logging.getLogger(__name__)
 
 PRUNE_KEY = "devicevault:maintenance:pruned"
 PRUNE_EVERY = 3600  # seconds between two automatic retention passes
+MAINTAIN_KEY = "devicevault:maintenance:storage"
+MAINTAIN_EVERY = 3600  # seconds between two storage maintenance passes (git repack)
+
+
+def maintain_storage(layout: Any) -> tuple[dict[str, dict[str, Any]], list[str]]:
+    """``maintain()`` every target of ``layout`` whose backend has one; (results by target, errors)."""
+    results: dict[str, dict[str, Any]] = {}
+    errors: list[str] = []
+    for name in layout.all_targets():
+        try:
+            backend = layout.open(name)
+            maintain = getattr(backend, "maintain", None) or getattr(getattr(backend, "inner", None), "maintain", None)
+            if maintain is not None:
+                results[name] = dict(maintain())
+        except Exception as exc:  # noqa: BLE001 - one target's failure does not stop the others
+            log.exception("storage maintenance of target %s failed", name)
+            errors.append(f"storage maintenance: {name}: {exc}")
+    return results, errors
 
 
 def run_maintenance(redis: Redis, settings: Settings, *, grace: float = 60.0) -> dict[str, Any]:
-    """Returns ``{"hygiene": [Finding...], "stale": [Staleness...], "trimmed": {stream: n}, "errors": [...]}``."""
-    report: dict[str, Any] = {"hygiene": [], "stale": [], "trimmed": {}, "pruned": [], "errors": []}
+    """Returns ``{"hygiene": [Finding...], "stale": [Staleness...], "trimmed": {stream: n}, "pruned": [...],
+    "maintained": {target: what its maintain() did}, "errors": [...]}``."""
+    report: dict[str, Any] = {"hygiene": [], "stale": [], "trimmed": {}, "pruned": [], "maintained": {}, "errors": []}
     try:
         from jobs.ops.hygiene import check_queues
 
@@ -66,4 +87,15 @@ def run_maintenance(redis: Redis, settings: Settings, *, grace: float = 60.0) ->
     except Exception as exc:  # noqa: BLE001
         log.exception("retention failed")
         report["errors"].append(f"retention: {exc}")
+    try:
+        if redis.set(MAINTAIN_KEY, "1", nx=True, ex=MAINTAIN_EVERY):
+            from jobs.deliver.locations import StorageLayout
+
+            report["maintained"], errors = maintain_storage(StorageLayout.load(settings))
+            report["errors"] += errors
+            if any(r.get("skipped") == "busy" for r in report["maintained"].values()):
+                redis.delete(MAINTAIN_KEY)  # the next pass tries again (targets already packed cost no git process)
+    except Exception as exc:  # noqa: BLE001
+        log.exception("storage maintenance failed")
+        report["errors"].append(f"storage maintenance: {exc}")
     return report
