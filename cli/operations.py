@@ -53,7 +53,8 @@ def status(as_json) -> None:
 @click.option("--json", "as_json", is_flag=True)
 @click.option("--grace", default=60.0, show_default=True, help="Seconds a queued job may be missing from its queue.")
 def hygiene(as_json, grace) -> None:
-    """One maintenance pass now: lost/abandoned/orphaned jobs, stale devices, stream trimming."""
+    """One maintenance pass now: lost/abandoned/orphaned jobs, stale devices, stream trimming (and, when due,
+    retention and storage maintenance)."""
     from redis import Redis
 
     from jobs.ops.maintenance import run_maintenance
@@ -64,6 +65,8 @@ def hygiene(as_json, grace) -> None:
         "hygiene": [f.as_dict() for f in report["hygiene"]],
         "stale": [s.device for s in report["stale"]],
         "trimmed": report["trimmed"],
+        "pruned": report["pruned"],
+        "maintained": report["maintained"],
         "errors": report["errors"],
     }
     if as_json:
@@ -71,6 +74,8 @@ def hygiene(as_json, grace) -> None:
     else:
         table(data["hygiene"], ["kind", "queue", "job_id", "action", "reason"])
         click.echo(f"stale devices: {len(data['stale'])}; trimmed: {data['trimmed'] or 'nothing'}")
+        for target, done in data["maintained"].items():
+            click.echo(f"storage maintenance on {target}: {'ran' if done.get('ran') else done.get('skipped', 'nothing to do')}")
         for error in data["errors"]:
             click.echo(f"error: {error}", err=True)
     if report["errors"]:

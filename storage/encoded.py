@@ -34,6 +34,8 @@ class EncodedBackend:
         self.codec = codec
         self.name = inner.name
         self.history_is_immutable = bool(getattr(inner, "history_is_immutable", False))
+        if hasattr(inner, "maintain"):  # housekeeping of the inner store (git: packing) is the same encoded or not
+            self.maintain = inner.maintain
 
     def __repr__(self) -> str:
         return f"EncodedBackend({self.inner!r}, {self.codec!r})"

@@ -155,7 +155,7 @@ def fetch_configs(
             playbook="backup.yml",
             inventory=str(Path(inventory).absolute()),
             limit=",".join(hosts),
-            forks=max(1, min(settings.forks, len(hosts))),
+            forks=min(settings.forks, len(hosts)),
             extravars=_extravars(),
             envvars=runner_env(settings, workdir),
             timeout=settings.job_timeout,

@@ -63,7 +63,7 @@ def start_backup(
     job_ids = []
     for queue_name, names in by_queue.items():
         queue = Queue(queue_name, connection=redis)
-        for start in range(0, len(names), max(1, settings.batch_size)):
+        for start in range(0, len(names), settings.batch_size):  # at least 1 (Settings)
             batch = names[start : start + settings.batch_size]
             job = queue.enqueue(
                 tasks.collect_batch,

@@ -60,7 +60,7 @@ def requeue_due(redis: Redis, settings: Settings, layout: StorageLayout, enqueue
         if types is not None and layout.targets[target].type not in types:
             continue
         while True:
-            ids = outbox.claim_due(redis, target, lease_seconds(settings), limit=max(1, settings.batch_size))
+            ids = outbox.claim_due(redis, target, lease_seconds(settings), limit=settings.batch_size)
             if not ids:
                 break
             enqueue(target, ids)

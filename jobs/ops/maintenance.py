@@ -32,7 +32,7 @@ def maintain_storage(layout: Any) -> tuple[dict[str, dict[str, Any]], list[str]]
     for name in layout.all_targets():
         try:
             backend = layout.open(name)
-            maintain = getattr(backend, "maintain", None) or getattr(getattr(backend, "inner", None), "maintain", None)
+            maintain = getattr(backend, "maintain", None)
             if maintain is not None:
                 results[name] = dict(maintain())
         except Exception as exc:  # noqa: BLE001 - one target's failure does not stop the others
