@@ -53,7 +53,7 @@ def collect_batch(run_id: str, hosts: list[str], inventory: str, attempt: int = 
             timedelta(seconds=delay), collect_batch, run_id, again, inventory, next_attempt,
             job_timeout=settings.job_timeout,
             description=f"backup run {run_id}: retry {next_attempt - 1} of {len(again)} device(s)",
-            meta={"run_id": run_id, "hosts": again, "attempt": next_attempt},
+            meta={"run_id": run_id, "hosts": again, "inventory": inventory, "attempt": next_attempt},
         )
 
     results = collect(redis, settings, run_id, hosts, inventory=inventory, layout=layout, attempt=attempt,

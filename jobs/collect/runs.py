@@ -73,7 +73,7 @@ def start_backup(
                 job_timeout=settings.job_timeout,
                 retry=job_retry(settings),
                 description=f"backup run {run_id}: {len(batch)} device(s)",
-                meta={"run_id": run_id, "hosts": batch},
+                meta={"run_id": run_id, "hosts": batch, "inventory": str(inventory_path)},
             )
             job_ids.append(job.id)
     return StartedRun(run_id=run_id, hosts=chosen, job_ids=job_ids)

@@ -215,7 +215,7 @@ def _failed_collections(redis: Redis, queue: Queue, settings: Settings) -> list[
         result = job.latest_result()
         last_line = ((result.exc_string if result is not None else "") or job._exc_info or "").strip()
         reason = masker.redact(last_line.splitlines()[-1] if last_line else "the job failed")
-        inventory = str(job.args[2]) if len(job.args) > 2 else ""  # collect_batch(run_id, hosts, inventory, ...)
+        inventory = job.meta.get("inventory", "")  # the run's own inventory, as the collector would have said
         results = [
             DeviceResult(task_id=device_task_id(run_id, host), run_id=run_id, device=host, status=DeviceStatus.FAILED,
                          timestamp=utcnow(),
