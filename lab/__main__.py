@@ -1,4 +1,4 @@
-"""``python -m lab {up,down,status,change,save,fault,reset}`` -- see lab/commands.py."""
+"""``python -m lab {up,down,status,sessions,change,save,fault,reset}`` -- see lab/commands.py."""
 from __future__ import annotations
 
 import argparse
@@ -32,6 +32,9 @@ def main(argv=None) -> int:
     s.add_argument("--state-dir", default=DEFAULT_STATE)
     s.add_argument("--pidfile")
     s.add_argument("--json", action="store_true")
+    ss = sub.add_parser("sessions", help="SSH connections open now and the peak since the last reset (JSON)")
+    ss.add_argument("--reset-peak", action="store_true", help="start a new peak first")
+    ss.add_argument("--state-dir", default=DEFAULT_STATE)
     c = sub.add_parser("change", help="make config change(s) on a device")
     c.add_argument("host")
     c.add_argument("-n", type=int, default=1)
@@ -72,6 +75,10 @@ def main(argv=None) -> int:
         for dv in st["devices"]:
             print(f"  {dv['name']:24} {dv['host']}:{dv['port']:<6} {dv['personality']:10} fault={dv['fault']:10}"
                   f" changes={dv['change_seq']} {'saved' if dv['saved'] else 'UNSAVED'}")
+        return 0
+    if a.cmd == "sessions":
+        lc = LabControl(a.state_dir)
+        print(json.dumps(lc.reset_session_peak() if a.reset_peak else lc.sessions(), indent=1))
         return 0
     if a.cmd == "change":
         for ln in C.change(a.state_dir, a.host, a.n):

@@ -7,9 +7,12 @@
     lc.set_fault("ams-ios-01", "slow", delay=5)
     lc.set_fault("ams-ios-01", "disconnect", fraction=0.4)
     lc.clear_fault("ams-ios-01")
+    lc.reset_session_peak()            # peak := SSH connections open now
+    lc.sessions()                      # -> {'open': 0, 'peak': 3, 'per_device': {'ams-ios-01': {...}, ...}}
 
 The server re-reads a device's JSON file at each session and command, so
-changes take effect immediately without any IPC.
+changes take effect immediately without any IPC. Session counts travel the
+other way through two small files in the state directory (lab/sessions.py).
 """
 from __future__ import annotations
 
@@ -17,6 +20,7 @@ import datetime as _dt
 import time
 from pathlib import Path
 
+from . import sessions as _sessions
 from . import state as S
 from .configgen import generate_config
 from .personality import load_personalities
@@ -60,6 +64,35 @@ class LabControl:
 
     def fault_of(self, host: str) -> dict:
         return self.state(host).get("fault", {"mode": "none"})
+
+    # -- SSH session accounting (lab/sessions.py) --------------------------
+    def sessions(self, timeout: float = 10) -> dict:
+        """SSH connections the running lab holds, counted from its side (TCP accept to close, authenticated
+        or not): ``{"open": n, "peak": m, "per_device": {host: {"open": n, "peak": m}}}``, where ``peak`` is
+        the most open at once since :meth:`reset_session_peak` (or the lab's start). ``per_device`` holds only
+        devices with a connection open or a non-zero peak. The snapshot is taken after this call (it waits
+        for the server's next tick, 50 ms); TimeoutError when no lab answers within ``timeout``."""
+        return self._session_request(False, timeout)
+
+    def reset_session_peak(self, timeout: float = 10) -> dict:
+        """Start a new peak: every peak := what is open now. Returns the snapshot right after the reset."""
+        return self._session_request(True, timeout)
+
+    def wait_sessions(self, condition, timeout: float = 20) -> dict:
+        """Poll :meth:`sessions` until ``condition(snapshot)`` holds; returns that snapshot, or raises
+        TimeoutError naming the last one seen after ``timeout`` seconds."""
+        deadline = time.monotonic() + timeout
+        while True:
+            snap = self.sessions()
+            if condition(snap):
+                return snap
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"lab sessions after {timeout}s: {snap}")
+            time.sleep(0.1)
+
+    def _session_request(self, reset_peak: bool, timeout: float) -> dict:
+        snap = _sessions.request(self.state_dir, reset_peak=reset_peak, timeout=timeout)
+        return {k: snap[k] for k in ("open", "peak", "per_device")}
 
     # -- changes -----------------------------------------------------------
     def change(self, host: str, n: int = 1, user: str = "labctl") -> list[str]:

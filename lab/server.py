@@ -20,6 +20,7 @@ from .control import new_device_state
 from .inventory import Device, load_inventory
 from .personality import Personality, personality_for
 from .render import base_context, render_config
+from .sessions import SNAPSHOT, SessionCounter
 
 log = logging.getLogger("lab.server")
 
@@ -189,8 +190,17 @@ class _Server(asyncssh.SSHServer):
     def __init__(self, lab: "Lab", dev: Device):
         self.lab, self.dev = lab, dev
 
+    counted = False
+
     def connection_made(self, conn):
         self.peer = conn.get_extra_info("peername")
+        self.lab.sessions.opened(self.dev.name)
+        self.counted = True
+
+    def connection_lost(self, exc):
+        if self.counted:
+            self.counted = False
+            self.lab.sessions.closed(self.dev.name)
 
     def begin_auth(self, username):
         return True
@@ -228,10 +238,12 @@ class Lab:
         self.personality: dict[str, Personality] = {}
         self.servers = []
         self.pdir = personalities_dir
+        self.sessions = SessionCounter()
 
     def prepare(self) -> list[Device]:
         """Load inventory, create missing device states and the host key."""
         self.state_dir.mkdir(parents=True, exist_ok=True)
+        (self.state_dir / SNAPSHOT).unlink(missing_ok=True)   # counts of an earlier lab run
         for d in load_inventory(self.inventory):
             p = personality_for(d.network_os, self.pdir, d.platform)
             if p is None:
@@ -288,9 +300,11 @@ class Lab:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
+        publisher = asyncio.create_task(self.sessions.publish_forever(self.state_dir))
         S.atomic_write_json(self.state_dir / "ready.json", {"pid": os.getpid(), "at": time.time()})
         await stop.wait()
         log.info("stopping")
+        publisher.cancel()
         for s in self.servers:
             s.close()
         for s in self.servers:

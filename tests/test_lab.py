@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import difflib
+import json
 import re
 from pathlib import Path
 
@@ -58,6 +59,32 @@ def normalize(text: str, pf: dict) -> list[str]:
     from jobs.collect.platforms import get_platform
 
     return clean_lines(get_platform(pf["name"]), text)
+
+
+def test_lab_counts_ssh_connections_open_and_peak_per_device(lab):
+    """The lab's own count of SSH connections: from the TCP accept (authenticated or not) to the close."""
+    import socket
+
+    a, b, c = lab.host("ios"), lab.host("eos"), lab.host("nxos")
+    addr = {d["name"]: (d["host"], d["port"]) for d in json.loads((lab.state_dir / "lab.json").read_text())["devices"]}
+    lab.control.wait_sessions(lambda s: s["open"] == 0, timeout=60)  # nothing left over from an earlier test
+    assert lab.control.reset_session_peak() == {"open": 0, "peak": 0, "per_device": {}}
+    socks = [socket.create_connection(addr[h], timeout=5) for h in (a, a, b)]  # never authenticate
+    try:
+        for s in socks:
+            assert s.recv(4) == b"SSH-"  # the server has accepted it
+        snap = lab.control.sessions()
+        assert snap == {"open": 3, "peak": 3, "per_device": {a: {"open": 2, "peak": 2}, b: {"open": 1, "peak": 1}}}
+    finally:
+        for s in socks:
+            s.close()
+    snap = lab.control.wait_sessions(lambda s: s["open"] == 0, timeout=20)
+    assert snap["peak"] == 3 and snap["per_device"] == {a: {"open": 0, "peak": 2}, b: {"open": 0, "peak": 1}}
+    assert lab.control.reset_session_peak() == {"open": 0, "peak": 0, "per_device": {}}
+    _, closed = ssh_read(lab, c, "show privilege")  # one authenticated session, closed by the client
+    assert not closed
+    snap = lab.control.wait_sessions(lambda s: s["open"] == 0, timeout=20)
+    assert snap["peak"] == 1 and snap["per_device"] == {c: {"open": 0, "peak": 1}}
 
 
 def test_inventory_covers_all_platforms(lab):
