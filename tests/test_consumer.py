@@ -383,3 +383,133 @@ def test_one_event_per_new_version_also_when_the_consumer_dies_between_commit_an
     consumer("c2").run(idle_exit=0.3, stop=within(20))
     assert len(_events(streams)) == 1 and len(enqueued) == 2
     assert _pending(streams, DEVICE_RESULTS_STREAM) == []
+
+
+# --- batches: the messages read together are applied in one transaction ------------------------------------
+BATCH_HOSTS = [f"b{i:02}" for i in range(8)]
+
+
+@pytest.fixture()
+def commits(sessions):
+    """The COMMITs the index's engine really issues (SQLAlchemy's engine ``commit`` event), as a list."""
+    from sqlalchemy import event
+
+    engine, seen = sessions.kw["bind"], []
+
+    def count(_connection):
+        seen.append(1)
+
+    event.listen(engine, "commit", count)
+    yield seen
+    event.remove(engine, "commit", count)
+
+
+def test_a_batch_of_device_results_is_committed_in_one_transaction(streams, sessions, consumer, inventory, enqueued,
+                                                                   commits):
+    write_inventory(inventory, BATCH_HOSTS)
+    run_id = uuid.uuid4().hex
+    items = [_stage(streams, run_id, h) for h in BATCH_HOSTS]
+    ids = [streams.xadd(DEVICE_RESULTS_STREAM, _device_result(run_id, h).to_message()) for h in BATCH_HOSTS]
+    c = consumer("c1")
+    assert c.poll() == len(BATCH_HOSTS)
+    assert len(commits) == 1  # one transaction for the 8 decisions
+    assert (c.committed, c.applied, _count(sessions, Version), _count(sessions, Copy)) == (8, 8, 8, 16)
+    assert [e["device"] for e in _events(streams)] == BATCH_HOSTS  # after the commit, in the order read
+    assert sorted(enqueued) == [("fs", [i.task_id for i in items]), ("git", [i.task_id for i in items])]
+    assert _pending(streams, DEVICE_RESULTS_STREAM) == [] and len(ids) == 8
+    # one message per batch (count=1) is the old way: one transaction each
+    streams.xadd(DEVICE_RESULTS_STREAM, _device_result(uuid.uuid4().hex, BATCH_HOSTS[0], sha="b" * 64).to_message())
+    streams.xadd(DEVICE_RESULTS_STREAM, _device_result(uuid.uuid4().hex, BATCH_HOSTS[1], sha="b" * 64).to_message())
+    consumer("c2", count=1).run(idle_exit=0.3, stop=within(20))
+    assert len(commits) == 3 and _count(sessions, Version) == 10
+
+
+@pytest.mark.parametrize("poison", ["malformed", "refused-by-the-index"])
+def test_a_batch_with_one_poisoned_message_commits_the_others_and_dead_letters_only_it(
+        streams, sessions, consumer, inventory, commits, poison):
+    write_inventory(inventory, BATCH_HOSTS)
+    run_id = uuid.uuid4().hex
+    hosts = BATCH_HOSTS[:6]
+    for h in hosts[:3]:
+        streams.xadd(DEVICE_RESULTS_STREAM, _device_result(run_id, h).to_message())
+    if poison == "malformed":  # it cannot be parsed: left out of the batch, which still commits as one
+        bad_id = streams.xadd(DEVICE_RESULTS_STREAM, {"task_id": "x", "data": "{not json"})
+        bad_stream = DEVICE_RESULTS_STREAM
+    else:  # it parses, but the index refuses it: the batch is rolled back and applied one message at a time
+        broken = _storage_result(run_id, hosts[0], "git")
+        broken.status = StorageStatus.PENDING
+        broken.next_attempt_at = "soon"
+        bad_id = streams.xadd(STORAGE_RESULTS_STREAM, broken.to_message())
+        bad_stream = STORAGE_RESULTS_STREAM
+    for h in hosts[3:]:
+        streams.xadd(DEVICE_RESULTS_STREAM, _device_result(run_id, h).to_message())
+    c = consumer("c1", max_deliveries=1)
+    assert c.poll() == 7
+    assert (c.dead, c.failed) == (1, 0)
+    assert len(commits) == (1 if poison == "malformed" else 6)
+    assert (_count(sessions, DeviceResultRow), _count(sessions, Version), _count(sessions, Copy)) == (6, 6, 12)
+    with sessions() as s:
+        assert {c.status for c in s.scalars(select(Copy))} == {"pending"}  # the refused storage result left no trace
+    (_, dead), = streams.xrange(dead_letter_stream(bad_stream))
+    assert dead[b"source_id"] == bad_id
+    assert _pending(streams, DEVICE_RESULTS_STREAM) == [] and _pending(streams, STORAGE_RESULTS_STREAM) == []
+    other = STORAGE_RESULTS_STREAM if bad_stream == DEVICE_RESULTS_STREAM else DEVICE_RESULTS_STREAM
+    assert streams.xlen(dead_letter_stream(other)) == 0
+
+
+def test_a_message_that_must_wait_is_left_out_of_the_batch_and_applied_later(streams, sessions, consumer, inventory,
+                                                                              commits):
+    write_inventory(inventory, BATCH_HOSTS)
+    run_id = uuid.uuid4().hex
+    early = streams.xadd(STORAGE_RESULTS_STREAM, _storage_result(run_id, "b01", "git").to_message())
+    for h in ("b00", "b02"):
+        streams.xadd(DEVICE_RESULTS_STREAM, _device_result(run_id, h, targets="git").to_message())
+    streams.xadd(STORAGE_RESULTS_STREAM, _storage_result(run_id, "b00", "git").to_message())
+    c = consumer("c1", claim_idle_ms=100, max_deliveries=1)
+    assert c.poll() == 4
+    assert len(commits) == 1 and c.waiting == 1 and c.committed == 3
+    (waiting,) = _pending(streams, STORAGE_RESULTS_STREAM)  # not acknowledged: it waits for b01's device result
+    assert waiting["message_id"] == early and _pending(streams, DEVICE_RESULTS_STREAM) == []
+    streams.xadd(DEVICE_RESULTS_STREAM, _device_result(run_id, "b01", targets="git").to_message())
+    c.run(idle_exit=0.5, stop=within(20))
+    with sessions() as s:
+        assert sorted((v.device.name, c.status) for v in s.scalars(select(Version)) for c in v.copies) == [
+            ("b00", "stored"), ("b01", "stored"), ("b02", "pending")]
+    assert streams.xlen(dead_letter_stream(STORAGE_RESULTS_STREAM)) == 0  # waiting never counts towards it
+    assert _pending(streams, STORAGE_RESULTS_STREAM) == []
+
+
+def test_a_batch_redelivered_after_a_crash_between_commit_and_ack_stores_nothing_twice(
+        streams, sessions, consumer, enqueued, redis_server, tmp_path, inventory, commits, monkeypatch):
+    import multiprocessing
+    import sys
+    import types
+
+    monkeypatch.setitem(sys.modules, "__main__", types.ModuleType("__main__"))  # see the test above
+    write_inventory(inventory, BATCH_HOSTS)
+    run_id = uuid.uuid4().hex
+    items = [_stage(streams, run_id, h) for h in BATCH_HOSTS]
+    for h in BATCH_HOSTS:
+        streams.xadd(DEVICE_RESULTS_STREAM, _device_result(run_id, h).to_message())
+    consumer("crasher")
+    child = multiprocessing.get_context("spawn").Process(
+        target=_crashing_consumer, args=(redis_server.url, f"sqlite:///{tmp_path / 'index.sqlite'}", str(inventory)))
+    child.start()
+    child.join(60)
+    assert child.exitcode == 17  # died right after the batch's commit, before any after-commit step or ack
+    assert _count(sessions, Version) == 8 and _events(streams) == []
+    assert len(_pending(streams, DEVICE_RESULTS_STREAM)) == 8
+    before = (_count(sessions, DeviceResultRow), _count(sessions, Version), _count(sessions, Copy))
+    assert before == (8, 8, 16)
+    restarted = consumer("crasher")
+    restarted.run(idle_exit=0.3, stop=within(20))  # its own pending batch again
+    assert restarted.applied == 0 and restarted.committed == 8  # recorded before: the same decisions again
+    assert (_count(sessions, DeviceResultRow), _count(sessions, Version), _count(sessions, Copy)) == before
+    assert sorted(e["device"] for e in _events(streams)) == BATCH_HOSTS  # one event per version
+    assert sorted(enqueued) == [("fs", [i.task_id for i in items]), ("git", [i.task_id for i in items])]
+    assert _pending(streams, DEVICE_RESULTS_STREAM) == []
+    for h in BATCH_HOSTS:  # and replayed once more
+        streams.xadd(DEVICE_RESULTS_STREAM, _device_result(run_id, h).to_message())
+    consumer("c2").run(idle_exit=0.3, stop=within(20))
+    assert (_count(sessions, DeviceResultRow), _count(sessions, Version), _count(sessions, Copy)) == before
+    assert len(_events(streams)) == 8 and len(enqueued) == 2

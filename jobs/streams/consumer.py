@@ -17,21 +17,26 @@ What is particular to the index:
 - a device result is where "new version or not" is decided (``storage.index.records.apply_device_result``);
   after its commit :meth:`Consumer.after_apply` releases the candidate to storage and adds the one
   ``versions:created`` event, or discards it, and sets the collector's cache (``jobs.deliver.release``);
-  these steps are idempotent and run again when the message is redelivered.
+  these steps are idempotent and run again when the message is redelivered;
+- the messages read together are applied in one transaction (:meth:`Consumer.apply_batch`), then the steps
+  after the commit run for each of them in order, then they are acknowledged; a batch that fails as a whole
+  (a race with another consumer, a message the index refuses) is rolled back and applied one message at a
+  time, as by :meth:`Consumer.apply`, so a bad message never holds the others back.
 """
 
 from __future__ import annotations
 
 import logging
 import time
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Iterable, Iterator
 
 from redis import Redis
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
+from sqlalchemy import event, select
 from sqlalchemy import exc as sa_exc
-from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
 from storage.index.models import Device
@@ -55,6 +60,9 @@ STREAMS = (DEVICE_RESULTS_STREAM, STORAGE_RESULTS_STREAM)  # in this order: a ba
 #: the index or Redis cannot be reached: not the message's fault, so never a reason to dead-letter it
 TRANSIENT_ERRORS = (sa_exc.OperationalError, sa_exc.InterfaceError, sa_exc.TimeoutError, sa_exc.DisconnectionError,
                     RedisConnectionError, RedisTimeoutError)
+
+#: how each record is applied in the index (the caller commits)
+APPLY = {RunStarted: apply_run_started, DeviceResult: apply_device_result, StorageResult: apply_storage_result}
 
 #: ``Consumer(inventory=...)`` default: the inventory of the settings (``DEVICEVAULT_INVENTORY``)
 FROM_SETTINGS: Any = object()
@@ -174,6 +182,59 @@ class Consumer(StreamConsumer):
         except NotDecided as exc:  # its device result comes later: wait for it, never dead-letter
             raise Wait(str(exc)) from None
 
+    def apply_batch(self, messages: list[tuple[str, str, dict]]) -> list:
+        """Apply the messages read together in ONE transaction (see
+        :meth:`jobs.streams.group.StreamConsumer.apply_batch`). A message that cannot be parsed, or names a
+        device its inventory lacks, is left out of the batch (it is handled on its own after it: dead-lettered,
+        or retried); a storage result whose device result is not in the index yet (nor earlier in this batch)
+        is left out as a :class:`Wait`. Anything else failing (a race with another consumer creating the same
+        row, a value the index refuses) rolls the whole batch back and raises: the group then applies its
+        messages one at a time (:meth:`apply`)."""
+        entries: list = []
+        for stream, _, fields in messages:
+            try:
+                record = parse(stream, fields)
+            except (ValueError, KeyError, TypeError, AttributeError) as exc:
+                entries.append(Malformed(str(exc)))
+                continue
+            try:
+                if not isinstance(record, StorageResult):  # in the transaction: it may name a device of this batch
+                    self._check_inventory(record)
+            except UnknownDevice as exc:
+                entries.append(exc)
+                continue
+            entries.append(record)
+        with self.sessions.begin() as session:
+            self._lock_devices(session, [e for e in entries if isinstance(e, DeviceResult)])
+            for i, record in enumerate(entries):
+                if isinstance(record, BaseException):
+                    continue
+                if not isinstance(record, StorageResult):
+                    entries[i] = (record, APPLY[type(record)](session, record))
+                    continue
+                try:
+                    self._check_inventory(record, session)
+                    with _nothing_written_if_not_decided(session):
+                        entries[i] = (record, apply_storage_result(session, record))
+                except UnknownDevice as exc:
+                    entries[i] = exc
+                except NotDecided as exc:  # it wrote nothing: the rest of the batch stands
+                    entries[i] = Wait(str(exc))
+            for run_id in sorted({e[0].run_id for e in entries if isinstance(e, tuple)}):
+                refresh_run(session, run_id)
+        self.applied += sum(bool(getattr(e[1], "new", e[1])) for e in entries if isinstance(e, tuple))
+        return entries
+
+    @staticmethod
+    def _lock_devices(session: Session, results: list) -> None:
+        """Hold the rows of the devices of ``results`` (``SELECT ... FOR UPDATE`` where the database has it), in
+        the order of their names: consumers applying batches at once then take device rows in the same order,
+        and cannot deadlock on them (their runs are refreshed in one order too, after them)."""
+        names = sorted({r.device for r in results})
+        if names:
+            query = select(Device.id).where(Device.name.in_(names)).order_by(Device.name)
+            session.scalars(query.with_for_update()).all()
+
     def after_apply(self, stream: str, outcome) -> None:
         """The steps that follow a committed decision (release + event, or discard; the collector's cache):
         :class:`jobs.deliver.release.Releaser`. Idempotent, so a redelivered message runs them again safely."""
@@ -192,16 +253,16 @@ class Consumer(StreamConsumer):
         if self._releaser not in (None, FROM_SETTINGS):
             self._releaser.flush()
 
-    def _check_inventory(self, record) -> None:
+    def _check_inventory(self, record, session: Session | None = None) -> None:
         """A device result must name a device of its run's inventory (:class:`UnknownDevice` otherwise). A run's
         start names no device. A storage result exists only for a version its device result decided, so its
         device is in the index already; one whose device is neither there nor in the default inventory
         (a result published by hand, or whose device result was dead-lettered) is unknown too."""
         if self.inventory is None or isinstance(record, RunStarted):
             return
-        if isinstance(record, StorageResult):
-            with self.sessions() as session:
-                if session.scalar(select(Device.id).where(Device.name == record.device)) is not None:
+        if isinstance(record, StorageResult):  # ``session``: the batch's transaction, which sees its devices
+            with nullcontext(session) if session is not None else self.sessions() as reader:
+                if reader.scalar(select(Device.id).where(Device.name == record.device)) is not None:
                     return
             self.inventory.check(record.device)
             return
@@ -215,8 +276,7 @@ class Consumer(StreamConsumer):
         device, or a new version, seen in results handled at the same time): the loser's transaction is
         rolled back and applied again at once, which then finds the row (a race costs one retry per row it
         creates: device, then version), before it counts as a failure."""
-        apply = {RunStarted: apply_run_started, DeviceResult: apply_device_result,
-                 StorageResult: apply_storage_result}[type(record)]
+        apply = APPLY[type(record)]
         for attempt in (1, 2, 3):
             try:
                 with self.sessions.begin() as session:
@@ -228,6 +288,28 @@ class Consumer(StreamConsumer):
                 if attempt == 3:
                     raise
                 log.info("task %s raced another consumer (%s): applying it again", record.task_id, _error_text(exc))
+
+
+@contextmanager
+def _nothing_written_if_not_decided(session: Session) -> Iterator[None]:
+    """Around one storage result of a batch: a :class:`NotDecided` leaves it out of the batch, which is sound
+    only if it wrote nothing (``apply_storage_result`` raises it before writing). Had it flushed anything
+    first, the batch is given up as a whole (nothing durable: applied one message at a time)."""
+    flushed = []
+
+    def _flush(*_: Any) -> None:
+        flushed.append(True)
+
+    event.listen(session, "after_flush", _flush)
+    try:
+        yield
+    except NotDecided:
+        if flushed:
+            raise RuntimeError("a record that must wait wrote to the index first: the batch is applied "
+                               "one message at a time") from None
+        raise
+    finally:
+        event.remove(session, "after_flush", _flush)
 
 
 def stream_status(redis: Redis, streams: Iterable[str] = STREAMS) -> list[dict]:

@@ -16,7 +16,12 @@ A subscriber is a :class:`StreamConsumer` subclass that names its ``streams`` an
   the subclass's ``transient_errors`` (its store or Redis cannot be reached: not the message's fault) make the
   consumer back off and retry, the message staying pending with its delivery count untouched;
 - streams are trimmed (:func:`trim_streams`, every ``trim_interval`` seconds) only below what every group
-  has processed; dead-letter streams are never trimmed automatically.
+  has processed; dead-letter streams are never trimmed automatically;
+- a subscriber whose store gains from it may apply the messages read together at once
+  (:meth:`~StreamConsumer.apply_batch`, opt-in: one transaction for all of them); the steps after the commit
+  then run for each message in order and the messages are acknowledged together. A batch that fails as a
+  whole is handled one message at a time, as without batches, so a bad message is retried or dead-lettered
+  on its own.
 
 A second subscriber of, say, ``versions:created`` is a few lines::
 
@@ -151,6 +156,18 @@ class StreamConsumer:
         What it returns is handed to :meth:`after_apply`."""
         raise NotImplementedError
 
+    def apply_batch(self, messages: list[tuple[str, str, dict]]) -> list | None:
+        """Optional: apply several messages together and make their effects durable at once (one transaction).
+        ``messages``: ``(stream, message id, fields)`` in the order read. Returns one entry per message: its
+        outcome (handed to :meth:`after_apply`, like :meth:`apply`'s), or an exception for a message left out
+        of the batch, nothing of it durable: a :class:`Wait` leaves it pending (retried later), anything else
+        has it handled on its own by :meth:`handle` once the batch is done (so it is retried or dead-lettered
+        as without batches). Raising (other than the ``transient_errors``) must leave nothing durable: every
+        message is then handled one at a time by :meth:`handle`. Must be idempotent, like :meth:`apply`.
+
+        The default returns None: batches are not supported, every message is handled one at a time."""
+        return None
+
     def after_apply(self, stream: str, outcome: Any) -> None:
         """Steps that follow a durable :meth:`apply`, before the acknowledgement (idempotent: they run again
         when the message is redelivered). A failure leaves the message pending for a retry."""
@@ -175,8 +192,7 @@ class StreamConsumer:
             self._dead_letter(stream, message_id, fields, f"malformed message: {exc}", deliveries)
             return "dead"
         except Wait as exc:
-            self.waiting += 1
-            log.info("message %s of %s is not ready (delivery %d): %s", _name(message_id), stream, deliveries, exc)
+            self._not_ready(stream, message_id, deliveries, exc)
             return "retry"
         except Exception as exc:  # noqa: BLE001 - any failure of this message: retry, then dead-letter
             error = self.describe_error(exc)
@@ -187,6 +203,19 @@ class StreamConsumer:
             log.warning("message %s of %s failed on delivery %d of %d, left pending for a retry: %s",
                         _name(message_id), stream, deliveries, self.max_deliveries, error)
             return "retry"
+        if not self._after_commit(stream, message_id, outcome):
+            return "retry"
+        self.redis.xack(stream, self.group, message_id)
+        return "applied"
+
+    def _not_ready(self, stream: str, message_id, deliveries: int, exc: BaseException) -> None:
+        """A message that must :class:`Wait`: left pending, retried later, never counted as a failure."""
+        self.waiting += 1
+        log.info("message %s of %s is not ready (delivery %d): %s", _name(message_id), stream, deliveries, exc)
+
+    def _after_commit(self, stream: str, message_id, outcome: Any) -> bool:
+        """Once a message's effects are durable: :meth:`after_apply`. True when the message can be acknowledged;
+        False when those steps failed (it stays pending, retried). Raises the ``transient_errors``."""
         self.committed += 1
         if self.crash_after_commit is not None and self.committed >= self.crash_after_commit:
             log.error("crash_after_commit reached: exiting before acknowledging %s", message_id)
@@ -199,9 +228,8 @@ class StreamConsumer:
             self.failed += 1
             log.error("message %s of %s is applied, but the steps after it failed (left pending, retried): %s",
                       _name(message_id), stream, self.describe_error(exc))
-            return "retry"
-        self.redis.xack(stream, self.group, message_id)
-        return "applied"
+            return False
+        return True
 
     def _dead_letter(self, stream: str, message_id, fields: dict, error: str, deliveries: int) -> None:
         entry = dead_letter(self.redis, stream, self.group, message_id, fields, error=error, deliveries=deliveries)
@@ -234,26 +262,99 @@ class StreamConsumer:
         return self._process_batches([(stream, list(messages), deliveries)])
 
     def _process_batches(self, batches: list[tuple[str, list, dict | None]]) -> int:
-        """Handle batches ``(stream, messages, delivery counts)`` in order. On a transient error (index or Redis
-        unreachable) the message being handled and those after it are kept in ``self._backlog`` and handled
-        again by :meth:`run` after a pause: they stay pending, and their delivery count is not raised by
-        the outage (a redelivery would count against ``max_deliveries``)."""
-        done = 0
+        """Handle batches ``(stream, messages, delivery counts)`` in order: together (:meth:`apply_batch`) when
+        the subscriber supports it and there are several, else one at a time (:meth:`handle`). On a transient
+        error (index or Redis unreachable) the messages not handled yet are kept in ``self._backlog`` and
+        handled again by :meth:`run` after a pause: they stay pending, and their delivery count is not raised
+        by the outage (a redelivery would count against ``max_deliveries``)."""
+        items = [(stream, message_id, fields, (deliveries or {}).get(_name(message_id), 1))
+                 for stream, messages, deliveries in batches for message_id, fields in messages]
         try:
-            for b, (stream, messages, deliveries) in enumerate(batches):
-                for i, (message_id, fields) in enumerate(messages):
-                    try:
-                        if not fields:  # deleted from the stream while pending
-                            self.redis.xack(stream, self.group, message_id)
-                            continue
-                        self.handle(stream, message_id, fields, (deliveries or {}).get(_name(message_id), 1))
-                    except self.transient_errors:
-                        self._backlog = [(stream, messages[i:], deliveries), *batches[b + 1:]]
-                        raise
-                    done += 1
+            live = self._ack_deleted(items)
+            if len(live) > 1:
+                entries = self._apply_together(live)
+                if entries is not None:
+                    return self._after_together(live, entries)
+            return self._handle_each(live)
         finally:
             self.after_batch()
+
+    def _ack_deleted(self, items: list[tuple]) -> list[tuple]:
+        """Acknowledge the entries deleted from their stream while pending (no fields left); the others."""
+        live = [item for item in items if item[2]]
+        deleted = [item for item in items if not item[2]]
+        if deleted:
+            try:
+                self._ack(deleted)
+            except self.transient_errors:
+                self._backlog = _as_batches(items)
+                raise
+        return live
+
+    def _handle_each(self, items: list[tuple]) -> int:
+        """Handle ``items`` (stream, message id, fields, deliveries) one at a time, in order."""
+        done = 0
+        for i, (stream, message_id, fields, deliveries) in enumerate(items):
+            try:
+                self.handle(stream, message_id, fields, deliveries)
+            except self.transient_errors:
+                self._backlog = _as_batches(items[i:])
+                raise
+            done += 1
         return done
+
+    def _apply_together(self, items: list[tuple]) -> list | None:
+        """:meth:`apply_batch` of ``items``; None when the subscriber has no batches, or the batch failed as a
+        whole (nothing of it durable: its messages are then handled one at a time)."""
+        try:
+            entries = self.apply_batch([(stream, _name(message_id), fields) for stream, message_id, fields, _ in items])
+        except self.transient_errors:
+            self._backlog = _as_batches(items)
+            raise
+        except Exception as exc:  # noqa: BLE001 - e.g. a race with another consumer, or one bad message
+            log.warning("%s: a batch of %d messages failed as a whole, applying them one at a time: %s",
+                        self.group, len(items), self.describe_error(exc))
+            return None
+        if entries is not None and len(entries) != len(items):
+            raise RuntimeError(f"{type(self).__name__}.apply_batch returned {len(entries)} entries for "
+                               f"{len(items)} messages")
+        return entries
+
+    def _after_together(self, items: list[tuple], entries: list) -> int:
+        """After a committed :meth:`apply_batch`: :meth:`after_apply` for each applied message in order, one
+        acknowledgement of those it succeeded for, then the messages left out of the batch one at a time."""
+        ready: list[int] = []  # applied, after_apply done: to acknowledge
+        alone: list[int] = []  # left out of the batch for a reason other than Wait: handled on their own
+        position = 0
+        try:
+            for position, ((stream, message_id, _, deliveries), entry) in enumerate(zip(items, entries)):
+                if isinstance(entry, Wait):
+                    self._not_ready(stream, message_id, deliveries, entry)
+                elif isinstance(entry, BaseException):
+                    alone.append(position)
+                elif self._after_commit(stream, message_id, entry):
+                    ready.append(position)
+            position = len(items)
+            self._ack([items[i] for i in ready])
+        except self.transient_errors:
+            again = sorted({*ready, *alone, *range(position, len(items))})
+            self._backlog = _as_batches([items[i] for i in again])
+            raise
+        return len(items) - len(alone) + self._handle_each([items[i] for i in alone])
+
+    def _ack(self, items: list[tuple]) -> None:
+        """Acknowledge ``items`` (stream, message id, ...): one XACK per stream."""
+        ids: dict[str, list] = {}
+        for stream, message_id, *_ in items:
+            ids.setdefault(stream, []).append(message_id)
+        if len(ids) == 1:
+            (stream, message_ids), = ids.items()
+            self.redis.xack(stream, self.group, *message_ids)
+        elif ids:
+            pipe = self.redis.pipeline(transaction=False)
+            for stream, message_ids in ids.items():
+                pipe.xack(stream, self.group, *message_ids)
+            pipe.execute()
 
     def _own_pending(self) -> int:
         """Messages delivered to this consumer name earlier (before a restart) and never acknowledged."""
@@ -436,3 +537,14 @@ def stream_status(redis: Redis, streams: Iterable[str]) -> list[dict]:
 
 def _name(stream) -> str:
     return stream.decode() if isinstance(stream, bytes) else stream
+
+
+def _as_batches(items: list[tuple]) -> list[tuple[str, list, dict]]:
+    """``(stream, message id, fields, deliveries)`` items as the batches of :meth:`StreamConsumer._process_batches`."""
+    batches: list[tuple[str, list, dict]] = []
+    for stream, message_id, fields, deliveries in items:
+        if not batches or batches[-1][0] != stream:
+            batches.append((stream, [], {}))
+        batches[-1][1].append((message_id, fields))
+        batches[-1][2][_name(message_id)] = deliveries
+    return batches
