@@ -14,11 +14,17 @@ A version stored with an explicit ``StoreOptions.timestamp`` (the collection tim
 stored again (the object of that timestamp; on a versioned bucket the current version's ``timestamp``
 metadata): nothing is written, even when the bytes differ (encryption is randomised).
 Credentials are handed to boto3 only; they never appear in repr or errors.
+
+:meth:`S3Backend.store_many` stores a batch's items concurrently, at most ``concurrency`` at once
+(:data:`STORE_CONCURRENCY`, 16, unless a storage file sets the ``concurrency`` option): threads sharing the
+backend's one boto3 client (clients are thread-safe; sessions and resources are not). Items of one path are
+stored one after the other, in input order, so the last of them is ``latest``.
 """
 
 from __future__ import annotations
 
 import threading
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 from urllib.parse import parse_qs, quote, unquote, urlsplit, urlunsplit
 
@@ -41,6 +47,9 @@ from .base import (
 )
 from .errors import IntegrityError, RefNotFound, StorageError, TargetUnavailable
 from .paths import split_relpath
+
+#: how many items of one :meth:`S3Backend.store_many` call are stored at once (the ``concurrency`` option)
+STORE_CONCURRENCY = 16
 
 _SESSION: boto3.session.Session | None = None
 _SESSION_LOCK = threading.Lock()
@@ -79,9 +88,13 @@ class S3Backend(BackendBase):
         connect_timeout: float = 3.0,
         read_timeout: float = 30.0,
         max_attempts: int = 2,
+        concurrency: int = STORE_CONCURRENCY,
     ) -> None:
         if not bucket:
             raise ValueError("bucket is required")
+        self.concurrency = int(concurrency)
+        if self.concurrency < 1:
+            raise ValueError(f"concurrency must be at least 1, not {concurrency!r}")
         self.bucket = bucket
         self.prefix = prefix.strip("/")
         if self.prefix:
@@ -93,6 +106,7 @@ class S3Backend(BackendBase):
             connect_timeout=connect_timeout,
             read_timeout=read_timeout,
             retries={"max_attempts": max_attempts, "mode": "standard"},
+            max_pool_connections=max(10, self.concurrency),  # one connection per thread of store_many
             s3={"addressing_style": "path"} if endpoint_url else None,
         )
         with _SESSION_LOCK:  # one shared session: its data loaders are costly to build
@@ -261,12 +275,47 @@ class S3Backend(BackendBase):
         return self._ref(key)
 
     def store_many(self, items: list[tuple[bytes, str, StoreOptions | None]]) -> list[str]:
-        """Store several versions (validated up front, then one by one); refs in input order."""
+        """Store several versions; refs in input order. Every item is checked first (an unsafe path stores
+        nothing), then the items are stored concurrently, at most ``concurrency`` at once; the items of one
+        path one after the other, in input order. A failure stops what has not started yet and is raised (the
+        first in input order: e.g. :class:`TargetUnavailable` for an endpoint that is down) once the items
+        under way are done; what was stored is recognised when the batch is stored again."""
         for content, path, _options in items:
-            if not isinstance(content, (bytes, bytearray, memoryview)):
-                raise TypeError(f"content for {path!r} must be bytes, not {type(content).__name__}")
+            as_content(content, path)
             self._base(path)
-        return [self.store(content, path, options) for content, path, options in items]
+        if not items:
+            return []
+        self.versioned  # noqa: B018 - asked once here, not by every thread
+        by_path: dict[str, list[int]] = {}
+        for index, (_content, path, _options) in enumerate(items):
+            by_path.setdefault(path, []).append(index)
+        refs: list[str | None] = [None] * len(items)
+        errors: dict[int, BaseException] = {}
+        stop = threading.Event()
+
+        def store_path(indices: list[int]) -> None:
+            for index in indices:
+                if stop.is_set():
+                    return
+                try:
+                    refs[index] = self.store(*items[index])
+                except BaseException as exc:  # noqa: BLE001 - raised by store_many, in input order
+                    errors[index] = exc
+                    stop.set()
+                    return
+
+        groups = list(by_path.values())
+        if len(groups) == 1 or self.concurrency == 1:
+            for indices in groups:
+                store_path(indices)
+        else:
+            with ThreadPoolExecutor(max_workers=min(self.concurrency, len(groups)),
+                                    thread_name_prefix="s3-store") as pool:
+                for future in [pool.submit(store_path, indices) for indices in groups]:
+                    future.result()
+        if errors:
+            raise errors[min(errors)]
+        return refs  # type: ignore[return-value]
 
     def read(self, ref: str, options: StoreOptions | None = None) -> bytes:
         key, version = self._parse_ref(ref)

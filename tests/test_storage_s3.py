@@ -69,3 +69,67 @@ def test_versioned_layout(moto_endpoint):  # noqa: F811
     assert r1.startswith("s3://vbucket/g/r%201.cfg?versionId=") and r2.startswith("s3://vbucket/g/r%201.cfg?versionId=")
     assert r1 != r2
     assert client.get_object(Bucket="vbucket", Key="g/r 1.cfg")["Body"].read() == b"two"
+
+
+@pytest.mark.parametrize("versioned", [False, True], ids=["one-object-per-version", "versioned-bucket"])
+def test_a_batch_of_40_is_stored_concurrently_and_reads_back_in_order(moto_endpoint, versioned):  # noqa: F811
+    import threading
+    from datetime import datetime, timedelta, timezone
+
+    from storage.s3 import STORE_CONCURRENCY
+
+    reset_moto(moto_endpoint)
+    client = s3_client(moto_endpoint)
+    client.create_bucket(Bucket="batch")
+    if versioned:
+        client.put_bucket_versioning(Bucket="batch", VersioningConfiguration={"Status": "Enabled"})
+    backend = get_backend("s3", bucket="batch", endpoint_url=moto_endpoint, region_name="us-east-1",
+                          access_key_id=DUMMY_KEY, secret_access_key=DUMMY_SECRET)
+    assert backend.concurrency == STORE_CONCURRENCY == 16
+    # how many PutObject requests are in flight at once, seen on the backend's own boto3 client
+    lock, state = threading.Lock(), {"now": 0, "most": 0, "threads": set()}
+
+    def started(**_):
+        with lock:
+            state["now"] += 1
+            state["most"] = max(state["most"], state["now"])
+            state["threads"].add(threading.get_ident())
+
+    def finished(**_):
+        with lock:
+            state["now"] -= 1
+
+    backend._client.meta.events.register("before-call.s3.PutObject", started)
+    backend._client.meta.events.register("after-call.s3.PutObject", finished)
+    at = datetime(2026, 5, 1, 12, 0, tzinfo=timezone.utc)
+    items = [(f"hostname r{i:02}\n".encode(), f"g{i % 4}/r{i:02}", StoreOptions(device=f"r{i:02}", timestamp=at))
+             for i in range(36)]
+    # the same device four times in the batch: stored one after the other, in input order
+    items += [(f"hostname r00 v{v}\n".encode(), "g0/r00",
+               StoreOptions(device="r00", timestamp=at + timedelta(minutes=v))) for v in range(1, 5)]
+    refs = backend.store_many(items)
+    assert len(refs) == 40 and len(set(refs)) == 40
+    assert [backend.read(ref) for ref in refs] == [content for content, _path, _options in items]
+    assert backend.latest("g0/r00") == refs[-1] and backend.read(refs[-1]) == b"hostname r00 v4\n"
+    assert backend.latest("g3/r35") == refs[35]
+    assert 1 < state["most"] <= STORE_CONCURRENCY and len(state["threads"]) > 1
+    listed = client.list_object_versions(Bucket="batch") if versioned else client.list_objects_v2(Bucket="batch")
+    stored = len(listed["Versions"] if versioned else listed["Contents"])
+    assert stored == 40
+    # the same batch again (a storage job that died after writing): recognised, nothing new (a versioned
+    # bucket recognises a key's current version only: the newest item of each path)
+    again = list(range(40)) if not versioned else [*range(1, 36), 39]
+    assert backend.store_many([items[i] for i in again]) == [refs[i] for i in again]
+    listed = client.list_object_versions(Bucket="batch") if versioned else client.list_objects_v2(Bucket="batch")
+    assert len(listed["Versions"] if versioned else listed["Contents"]) == stored
+
+
+def test_a_batch_to_an_unreachable_endpoint_fails_fast_with_target_unavailable():
+    backend = get_backend("s3", bucket="vault", endpoint_url=f"http://127.0.0.1:{_closed_port()}",
+                          region_name="us-east-1", access_key_id=DUMMY_KEY, secret_access_key=DUMMY_SECRET,
+                          versioned=False)
+    start = time.monotonic()
+    with pytest.raises(TargetUnavailable) as exc:
+        backend.store_many([(f"cfg {i}\n".encode(), f"g/r{i:02}", None) for i in range(40)])
+    assert time.monotonic() - start < 10
+    assert "vault" in str(exc.value) and "g/r00" in str(exc.value)  # the first item's error, as one by one
