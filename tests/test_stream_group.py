@@ -82,3 +82,43 @@ def test_failures_are_retried_then_dead_lettered_malformed_at_once_and_waiting_i
     sub.run(stop=lambda: "later" in sub.seen or limit(), idle_exit=None)
     assert sorted(sub.seen) == ["later", "ready"]
     assert events.xpending(VERSIONS_CREATED_STREAM, "recorder")["pending"] == 0
+
+
+class BatchRecorder(Recorder):
+    """The same subscriber, opting in to batches: what it returns for each message of a batch decides it."""
+
+    def __init__(self, redis, **options):
+        super().__init__(redis, **options)
+        self.batches: list[list[str]] = []
+
+    def apply_batch(self, messages):
+        events = [{k.decode(): v.decode() for k, v in fields.items()} for _, _, fields in messages]
+        self.batches.append([e.get("device", "?") for e in events])
+        entries = []
+        for event in events:
+            if event.get("device") == "later" and "ready" not in self.seen:
+                entries.append(Wait("waits for 'ready'"))
+            elif event.get("device") in ("flaky", "nobody"):
+                entries.append(RuntimeError("left out: handled on its own"))
+            else:
+                entries.append(event)
+        return entries
+
+    def after_apply(self, stream, outcome):
+        self.seen.setdefault(outcome["device"], outcome)
+
+
+def test_a_subscriber_that_opts_in_to_batches_gets_them_and_its_left_out_messages_are_handled_alone(events):
+    sub = BatchRecorder(events, name="a", block_ms=50, claim_idle_ms=60_000, max_deliveries=1, trim_interval=None)
+    events.xadd(VERSIONS_CREATED_STREAM, _event("r1", 1))
+    events.xadd(VERSIONS_CREATED_STREAM, _event("later", 2))
+    events.xadd(VERSIONS_CREATED_STREAM, _event("flaky", 3))
+    events.xadd(VERSIONS_CREATED_STREAM, {"device": "nobody"})
+    events.xadd(VERSIONS_CREATED_STREAM, _event("r2", 4))
+    assert sub.poll() == 5
+    assert sub.batches == [["r1", "later", "flaky", "nobody", "r2"]]  # one call for the messages read together
+    assert sorted(sub.seen) == ["r1", "r2"] and sub.committed == 2 and sub.waiting == 1
+    dead = [fields[b"error"].decode() for _, fields in events.xrange(DEAD)]  # each on its own, by apply()
+    assert len(dead) == 2 and "answered 500" in dead[0] and "malformed message: no version_id" in dead[1]
+    (pending,) = events.xpending_range(VERSIONS_CREATED_STREAM, "recorder", "-", "+", 10)  # 'later' waits
+    assert pending["message_id"] == events.xrange(VERSIONS_CREATED_STREAM)[1][0]
