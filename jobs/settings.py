@@ -24,7 +24,10 @@ device_timeout                DEVICEVAULT_DEVICE_TIMEOUT       ``30`` seconds (c
 job_timeout                   DEVICEVAULT_JOB_TIMEOUT          ``900`` seconds (hard limit of one batch job)
 lock_margin                   DEVICEVAULT_LOCK_MARGIN          ``60`` seconds added to the job timeout
 batch_size                    DEVICEVAULT_BATCH_SIZE           ``50`` hosts per ansible-runner call
-forks                         DEVICEVAULT_FORKS                ``50``
+forks                         DEVICEVAULT_FORKS                ``50``: devices connected at once per batch
+fetch_processes               DEVICEVAULT_FETCH_PROCESSES      ``0`` = one process per 8 of ``forks``: processes a
+                                                               batch's fetch is spread over (SSH logins within one
+                                                               run one at a time; raise for far-away sites)
 collector_queue               DEVICEVAULT_COLLECTOR_QUEUE      ``collector``
 storage_queue                 DEVICEVAULT_STORAGE_QUEUE        ``storage`` (prefix: one queue ``storage.<type>`` per
                                                                backend type: ``storage.git``, ``storage.fs``, ...)
@@ -136,14 +139,15 @@ class SettingsError(BackupError, ValueError):
     kind = "settings"
 
 
-def _at_least_one(name: str, value: Any) -> int:
-    """A whole number >= 1 (hosts per batch, forks): 0 would enqueue empty jobs, a negative one nothing."""
+def _at_least(minimum: int, name: str, value: Any) -> int:
+    """A whole number >= ``minimum``: hosts per batch and forks need 1 (0 would enqueue empty jobs, a negative
+    one nothing); 0 fetch processes means "decided by the fetch"."""
     try:
         number = int(str(value).strip())
     except ValueError:
-        number = 0
-    if number < 1:
-        raise SettingsError(f"DEVICEVAULT_{name.upper()}={value!r}: must be a whole number of at least 1")
+        number = minimum - 1
+    if number < minimum:
+        raise SettingsError(f"DEVICEVAULT_{name.upper()}={value!r}: must be a whole number of at least {minimum}")
     return number
 
 
@@ -175,6 +179,7 @@ class Settings:
     max_age: float = 24.0
     log_format: str = "json"
     users_file: Path | None = None
+    fetch_processes: int = 0
     target_env: dict[str, str] = field(default_factory=dict, compare=False)
 
     @property
@@ -203,8 +208,9 @@ class Settings:
             device_timeout=int(pick("device_timeout", 30)),
             job_timeout=int(pick("job_timeout", 900)),
             lock_margin=int(pick("lock_margin", 60)),
-            batch_size=_at_least_one("batch_size", pick("batch_size", 50)),
-            forks=_at_least_one("forks", pick("forks", 50)),
+            batch_size=_at_least(1, "batch_size", pick("batch_size", 50)),
+            forks=_at_least(1, "forks", pick("forks", 50)),
+            fetch_processes=_at_least(0, "fetch_processes", pick("fetch_processes", 0)),
             collector_queue=str(pick("collector_queue", "collector")),
             storage_queue=str(pick("storage_queue", "storage")),
             storage_config=_storage_config(pick("storage_config", None), home),

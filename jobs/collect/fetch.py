@@ -1,9 +1,12 @@
 """The one function through which DeviceVault fetches configurations: :func:`fetch_configs`.
 
-It runs ``playbooks/backup.yml`` through ansible-runner for a batch of hosts at once (one runner call,
-``forks`` hosts in parallel) and turns the runner's events into one :class:`FetchOutcome` per host, read
-straight from the event data (no file round trip). Everything else in DeviceVault sees only this function,
-so the way configurations are fetched can change without touching the rest.
+It runs ``playbooks/backup.yml`` through ansible-runner for a batch of hosts at once: one task
+(``devicevault.network.collect_batch``, ``run_once``) opens every host's ``network_cli`` connection inside
+that task, at most ``forks`` at once, with no ``ansible-connection`` process per device, and writes each
+device's outputs to a results file in the runner's private directory, one JSON line per device as it
+finishes (see the collection's ``plugin_utils/batch_fetch.py``). This function reads that file and turns it
+into one :class:`FetchOutcome` per host. Everything else in DeviceVault sees only this function, so the
+way configurations are fetched can change without touching the rest.
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ from jobs.redact import Redactor
 from jobs.settings import ANSIBLE_CFG, PLAYBOOKS_DIR, Settings
 
 COLLECT_TASK = "Collect configuration"
+RESULTS_FILE = "results.jsonl"  # in the runner's private directory (mode 0700, removed afterwards)
 _ERROR_KINDS: dict[str, type[errors.DeviceError]] = {
     "authentication": errors.AuthenticationFailed,
     "timeout": errors.DeviceTimeout,
@@ -41,6 +45,13 @@ class FetchOutcome:
     log: str = ""
     duration: float = 0.0
     _started: float | None = field(default=None, repr=False)
+
+
+def read_results(path: Path) -> dict[str, dict]:
+    """``{host: record}`` from the batch's results file (the collection's ``batch_fetch.read_results``)."""
+    from jobs.collect.platforms import collection_module
+
+    return collection_module("batch_fetch").read_results(str(path))
 
 
 @lru_cache(maxsize=1)
@@ -89,12 +100,18 @@ def runner_env(settings: Settings, workdir: Path) -> dict[str, str]:
     }
 
 
-def _extravars() -> dict[str, str]:
-    """A site's own platform directory reaches the playbook and DeviceVault's terminal/cliconf plugin."""
+def _extravars(settings: Settings, results: Path) -> dict[str, str | int]:
+    """Where the batch writes its results, how many processes share it, and a site's own platform
+    directory (for the playbook and DeviceVault's terminal/cliconf plugin)."""
     from jobs.collect.platforms import PLATFORMS_DIR_ENV
 
     extra = os.environ.get(PLATFORMS_DIR_ENV)
-    return {"devicevault_platforms_dir": str(Path(extra).resolve())} if extra else {}
+    found: dict[str, str | int] = {"devicevault_results_path": str(results)}
+    if settings.fetch_processes:
+        found["devicevault_fetch_processes"] = settings.fetch_processes
+    if extra:
+        found["devicevault_platforms_dir"] = str(Path(extra).resolve())
+    return found
 
 
 def fetch_configs(
@@ -117,34 +134,17 @@ def fetch_configs(
     if not hosts:
         return outcomes
     redactor = redactor or Redactor()
-    logs: dict[str, list[str]] = {h: [] for h in hosts}
-    general: list[str] = []  # output not tied to a host (e.g. a playbook or inventory error)
+    general: list[str] = []  # output not tied to a device (a playbook or inventory error, the batch task failing)
     workdir = Path(tempfile.mkdtemp(prefix="devicevault-runner-"))
+    results = workdir / RESULTS_FILE
 
     def handle(event: dict) -> bool:
         data = event.get("event_data") or {}
-        host = data.get("host")
-        if host not in outcomes:
-            if event.get("stdout"):
-                general.append(event["stdout"])
-            return False
-        outcome = outcomes[host]
-        now = time.monotonic()
-        if outcome._started is None:
-            outcome._started = now
-        if event.get("stdout"):
-            logs[host].append(event["stdout"])
-        kind = event.get("event")
-        res = data.get("res") or {}
-        if kind == "runner_on_unreachable":
-            outcome.error = classify(host, _failure_message(res) or "unreachable")
-        elif kind == "runner_on_failed" and not data.get("ignore_errors"):
-            outcome.error = classify(host, _failure_message(res))
-        elif kind == "runner_on_ok" and data.get("task") == COLLECT_TASK:
-            outcome.outputs = [str(item) for item in res.get("outputs") or []]
-        else:
-            return False
-        outcome.duration = now - outcome._started
+        if event.get("event") in ("runner_on_failed", "runner_on_unreachable") and data.get("task") == COLLECT_TASK:
+            res = data.get("res") or {}
+            general.append(f"{COLLECT_TASK}: {_failure_message(res) or 'failed'}\n")  # the whole task failed
+        elif event.get("stdout") and data.get("task") != COLLECT_TASK:
+            general.append(event["stdout"])
         return False  # nothing is written to the artifact directory
 
     try:
@@ -156,7 +156,8 @@ def fetch_configs(
             inventory=str(Path(inventory).absolute()),
             limit=",".join(hosts),
             forks=min(settings.forks, len(hosts)),
-            extravars=_extravars(),
+            extravars=_extravars(settings, results),
+            skip_tags="per_host",  # one result per device comes from the results file, not per-host tasks
             envvars=runner_env(settings, workdir),
             timeout=settings.job_timeout,
             quiet=True,
@@ -164,11 +165,23 @@ def fetch_configs(
             suppress_env_files=True,
         )
         status = result.status
+        found = read_results(results)
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
 
     for host, outcome in outcomes.items():
-        outcome.log = redactor.redact("".join(logs[host]))
+        record = found.get(host)
+        if record is None:
+            continue
+        outcome.duration = float(record.get("duration") or 0.0)
+        if record.get("failed"):
+            outcome.error = classify(host, str(record.get("msg") or ""))
+            outcome.log = str(record.get("msg") or "")
+        else:
+            outcome.outputs = [str(item) for item in record.get("outputs") or []]
+
+    for host, outcome in outcomes.items():
+        outcome.log = redactor.redact(outcome.log)
         if outcome.error is not None:
             outcome.outputs = None
             outcome.error = type(outcome.error)(host, redactor.redact(outcome.error.cause))

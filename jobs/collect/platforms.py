@@ -28,31 +28,36 @@ from types import ModuleType
 
 from jobs.settings import COLLECTIONS_DIR
 
+#: where the collection's shared Python lives, relative to the collections directory
+PLUGIN_UTILS = Path("ansible_collections/devicevault/network/plugins/plugin_utils")
 #: where the loader is, relative to the collections directory
-LOADER_PATH = Path("ansible_collections/devicevault/network/plugins/plugin_utils/platform_file.py")
+LOADER_PATH = PLUGIN_UTILS / "platform_file.py"
 #: the name the loader gets in ``sys.modules`` (pickled Platform objects name it)
 LOADER_MODULE = "devicevault_platform_file"
 
 
-def _load_loader() -> ModuleType:
-    module = sys.modules.get(LOADER_MODULE)
+def collection_module(name: str) -> ModuleType:
+    """``plugin_utils/<name>.py`` of DeviceVault's collection, loaded by file path as
+    ``devicevault_<name>`` (DeviceVault's processes do not run Ansible's collection loader)."""
+    module_name = f"devicevault_{name}"
+    module = sys.modules.get(module_name)
     if module is not None:
         return module
-    path = COLLECTIONS_DIR / LOADER_PATH
-    spec = importlib.util.spec_from_file_location(LOADER_MODULE, path)
+    path = COLLECTIONS_DIR / PLUGIN_UTILS / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(module_name, path)
     if spec is None or spec.loader is None:  # pragma: no cover - a broken installation
-        raise ImportError(f"cannot load DeviceVault's platform loader from {path}")
+        raise ImportError(f"cannot load {path} of DeviceVault's collection")
     module = importlib.util.module_from_spec(spec)
-    sys.modules[LOADER_MODULE] = module  # before exec: dataclasses look their module up there
+    sys.modules[module_name] = module  # before exec: dataclasses look their module up there
     try:
         spec.loader.exec_module(module)
     except BaseException:
-        sys.modules.pop(LOADER_MODULE, None)
+        sys.modules.pop(module_name, None)
         raise
     return module
 
 
-loader = _load_loader()
+loader = collection_module("platform_file")
 
 Platform = loader.Platform
 Command = loader.Command

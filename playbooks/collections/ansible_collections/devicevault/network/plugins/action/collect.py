@@ -30,20 +30,13 @@ class ActionModule(ActionBase):
                 return None, "devicevault.network.collect: 'commands' must be a non-empty list"
             return [c.get("command") if isinstance(c, dict) else c for c in commands], None
         task_vars = task_vars or {}
-        name = platform_file.platform_name(
-            args.get("platform") or task_vars.get(platform_file.PLATFORM_VAR),
-            args.get("network_os") or task_vars.get("ansible_network_os"))
-        if not name:
-            return None, ("devicevault.network.collect: no platform: set the host variable %s (or an "
-                          "ansible_network_os that names a platform file)" % platform_file.PLATFORM_VAR)
-        # The platform file is read here, in the task that uses it: no separate include_vars task (and
-        # worker process) per device
         try:
-            platform = platform_file.load(
-                name, args.get("platforms_dir") or task_vars.get(platform_file.PLATFORMS_DIR_VAR) or None)
+            return platform_file.host_commands(
+                args.get("platform") or task_vars.get(platform_file.PLATFORM_VAR),
+                args.get("network_os") or task_vars.get("ansible_network_os"),
+                args.get("platforms_dir") or task_vars.get(platform_file.PLATFORMS_DIR_VAR)), None
         except platform_file.PlatformError as exc:
             return None, "devicevault.network.collect: %s" % exc
-        return list(platform.command_lines), None
 
     def run(self, tmp=None, task_vars=None):
         result = super().run(tmp, task_vars)

@@ -130,6 +130,18 @@ def platform_name(devicevault_platform=None, network_os=None) -> str:
     return network_os.rsplit(".", 1)[-1]
 
 
+def host_commands(devicevault_platform=None, network_os=None, platforms_dir=None) -> list:
+    """What to send to a host, in order (its platform file's :attr:`Platform.command_lines`), from the
+    host's variables; :class:`PlatformError` with the message a collect task reports when there is no
+    platform or no usable file."""
+    name = platform_name(devicevault_platform, network_os)
+    if not name:
+        raise PlatformError("no platform: set the host variable %s (or an ansible_network_os that names a "
+                            "platform file)" % PLATFORM_VAR)
+    # the file is read by the task that uses it: no separate include_vars task (and worker process) per device
+    return list(load(name, platforms_dir or None).command_lines)
+
+
 def search_dirs(extra_dir=None) -> list:
     """Where platform files are looked for, first match wins: ``extra_dir`` (``devicevault_platforms_dir``)
     or else ``$DEVICEVAULT_PLATFORMS_DIR`` (a site's own platforms, or overrides), then :data:`BUILTIN_DIR`."""

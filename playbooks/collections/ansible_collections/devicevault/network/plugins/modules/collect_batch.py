@@ -1,0 +1,48 @@
+# -*- coding: utf-8 -*-
+# The work happens in the action plugin (plugins/action/collect_batch.py); this file documents the task.
+DOCUMENTATION = r"""
+module: collect_batch
+short_description: Collect every host of the play batch from one task, without a process per device
+description:
+  - Run it with C(run_once: true). For every host of the play batch it sets up the host's C(network_cli)
+    connection as Ansible would (the host's variables, become/enable, the vendors' terminal and cliconf
+    plugins) and sends the commands of the host's platform file (C(platforms) directory of this
+    collection), in threads of a few forked processes, at most C(forks) devices at once.
+  - A host's failure (authentication, timeout, lost connection, rejected command, unknown platform) is its
+    own result in O(devices); it never fails the task or another host.
+options:
+  platforms_dir:
+    description:
+      - A directory of platform files searched before the built-in one (a site's own platforms).
+      - Default each host's C(devicevault_platforms_dir), else E(DEVICEVAULT_PLATFORMS_DIR).
+    type: str
+  results_path:
+    description:
+      - Write each device's result to this file as one JSON line (with C(host)) as soon as it is done, and
+        leave the outputs out of O(devices). DeviceVault's jobs use it.
+    type: path
+  processes:
+    description:
+      - How many processes share the batch (default one per 8 concurrent devices). Within a process the
+        SSH handshakes (connect and login) run one after the other; raise it for far-away sites.
+    type: int
+author: DeviceVault
+"""
+EXAMPLES = r"""
+- name: Collect configuration
+  devicevault.network.collect_batch:
+  run_once: true
+  register: batch
+"""
+RETURN = r"""
+devices:
+  description: Per host of the batch, C(outputs) (one string per command, in order; left out with
+    O(results_path)) and C(duration), or C(failed) and C(msg).
+  type: dict
+  returned: always
+failed_hosts:
+  description: The hosts that failed, sorted.
+  type: list
+  elements: str
+  returned: always
+"""

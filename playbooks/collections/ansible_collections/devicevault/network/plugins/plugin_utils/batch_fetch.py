@@ -1,0 +1,313 @@
+# DeviceVault: fetch a whole batch of devices over network_cli in this process (GPL-3.0-or-later).
+"""Many ``network_cli`` connections driven from one process: no ``ansible-connection`` process per device.
+
+Ansible normally starts one ``ansible-connection`` process per device (a fresh interpreter that imports
+Ansible: about two thirds of a backup's CPU). The ``collect_batch`` action instead builds each host's
+``network_cli`` connection here, with that host's own variables and the vendors' own terminal and cliconf
+plugins (see the action), and this module drives the connections concurrently:
+
+- **threads, in a few forked processes.** A batch is split over ``processes`` processes forked from the
+  action after the connections are set up (so they start with Ansible already imported; a constant number
+  per batch, never one per device), each running threads; the threads of all processes together never
+  exceed ``forks``, so at most ``forks`` devices are connected at once.
+- **why more than one process:** pylibssh holds Python's GIL while libssh connects and authenticates, so
+  within one process the SSH handshakes run one at a time (a device slow to log in, for example behind a
+  slow TACACS server, delays the other handshakes of its process, never the command phase of the
+  others). Two measures keep that harmless: the TCP connection and the wait for the device's SSH banner
+  happen here, in Python, where waiting releases the GIL (a black-holed port that accepts and never
+  answers costs its own thread only), and libssh is handed the connected socket; and a thread's deadline
+  does not count time it could not run because another thread held the GIL. More processes (setting
+  ``DEVICEVAULT_FETCH_PROCESSES``) mean fewer handshakes in a row: worth raising for sites far away.
+- **timeouts per thread.** ``ansible-connection`` enforces the command timeout with ``SIGALRM``, which only
+  works in a process's main thread; here each reading thread checks its own deadline (connect timeout
+  while logging in, command timeout per command) every time it polls its channel, and raises the same
+  ``command timeout triggered`` error Ansible does.
+- **one result per device, as it finishes**, one JSON line each to ``results_path`` (so a batch's
+  configurations never travel through one giant task result), written under a lock shared by the
+  processes.
+- **no session left open**: every connection is closed when its device is done, whatever happened; a
+  forked process that dies takes its sockets with it, and the parent reports its unfinished devices.
+
+Only the standard library and Ansible: this runs inside Ansible's processes.
+"""
+from __future__ import annotations
+
+import ctypes
+import fcntl
+import gc
+import json
+import os
+import select
+import signal
+import socket
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+from ansible.errors import AnsibleConnectionFailure
+
+#: a gap this long between two polls of one channel means the thread could not run (another thread held
+#: the GIL, e.g. in a slow SSH handshake): that time does not count against the device's deadline
+FROZEN_GAP = 0.5
+#: at most this many devices' handshakes wait on each other in one process (see the module docstring)
+HANDSHAKES_PER_PROCESS = 8
+_PR_SET_PDEATHSIG = 1
+
+
+class _Deadline(threading.local):
+    end = None
+    timeout = None
+    last = None
+
+    def start(self, timeout):
+        self.timeout = timeout
+        self.last = time.monotonic()
+        self.end = self.last + float(timeout)
+
+    def stop(self):
+        self.end = self.last = None
+
+    def check(self):
+        now = time.monotonic()
+        if self.end is None:
+            return
+        if self.last is not None and now - self.last > FROZEN_GAP:
+            self.end += now - self.last  # this thread was not running: not the device's fault
+        self.last = now
+        if now > self.end:
+            raise AnsibleConnectionFailure("command timeout triggered, timeout value is %s secs." % self.timeout)
+
+
+_deadline = _Deadline()
+
+
+class _DeadlineChannel:
+    """network_cli's libssh read loop polls ``read_bulk_response()`` until a prompt comes: the deadline is
+    checked on every poll, and an idle poll sleeps 10 ms (network_cli's own loop would spin)."""
+
+    def __init__(self, chan):
+        self._chan = chan
+
+    def read_bulk_response(self, *args, **kwargs):
+        _deadline.check()
+        data = self._chan.read_bulk_response(*args, **kwargs)
+        if not data:
+            time.sleep(0.01)
+        return data
+
+    def __getattr__(self, name):
+        return getattr(self._chan, name)
+
+
+_classes = {}
+
+
+def threaded(conn):
+    """Make ``conn`` (a network_cli connection) wrap its shell channel in :class:`_DeadlineChannel`."""
+    base = type(conn)
+    if base not in _classes:
+        def _get(self):
+            return self.__dict__.get("_devicevault_shell")
+
+        def _set(self, chan):
+            self.__dict__["_devicevault_shell"] = _DeadlineChannel(chan) if chan is not None else None
+
+        _classes[base] = type("Threaded" + base.__name__, (base,), {"_ssh_shell": property(_get, _set)})
+    conn.__class__ = _classes[base]
+    return conn
+
+
+def _open_socket(host, port, timeout):
+    """A TCP connection to ``host:port`` on which the device has started to speak (its SSH banner is
+    waiting, unread), or the error libssh would have raised. Waiting here releases the GIL."""
+    from pylibsshext.errors import LibsshSessionException
+
+    try:
+        sock = socket.create_connection((host, int(port)), timeout=timeout)
+    except socket.timeout:
+        raise LibsshSessionException("ssh connect failed: Timeout connecting to %s" % host) from None
+    except OSError as exc:
+        raise LibsshSessionException("ssh connect failed: Failed to connect: %s" % (exc.strerror or exc)) from None
+    try:
+        readable, _, _ = select.select([sock], [], [], timeout)
+        if not readable:
+            raise LibsshSessionException(
+                "ssh connect failed: Timeout connecting to %s (no SSH banner within %ss)" % (host, timeout))
+        if not sock.recv(1, socket.MSG_PEEK):
+            raise LibsshSessionException("ssh connect failed: connection closed by remote host before its SSH banner")
+        sock.setblocking(True)
+        return sock
+    except BaseException:
+        sock.close()
+        raise
+
+
+def install_banner_wait():
+    """Have network_cli's libssh plugin connect through :func:`_open_socket` (this process only)."""
+    from ansible_collections.ansible.netcommon.plugins.connection import libssh as libssh_plugin
+
+    base = libssh_plugin.Session
+    if getattr(base, "_devicevault", False):
+        return
+
+    class Session(base):
+        _devicevault = True
+        _devicevault_sock = None
+
+        def connect(self, **kwargs):
+            if kwargs.get("proxycommand") or kwargs.get("fd") is not None or not kwargs.get("host"):
+                return super().connect(**kwargs)
+            timeout = float(kwargs.get("timeout") or 30)
+            sock = _open_socket(kwargs["host"], kwargs.get("port") or 22, timeout)
+            # libssh uses the socket but never closes one it was given: close() below does
+            self._devicevault_sock = sock
+            try:
+                return super().connect(fd=sock.fileno(), **kwargs)
+            except BaseException:
+                self.close()  # libssh lets go of the socket first: its number may be reused at once
+                raise
+
+        def close(self):
+            try:
+                super().close()
+            finally:
+                self._release()
+
+        def _release(self):
+            sock, self._devicevault_sock = self._devicevault_sock, None
+            if sock is not None:
+                sock.close()
+
+    libssh_plugin.Session = Session
+
+
+def fetch_one(conn, commands):
+    """Connect, send ``commands`` in order, close: ``{"outputs": [...]}`` or ``{"failed": True, "msg": ...}``."""
+    started = time.monotonic()
+    outputs = []
+    result = None
+    try:
+        _deadline.start(conn.get_option("persistent_connect_timeout"))
+        conn._connect()  # SSH, the terminal plugin's prompt and set-up, privilege (become/enable)
+        command_timeout = conn.get_option("persistent_command_timeout")
+        for command in commands:
+            _deadline.start(command_timeout)
+            out = conn.get(command=command)  # the cliconf plugin: its prompts and error patterns
+            if out is None:
+                # network_cli over libssh takes a closed socket for the end of the reply: nothing came back
+                result = {"failed": True, "command": command,
+                          "msg": "connection closed by the device before its output was complete"}
+                break
+            outputs.append(out if isinstance(out, str) else str(out))
+        else:
+            result = {"outputs": outputs}
+    except Exception as exc:  # one device's failure is its own result
+        result = {"failed": True, "msg": str(exc) or type(exc).__name__}
+    finally:
+        _deadline.stop()
+        try:
+            conn.close()
+        except Exception:
+            pass
+    result["duration"] = round(time.monotonic() - started, 3)
+    return result
+
+
+class ResultWriter:
+    """One JSON line per device, appended under a lock that every forked process shares."""
+
+    def __init__(self, path):
+        self.path = path
+        self._fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+        self._lock = threading.Lock()
+
+    def write(self, host, result):
+        line = (json.dumps(dict(result, host=host)) + "\n").encode("utf-8", "surrogateescape")
+        with self._lock:
+            fcntl.flock(self._fd, fcntl.LOCK_EX)
+            try:
+                view = memoryview(line)
+                while view:
+                    view = view[os.write(self._fd, view):]
+            finally:
+                fcntl.flock(self._fd, fcntl.LOCK_UN)
+
+    def close(self):
+        os.close(self._fd)
+
+
+def read_results(path):
+    """``{host: result}`` from a results file (a line cut short by a dying process is skipped)."""
+    found = {}
+    try:
+        with open(path, "rb") as handle:
+            for line in handle:
+                try:
+                    record = json.loads(line)
+                except ValueError:
+                    continue
+                found[record.pop("host")] = record
+    except FileNotFoundError:
+        pass
+    return found
+
+
+def _run_threads(jobs, threads, writer):
+    with ThreadPoolExecutor(max_workers=max(1, threads), thread_name_prefix="devicevault-fetch") as pool:
+        futures = [(name, pool.submit(fetch_one, conn, commands)) for name, conn, commands in jobs]
+        for name, future in futures:
+            writer.write(name, future.result())
+
+
+def process_count(requested, forks, devices):
+    """How many processes fetch a batch: ``requested`` if set (> 0), else one per
+    :data:`HANDSHAKES_PER_PROCESS` concurrent devices; never more than ``forks`` or the devices."""
+    wanted = int(requested or 0) or -(-forks // HANDSHAKES_PER_PROCESS)
+    return max(1, min(wanted, forks, devices))
+
+
+def run_batch(jobs, forks, processes, results_path):
+    """Fetch every ``(name, connection, commands)`` of ``jobs``, at most ``forks`` at once, over
+    ``processes`` forked processes (1: in this process); each result goes to ``results_path`` as it comes."""
+    if not jobs:
+        return
+    forks = max(1, min(forks, len(jobs)))
+    processes = max(1, min(processes, forks))
+    install_banner_wait()
+    writer = ResultWriter(results_path)
+    try:
+        if processes == 1:
+            _run_threads(jobs, forks, writer)
+            return
+        shares = [jobs[i::processes] for i in range(processes)]
+        threads = [forks // processes + (i < forks % processes) for i in range(processes)]
+        gc.collect()
+        gc.freeze()  # the children leave the parent's objects alone: fewer copied pages per child
+        children = {}
+        try:
+            for share, count in zip(shares, threads):
+                pid = os.fork()
+                if pid == 0:  # child
+                    code = 0
+                    try:
+                        ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+                        _run_threads(share, count, writer)
+                    except BaseException:
+                        code = 1
+                    finally:
+                        os._exit(code)
+                children[pid] = share
+        finally:
+            gc.unfreeze()
+            for pid in children:
+                _, status = os.waitpid(pid, 0)
+                if status:
+                    done = read_results(results_path)
+                    how = ("signal %d" % os.WTERMSIG(status) if os.WIFSIGNALED(status)
+                           else "status %d" % os.WEXITSTATUS(status))
+                    for name, _, _ in children[pid]:
+                        if name not in done:
+                            writer.write(name, {"failed": True, "msg": "the fetch process ended (%s) before "
+                                                                       "this device was done" % how})
+    finally:
+        writer.close()
