@@ -270,14 +270,21 @@ def check(label: str, answers: dict[str, dict], hosts: list[str], commands: list
     return problems
 
 
-def lab_cpu(pid: int) -> float:
+def cpu_seconds(pid: int, reaped_children: bool = False) -> float:
+    """utime+stime of a live process from ``/proc/PID/stat`` (NaN when it is gone); with ``reaped_children``
+    also cutime+cstime: the CPU of the children it has waited for (and of theirs)."""
     try:
         with open(f"/proc/{pid}/stat", "rb") as fh:
             stat = fh.read()
     except OSError:
         return float("nan")
     fields = stat[stat.rindex(b")") + 2:].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    ticks = sum(int(f) for f in fields[11:15 if reaped_children else 13])
+    return ticks / os.sysconf("SC_CLK_TCK")
+
+
+def lab_cpu(pid: int) -> float:
+    return cpu_seconds(pid)
 
 
 def run_measured(cmd: list[str], env: dict, work: Path, name: str) -> tuple[dict, str]:
