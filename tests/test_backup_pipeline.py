@@ -318,21 +318,35 @@ def test_a_target_down_across_two_runs_catches_up_without_storing_anything_twice
 
 
 def test_plain_ansible_playbook_writes_one_file_per_device(dv, tmp_path):
+    """Plain ansible-playbook on a copy of the inventory in which one device has a wrong password: every other
+    device gets its file, that one fails alone (in the recap), and the run says so with its exit status."""
     import os
+    import re
+    import shutil
     import sys
 
+    import yaml
+
+    inventory = tmp_path / "inventory"
+    shutil.copytree(dv.settings.inventory, inventory)
+    names = sorted(re.findall(r"^\s+([\w.-]+-ios-[\w.-]+):\s*$", (inventory / "hosts.yml").read_text(), re.M))
+    bad = names[0]
+    (inventory / "host_vars").mkdir(exist_ok=True)
+    (inventory / "host_vars" / f"{bad}.yml").write_text(yaml.safe_dump({"ansible_password": "not-the-password"}))
     out = tmp_path / "configs"
     out.mkdir()
     env = {**os.environ, "LC_ALL": "C.UTF-8", "ANSIBLE_CONFIG": str(Path(__file__).resolve().parent.parent / "ansible.cfg"),
            "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
     proc = subprocess.run(
-        [str(Path(sys.executable).parent / "ansible-playbook"), "-i", str(dv.settings.inventory),
+        [str(Path(sys.executable).parent / "ansible-playbook"), "-i", str(inventory),
          "playbooks/backup.yml", "-e", f"backup_dir={out}", "--limit", "*-ios-*:*-routeros-*"],
         env=env, cwd=Path(__file__).resolve().parent.parent, capture_output=True, text=True, timeout=300,
     )
-    assert proc.returncode == 0, proc.stdout[-3000:]
+    recap = dict(re.findall(r"^([\w.-]+)\s+: ok=\d+\s+changed=\d+\s+unreachable=\d+\s+failed=(\d+)", proc.stdout, re.M))
+    assert proc.returncode == 2 and recap.get(bad) == "1", proc.stdout[-3000:]
+    assert {host for host, failed in recap.items() if failed != "0"} == {bad}
     files = sorted(p.name for p in out.iterdir())
-    assert files and all(f.endswith(".cfg") for f in files)
+    assert sorted(files) == sorted(f"{host}.cfg" for host in recap if host != bad)
     assert any("-ios-" in f for f in files) and any("-routeros-" in f for f in files)
     assert all((out / f).stat().st_size > 1000 for f in files)
 
