@@ -4,7 +4,7 @@ DOCUMENTATION = r"""
 module: collect_batch
 short_description: Collect every host of the play batch from one task, without a process per device
 description:
-  - Run it with C(run_once: true). For every host of the play batch it sets up the host's C(network_cli)
+  - Run it once per play batch (C(run_once) set to true). For every host of the play batch it sets up the host's C(network_cli)
     connection as Ansible would (the host's variables, become/enable, the vendors' terminal and cliconf
     plugins) and sends the commands of the host's platform file (C(platforms) directory of this
     collection), in threads of a few forked processes, at most C(forks) devices at once.
