@@ -6,8 +6,9 @@ short_description: Run a platform's CLI commands over network_cli and return eve
 description:
   - Runs in the controller over the host's persistent C(network_cli) connection (no module process per
     device), sending each command through the platform's cliconf plugin in order.
-  - Without O(commands), the commands come from the host's platform file (the C(platforms) directory of
-    this collection): its C(commands), then its C(startup) command when it has one.
+  - Without O(commands), the commands come from the host's platform file (in the C(platforms) directory of
+    this collection, or a site's own directory O(platforms_dir)). These are its C(commands), then its
+    C(startup) command when it has one.
 options:
   platform:
     description:
