@@ -155,3 +155,54 @@ def test_a_site_platform_directory_is_searched_first(installed, lab, tmp_path):
     proc, out = _backup(installed, lab, again, "--limit", ios, "-e", "devicevault_platform=nosuch")
     assert proc.returncode != 0 and "no platform file nosuch.yml" in proc.stdout
     assert not list(out.iterdir())
+
+
+def test_awx_files_name_the_collections_the_python_and_system_dependencies(tmp_path):
+    """collections/requirements.yml, execution-environment.yml (ansible-builder 3) and bindep.txt hang
+    together, and the requirements' entry for DeviceVault's own collection installs: pointed at this
+    checkout's git repository (its committed HEAD) instead of the public URL, offline."""
+    requirements = yaml.safe_load((ROOT / "collections" / "requirements.yml").read_text())["collections"]
+    names = {c["name"] for c in requirements}
+    assert {"ansible.netcommon", "cisco.ios", "arista.eos", "junipernetworks.junos", "netbox.netbox"} <= names
+    # every network OS named by a built-in platform file comes from a collection of the file (or our own)
+    for spec in (COLLECTION / "platforms").glob("*.yml"):
+        network_os = yaml.safe_load(spec.read_text())["network_os"]
+        assert ".".join(network_os.split(".")[:2]) in names | {"devicevault.network"}, (spec.name, network_os)
+    own, = (c for c in requirements if c.get("type") == "git")
+    assert own["name"].endswith("#/playbooks/collections/ansible_collections/devicevault/network")
+
+    ee = yaml.safe_load((ROOT / "execution-environment.yml").read_text())
+    assert ee["version"] == 3 and ee["images"]["base_image"]["name"]
+    deps = ee["dependencies"]
+    assert (ROOT / deps["galaxy"]).resolve() == ROOT / "collections" / "requirements.yml"
+    assert (ROOT / deps["system"]).is_file() and "git" in (ROOT / deps["system"]).read_text()
+    assert any(str(p).startswith("devicevault") for p in deps["python"])
+    assert "2.19" in deps["ansible_core"]["package_pip"]
+
+    if not (ROOT / ".git").exists():
+        pytest.skip("not a git checkout")
+    head = subprocess.run(["git", "-C", ROOT, "rev-parse", "HEAD"], capture_output=True, text=True,
+                          check=True).stdout.strip()
+    url = own["name"].split("#", 1)[1]
+    (tmp_path / "requirements.yml").write_text(yaml.safe_dump({"collections": [
+        {"name": f"git+file://{ROOT / '.git'}#{url}", "type": "git", "version": head}]}))
+    collections = tmp_path / "installed"
+    _run([BIN / "ansible-galaxy", "collection", "install", "--offline", "-r", tmp_path / "requirements.yml",
+          "-p", collections], cwd=tmp_path, env=_env(collections))
+    top = collections / "ansible_collections" / "devicevault" / "network"
+    assert (top / "platforms" / "ios.yml").is_file() and (top / "plugins" / "cliconf" / "cli.py").is_file()
+
+
+def test_ansible_lint_production_profile_finds_nothing():
+    """ansible-lint (production profile, offline) on playbooks/ (backup.yml and the collection) and on the
+    AWX files: 0 failures, 0 warnings."""
+    lint = BIN / "ansible-lint"
+    if not lint.exists():
+        pytest.skip("ansible-lint is not installed (pip install -e .[test])")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("ANSIBLE_")}
+    env.update(LC_ALL="C.UTF-8", LANG="C.UTF-8", NO_COLOR="1")
+    proc = subprocess.run([lint, "--offline", "--profile", "production", "--nocolor", "playbooks/",
+                           "collections/requirements.yml", "execution-environment.yml"],
+                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout[-6000:] + proc.stderr[-6000:]
+    assert "0 failure(s), 0 warning(s)" in proc.stdout + proc.stderr

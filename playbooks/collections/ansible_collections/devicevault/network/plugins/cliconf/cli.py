@@ -1,8 +1,9 @@
 # DeviceVault: data-driven cliconf plugin (GPL-3.0-or-later, like the Ansible plugins it builds on).
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
 from __future__ import annotations
 
 DOCUMENTATION = """
-author: DeviceVault
+author: DeviceVault (@devicevault)
 name: cli
 short_description: Run CLI commands on a network OS described by a DeviceVault platform file
 description:

@@ -1,4 +1,5 @@
 # -*- coding: utf-8 -*-
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
 # The work happens in the action plugin (plugins/action/collect.py); this file documents the task.
 DOCUMENTATION = r"""
 module: collect
@@ -27,7 +28,18 @@ options:
     description: Commands to send, in order (strings, or mappings with C(command)); instead of O(platform).
     type: list
     elements: raw
-author: DeviceVault
+author: DeviceVault (@devicevault)
+"""
+EXAMPLES = r"""
+- name: Collect with the commands of the host's platform file
+  devicevault.network.collect:
+  register: collected
+
+- name: Send given commands instead
+  devicevault.network.collect:
+    commands:
+      - show version
+      - show running-config
 """
 RETURN = r"""
 outputs:

@@ -1,4 +1,5 @@
 # -*- coding: utf-8 -*-
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
 # The work happens in the action plugin (plugins/action/collect_batch.py); this file documents the task.
 DOCUMENTATION = r"""
 module: collect_batch
@@ -9,7 +10,7 @@ description:
     plugins) and sends the commands of the host's platform file (C(platforms) directory of this
     collection), in threads of a few forked processes, at most C(forks) devices at once.
   - A host's failure (authentication, timeout, lost connection, rejected command, unknown platform) is its
-    own result in O(devices); it never fails the task or another host.
+    own result in RV(devices); it never fails the task or another host.
 options:
   platforms_dir:
     description:
@@ -19,14 +20,14 @@ options:
   results_path:
     description:
       - Write each device's result to this file as one JSON line (with C(host)) as soon as it is done, and
-        leave the outputs out of O(devices). DeviceVault's jobs use it.
+        leave the outputs out of RV(devices). DeviceVault's jobs use it.
     type: path
   processes:
     description:
       - How many processes share the batch (default one per 8 concurrent devices). Within a process the
         SSH handshakes (connect and login) run one after the other; raise it for far-away sites.
     type: int
-author: DeviceVault
+author: DeviceVault (@devicevault)
 """
 EXAMPLES = r"""
 - name: Collect configuration

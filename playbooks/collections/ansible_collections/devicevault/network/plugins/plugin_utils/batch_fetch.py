@@ -129,7 +129,7 @@ def _open_socket(host, port, timeout):
     except OSError as exc:
         raise LibsshSessionException("ssh connect failed: Failed to connect: %s" % (exc.strerror or exc)) from None
     try:
-        readable, _, _ = select.select([sock], [], [], timeout)
+        readable = select.select([sock], [], [], timeout)[0]
         if not readable:
             raise LibsshSessionException(
                 "ssh connect failed: Timeout connecting to %s (no SSH banner within %ss)" % (host, timeout))
@@ -300,7 +300,7 @@ def run_batch(jobs, forks, processes, results_path):
         finally:
             gc.unfreeze()
             for pid in children:
-                _, status = os.waitpid(pid, 0)
+                status = os.waitpid(pid, 0)[1]
                 if status:
                     done = read_results(results_path)
                     how = ("signal %d" % os.WTERMSIG(status) if os.WIFSIGNALED(status)

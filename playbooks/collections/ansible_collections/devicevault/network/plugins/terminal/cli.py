@@ -1,4 +1,5 @@
 # DeviceVault: data-driven terminal plugin (GPL-3.0-or-later, like the Ansible plugins it builds on).
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
 """devicevault.network.cli terminal plugin.
 
 Prompts, error texts, paging commands, the privilege step and the logout command come from the
