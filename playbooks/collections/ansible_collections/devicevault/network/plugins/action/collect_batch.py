@@ -47,8 +47,8 @@ class ActionModule(ActionBase):
         conn._play_context.timeout = conn.get_option("persistent_command_timeout")  # as TaskExecutor does
         return conn
 
-    def _job(self, name, inventory, variable_manager, platforms_dir):
-        """``(name, connection, commands)`` for one host; PlatformError/ValueError with the reason if none."""
+    def _prepare(self, name, inventory, variable_manager, platforms_dir):
+        """``(connection, commands)`` for one host; ValueError with the reason if it has none."""
         host = inventory.get_host(name)
         variables = variable_manager.get_vars(play=self._task.get_play(), host=host, task=self._task)
         templar = self._templar.copy_with_new_env(available_variables=variables)
@@ -66,7 +66,7 @@ class ActionModule(ActionBase):
                 platforms_dir or var(platform_file.PLATFORMS_DIR_VAR))
         except platform_file.PlatformError as exc:
             raise ValueError("%s: %s" % (PREFIX, exc)) from None
-        return name, self._connection_for(host, variables, templar), commands
+        return self._connection_for(host, variables, templar), commands
 
     def run(self, tmp=None, task_vars=None):
         result = super().run(tmp, task_vars)
@@ -76,13 +76,6 @@ class ActionModule(ActionBase):
         names = list(task_vars.get("ansible_play_batch") or task_vars.get("ansible_play_hosts") or [])
         forks = int(context.CLIARGS.get("forks") or C.DEFAULT_FORKS)
 
-        devices, jobs = {}, []
-        for name in names:  # templating and plugin set-up are not thread-safe: here, before any thread
-            try:
-                jobs.append(self._job(name, inventory, variable_manager, args.get("platforms_dir")))
-            except Exception as exc:
-                devices[name] = {"failed": True, "msg": str(exc) or type(exc).__name__}
-
         results_path = args.get("results_path")
         scratch = None
         if not results_path:
@@ -90,18 +83,14 @@ class ActionModule(ActionBase):
             os.close(fd)
         try:
             path = results_path or scratch
-            writer = batch_fetch.ResultWriter(path)
-            try:
-                for name, failure in devices.items():
-                    writer.write(name, failure)
-            finally:
-                writer.close()
-            processes = batch_fetch.process_count(args.get("processes"), forks, len(jobs))
-            batch_fetch.run_batch(jobs, forks, processes, path)
+            batch_fetch.run_batch(
+                names, lambda name: self._prepare(name, inventory, variable_manager, args.get("platforms_dir")),
+                forks, batch_fetch.process_count(args.get("processes"), forks, len(names)), path)
             found = batch_fetch.read_results(path)
         finally:
             if scratch:
                 os.unlink(scratch)
+        devices = {}
         for name in names:
             outcome = found.get(name) or {"failed": True, "msg": "no result from the batch for this device"}
             if results_path:

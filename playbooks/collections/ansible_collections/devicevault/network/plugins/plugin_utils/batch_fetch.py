@@ -51,6 +51,8 @@ from ansible.errors import AnsibleConnectionFailure
 FROZEN_GAP = 0.5
 #: at most this many devices' handshakes wait on each other in one process (see the module docstring)
 HANDSHAKES_PER_PROCESS = 8
+#: how long a closed session waits for the device to close its side of the connection
+CLOSE_GRACE = 2.0
 _PR_SET_PDEATHSIG = 1
 
 
@@ -142,6 +144,26 @@ def _open_socket(host, port, timeout):
         raise
 
 
+def _close_when_device_has(sock, grace=CLOSE_GRACE):
+    """Close ``sock`` once the device has closed its side too (at most ``grace`` seconds): the session is then
+    over for the device as well before this thread takes the next one, so the device side never sees more
+    than ``forks`` sessions of ours at once (and a device with few vty lines gets its line back)."""
+    end = time.monotonic() + grace
+    try:
+        sock.shutdown(socket.SHUT_WR)
+        while True:
+            left = end - time.monotonic()
+            if left <= 0:
+                break
+            sock.settimeout(left)
+            if not sock.recv(65536):
+                break
+    except OSError:
+        pass
+    finally:
+        sock.close()
+
+
 def install_banner_wait():
     """Have network_cli's libssh plugin connect through :func:`_open_socket` (this process only)."""
     from ansible_collections.ansible.netcommon.plugins.connection import libssh as libssh_plugin
@@ -176,7 +198,7 @@ def install_banner_wait():
         def _release(self):
             sock, self._devicevault_sock = self._devicevault_sock, None
             if sock is not None:
-                sock.close()
+                _close_when_device_has(sock)
 
     libssh_plugin.Session = Session
 
@@ -252,9 +274,19 @@ def read_results(path):
     return found
 
 
-def _run_threads(jobs, threads, writer):
+def _run_threads(names, prepare, threads, writer):
+    """Set up each device (``prepare(name)`` -> ``(connection, commands)``, in this thread: Ansible's templating
+    and plugin set-up are not thread-safe) and hand it at once to a pool of ``threads`` that fetch it, so
+    set-up and fetching overlap; a device whose set-up fails gets that failure as its result."""
     with ThreadPoolExecutor(max_workers=max(1, threads), thread_name_prefix="devicevault-fetch") as pool:
-        futures = [(name, pool.submit(fetch_one, conn, commands)) for name, conn, commands in jobs]
+        futures = []
+        for name in names:
+            try:
+                conn, commands = prepare(name)
+            except Exception as exc:
+                writer.write(name, {"failed": True, "msg": str(exc) or type(exc).__name__})
+                continue
+            futures.append((name, pool.submit(fetch_one, conn, commands)))
         for name, future in futures:
             writer.write(name, future.result())
 
@@ -266,20 +298,21 @@ def process_count(requested, forks, devices):
     return max(1, min(wanted, forks, devices))
 
 
-def run_batch(jobs, forks, processes, results_path):
-    """Fetch every ``(name, connection, commands)`` of ``jobs``, at most ``forks`` at once, over
-    ``processes`` forked processes (1: in this process); each result goes to ``results_path`` as it comes."""
-    if not jobs:
+def run_batch(names, prepare, forks, processes, results_path):
+    """Fetch every device of ``names`` (``prepare(name)`` -> its ``(connection, commands)``), at most ``forks``
+    at once, over ``processes`` forked processes (1: in this process), each setting up its own share; each
+    result goes to ``results_path`` as it comes."""
+    if not names:
         return
-    forks = max(1, min(forks, len(jobs)))
+    forks = max(1, min(forks, len(names)))
     processes = max(1, min(processes, forks))
     install_banner_wait()
     writer = ResultWriter(results_path)
     try:
         if processes == 1:
-            _run_threads(jobs, forks, writer)
+            _run_threads(names, prepare, forks, writer)
             return
-        shares = [jobs[i::processes] for i in range(processes)]
+        shares = [names[i::processes] for i in range(processes)]
         threads = [forks // processes + (i < forks % processes) for i in range(processes)]
         gc.collect()
         gc.freeze()  # the children leave the parent's objects alone: fewer copied pages per child
@@ -291,7 +324,7 @@ def run_batch(jobs, forks, processes, results_path):
                     code = 0
                     try:
                         ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
-                        _run_threads(share, count, writer)
+                        _run_threads(share, prepare, count, writer)
                     except BaseException:
                         code = 1
                     finally:
@@ -305,7 +338,7 @@ def run_batch(jobs, forks, processes, results_path):
                     done = read_results(results_path)
                     how = ("signal %d" % os.WTERMSIG(status) if os.WIFSIGNALED(status)
                            else "status %d" % os.WEXITSTATUS(status))
-                    for name, _, _ in children[pid]:
+                    for name in children[pid]:
                         if name not in done:
                             writer.write(name, {"failed": True, "msg": "the fetch process ended (%s) before "
                                                                        "this device was done" % how})
