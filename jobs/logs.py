@@ -74,6 +74,6 @@ def _inventory_secrets(settings: Settings) -> list[str]:
     try:
         from jobs.collect.inventory import load_inventory
 
-        return [s for host in load_inventory(settings.inventory).values() for s in host.secrets]
+        return [s for host in load_inventory(settings.inventory, settings).values() for s in host.secrets]
     except Exception:  # noqa: BLE001 - a broken inventory is reported by the jobs that use it
         return []

@@ -50,6 +50,13 @@ users_file                    DEVICEVAULT_USERS_FILE           ``<home>/users.ym
                                                                roles viewer / operator / admin)
 log_format                    DEVICEVAULT_LOG_FORMAT           ``json`` for the long-running processes (worker,
                                                                consumer, scheduler, up); ``text`` for people
+vault_password_file           DEVICEVAULT_VAULT_PASSWORD_FILE  Ansible's own ``ANSIBLE_VAULT_PASSWORD_FILE``, then
+                                                               ``ANSIBLE_VAULT_IDENTITY_LIST``; else none. The file
+                                                               (or executable script) holding the password of
+                                                               vaulted inventory files and inline ``!vault`` values;
+                                                               several, comma separated, as ``--vault-id``
+                                                               ``label@path``. Every process reading the inventory
+                                                               and the fetch's ansible-playbook use it
 ============================  ==============================  ===============================================
 
 Per-target options for the targets named after a backend type (``git``, ``fs``, ``s3``: the built-in
@@ -139,6 +146,28 @@ class SettingsError(BackupError, ValueError):
     kind = "settings"
 
 
+#: where a vault password comes from, named in messages about it
+VAULT_SETTING = "DEVICEVAULT_VAULT_PASSWORD_FILE / ANSIBLE_VAULT_PASSWORD_FILE"
+
+
+def _parse_vault_ids(value: str) -> list[tuple[str, Path]]:
+    found = []
+    for part in _split(value):
+        label, _, path = part.partition("@") if "@" in part else ("", "", part)
+        if path in ("prompt", "prompt_ask_vault_pass"):
+            raise SettingsError(f"{VAULT_SETTING}={value!r}: DeviceVault's processes cannot prompt for a vault "
+                                "password; name a password file (or an executable script printing it)")
+        found.append((label.strip() or "default", Path(path.strip()).expanduser().absolute()))
+    return found
+
+
+def _vault_password_file(value: Any) -> str | None:
+    """The vault setting with absolute paths (checked here; a missing file is reported by the inventory reader,
+    which names the inventory too)."""
+    ids = _parse_vault_ids(str(value or ""))
+    return ",".join(str(path) if label == "default" else f"{label}@{path}" for label, path in ids) or None
+
+
 def _at_least(minimum: int, name: str, value: Any) -> int:
     """A whole number >= ``minimum``: hosts per batch and forks need 1 (0 would enqueue empty jobs, a negative
     one nothing); 0 fetch processes means "decided by the fetch"."""
@@ -180,6 +209,8 @@ class Settings:
     log_format: str = "json"
     users_file: Path | None = None
     fetch_processes: int = 0
+    #: vault password files, ``[label@]path`` comma separated (absolute paths; see :meth:`vault_ids`)
+    vault_password_file: str | None = None
     target_env: dict[str, str] = field(default_factory=dict, compare=False)
 
     @property
@@ -227,6 +258,9 @@ class Settings:
             max_age=float(pick("max_age", 24.0)),
             log_format=str(pick("log_format", "json")),
             users_file=Path(pick("users_file", home / "users.yml")).absolute(),
+            vault_password_file=_vault_password_file(
+                pick("vault_password_file", None)
+                or ",".join(v for v in (env.get("ANSIBLE_VAULT_IDENTITY_LIST"), env.get("ANSIBLE_VAULT_PASSWORD_FILE")) if v)),
             target_env={k: v for k, v in env.items() if _TARGET_ENV.match(k) and v != ""},
         )
 
@@ -259,6 +293,11 @@ class Settings:
             if m:
                 values.append(m["pw"])
         return [v for v in values if len(v) >= 4]
+
+    def vault_ids(self) -> list[tuple[str, Path]]:
+        """The vault password files as Ansible's ``--vault-id`` pairs ``(label, path)``; the label is
+        ``default`` where none was given (Ansible's own default vault identity)."""
+        return _parse_vault_ids(self.vault_password_file or "")
 
     def storage_queue_for(self, backend_type: str) -> str:
         """The queue that workers with access to ``backend_type`` targets serve: ``storage.git`` etc."""

@@ -1,6 +1,7 @@
 """Read lab devices from an Ansible inventory (the single source of truth).
 
-Uses ansible-core's own ``InventoryManager``/``VariableManager`` so group_vars,
+Uses ansible-core's own ``InventoryManager``/``VariableManager`` (through DeviceVault's one inventory
+reader, ``jobs.collect.inventory.open_inventory``: collection plugins, vault passwords) so group_vars,
 host_vars and all inventory plugins behave exactly as for ansible-playbook.
 """
 from __future__ import annotations
@@ -43,13 +44,10 @@ def load_inventory(source) -> list[Device]:
 
     Hosts without ``ansible_network_os`` are skipped with a warning.
     """
-    from ansible.inventory.manager import InventoryManager
-    from ansible.parsing.dataloader import DataLoader
-    from ansible.vars.manager import VariableManager
+    from jobs.collect.inventory import open_inventory  # DeviceVault's one reader: collections, vault
 
-    loader = DataLoader()
-    inv = InventoryManager(loader=loader, sources=[str(source)])
-    vm = VariableManager(loader=loader, inventory=inv)
+    opened = open_inventory(source)
+    loader, inv, vm = opened.loader, opened.manager, opened.variables
     try:
         from ansible.template import Templar
     except Exception:  # pragma: no cover

@@ -78,7 +78,7 @@ def inventory(s: Settings | None = None, max_age: float = 60.0) -> dict:
     cached = _inventories.get(path)
     if cached and time.monotonic() - cached[0] < max_age:
         return cached[1]
-    hosts = load_inventory(path)
+    hosts = load_inventory(path, s)
     _inventories[path] = (time.monotonic(), hosts)
     return hosts
 

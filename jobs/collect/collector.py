@@ -80,7 +80,7 @@ def collect(
     (``jobs.collect.locks.host_locks``).
     """
     inventory_path = Path(inventory or settings.inventory)
-    inv = load_inventory(inventory_path)
+    inv = load_inventory(inventory_path, settings)
     redactor = Redactor(secret for h in inv.values() for secret in h.secrets)
     layout = layout or StorageLayout.load(settings)
     results: list[DeviceResult] = []

@@ -84,7 +84,7 @@ def _failure_message(res: dict) -> str:
 def runner_env(settings: Settings, workdir: Path) -> dict[str, str]:
     """Environment of the ansible processes: our ansible.cfg, UTF-8, timeouts, nothing under ~/.ansible."""
     bindir = str(Path(sys.executable).parent)  # ansible-playbook and ansible-connection of this environment
-    return {
+    env = {
         "PATH": os.pathsep.join([bindir, os.environ.get("PATH", "/usr/bin:/bin")]),
         "ANSIBLE_CONFIG": str(ANSIBLE_CFG),
         "LC_ALL": "C.UTF-8",
@@ -98,6 +98,11 @@ def runner_env(settings: Settings, workdir: Path) -> dict[str, str]:
         "ANSIBLE_RETRY_FILES_ENABLED": "False",
         "ANSIBLE_NOCOLOR": "1",
     }
+    vault = settings.vault_ids()
+    if vault:  # the same vault passwords as DeviceVault's inventory reading: the files' paths, never their text
+        env["ANSIBLE_VAULT_IDENTITY_LIST"] = ",".join(f"{label}@{file}" for label, file in vault)
+        env["ANSIBLE_VAULT_PASSWORD_FILE"] = str(vault[0][1])  # instead of a relative one the worker inherited
+    return env
 
 
 def _extravars(settings: Settings, results: Path) -> dict[str, str | int]:

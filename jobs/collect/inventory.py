@@ -1,13 +1,31 @@
-"""Read an Ansible inventory with ansible-core's own parser and pick hosts from it."""
+"""Read an Ansible inventory with ansible-core's own parser and pick hosts from it.
+
+This is the one inventory reader of every DeviceVault process (the collector, the consumer, ``backup``, the
+scheduler, the portal, log masking; the lab reads its own through :func:`open_inventory` too). It does what
+ansible-core's CLI does before it reads an inventory:
+
+* once per process, :func:`start_ansible` starts Ansible's collection loader (DeviceVault's collection
+  first, then Ansible's configured collection paths and the ``ansible_collections`` of this Python
+  environment: the ``ansible`` package), so FQCN inventory plugins work: ``plugin:
+  ansible.builtin.constructed``, ``ansible.builtin.yaml``, scripts, ``netbox.netbox.nb_inventory``;
+* the vault password files of the settings (``DEVICEVAULT_VAULT_PASSWORD_FILE``, else Ansible's own
+  ``ANSIBLE_VAULT_PASSWORD_FILE`` / ``ANSIBLE_VAULT_IDENTITY_LIST``) open whole vaulted files and inline
+  ``!vault`` values;
+* every vaulted value a host has (inline or from a vaulted file) is one of its :attr:`InventoryHost.secrets`,
+  masked wherever DeviceVault masks passwords.
+"""
 
 from __future__ import annotations
 
 import os
+import sys
+import threading
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any, Iterator
 
 from jobs.errors import InventoryError
-from jobs.settings import parse_flag
+from jobs.settings import COLLECTIONS_DIR, VAULT_SETTING, Settings, parse_flag
 
 #: groups that say what a host *is* rather than where it is; a host's storage group is its first other group
 _IMPLICIT = {"all", "ungrouped"}
@@ -50,42 +68,204 @@ def _platform_name(hv: dict) -> str:
     return platform_name(hv.get(PLATFORM_VAR), hv.get("ansible_network_os"))
 
 
-def load_inventory(path: Path | str) -> dict[str, InventoryHost]:
-    """Every host of the inventory at ``path`` by name. Raises :class:`InventoryError` naming the file."""
+_started = threading.Lock()
+_ansible_started = False
+
+
+def start_ansible() -> None:
+    """Once per process, what ansible-core's CLI does before it loads any plugin (``CLI.run`` calling
+    ``init_plugin_loader``): a UTF-8 locale, a scratch directory, and the collection loader with DeviceVault's
+    collection and the installed ``ansible_collections`` on its path. Nothing happens if this process already
+    has a collection loader (it is Ansible itself, or another library started one)."""
+    global _ansible_started
+    with _started:
+        if _ansible_started:
+            return
+        os.environ.setdefault("LC_ALL", "C.UTF-8")
+        os.environ.setdefault("ANSIBLE_LOCAL_TEMP", "/tmp/devicevault-ansible-tmp")
+        from ansible.plugins.loader import init_plugin_loader
+        from ansible.utils.collection_loader import AnsibleCollectionConfig
+
+        if AnsibleCollectionConfig.collection_finder is None:
+            installed = [p for p in dict.fromkeys(sys.path) if p and (Path(p) / "ansible_collections").is_dir()]
+            init_plugin_loader([str(COLLECTIONS_DIR), *installed])
+        _ansible_started = True
+
+
+def _vault_secrets(settings: Settings, path: Path) -> list:
+    """``[(vault id, secret)]`` from the settings' vault password files, each read now (a script is run)."""
+    from ansible.errors import AnsibleError
+    from ansible.parsing.dataloader import DataLoader
+    from ansible.parsing.vault import get_file_vault_secret
+
+    secrets = []
+    for label, file in settings.vault_ids():
+        if not file.exists():
+            raise InventoryError(f"{path}: vault password file {file} not found (set by {VAULT_SETTING})")
+        try:
+            secret = get_file_vault_secret(filename=str(file), vault_id=label, loader=DataLoader())
+            secret.load()
+        except AnsibleError as exc:
+            raise InventoryError(f"{path}: cannot read vault password file {file} (set by {VAULT_SETTING}): "
+                                 f"{_one_line(exc)}") from None
+        secrets.append((label, secret))
+    return secrets
+
+
+def _use_vault_secrets(secrets: list) -> None:
+    """Inline ``!vault`` values decrypt on use, with the process-wide vault secrets (as in ansible-core's CLI);
+    the latest settings' secrets replace earlier ones."""
+    from ansible.parsing.vault import VaultSecretsContext
+
+    context = VaultSecretsContext.current(optional=True)
+    if context is None:
+        VaultSecretsContext.initialize(VaultSecretsContext(list(secrets)))
+    else:
+        context.secrets[:] = secrets
+
+
+def _one_line(exc: BaseException) -> str:
+    """An Ansible error's message without its source excerpt (the lines of the file around the error)."""
+    text = getattr(exc, "message", None) or str(exc)
+    return " ".join(str(text).split())
+
+
+def _vault_hint(settings: Settings, cause: str, file: str | None = None) -> str:
+    """``cause``, and for a vault failure which file and what to set."""
+    if "vault" not in cause.lower() and "decrypt" not in cause.lower():
+        return cause
+    what = f"cannot decrypt {file}" if file else "cannot decrypt a vaulted value"
+    if not settings.vault_password_file:
+        return f"{what}: no vault password is set ({VAULT_SETTING}); Ansible says: {cause}"
+    return f"{what}: wrong vault password in {settings.vault_password_file} ({VAULT_SETTING}); Ansible says: {cause}"
+
+
+@dataclass
+class OpenInventory:
+    """An inventory as ansible-core parsed it: the manager, the variables, and what came from vaulted files."""
+
+    manager: Any
+    variables: Any
+    loader: Any
+    #: every string of every vaulted file the loader read (their values are secrets)
+    vaulted: set[str]
+
+
+def open_inventory(path: Path | str, settings: Settings | None = None) -> OpenInventory:
+    """Parse the inventory at ``path`` as ``ansible-playbook -i path`` would, with the settings' vault
+    passwords. Raises :class:`InventoryError` naming the inventory and the cause."""
     path = Path(path)
     if not path.exists():
         raise InventoryError(f"{path}: inventory not found")
-    os.environ.setdefault("LC_ALL", "C.UTF-8")
-    os.environ.setdefault("ANSIBLE_LOCAL_TEMP", "/tmp/devicevault-ansible-tmp")
+    settings = settings or Settings.load()
+    start_ansible()
     from ansible.errors import AnsibleError
     from ansible.inventory.manager import InventoryManager
     from ansible.parsing.dataloader import DataLoader
+    from ansible.parsing.vault import is_encrypted
+    from ansible.vars.manager import VariableManager
 
-    loader = DataLoader()
+    vaulted: set[str] = set()
+    encrypted: dict[str, bool] = {}
+    failed: list[tuple[str, str]] = []  # (file, Ansible's message) of the files Ansible could not load
+
+    def is_vaulted(file: str) -> bool:
+        if file not in encrypted:
+            try:
+                with open(file, "rb") as fh:
+                    encrypted[file] = is_encrypted(fh.read(64))
+            except OSError:
+                encrypted[file] = False
+        return encrypted[file]
+
+    class Loader(DataLoader):
+        """Ansible's loader, noting the values of every vaulted file it reads (group_vars/all.yml...)."""
+
+        @property
+        def failed(self) -> str | None:
+            """The last file Ansible could not load (a vaulted one it could not decrypt), if any."""
+            return failed[-1][0] if failed else None
+
+        def load_from_file(self, file_name, *args, **kwargs):
+            real = self.path_dwim(file_name)
+            try:
+                data = super().load_from_file(file_name, *args, **kwargs)
+            except AnsibleError as exc:
+                failed.append((real, _one_line(exc)))
+                raise
+            if is_vaulted(real):
+                vaulted.update(str(text) for text in _strings(data))
+            return data
+
+    secrets = _vault_secrets(settings, path)
+    _use_vault_secrets(secrets)
+    loader = Loader()
+    loader.set_vault_secrets(secrets)
     try:
         manager = InventoryManager(loader=loader, sources=[str(path)], parse=False)
         manager.parse_sources(cache=False)
     except AnsibleError as exc:
-        raise InventoryError(f"{path}: cannot parse inventory: {exc}") from exc
+        raise InventoryError(f"{path}: cannot parse inventory: {_vault_hint(settings, _one_line(exc), loader.failed)}") from None
+    if failed:  # Ansible warns and goes on without that file's hosts: a backup must not lose devices silently
+        file, cause = failed[-1]
+        detail = _vault_hint(settings, cause, file) if is_vaulted(file) else f"{file}: {cause}"
+        raise InventoryError(f"{path}: cannot parse inventory: {detail}")
     if not manager._sources or not manager.get_hosts():  # noqa: SLF001 - no public "parsed ok" flag
         raise InventoryError(f"{path}: no hosts found (malformed or empty inventory?)")
-    from ansible.vars.manager import VariableManager
+    return OpenInventory(manager, VariableManager(loader=loader, inventory=manager), loader, vaulted)
 
-    variables = VariableManager(loader=loader, inventory=manager)
+
+def _strings(value: Any) -> Iterator[Any]:
+    """Every string inside ``value`` (keys excepted) as it is there: ``str``, or an inline vaulted
+    ``EncryptedString`` (``str()`` decrypts it)."""
+    from ansible.parsing.vault import EncryptedString
+
+    if isinstance(value, (str, EncryptedString)):
+        yield value
+    elif isinstance(value, dict):
+        for item in value.values():
+            yield from _strings(item)
+    elif isinstance(value, (list, tuple, set)):
+        for item in value:
+            yield from _strings(item)
+
+
+def _vaulted_values(variables: dict, vaulted: set[str]) -> Iterator[str]:
+    """A host's vaulted strings: inline ``!vault`` values (still encrypted, or decrypted by a template) and
+    the values of vaulted files."""
+    from ansible.parsing.vault import EncryptedString, VaultedValue
+
+    for value in _strings(variables):
+        if isinstance(value, EncryptedString) or VaultedValue.is_tagged_on(value) or value in vaulted:
+            yield str(value)
+
+
+def load_inventory(path: Path | str, settings: Settings | None = None) -> dict[str, InventoryHost]:
+    """Every host of the inventory at ``path`` by name (vault passwords from ``settings``, default: the
+    environment's). Raises :class:`InventoryError` naming the inventory and the cause."""
+    from ansible.errors import AnsibleError
+
+    settings = settings or Settings.load()
+    opened = open_inventory(path, settings)
     platform_groups = _platform_groups()
     hosts = {}
-    for host in manager.get_hosts():
+    for host in opened.manager.get_hosts():
         try:  # inventory vars plus group_vars/ and host_vars/ files, as a play would see them
-            hv = variables.get_vars(host=host, include_hostvars=False)
+            hv = opened.variables.get_vars(host=host, include_hostvars=False)
+            secrets = [str(hv[k]) for k in _SECRET_VARS if isinstance(hv.get(k), str) and "{{" not in hv[k]]
+            secrets += _vaulted_values(hv, opened.vaulted)
+            network_os = str(hv.get("ansible_network_os") or "")
+            address = str(hv.get("ansible_host") or host.name)
         except AnsibleError as exc:
-            raise InventoryError(f"{path}: cannot read variables of host {host.name!r}: {exc}") from exc
+            raise InventoryError(f"{path}: cannot read variables of host {host.name!r}: "
+                                 f"{_vault_hint(settings, _one_line(exc), opened.loader.failed)}") from None
         groups = tuple(sorted(g.name for g in host.get_groups() if g.name not in _IMPLICIT))
         own_platform = _platform_name(hv)
         site_groups = [g for g in groups if g not in platform_groups and g != own_platform]
         hosts[host.name] = InventoryHost(
             name=host.name,
-            network_os=str(hv.get("ansible_network_os") or ""),
-            address=str(hv.get("ansible_host") or host.name),
+            network_os=network_os,
+            address=address,
             group=str(hv.get("devicevault_group") or (site_groups or list(groups) or ["ungrouped"])[0]),
             groups=groups,
             location=str(hv.get("devicevault_location") or ""),
@@ -94,7 +274,7 @@ def load_inventory(path: Path | str) -> dict[str, InventoryHost]:
             platform=own_platform,
             secrets_mode=_secrets_mode(hv.get("devicevault_secrets"), path, host.name),
             keep_raw=_flag(hv.get("devicevault_keep_raw"), path, host.name, "devicevault_keep_raw"),
-            secrets=tuple(str(hv[k]) for k in _SECRET_VARS if isinstance(hv.get(k), str) and "{{" not in hv[k]),
+            secrets=tuple(dict.fromkeys(secrets)),
         )
     return hosts
 

@@ -40,7 +40,7 @@ def start_backup(
 ) -> StartedRun:
     """Back up the chosen hosts (all by default). Raises :class:`~jobs.errors.InventoryError` on bad input."""
     inventory_path = Path(inventory or settings.inventory).absolute()
-    inv = load_inventory(inventory_path)
+    inv = load_inventory(inventory_path, settings)
     chosen = [h.name for h in select_hosts(inv, groups=groups, hosts=hosts)]
     layout = StorageLayout.load(settings)
     targets: dict[str, None] = {}

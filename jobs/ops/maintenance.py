@@ -59,7 +59,7 @@ def run_maintenance(redis: Redis, settings: Settings, *, grace: float = 60.0) ->
         from jobs.collect.inventory import load_inventory
 
         try:
-            inventory = load_inventory(settings.inventory)
+            inventory = load_inventory(settings.inventory, settings)
         except Exception as exc:  # noqa: BLE001 - freshness of what the index knows still counts
             inventory = None
             report["errors"].append(f"freshness: inventory: {exc}")
