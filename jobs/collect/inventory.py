@@ -68,7 +68,7 @@ def _platform_name(hv: dict) -> str:
     return platform_name(hv.get(PLATFORM_VAR), hv.get("ansible_network_os"))
 
 
-_started = threading.Lock()
+_ansible_lock = threading.Lock()  # the process-wide Ansible state: collection loader, vault secrets
 _ansible_started = False
 
 
@@ -78,7 +78,7 @@ def start_ansible() -> None:
     collection and the installed ``ansible_collections`` on its path. Nothing happens if this process already
     has a collection loader (it is Ansible itself, or another library started one)."""
     global _ansible_started
-    with _started:
+    with _ansible_lock:
         if _ansible_started:
             return
         os.environ.setdefault("LC_ALL", "C.UTF-8")
@@ -117,11 +117,12 @@ def _use_vault_secrets(secrets: list) -> None:
     the latest settings' secrets replace earlier ones."""
     from ansible.parsing.vault import VaultSecretsContext
 
-    context = VaultSecretsContext.current(optional=True)
-    if context is None:
-        VaultSecretsContext.initialize(VaultSecretsContext(list(secrets)))
-    else:
-        context.secrets[:] = secrets
+    with _ansible_lock:
+        context = VaultSecretsContext.current(optional=True)
+        if context is None:
+            VaultSecretsContext.initialize(VaultSecretsContext(list(secrets)))
+        else:
+            context.secrets[:] = secrets
 
 
 def _one_line(exc: BaseException) -> str:
