@@ -51,6 +51,8 @@ from ansible.errors import AnsibleConnectionFailure
 FROZEN_GAP = 0.5
 #: at most this many devices' handshakes wait on each other in one process (see the module docstring)
 HANDSHAKES_PER_PROCESS = 8
+#: the most one poll of a channel returns (the deadline is checked between polls)
+MAX_CHUNK = 1 << 20
 #: how long a closed session waits for the device to close its side of the connection
 CLOSE_GRACE = 2.0
 _PR_SET_PDEATHSIG = 1
@@ -84,18 +86,29 @@ _deadline = _Deadline()
 
 
 class _DeadlineChannel:
-    """network_cli's libssh read loop polls ``read_bulk_response()`` until a prompt comes: the deadline is
-    checked on every poll, and an idle poll sleeps 10 ms (network_cli's own loop would spin)."""
+    """network_cli's libssh read loop (``receive_libssh``) polls ``read_bulk_response()`` until a prompt comes,
+    and after every chunk searches the whole reply so far for the terminal plugin's prompt and error
+    patterns. Here each poll checks the thread's deadline, returns everything the channel holds (up to
+    :data:`MAX_CHUNK`) instead of pylibssh's 5 x 1 KiB with 1 ms sleeps, so a reply is searched a few times
+    instead of once per 5 KiB (that search was most of a fetch's CPU, and quadratic in the reply's size), and
+    an idle poll sleeps 10 ms (network_cli's own loop would spin)."""
 
     def __init__(self, chan):
         self._chan = chan
 
     def read_bulk_response(self, *args, **kwargs):
         _deadline.check()
-        data = self._chan.read_bulk_response(*args, **kwargs)
-        if not data:
+        chunks, size = [], 0
+        while size < MAX_CHUNK:
+            data = self._chan.read_nonblocking(size=1024)  # None at the end of the stream, as pylibssh's own
+            if not data:
+                break
+            chunks.append(data)
+            size += len(data)
+        if not chunks:
             time.sleep(0.01)
-        return data
+            return b""
+        return b"".join(chunks)
 
     def __getattr__(self, name):
         return getattr(self._chan, name)
@@ -177,6 +190,7 @@ def install_banner_wait():
         _devicevault_sock = None
 
         def connect(self, **kwargs):
+            _quiet_libssh()  # Session() has just set this thread's libssh log level to TRACE
             if kwargs.get("proxycommand") or kwargs.get("fd") is not None or not kwargs.get("host"):
                 return super().connect(**kwargs)
             timeout = float(kwargs.get("timeout") or 30)
@@ -201,6 +215,17 @@ def install_banner_wait():
                 _close_when_device_has(sock)
 
     libssh_plugin.Session = Session
+
+
+def _quiet_libssh():
+    """libssh's log level is per thread, and every pylibssh ``Session()`` sets it to TRACE, which hands every
+    libssh message to Python's logging: some 2,000 calls per device. Off, unless Ansible runs at -vvvv
+    (when network_cli turns libssh's debug log on itself)."""
+    from ansible.utils.display import Display
+    from pylibsshext.logging import ANSIBLE_PYLIBSSH_NOLOG, _set_level
+
+    if Display().verbosity < 4:
+        _set_level(ANSIBLE_PYLIBSSH_NOLOG)
 
 
 def fetch_one(conn, commands):
