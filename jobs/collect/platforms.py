@@ -38,7 +38,7 @@ LOADER_MODULE = "devicevault_platform_file"
 
 def collection_module(name: str) -> ModuleType:
     """``plugin_utils/<name>.py`` of DeviceVault's collection, loaded by file path as
-    ``devicevault_<name>`` (DeviceVault's processes do not run Ansible's collection loader)."""
+    ``devicevault_<name>`` (by path, so it works before, or without, Ansible's collection loader in this process)."""
     module_name = f"devicevault_{name}"
     module = sys.modules.get(module_name)
     if module is not None:
