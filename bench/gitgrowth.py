@@ -21,8 +21,12 @@ one commit per device, until ``--commits`` commits.
 Two repositories, one after the other, same workload (same seed):
 
 - **maintained**: after every ``--maintain-every`` batches the backend's ``maintain()`` runs, as the hourly
-  maintenance pass (jobs/ops/maintenance.py) calls it (``git repack -d -l --geometric=2`` under the store
-  lock); its cost is reported apart, never in the store time;
+  maintenance pass (jobs/ops/maintenance.py) calls it (``git repack -d -l --geometric=2`` and a commit-graph
+  layer under the store lock, or the full repack when due); its cost is reported apart, never in the store
+  time. The full repack (``git repack -a -d -f``, storage/git.py) is due once per 24 h of wall-clock time, so
+  in a bench only the first pass makes one; ``--full-repack-every N`` makes it due every N batches instead
+  (one hourly pass after a run of all devices = ``devices / batch-size`` batches, so a daily full repack of
+  1,000 devices is every 480 batches) and the other passes never do one;
 - **baseline**: ``maintain()`` never runs (what a store did before maintenance existed; ``store_many``'s own
   roll-up at more than ``PACK_LIMIT`` packs still happens, it is part of the store path), up to
   ``--baseline-commits`` (default 10,000; 0 = no baseline).
@@ -31,7 +35,9 @@ At each checkpoint (``--checkpoints``, default 1k, 10k, 50k, 100k, cut to ``--co
 itself) it reports: ``du`` of ``.git`` (disk blocks), packs / loose objects / pack size (``git count-objects
 -v``), store time per commit over the last ``--window`` commits before the checkpoint (wall, and CPU =
 user+sys of this process plus its reaped git children: ``getrusage(RUSAGE_SELF)`` + ``RUSAGE_CHILDREN``
-deltas around each ``store_many`` call only; generating the texts is not counted), and the wall time of
+deltas around each ``store_many`` call only; generating the texts is not counted), how many full repacks
+``maintain()`` made and how long its last full and its longest geometric pass held the store lock (the
+``seconds`` it reports), and the wall time of
 ``git log --format=%H -- <group>/<host>`` for one device (the best of 3). Every figure of the maintained
 repository is also printed as a ratio against the baseline at the same checkpoint (``x base``; below 1 is
 smaller / faster), and the per-commit store time of the last checkpoint against the first one (flat = 1.0).
@@ -120,6 +126,9 @@ class Checkpoint:
     maintain_runs: int
     maintain_wall: float  # total so far
     maintain_cpu: float
+    full_runs: int  # full repacks so far
+    full_seconds: float  # store lock held by the last full repack
+    geometric_seconds: float  # store lock held by the longest geometric pass so far
     elapsed: float
 
 
@@ -173,7 +182,7 @@ class Stop:
 
 def run_series(label: str, repo: Path, devices: list[Device], commits: int, checkpoints: list[int], *,
                batch_size: int, maintain_every: int, window: int, window_lines: int, seed: int,
-               stop: Stop) -> Series:
+               stop: Stop, full_every: int = 0) -> Series:
     from jobs.deliver.outbox import StorageItem
     from jobs.deliver.store import _store_all
     from storage.paths import device_path
@@ -186,7 +195,7 @@ def run_series(label: str, repo: Path, devices: list[Device], commits: int, chec
     watched = device_path(devices[0].group, devices[0].host)
     series = Series(label)
     timings: list[tuple[int, float, float]] = []  # (commits in batch, wall, cpu) per batch
-    maintain = {"runs": 0, "wall": 0.0, "cpu": 0.0}
+    maintain = {"runs": 0, "wall": 0.0, "cpu": 0.0, "full": 0, "full_seconds": 0.0, "geometric_seconds": 0.0}
     done = batches = run = 0
     started = time.monotonic()
     pending = sorted(set(checkpoints))
@@ -211,14 +220,20 @@ def run_series(label: str, repo: Path, devices: list[Device], commits: int, chec
             timings.append((len(items), wall, cpu))
             done += len(items)
             batches += 1
-            if maintain_every and batches % maintain_every == 0:
+            full_due = bool(full_every and batches % full_every == 0)
+            if maintain_every and (batches % maintain_every == 0 or full_due):
                 wall0, cpu0 = time.perf_counter(), _cpu()
-                result = backend.maintain()
+                result = backend.maintain(full=full_due if full_every else None)
                 if result.get("skipped") == "busy":
                     raise SystemExit(f"{label}: maintain() found the store lock busy")
                 maintain["runs"] += bool(result.get("ran"))
                 maintain["wall"] += time.perf_counter() - wall0
                 maintain["cpu"] += _cpu() - cpu0
+                if result.get("full_repack"):
+                    maintain["full"] += 1
+                    maintain["full_seconds"] = result["seconds"]
+                elif result.get("ran"):
+                    maintain["geometric_seconds"] = max(maintain["geometric_seconds"], result["seconds"])
             while pending and done >= pending[0]:
                 cp = pending.pop(0)
                 series.checkpoints[cp] = _checkpoint(repo, watched, timings, cp, window, maintain, started)
@@ -242,7 +257,8 @@ def _checkpoint(repo: Path, watched: str, timings: list[tuple[int, float, float]
     log_seconds, log_commits = _log_time(repo, watched)
     return Checkpoint(commits, _du(repo / ".git"), objects["packs"], objects["count"], objects["size-pack"] * 1024,
                       wall / n, cpu / n, int(n), log_seconds, log_commits, maintain["runs"], maintain["wall"],
-                      maintain["cpu"], time.monotonic() - started)
+                      maintain["cpu"], maintain["full"], maintain["full_seconds"], maintain["geometric_seconds"],
+                      time.monotonic() - started)
 
 
 def reference(repo: Path, watched: str) -> dict[str, float]:
@@ -269,7 +285,8 @@ def _print_checkpoint(label: str, c: Checkpoint) -> None:
     print(f"  {label:<10} {c.commits:>7} commits: .git {_mib(c.du_bytes)} MiB, {c.packs} packs, {c.loose} loose, "
           f"store {c.wall_per_commit * 1000:.2f} ms wall / {c.cpu_per_commit * 1000:.2f} ms CPU per commit "
           f"(last {c.window}), git log -- path {c.log_seconds:.2f} s ({c.log_commits} commits), "
-          f"maintain {c.maintain_runs} runs {c.maintain_wall:.1f} s, {c.elapsed:.0f} s so far", flush=True)
+          f"maintain {c.maintain_runs} runs {c.maintain_wall:.1f} s ({c.full_runs} full, last held the lock "
+          f"{c.full_seconds:.1f} s; geometric at most {c.geometric_seconds:.1f} s), {c.elapsed:.0f} s so far", flush=True)
 
 
 ROWS = (  # title, value, format
@@ -283,6 +300,9 @@ ROWS = (  # title, value, format
     ("maintain runs (total)", lambda c: c.maintain_runs, "{:d}"),
     ("maintain wall s (total)", lambda c: c.maintain_wall, "{:.1f}"),
     ("maintain CPU s (total)", lambda c: c.maintain_cpu, "{:.1f}"),
+    ("full repacks (total)", lambda c: c.full_runs, "{:d}"),
+    ("last full repack: lock held s", lambda c: c.full_seconds, "{:.1f}"),
+    ("longest geometric pass: lock held s", lambda c: c.geometric_seconds, "{:.2f}"),
 )
 
 
@@ -334,6 +354,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batch-size", type=int, default=50, help="devices per store_many (default %(default)s)")
     parser.add_argument("--maintain-every", type=int, default=20,
                         help="batches between two maintain() calls (default %(default)s)")
+    parser.add_argument("--full-repack-every", type=int, default=0, metavar="N",
+                        help="maintain(full=True) every N batches, maintain(full=False) otherwise (default: 0, the "
+                             "backend decides: once per 24 h of wall-clock time, i.e. the first pass)")
     parser.add_argument("--baseline-commits", type=int, default=10_000,
                         help="commits of the baseline without maintain() (default %(default)s; 0: none)")
     parser.add_argument("--checkpoints", default=",".join(map(str, DEFAULT_CHECKPOINTS)),
@@ -368,7 +391,9 @@ def main(argv: list[str] | None = None) -> int:
         sizes = [len("\n".join(d.head + d.tail)) for d in devices]
         print(f"{args.devices} devices ({sum(sizes) / len(sizes) / 1024:.1f} KB average, {min(sizes) / 1024:.1f}"
               f"-{max(sizes) / 1024:.1f} KB) rendered in {time.monotonic() - t0:.0f} s; batches of {args.batch_size}, "
-              f"maintain() every {args.maintain_every} batches; {args.commits:,} commits "
+              f"maintain() every {args.maintain_every} batches, full repack "
+              f"{f'every {args.full_repack_every} batches' if args.full_repack_every else 'when the backend says'}; "
+              f"{args.commits:,} commits "
               f"(baseline {base_commits:,}); work in {workdir}", flush=True)
         common = dict(batch_size=args.batch_size, window=args.window, window_lines=args.window_lines, seed=args.seed,
                       stop=Stop(args.minutes))
@@ -377,7 +402,7 @@ def main(argv: list[str] | None = None) -> int:
             base = run_series("baseline", workdir / "baseline", devices, base_commits, base_checkpoints,
                               maintain_every=0, **common)
         main_series = run_series("maintained", workdir / "maintained", devices, args.commits, checkpoints,
-                                 maintain_every=args.maintain_every, **common)
+                                 maintain_every=args.maintain_every, full_every=args.full_repack_every, **common)
         ref = None
         if not args.no_reference and main_series.checkpoints:
             from storage.paths import device_path

@@ -55,19 +55,39 @@ Maintenance (:meth:`GitBackend.maintain`, run by the scheduler's maintenance pas
 installation): every batch leaves one small pack and ``restore``/``delete`` (``git commit``) leave loose
 objects, while automatic gc is off (``gc.auto=0``, ``maintenance.auto=false``: no git process may start
 behind a store's back).  ``maintain`` runs ``git repack -d -l -q --geometric=2``: loose objects and the
-small packs are rolled into one pack (with deltas between versions of a device's file), the big pack is
-left alone unless the small ones add up to half its size, so the cost follows what was written since the
-last pass, not the repository's size, and the pack count stays logarithmic (one or two in practice);
-``-d`` also removes the loose objects now packed (``prune-packed``).  Nothing to do (no loose object, at
-most one pack, counted in Python) starts no git process.  It holds the store lock
-(``.git/devicevault.lock``) and never waits for it: while a store holds it, ``maintain`` returns at once
-with ``skipped="busy"`` and the pass tries again later, so a store never waits more than one repack of the
-recent packs.  Measured (tests/test_storage_git.py, 202 single-device commits of 20 devices in 40 batches,
-a delete's loose objects): before, 41 packs of 126 KiB and 3 loose objects; after, 1 pack of 71 KiB,
-0 loose, in 0.4 s here.  Compared: ``git maintenance run --task=loose-objects --task=incremental-repack`` left the
-loose objects (it deletes them only on its next run) and a second pack; ``git repack -a -d`` rewrites the
-whole repository every time; ``git gc`` also does that and expires reflogs and prunes.
-Unreachable objects are packed, never pruned (history is never rewritten here, so there are hardly any).
+small packs are rolled into one pack, the big pack is left alone unless the small ones add up to half its
+size, so the cost follows what was written since the last pass, not the repository's size, and the pack
+count stays logarithmic (one or two in practice); ``-d`` also removes the loose objects now packed
+(``prune-packed``).  Then ``git commit-graph write --reachable --changed-paths --split`` adds the new
+commits to the commit-graph as a small new layer (with changed-path Bloom filters, so ``git log --
+<path>`` -- ``latest``, the refs of a retried job, anyone browsing a device's history -- skips the
+commits that did not touch the path instead of diffing every one).  Nothing to do (no loose object, at
+most one pack, counted in Python, and no full repack due) starts no git process.
+
+Full repack, when due (at most once per ``full_repack_interval`` seconds, default
+:data:`FULL_REPACK_INTERVAL` = 24 h, a per-target option in the storage file; the time and the pack it
+made are recorded in ``<git dir>/``:data:`FULL_REPACK_MARK`, so every process and every scheduler agrees):
+``git repack -a -d -f -k -l`` with :data:`FULL_REPACK_OPTIONS` instead of the geometric one, then the
+commit-graph is rewritten as one layer (``--split=replace``).  Why: ``fast-import`` deltas each blob
+against the previous blob of its stream, i.e. another device's configuration, and the geometric repack
+reuses existing deltas, so without it a device's versions are never deltified against each other and the
+repository grows ~2.75 KiB per commit (bench.gitgrowth: 269 MiB at 100,000 commits); ``-f`` searches the
+deltas afresh (57 MiB).  ``-k`` keeps unreachable objects (packed, never pruned, as before).  A repository
+already fully packed (its one pack is the one the last full repack made, no loose object) is left alone
+even when the interval has passed.  Between two full repacks the geometric passes still keep
+fast-import's deltas, so the size is the full-repack figure plus ~2.75 KiB per commit since the last one
+(bench.gitgrowth with a full repack every 5,000 commits: 15.5 MiB at 20,000 instead of 54.3).
+
+Both kinds hold the store lock (``.git/devicevault.lock``) and never wait for it: while a store holds it,
+``maintain`` returns at once with ``skipped="busy"`` and the pass tries again later.  A store that comes
+while ``maintain`` runs waits for it: a geometric pass is a repack of the recent packs (about a second);
+a full repack rewrites the repository (about a minute of CPU at 100,000 commits, measured with
+bench.gitgrowth; figures in :meth:`GitBackend.maintain`).  Measured (tests/test_storage_git.py, 202
+single-device commits of 20 devices in 40 batches, a delete's loose objects): before, 41 packs of 126
+KiB and 3 loose objects; after the geometric repack, 1 pack of 71 KiB, 0 loose, in 0.4 s here.
+Compared: ``git maintenance run --task=loose-objects --task=incremental-repack`` left the loose objects
+(it deletes them only on its next run) and a second pack; ``git repack -a -d`` every pass rewrites the
+whole repository every hour; ``git gc`` also does that and expires reflogs and prunes.
 """
 
 from __future__ import annotations
@@ -95,6 +115,12 @@ LOCK_NAME = "devicevault.lock"
 SYNC_MARK = "devicevault-sync"
 #: more packs than this in objects/pack and a write rolls them up (``git repack --geometric=2``)
 PACK_LIMIT = 50
+#: default seconds between two full repacks by :meth:`GitBackend.maintain` (per target: ``full_repack_interval``)
+FULL_REPACK_INTERVAL = 24 * 3600
+#: in the (common) git directory: ``<unix time> <pack name>`` of the last full repack
+FULL_REPACK_MARK = "devicevault-full-repack"
+#: the full repack's delta search (bench.gitgrowth; see :meth:`GitBackend.maintain`)
+FULL_REPACK_OPTIONS = ("--window=10", "--depth=50")
 #: seconds a write waits for someone else's ``index.lock`` before it gives up (the next write repairs)
 INDEX_LOCK_WAIT = 5.0
 _LOOSE_DIR = re.compile(r"\A[0-9a-f]{2}\Z")
@@ -177,9 +203,16 @@ class GitBackend:
         branch: str = "main",
         author_name: str = "DeviceVault",
         author_email: str = "devicevault@localhost",
+        full_repack_interval: float | str = FULL_REPACK_INTERVAL,
     ) -> None:
         if not _BRANCH.match(branch or ""):
             raise ValueError(f"invalid branch name {branch!r}")
+        try:
+            self.full_repack_interval = float(full_repack_interval)
+        except (TypeError, ValueError):
+            raise ValueError(f"full_repack_interval must be a number of seconds, not {full_repack_interval!r}") from None
+        if not self.full_repack_interval >= 0:
+            raise ValueError(f"full_repack_interval must not be negative, not {full_repack_interval!r}")
         self.repo_path = Path(repo_path)
         self.branch = branch
         self.author_name = author_name
@@ -541,44 +574,96 @@ class GitBackend:
 
     def _object_counts(self) -> tuple[int, int]:
         """(loose objects, packs) in the object directory, counted without git."""
+        loose, packs = self._objects()
+        return loose, len(packs)
+
+    def _objects(self) -> tuple[int, list[str]]:
+        """(loose objects, names of the packs) in the object directory, without git."""
         objects = self.common_dir / "objects"
         loose = 0
         try:
             for entry in os.scandir(objects):
                 if entry.is_dir() and _LOOSE_DIR.match(entry.name):
                     loose += sum(1 for name in os.listdir(entry.path) if len(name) == 38)
-            packs = sum(1 for n in os.listdir(objects / "pack") if n.endswith(".pack"))
+            packs = sorted(n for n in os.listdir(objects / "pack") if n.endswith(".pack"))
         except FileNotFoundError:
-            packs = 0
+            packs = []
         except OSError as exc:
             raise StorageError(f"git {self.repo_path}: cannot list objects: {exc.strerror or exc}") from exc
         return loose, packs
 
-    def maintain(self) -> dict[str, int | bool | str]:
-        """Pack loose objects and roll up small packs (module doc, "Maintenance") under the store lock.
+    def last_full_repack(self) -> tuple[float | None, str]:
+        """(unix time, pack name) of the last full repack as recorded in the repository; (None, "") if none."""
+        try:
+            when, _, pack = (self.common_dir / FULL_REPACK_MARK).read_text().strip().partition(" ")
+            return float(when), pack.strip()
+        except (OSError, ValueError):
+            return None, ""
+
+    def _record_full_repack(self, when: float, pack: str) -> None:
+        mark = self.common_dir / FULL_REPACK_MARK
+        tmp = mark.with_name(mark.name + ".tmp")
+        tmp.write_text(f"{when:.0f} {pack}\n")
+        os.replace(tmp, mark)
+
+    def maintain(self, full: bool | None = None) -> dict[str, int | float | bool | str]:
+        """Pack loose objects and roll up small packs, keep the commit-graph current and, when due, repack
+        everything afresh (module doc, "Maintenance") under the store lock.
+
+        ``full``: None (the maintenance pass) = a full repack when the last one recorded in the repository is
+        ``full_repack_interval`` seconds old or there is none (and the repository is not still fully packed);
+        True = now; False = not now.
 
         Never waits for the lock: while a store (or another ``maintain``) holds it, returns at once with
-        ``ran=False, skipped="busy"``.  Returns ``{"ran", "skipped", "loose_before", "packs_before",
-        "loose_after", "packs_after"}``; ``skipped`` is ``""`` when it ran, ``"nothing to do"`` when there
-        was no loose object and at most one pack (no git process then).
+        ``{"ran": False, "skipped": "busy"}``.  Otherwise returns ``{"ran", "skipped", "full_repack",
+        "loose_before", "packs_before", "loose_after", "packs_after", "seconds"}``: ``skipped`` is ``""`` when
+        it ran, ``"nothing to do"`` when there was no loose object, at most one pack and no full repack due
+        (no git process then); ``full_repack`` says whether this pass was the full repack; ``seconds`` is how
+        long it held the store lock.
+
+        Lock-hold time (``seconds``), bench.gitgrowth (1,000 devices, lab configurations of 12.8 KB average,
+        2-core machine shared with other test runs, 2026-11-30): a geometric pass with its commit-graph layer
+        0.7-1.2 s (3.2 s at load ~15); the full repack with its commit-graph 2.8 s at 5,000 commits, 4.4 s
+        at 10,000, 10.7 s (9.1 s CPU) at 20,000 at load ~10, 37.6 s at 20,000 at load ~15.  At 100,000
+        commits (linear in the objects; bench/README.md measured ``repack -a -d -f`` alone at 96 s wall / 58 s
+        CPU under load, the changed-paths commit-graph is ~1 s CPU per 20,000 commits): about a minute of
+        CPU, so a store arriving then waits ~40 s on an idle 2-core machine and up to ~2 min under load --
+        once a day by default.  ``FULL_REPACK_OPTIONS`` = git's defaults (window 10, depth 50): at 20,000
+        commits 54.3 -> 14.5 MiB in 12.6 s CPU; ``--window=50 --depth=50`` gave 13.1 MiB (10% smaller) for
+        22.4 s CPU (1.8x the lock time), not worth it.
         """
         if not self.git_dir.is_dir():
             raise TargetUnavailable(f"git {self.repo_path}: repository is gone")
-        result: dict[str, int | bool | str] = {"ran": False, "skipped": "busy"}
+        result: dict[str, int | float | bool | str] = {"ran": False, "skipped": "busy"}
         if not self._tlock.acquire(blocking=False):
             return result
         try:
             with _try_file_lock(self.git_dir / LOCK_NAME) as held:
                 if not held:
                     return result
-                loose, packs = self._object_counts()
-                result.update(loose_before=loose, packs_before=packs)
-                if loose == 0 and packs <= 1:
-                    result.update(skipped="nothing to do", loose_after=loose, packs_after=packs)
+                started = time.monotonic()
+                loose, packs = self._objects()
+                result.update(loose_before=loose, packs_before=len(packs))
+                if full is None:
+                    last, last_pack = self.last_full_repack()
+                    full = (last is None or time.time() - last >= self.full_repack_interval) and not (
+                        loose == 0 and packs == [last_pack])
+                if loose == 0 and len(packs) <= 1 and not full:
+                    result.update(skipped="nothing to do", full_repack=False, loose_after=loose,
+                                  packs_after=len(packs), seconds=round(time.monotonic() - started, 3))
                     return result
-                self._run("repack", "-d", "-l", "-q", "--geometric=2", what="git repack")
-                loose, packs = self._object_counts()
-                result.update(ran=True, skipped="", loose_after=loose, packs_after=packs)
+                graph = ["commit-graph", "write", "--reachable", "--changed-paths"]
+                if full:
+                    self._run("repack", "-a", "-d", "-f", "-k", "-l", "-q", *FULL_REPACK_OPTIONS, what="git repack -a")
+                    self._run(*graph, "--split=replace", what="git commit-graph write")
+                else:
+                    self._run("repack", "-d", "-l", "-q", "--geometric=2", what="git repack")
+                    self._run(*graph, "--split", what="git commit-graph write")
+                loose, packs = self._objects()
+                if full:
+                    self._record_full_repack(time.time(), packs[0] if len(packs) == 1 else "")
+                result.update(ran=True, skipped="", full_repack=full, loose_after=loose, packs_after=len(packs),
+                              seconds=round(time.monotonic() - started, 3))
                 return result
         finally:
             self._tlock.release()

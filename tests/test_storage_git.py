@@ -5,6 +5,7 @@ from __future__ import annotations
 import multiprocessing
 import sys
 import subprocess
+import time
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -415,6 +416,126 @@ def test_maintain_never_runs_while_a_store_holds_the_lock(tmp_path):
     b.store(b"more\n", "g/r0")
     with b._tlock:
         assert b.maintain()["skipped"] == "busy"
+
+
+def _store_versions(b: GitBackend, batches: int, devices: int = 5) -> list[tuple[str, bytes]]:
+    """``batches`` batches of one new version of each of ``devices`` devices (one pack each); (ref, content)."""
+    refs: list[tuple[str, bytes]] = []
+    base = "".join(f"interface Gi0/{i}\n description port {i}\n" for i in range(40))
+    for batch in range(batches):
+        items = [((f"hostname r{i}\n" + base + f"! rev {batch}\n").encode(), f"site/r{i}", None) for i in range(devices)]
+        refs += zip(b.store_many(items), (c for c, _p, _o in items))
+    return refs
+
+
+def _full_repack_mark(repo: Path) -> str:
+    from storage.git import FULL_REPACK_MARK
+
+    return (repo / ".git" / FULL_REPACK_MARK).read_text()
+
+
+def test_due_full_repack_leaves_one_pack_and_a_commit_graph_with_changed_paths(tmp_path):
+    repo = tmp_path / "repo"
+    b = GitBackend(repo)
+    refs = _store_versions(b, 12)
+    b.delete(refs[-1][0])  # git commit: loose objects
+    refs.pop()
+    assert _objects(repo)["packs"] == 12 and _objects(repo)["count"] > 0
+    assert b.last_full_repack() == (None, "")  # never: due
+
+    result = b.maintain()
+    assert result["ran"] is True and result["full_repack"] is True and result["skipped"] == ""
+    assert (result["loose_after"], result["packs_after"]) == (0, 1) and result["seconds"] >= 0
+    after = _objects(repo)
+    assert (after["count"], after["packs"]) == (0, 1)
+    when, pack = b.last_full_repack()
+    assert abs(when - time.time()) < 60
+    assert [pack] == [p.name for p in (repo / ".git" / "objects" / "pack").glob("*.pack")]
+    # the commit-graph: every commit, changed-path Bloom filters, verified by git
+    git(repo, "commit-graph", "verify")
+    chain = repo / ".git" / "objects" / "info" / "commit-graphs"
+    layers = (chain / "commit-graph-chain").read_text().split()
+    assert len(layers) == 1
+    graph = (chain / f"graph-{layers[0]}.graph").read_bytes()
+    assert b"BIDX" in graph[:200] and b"BDAT" in graph[:200]  # the Bloom filter chunks in the chunk table
+    git(repo, "fsck", "--strict", "--no-progress")
+    assert git(repo, "status", "--porcelain", "--untracked-files=all") == ""
+    for ref, content in refs:
+        assert b.read(ref) == content
+    assert b.latest("site/r0") == [ref for ref, _c in refs if ref.startswith("main:site/r0@")][-1]
+    # the next pass after new stores is a geometric one that adds a commit-graph layer, not a full repack
+    mark = _full_repack_mark(repo)
+    refs += _store_versions(b, 3)
+    result = b.maintain()
+    assert result["ran"] is True and result["full_repack"] is False
+    assert _full_repack_mark(repo) == mark
+    assert (chain / "commit-graph-chain").read_text().split() != layers  # the new commits are in it
+    git(repo, "commit-graph", "verify")
+    assert len(git(repo, "log", "--format=%H", "--", "site/r1").split()) == 15  # 12 + 3 versions
+    git(repo, "fsck", "--strict", "--no-progress")
+    for ref, content in refs:
+        assert b.read(ref) == content
+    _clean(repo)
+
+
+def test_maintain_does_no_full_repack_until_the_interval_has_passed(tmp_path):
+    from storage.git import FULL_REPACK_INTERVAL, FULL_REPACK_MARK
+
+    repo = tmp_path / "repo"
+    assert GitBackend(repo).full_repack_interval == FULL_REPACK_INTERVAL == 24 * 3600
+    b = GitBackend(repo, full_repack_interval="3600")  # as a storage file gives it
+    _store_versions(b, 4)
+    assert b.maintain()["full_repack"] is True
+    mark = _full_repack_mark(repo)
+    _store_versions(b, 4)
+    result = b.maintain()
+    assert result["ran"] is True and result["full_repack"] is False and result["packs_after"] == 2
+    assert _full_repack_mark(repo) == mark  # recorded time and pack unchanged
+    # another process (a second backend on the same repository) agrees: not due
+    other = GitBackend(repo, full_repack_interval=3600)
+    assert other.last_full_repack() == b.last_full_repack()
+    _store_versions(other, 1)
+    assert other.maintain()["full_repack"] is False and _full_repack_mark(repo) == mark
+    # an hour later (the recorded time moved back): due, for every process
+    when, pack = other.last_full_repack()
+    (repo / ".git" / FULL_REPACK_MARK).write_text(f"{when - 3601:.0f} {pack}\n")
+    result = b.maintain()
+    assert result["full_repack"] is True and result["packs_after"] == 1
+    assert _full_repack_mark(repo) != mark and b.last_full_repack()[0] >= when
+    # due again but nothing changed since (its one pack is the full repack's): no git process
+    when, pack = b.last_full_repack()
+    (repo / ".git" / FULL_REPACK_MARK).write_text(f"{when - 7200:.0f} {pack}\n")
+    assert b.maintain()["skipped"] == "nothing to do"
+    # asked for explicitly: runs now
+    assert b.maintain(full=True)["full_repack"] is True
+    git(repo, "commit-graph", "verify")
+    git(repo, "fsck", "--strict", "--no-progress")
+    with pytest.raises(ValueError):
+        GitBackend(repo, full_repack_interval="daily")
+    with pytest.raises(ValueError):
+        GitBackend(repo, full_repack_interval=-1)
+
+
+def test_due_full_repack_is_skipped_while_a_store_holds_the_lock(tmp_path):
+    from storage.git import LOCK_NAME
+
+    repo = tmp_path / "repo"
+    b = GitBackend(repo)
+    _store_versions(b, 3)
+    before = _objects(repo)
+    holder = subprocess.Popen([sys.executable, "-c", _HOLD_LOCK, str(repo / ".git" / LOCK_NAME)],
+                              cwd=Path(__file__).resolve().parents[1], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                              text=True)
+    try:
+        assert holder.stdout.readline() == "held\n"
+        assert b.maintain(full=True) == {"ran": False, "skipped": "busy"}
+        assert b.maintain() == {"ran": False, "skipped": "busy"}
+        assert _objects(repo) == before and b.last_full_repack() == (None, "")
+        assert not (repo / ".git" / "objects" / "info" / "commit-graphs").exists()
+    finally:
+        holder.stdin.close()
+        holder.wait()
+    assert b.maintain()["full_repack"] is True and b.last_full_repack()[0] is not None
 
 
 def test_maintenance_pass_maintains_every_target_that_can(tmp_path):
