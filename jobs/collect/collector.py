@@ -80,7 +80,7 @@ def collect(
     (``jobs.collect.locks.host_locks``).
     """
     inventory_path = Path(inventory or settings.inventory)
-    inv = load_inventory(inventory_path, settings)
+    inv = load_inventory(inventory_path, settings, only=hosts)  # this batch's hosts (their credentials are masked)
     redactor = Redactor(secret for h in inv.values() for secret in h.secrets)
     layout = layout or StorageLayout.load(settings)
     results: list[DeviceResult] = []

@@ -22,7 +22,7 @@ import sys
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterable, Iterator
 
 from jobs.errors import InventoryError
 from jobs.settings import COLLECTIONS_DIR, VAULT_SETTING, Settings, parse_flag
@@ -150,6 +150,14 @@ class OpenInventory:
     loader: Any
     #: every string of every vaulted file the loader read (their values are secrets)
     vaulted: set[str]
+    #: the first file the loader read with an inline ``!vault`` value, if any (both grow as variable files are
+    #: read, which Ansible does lazily, host by host)
+    inline_vault: list[str] = field(default_factory=list)
+
+    @property
+    def has_vault(self) -> bool:
+        """Whether any value read so far came out of a vault (else a host's variables need no search for one)."""
+        return bool(self.vaulted) or bool(self.inline_vault)
 
 
 def open_inventory(path: Path | str, settings: Settings | None = None) -> OpenInventory:
@@ -167,6 +175,7 @@ def open_inventory(path: Path | str, settings: Settings | None = None) -> OpenIn
     from ansible.vars.manager import VariableManager
 
     vaulted: set[str] = set()
+    inline: list[str] = []  # the first file read with an inline !vault value, if any
     encrypted: dict[str, bool] = {}
     failed: list[tuple[str, str]] = []  # (file, Ansible's message) of the files Ansible could not load
 
@@ -196,6 +205,8 @@ def open_inventory(path: Path | str, settings: Settings | None = None) -> OpenIn
                 raise
             if is_vaulted(real):
                 vaulted.update(str(text) for text in _strings(data))
+            elif not inline and any(_from_vault(text) for text in _strings(data)):
+                inline.append(real)
             return data
 
     secrets = _vault_secrets(settings, path)
@@ -213,7 +224,7 @@ def open_inventory(path: Path | str, settings: Settings | None = None) -> OpenIn
         raise InventoryError(f"{path}: cannot parse inventory: {detail}")
     if not manager._sources or not manager.get_hosts():  # noqa: SLF001 - no public "parsed ok" flag
         raise InventoryError(f"{path}: no hosts found (malformed or empty inventory?)")
-    return OpenInventory(manager, VariableManager(loader=loader, inventory=manager), loader, vaulted)
+    return OpenInventory(manager, VariableManager(loader=loader, inventory=manager), loader, vaulted, inline)
 
 
 def _strings(value: Any) -> Iterator[Any]:
@@ -231,30 +242,43 @@ def _strings(value: Any) -> Iterator[Any]:
             yield from _strings(item)
 
 
-def _vaulted_values(variables: dict, vaulted: set[str]) -> Iterator[str]:
-    """A host's vaulted strings: inline ``!vault`` values (still encrypted, or decrypted by a template) and
-    the values of vaulted files."""
+def _from_vault(value: Any) -> bool:
+    """An inline ``!vault`` value: still encrypted, or decrypted (by a template) and tagged as such."""
     from ansible.parsing.vault import EncryptedString, VaultedValue
 
+    return isinstance(value, EncryptedString) or VaultedValue.is_tagged_on(value)
+
+
+def _vaulted_values(variables: dict, vaulted: set[str]) -> Iterator[str]:
+    """A host's vaulted strings: inline ``!vault`` values and the values of vaulted files."""
     for value in _strings(variables):
-        if isinstance(value, EncryptedString) or VaultedValue.is_tagged_on(value) or value in vaulted:
+        if _from_vault(value) or value in vaulted:
             yield str(value)
 
 
-def load_inventory(path: Path | str, settings: Settings | None = None) -> dict[str, InventoryHost]:
+def load_inventory(
+    path: Path | str, settings: Settings | None = None, *, only: Iterable[str] | None = None
+) -> dict[str, InventoryHost]:
     """Every host of the inventory at ``path`` by name (vault passwords from ``settings``, default: the
-    environment's). Raises :class:`InventoryError` naming the inventory and the cause."""
+    environment's); with ``only``, just those of these names that it has (a batch's hosts: working out each
+    host's variables is most of the cost on a large inventory). Raises :class:`InventoryError` naming the
+    inventory and the cause."""
     from ansible.errors import AnsibleError
 
     settings = settings or Settings.load()
     opened = open_inventory(path, settings)
     platform_groups = _platform_groups()
     hosts = {}
-    for host in opened.manager.get_hosts():
+    chosen = opened.manager.get_hosts()
+    if only is not None:
+        wanted = set(only)
+        chosen = [host for host in chosen if host.name in wanted]
+    for host in chosen:
         try:  # inventory vars plus group_vars/ and host_vars/ files, as a play would see them
             hv = opened.variables.get_vars(host=host, include_hostvars=False)
             secrets = [str(hv[k]) for k in _SECRET_VARS if isinstance(hv.get(k), str) and "{{" not in hv[k]]
-            secrets += _vaulted_values(hv, opened.vaulted)
+            if opened.has_vault:
+                secrets += _vaulted_values(hv, opened.vaulted)
             network_os = str(hv.get("ansible_network_os") or "")
             address = str(hv.get("ansible_host") or host.name)
         except AnsibleError as exc:
