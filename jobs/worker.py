@@ -20,20 +20,38 @@ import signal
 from rq import Worker
 
 PR_SET_PDEATHSIG = 1
+#: the C library, found once (``find_library`` runs ``ldconfig``: a process per work horse otherwise)
+_LIBC = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
 
 
 def die_with_parent(parent_pid: int) -> None:
     """Have the kernel SIGKILL this process when its parent dies (Linux); if the parent is already gone
     (it died between the fork and this call), die now."""
-    libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
-    if libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0) != 0:
+    if _LIBC.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0) != 0:
         raise OSError(ctypes.get_errno(), "prctl(PR_SET_PDEATHSIG) failed")
     if os.getppid() != parent_pid:
         os._exit(1)
 
 
+def preload() -> None:
+    """Import, once and in the worker, what every job imports (DeviceVault's jobs, Ansible's inventory and
+    ansible-runner): each work horse is forked from the worker and starts with them instead of importing
+    them again (about a CPU-second per collection batch)."""
+    import ansible.inventory.manager  # noqa: F401
+    import ansible.parsing.dataloader  # noqa: F401
+    import ansible.vars.manager  # noqa: F401
+    import ansible_runner  # noqa: F401
+
+    import jobs.tasks  # noqa: F401
+
+
 class DeviceVaultWorker(Worker):
-    """RQ's forking worker; its work horse is killed with it (see the module docstring)."""
+    """RQ's forking worker; its work horse is killed with it (see the module docstring), and starts with
+    the jobs' imports done (:func:`preload`)."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        preload()
 
     def fork_work_horse(self, job, queue):
         self._devicevault_parent = os.getpid()
