@@ -16,8 +16,7 @@ import re
 import shutil
 import sys
 import tempfile
-import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 from typing import Iterable
@@ -44,7 +43,6 @@ class FetchOutcome:
     error: errors.DeviceError | None = None
     log: str = ""
     duration: float = 0.0
-    _started: float | None = field(default=None, repr=False)
 
 
 def read_results(path: Path) -> dict[str, dict]:
@@ -176,28 +174,22 @@ def fetch_configs(
 
     for host, outcome in outcomes.items():
         record = found.get(host)
-        if record is None:
+        if record is not None:
+            outcome.duration = float(record.get("duration") or 0.0)
+            if record.get("failed"):
+                error = classify(host, str(record.get("msg") or ""))  # the kind, from what Ansible said
+                outcome.error = type(error)(host, redactor.redact(error.cause))
+                outcome.log = redactor.redact(str(record.get("msg") or ""))
+            else:
+                outcome.outputs = [str(item) for item in record.get("outputs") or []]
             continue
-        outcome.duration = float(record.get("duration") or 0.0)
-        if record.get("failed"):
-            outcome.error = classify(host, str(record.get("msg") or ""))
-            outcome.log = str(record.get("msg") or "")
-        else:
-            outcome.outputs = [str(item) for item in record.get("outputs") or []]
-
-    for host, outcome in outcomes.items():
-        outcome.log = redactor.redact(outcome.log)
-        if outcome.error is not None:
-            outcome.outputs = None
-            outcome.error = type(outcome.error)(host, redactor.redact(outcome.error.cause))
-        elif outcome.outputs is None:
-            cause = (
-                f"no answer before the job's hard limit of {settings.job_timeout}s"
-                if status == "timeout"
-                else f"ansible-runner ended ({status}) without a result for this device"
-            )
-            tail = [line for line in "".join(general).splitlines() if line.strip()][-3:]
-            if tail and status != "timeout":
-                cause += ": " + redactor.redact(" | ".join(tail))
-            outcome.error = (errors.DeviceTimeout if status == "timeout" else errors.CollectionFailed)(host, cause)
+        cause = (
+            f"no answer before the job's hard limit of {settings.job_timeout}s"
+            if status == "timeout"
+            else f"ansible-runner ended ({status}) without a result for this device"
+        )
+        tail = [line for line in "".join(general).splitlines() if line.strip()][-3:]
+        if tail and status != "timeout":
+            cause += ": " + redactor.redact(" | ".join(tail))
+        outcome.error = (errors.DeviceTimeout if status == "timeout" else errors.CollectionFailed)(host, cause)
     return outcomes
