@@ -264,7 +264,6 @@ class ResultWriter:
     """One JSON line per device, appended under a lock that every forked process shares."""
 
     def __init__(self, path):
-        self.path = path
         self._fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
         self._lock = threading.Lock()
 
@@ -302,7 +301,12 @@ def read_results(path):
 def _run_threads(names, prepare, threads, writer):
     """Set up each device (``prepare(name)`` -> ``(connection, commands)``, in this thread: Ansible's templating
     and plugin set-up are not thread-safe) and hand it at once to a pool of ``threads`` that fetch it, so
-    set-up and fetching overlap; a device whose set-up fails gets that failure as its result."""
+    set-up and fetching overlap; a device whose set-up fails gets that failure as its result. Each result is
+    written by the thread that fetched it, as soon as it is done (a hung device holds back no other's)."""
+
+    def fetch_and_write(name, conn, commands):
+        writer.write(name, fetch_one(conn, commands))
+
     with ThreadPoolExecutor(max_workers=max(1, threads), thread_name_prefix="devicevault-fetch") as pool:
         futures = []
         for name in names:
@@ -311,9 +315,9 @@ def _run_threads(names, prepare, threads, writer):
             except Exception as exc:
                 writer.write(name, {"failed": True, "msg": str(exc) or type(exc).__name__})
                 continue
-            futures.append((name, pool.submit(fetch_one, conn, commands)))
-        for name, future in futures:
-            writer.write(name, future.result())
+            futures.append(pool.submit(fetch_and_write, name, conn, commands))
+        for future in futures:
+            future.result()  # fetch_one returns its failures; anything else ends this process's share
 
 
 def process_count(requested, forks, devices):
