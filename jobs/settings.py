@@ -50,6 +50,9 @@ users_file                    DEVICEVAULT_USERS_FILE           ``<home>/users.ym
                                                                roles viewer / operator / admin)
 log_format                    DEVICEVAULT_LOG_FORMAT           ``json`` for the long-running processes (worker,
                                                                consumer, scheduler, up); ``text`` for people
+inventory_reuse               DEVICEVAULT_INVENTORY_REUSE      ``300`` seconds a process reuses an inventory it parsed,
+                                                               while none of its files changed (0: parse every time;
+                                                               a dynamic inventory is read again after this time)
 vault_password_file           DEVICEVAULT_VAULT_PASSWORD_FILE  Ansible's own ``ANSIBLE_VAULT_PASSWORD_FILE``, then
                                                                ``ANSIBLE_VAULT_IDENTITY_LIST``; else none. The file
                                                                (or executable script) holding the password of
@@ -180,6 +183,17 @@ def _at_least(minimum: int, name: str, value: Any) -> int:
     return number
 
 
+def _seconds(name: str, value: Any) -> float:
+    """A number of seconds, 0 or more."""
+    try:
+        number = float(str(value).strip())
+    except ValueError:
+        number = -1.0
+    if not number >= 0:
+        raise SettingsError(f"DEVICEVAULT_{name.upper()}={value!r}: must be a number of seconds, 0 or more")
+    return number
+
+
 @dataclass(frozen=True)
 class Settings:
     home: Path
@@ -209,6 +223,7 @@ class Settings:
     log_format: str = "json"
     users_file: Path | None = None
     fetch_processes: int = 0
+    inventory_reuse: float = 300.0
     #: vault password files, ``[label@]path`` comma separated (absolute paths; see :meth:`vault_ids`)
     vault_password_file: str | None = None
     target_env: dict[str, str] = field(default_factory=dict, compare=False)
@@ -258,6 +273,7 @@ class Settings:
             max_age=float(pick("max_age", 24.0)),
             log_format=str(pick("log_format", "json")),
             users_file=Path(pick("users_file", home / "users.yml")).absolute(),
+            inventory_reuse=_seconds("inventory_reuse", pick("inventory_reuse", 300.0)),
             vault_password_file=_vault_password_file(
                 pick("vault_password_file", None)
                 or ",".join(v for v in (env.get("ANSIBLE_VAULT_IDENTITY_LIST"), env.get("ANSIBLE_VAULT_PASSWORD_FILE")) if v)),

@@ -45,6 +45,24 @@ def preload() -> None:
     import jobs.tasks  # noqa: F401
 
 
+def warm_inventory(job) -> None:
+    """Before a collection job's work horse is forked: parse its inventory here, in the worker, unless this
+    worker still holds it unchanged (``jobs.collect.inventory.open_inventory`` reuses it), so every horse
+    starts with it parsed instead of parsing it again per batch (2 CPU-s for 1,000 hosts). A failure is left
+    for the job itself to report."""
+    from jobs.tasks import collect_batch
+
+    if job.func_name != f"{collect_batch.__module__}.{collect_batch.__name__}" or len(job.args) < 3:
+        return
+    from jobs.collect.inventory import open_inventory
+    from jobs.settings import Settings
+
+    try:
+        open_inventory(job.args[2], Settings.load())
+    except Exception:  # noqa: BLE001 - the job reports it, naming the inventory
+        pass
+
+
 class DeviceVaultWorker(Worker):
     """RQ's forking worker; its work horse is killed with it (see the module docstring), and starts with
     the jobs' imports done (:func:`preload`)."""
@@ -55,6 +73,7 @@ class DeviceVaultWorker(Worker):
 
     def fork_work_horse(self, job, queue):
         self._devicevault_parent = os.getpid()
+        warm_inventory(job)
         return super().fork_work_horse(job, queue)
 
     def main_work_horse(self, job, queue):

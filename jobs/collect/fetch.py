@@ -117,6 +117,19 @@ def _extravars(settings: Settings, results: Path) -> dict[str, str | int]:
     return found
 
 
+def _batch_inventory(inventory: Path | str, hosts: list[str], settings: Settings, directory: Path) -> Path:
+    """The inventory the batch's ansible-playbook reads: just the batch's hosts, written from the inventory
+    this process parsed (``jobs.collect.inventory.write_batch_inventory``), or the whole one where that
+    cannot be done (then ansible-playbook also reports what is wrong with it)."""
+    from jobs.collect.inventory import open_inventory, write_batch_inventory
+
+    try:
+        written = write_batch_inventory(open_inventory(inventory, settings), hosts, directory)
+    except errors.InventoryError:
+        written = None
+    return written or Path(inventory).absolute()
+
+
 def fetch_configs(
     hosts: Iterable[str],
     *,
@@ -156,7 +169,7 @@ def fetch_configs(
             private_data_dir=str(workdir),
             project_dir=str(PLAYBOOKS_DIR),
             playbook="backup.yml",
-            inventory=str(Path(inventory).absolute()),
+            inventory=str(_batch_inventory(inventory, hosts, settings, workdir / "inventory")),
             limit=",".join(hosts),
             forks=min(settings.forks, len(hosts)),
             extravars=_extravars(settings, results),
