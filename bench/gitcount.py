@@ -189,7 +189,7 @@ class Tree:
 
 def _storage_jobs(redis_url: str) -> set[str]:
     from redis import Redis
-    from rq import Queue
+    from jobs.queues import Queue
 
     with Redis.from_url(redis_url) as redis:
         queue = Queue("storage.git", connection=redis)
@@ -322,7 +322,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         print(f"{args.devices} {args.platform} devices, batches of {args.batch_size}, work in {workdir}", flush=True)
         for db, (label, root) in enumerate(trees, start=1):
-            url = f"redis://127.0.0.1:{redis.port}/{db}"
+            url = redis.url.rsplit("/", 1)[0] + f"/{db}"
             results.append(measure(label.split()[0], root, workdir, counter, url, inventory, lab_state, hosts,
                                    args.batch_size))
             results[-1].label = label

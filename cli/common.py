@@ -38,7 +38,7 @@ def index_sessions(settings: Settings):
     """The index's session factory."""
     from storage.index.db import connect
 
-    return connect(settings.database_url)
+    return connect(settings.database_url, settings.index_wait)
 
 
 def daemon_logging(settings: Settings) -> None:
@@ -75,6 +75,58 @@ class Fail(click.ClickException):
     """A clear one-line error (no traceback)."""
 
 
+def _first_line(exc: BaseException) -> str:
+    text = " ".join(str(exc).split("\n")[0].split()) or type(exc).__name__
+    return text if len(text) <= 300 else text[:299] + "…"
+
+
+def _setting(name: str, default: str) -> str:
+    """A setting for an error message, even when the settings cannot be loaded (a bad value elsewhere)."""
+    import os
+
+    try:
+        return getattr(Settings.load(), name)
+    except Exception:  # noqa: BLE001 - the message still names the variable
+        return os.environ.get(f"DEVICEVAULT_{name.upper()}") or default
+
+
+def operational_error(exc: BaseException) -> str | None:
+    """One line naming what failed and where (the URL without its password, the variable) for the errors
+    an operator meets (Redis or the index down or locked, a missing database driver, a bad setting, a busy
+    address), or None for anything else (a bug keeps its traceback)."""
+    from redis.exceptions import AuthenticationError, BusyLoadingError, RedisError, ResponseError
+    from redis.exceptions import ConnectionError as RedisConnectionError, TimeoutError as RedisTimeout
+    from sqlalchemy.exc import NoSuchModuleError, OperationalError
+
+    from jobs.settings import SettingsError, redact_url
+
+    if isinstance(exc, (Fail, click.exceptions.Exit, click.exceptions.Abort)):
+        return None
+    if isinstance(exc, SettingsError):
+        return str(exc)
+    if isinstance(exc, RedisError):
+        url = redact_url(_setting("redis_url", "redis://127.0.0.1:6379/0"))
+        auth = isinstance(exc, AuthenticationError) or (
+            isinstance(exc, ResponseError) and str(exc).startswith(("NOAUTH", "WRONGPASS", "AUTH")))
+        if auth:
+            return (f"Redis at {url} refused DeviceVault's credentials (DEVICEVAULT_REDIS_URL, or the password file "
+                    f"DEVICEVAULT_REDIS_PASSWORD_FILE): {_first_line(exc)}")
+        if isinstance(exc, (RedisConnectionError, RedisTimeout, BusyLoadingError)):
+            return f"Redis is not reachable at {url} (DEVICEVAULT_REDIS_URL): {_first_line(exc)}"
+        return None
+    database = lambda: redact_url(_setting("database_url", "sqlite:///./var/index.sqlite"))  # noqa: E731
+    missing = getattr(exc, "name", None) if isinstance(exc, ModuleNotFoundError) else None
+    if isinstance(exc, NoSuchModuleError) or missing in ("psycopg", "psycopg2", "pymysql", "MySQLdb", "asyncpg"):
+        hint = " (pip install 'psycopg[binary]')" if "postgres" in database() or missing == "psycopg" else ""
+        return (f"the index database driver is not installed for {database()} (DEVICEVAULT_DATABASE_URL): "
+                f"{_first_line(exc)}{hint}")
+    if isinstance(exc, OperationalError):
+        detail = _first_line(getattr(exc, "orig", None) or exc)
+        what = "is locked by another process" if "locked" in detail else "cannot be used"
+        return f"the index at {database()} (DEVICEVAULT_DATABASE_URL) {what}: {detail}"
+    return None
+
+
 def guard(fn):
     """The command's expected errors (backup, lookup, storage, OS) as one clear line instead of a traceback."""
     from storage.errors import StorageError
@@ -85,6 +137,20 @@ def guard(fn):
         try:
             return fn(*args, **kwargs)
         except (BackupError, NotFound, StorageError, OSError) as exc:
-            raise Fail(str(exc)) from exc
+            raise Fail(operational_error(exc) or str(exc)) from exc
 
     return wrapper
+
+
+class Main(click.Group):
+    """The ``devicevault`` command group: an operational error of any command (:func:`operational_error`)
+    is one line on stderr and exit status 1; with ``--debug``, its traceback."""
+
+    def invoke(self, ctx: click.Context):
+        try:
+            return super().invoke(ctx)
+        except Exception as exc:  # noqa: BLE001 - one line for what an operator meets, the rest as it was
+            line = None if ctx.meta.get("devicevault.debug") else operational_error(exc)
+            if line is None:
+                raise
+            raise Fail(line) from exc

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from jobs.settings import Settings
 
-from .services import Process, RedisServer, port_open, redis_address
+from .services import Process, RedisServer, ensure_redis, port_open, redis_address
 
 
 def _pidfile(settings: Settings, name: str) -> Path:
@@ -33,12 +33,7 @@ def start_services(settings: Settings, echo=print, portal_port: int = 8501) -> N
     """Start what the demo runs (what already runs is kept); ``portal_port`` 0: no portal."""
     from lab import commands as lab
 
-    host, port = redis_address(settings.redis_url)
-    if not port_open(host, port):
-        RedisServer(settings.home / "redis", port, host).start()
-        echo(f"redis-server started on {host}:{port} (data in {settings.home / 'redis'})")
-    else:
-        echo(f"using the redis-server at {host}:{port}")
+    ensure_redis(settings, echo)
     pid = lab.up(settings.inventory, settings.home / "lab", daemon=True)
     echo(f"lab up (pid {pid}): devices from {settings.inventory}")
     for name, args in (("worker-1", ["worker", "--name", f"demo-worker-1-{os.getpid()}"]),
@@ -90,6 +85,6 @@ def stop_services(settings: Settings, echo=print) -> None:
     echo("lab stopped")
     redis_dir = settings.home / "redis"
     if (redis_dir / "redis.pid").exists():
-        host, port = redis_address(settings.redis_url)
-        RedisServer(redis_dir, port, host).stop()
+        _, port = redis_address(settings.redis_url)
+        RedisServer(redis_dir, port, settings.redis_bind).stop()
         echo("redis-server stopped")

@@ -21,7 +21,7 @@ from jobs.settings import Settings
 from jobs.streams.results import DeviceStatus
 from storage.index.models import CopyStatus
 
-from .common import (Fail, daemon_logging, emit, guard, index_sessions, load_settings, redis_client,
+from .common import (Fail, Main, daemon_logging, emit, guard, index_sessions, load_settings, redis_client,
                      storage_layout, table)
 from .operations import hygiene, status, up
 from .portal import portal, users
@@ -31,10 +31,13 @@ from .streams import dlq
 os.environ.setdefault("LC_ALL", "C.UTF-8")
 
 
-@click.group()
+@click.group(cls=Main)
 @click.option("-v", "--verbose", count=True, help="More log output (-vv for debug).")
-def main(verbose: int) -> None:
+@click.option("--debug", is_flag=True, help="Show the traceback of an error instead of its one line.")
+@click.pass_context
+def main(ctx: click.Context, verbose: int, debug: bool) -> None:
     """DeviceVault: network configuration backups driven by Ansible."""
+    ctx.meta["devicevault.debug"] = debug
     level = logging.WARNING - 10 * verbose
     logging.basicConfig(level=max(level, logging.DEBUG), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
@@ -199,13 +202,13 @@ def worker(queues, groups, burst, name) -> None:
     the same Redis). A worker serving storage queues also hands copies that are due again (retries with
     backoff, or whose job was lost) to new storage jobs, every DEVICEVAULT_RETRY_POLL seconds.
     """
-    from rq import Queue
-
+    from jobs.queues import Queue
     from jobs.worker import DeviceVaultWorker
 
     settings = load_settings()
-    daemon_logging(settings)
     redis = redis_client(settings, blocking=True)
+    redis.ping()  # Redis down: one line (cli.common.operational_error) before anything starts
+    daemon_logging(settings)
     layout = storage_layout(settings)
     names = list(queues) + [settings.collector_queue_for(g) for g in groups]
     if not names:
@@ -253,11 +256,13 @@ def consumer(name, idle_exit, claim_idle, max_deliveries, crash_after_commit) ->
     from jobs.streams.consumer import Consumer
 
     settings = load_settings()
+    redis = redis_client(settings, blocking=True)
+    redis.ping()  # Redis down: one line (cli.common.operational_error) before the index is opened
     daemon_logging(settings)
     stopping = []
     signal.signal(signal.SIGTERM, lambda *_: stopping.append(1))
     c = Consumer(
-        redis_client(settings, blocking=True),
+        redis,
         index_sessions(settings),
         name=name,
         claim_idle_ms=int(claim_idle * 1000),
@@ -289,6 +294,7 @@ def demo(stop, timeout, portal_port) -> None:
         stop_services(settings, echo=click.echo)
         return
     start_services(settings, echo=click.echo, portal_port=portal_port)
+    settings = load_settings()  # with the password of the Redis it may have started
     started = start_backup(redis_client(settings), settings, requested_by="demo")
     click.echo(f"backing up {len(started.hosts)} devices (run {started.run_id})")
     rows = wait_for_run(settings, started.run_id, len(started.hosts), timeout)
@@ -340,9 +346,10 @@ def runs(as_json, limit) -> None:
 @guard
 def run(run_id, as_json) -> None:
     """Per-device results of one run."""
-    from storage.index.queries import run_results
+    from storage.index.queries import get_run, run_results
 
     with index_sessions(load_settings())() as session:
+        get_run(session, run_id)  # an unknown run: one line, exit 1
         rows = run_results(session, run_id)
     emit(rows, ["device", "platform", "status", "duration", "error"], as_json)
 
@@ -488,11 +495,13 @@ def pending(as_json) -> None:
     from storage.index.queries import pending_copies
 
     settings = load_settings()
+    redis = redis_client(settings)
+    redis.ping()  # Redis down: one line before any output
     with index_sessions(settings)() as session:
         rows = pending_copies(session)
     emit(rows, ["device", "target", "sha256", "attempts", "next_attempt", "error"], as_json)
     if not as_json:
-        counts = waiting(redis_client(settings), storage_layout(settings).all_targets())
+        counts = waiting(redis, storage_layout(settings).all_targets())
         click.echo("in the outbox: " + ", ".join(f"{t} {n}" for t, n in counts.items()))
 
 

@@ -26,6 +26,8 @@ def status(as_json) -> None:
     from jobs.ops.status import gather_status
 
     data = gather_status(Settings.load())
+    for warning in data["warnings"]:
+        click.echo(f"warning: {warning}", err=True)
     if as_json:
         click.echo(json.dumps(data, indent=2, default=str))
         return
@@ -60,7 +62,9 @@ def hygiene(as_json, grace) -> None:
     from jobs.ops.maintenance import run_maintenance
 
     settings = Settings.load()
-    report = run_maintenance(Redis.from_url(settings.redis_url), settings, grace=grace)
+    redis = Redis.from_url(settings.redis_url)
+    redis.ping()  # Redis down: one line (cli.common), not one logged traceback per step
+    report = run_maintenance(redis, settings, grace=grace)
     data = {
         "hygiene": [f.as_dict() for f in report["hygiene"]],
         "stale": [s.device for s in report["stale"]],
@@ -91,7 +95,7 @@ def up(workers, portal, portal_port) -> None:
     scheduler, the index consumer and the portal. Ctrl-C (or SIGTERM) stops them all cleanly."""
     from jobs.settings import PORTAL_APP
 
-    from .services import Process, RedisServer, port_open, redis_address
+    from .services import Process, ensure_redis
 
     settings = Settings.load()
     from jobs.logs import configure_logging
@@ -99,11 +103,7 @@ def up(workers, portal, portal_port) -> None:
     configure_logging(settings)
     logs = settings.home / "logs"
     started: list[tuple[str, Process]] = []
-    redis_server = None
-    host, port = redis_address(settings.redis_url)
-    if not port_open(host, port):
-        redis_server = RedisServer(settings.home / "redis", port, host).start()
-        log.info("redis-server started on %s:%s", host, port)
+    redis_server = ensure_redis(settings, lambda line: click.echo(line, err=True))
     plan = [(f"worker-{i}", ["worker", "--name", f"{os.uname().nodename}-worker-{i}-{os.getpid()}"])
             for i in range(1, workers + 1)]
     plan += [("scheduler", ["scheduler"]), ("consumer", ["consumer"])]

@@ -140,7 +140,10 @@ class ScheduleScheduler(Scheduler):
     """
 
     def __init__(self, connection, settings, sessions, *, interval: float = 5, name: str | None = None):
-        super().__init__(queue_name=settings.collector_queue, interval=interval, connection=connection, name=name)
+        from jobs.queues import Job, Queue  # JSON jobs (rq-scheduler takes the classes, not a serializer)
+
+        super().__init__(queue_name=settings.collector_queue, interval=interval, connection=connection, name=name,
+                         job_class=Job, queue_class=Queue)
         self.settings = settings
         self.sessions = sessions
         self._stopping = threading.Event()
@@ -255,6 +258,7 @@ def _maintenance_loop(settings, interval: float, stopping: threading.Event) -> N
 def scheduler(interval: float, maintenance_interval: float, name: str | None) -> None:
     """Fire the schedules (devicevault schedule ...) and run periodic maintenance. Stop with SIGTERM/SIGINT."""
     settings = load_settings()
+    redis_client(settings).ping()  # Redis down: one line (cli.common.operational_error) before anything starts
     daemon_logging(settings)
     for logger in (log, logging.getLogger("rq_scheduler"), logging.getLogger("devicevault")):
         if logger.getEffectiveLevel() > logging.INFO:

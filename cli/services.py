@@ -6,6 +6,7 @@ Used by ``devicevault demo`` and by the test suite (which starts them once per s
 from __future__ import annotations
 
 import os
+import secrets
 import shutil
 import signal
 import socket
@@ -14,7 +15,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from urllib.parse import urlparse
+from urllib.parse import quote, urlparse
 
 from jobs.settings import SOURCE_ROOT
 
@@ -37,33 +38,70 @@ def port_open(host: str, port: int, timeout: float = 0.3) -> bool:
         return False
 
 
+def redis_password(path: Path) -> str:
+    """The password of the Redis DeviceVault starts: read from ``path``, or generated once and written there
+    with mode 0600 (never printed; ``jobs.settings`` puts it into the Redis URL)."""
+    try:
+        return path.read_text().strip()
+    except FileNotFoundError:
+        pass
+    path.parent.mkdir(parents=True, exist_ok=True)
+    password = secrets.token_urlsafe(32)
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:  # another process wrote it meanwhile
+        return path.read_text().strip()
+    with os.fdopen(fd, "w") as out:
+        out.write(password + "\n")
+    return password
+
+
 @dataclass
 class RedisServer:
-    """A real ``redis-server`` (Debian's package) with its data in ``directory``."""
+    """A real ``redis-server`` (Debian's package) with its data in ``directory``, locked down: it requires
+    the password of ``password_file`` (default ``<directory>/password``, created once, mode 0600), listens on
+    ``host`` only (loopback unless told otherwise) and keeps an append-only file. The password reaches
+    redis-server through a configuration file of mode 0600, never the command line (``ps`` shows that)."""
 
     directory: Path
     port: int
     host: str = "127.0.0.1"
+    password_file: Path | None = None
+
+    @property
+    def password(self) -> str:
+        return redis_password(self.password_file or self.directory / "password")
 
     @property
     def url(self) -> str:
+        """The URL to connect with (holds the password: never print it; :attr:`shown_url` is for people)."""
+        return f"redis://:{quote(self.password, safe='')}@{self.host}:{self.port}/0"
+
+    @property
+    def shown_url(self) -> str:
         return f"redis://{self.host}:{self.port}/0"
 
     @property
     def pidfile(self) -> Path:
         return self.directory / "redis.pid"
 
+    def _config(self) -> Path:
+        config = self.directory / "redis.conf"
+        lines = [f"port {self.port}", f"bind {self.host}", f"dir {self.directory}", "daemonize yes",
+                 "appendonly yes", "appendfsync everysec", 'save ""', f"pidfile {self.pidfile}",
+                 f"logfile {self.directory / 'redis.log'}", f'requirepass "{self.password}"']
+        fd = os.open(config, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        os.fchmod(fd, 0o600)
+        with os.fdopen(fd, "w") as out:
+            out.write("\n".join(lines) + "\n")
+        return config
+
     def start(self, timeout: float = 20) -> "RedisServer":
         binary = shutil.which("redis-server")
         if binary is None:
             raise ServiceError("redis-server is not installed (Debian: apt-get install -y redis-server)")
         self.directory.mkdir(parents=True, exist_ok=True)
-        subprocess.run(
-            [binary, "--port", str(self.port), "--bind", self.host, "--dir", str(self.directory),
-             "--daemonize", "yes", "--appendonly", "yes", "--save", "", "--pidfile", str(self.pidfile),
-             "--logfile", str(self.directory / "redis.log")],
-            check=True,
-        )
+        subprocess.run([binary, str(self._config())], check=True)
         deadline = time.monotonic() + timeout
         while not port_open(self.host, self.port):
             if time.monotonic() > deadline:
@@ -88,6 +126,36 @@ class RedisServer:
 def redis_address(url: str) -> tuple[str, int]:
     parsed = urlparse(url)
     return parsed.hostname or "127.0.0.1", parsed.port or 6379
+
+
+def _listens_on(bind: str, host: str) -> bool:
+    """Whether a server bound to ``bind`` answers at ``host``."""
+    return host == bind or bind in ("0.0.0.0", "::") or (host == "localhost" and bind in ("127.0.0.1", "::1"))
+
+
+def ensure_redis(settings, echo=print) -> RedisServer | None:
+    """The Redis of ``settings.redis_url``: a redis-server that answers there is used (with a warning when it
+    keeps no append-only file or takes connections without a password); otherwise one is started, locked
+    down (:class:`RedisServer`), on ``DEVICEVAULT_REDIS_BIND`` and returned. Settings loaded before this
+    call may lack the new password: load them again."""
+    from jobs.ops.status import redis_warnings
+    from jobs.settings import redact_url
+
+    host, port = redis_address(settings.redis_url)
+    if port_open(host, port):
+        echo(f"using the redis-server at {redact_url(settings.redis_url)}")
+        for warning in redis_warnings(settings.redis_url):
+            echo(f"warning: {warning}")
+        return None
+    if not _listens_on(settings.redis_bind, host):
+        raise ServiceError(f"DEVICEVAULT_REDIS_URL names {host}, but the redis-server DeviceVault starts listens "
+                           f"on DEVICEVAULT_REDIS_BIND={settings.redis_bind}; set DEVICEVAULT_REDIS_BIND={host} "
+                           "to listen there (clients then need its password)")
+    server = RedisServer(settings.home / "redis", port, settings.redis_bind,
+                         password_file=settings.redis_password_file).start()
+    echo(f"redis-server started at {server.shown_url} (password in {server.password_file or server.directory / 'password'}, "
+         f"data in {server.directory})")
+    return server
 
 
 @dataclass

@@ -9,7 +9,17 @@ field                         environment variable             default
 ============================  ==============================  ===============================================
 home                          DEVICEVAULT_HOME                 ``./var`` (relative to the working directory)
 database_url                  DEVICEVAULT_DATABASE_URL         ``sqlite:///<home>/index.sqlite``
-redis_url                     DEVICEVAULT_REDIS_URL            ``redis://127.0.0.1:6379/0``
+index_wait                    DEVICEVAULT_INDEX_WAIT           ``30`` seconds to wait for a locked index (SQLite) or
+                                                               a database server that does not answer, before
+                                                               the error
+redis_url                     DEVICEVAULT_REDIS_URL            ``redis://127.0.0.1:6379/0``; without a password in it,
+                                                               the one in ``redis_password_file`` (when that file
+                                                               exists) is added: ``redis://:<password>@...``
+redis_password_file           DEVICEVAULT_REDIS_PASSWORD_FILE  ``<home>/redis/password``: the password of the Redis
+                                                               DeviceVault starts (``up``, ``demo``), generated once,
+                                                               mode 0600 (secret; never printed)
+redis_bind                    DEVICEVAULT_REDIS_BIND           ``127.0.0.1``: the address the Redis DeviceVault starts
+                                                               listens on
 inventory                     DEVICEVAULT_INVENTORY            ``<data>/inventories/lab`` (the lab; ``<data>``:
                                                                ``jobs.settings.DATA_DIR``)
 targets                       DEVICEVAULT_TARGETS              ``git,fs`` (storage backends, comma separated)
@@ -73,6 +83,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import re
+from urllib.parse import quote
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -171,6 +182,28 @@ def _vault_password_file(value: Any) -> str | None:
     return ",".join(str(path) if label == "default" else f"{label}@{path}" for label, path in ids) or None
 
 
+def _number(kind: type, name: str, value: Any) -> Any:
+    """``int(value)`` or ``float(value)``; a value that is not one names its variable."""
+    try:
+        return kind(str(value).strip())
+    except ValueError:
+        what = "a whole number" if kind is int else "a number"
+        raise SettingsError(f"DEVICEVAULT_{name.upper()}={value!r}: must be {what}") from None
+
+
+def _with_password(url: str, password_file: Path) -> str:
+    """``url`` with the password of ``password_file`` when it names none and the file exists (the Redis that
+    ``devicevault up``/``demo`` started); ``redis://`` and ``rediss://`` URLs only."""
+    m = re.match(r"(?P<scheme>rediss?://)(?P<rest>.*)\Z", url, re.I | re.S)
+    if m is None or "@" in m["rest"].split("/", 1)[0]:
+        return url
+    try:
+        password = password_file.read_text().strip()
+    except OSError:
+        return url
+    return f"{m['scheme']}:{quote(password, safe='')}@{m['rest']}" if password else url
+
+
 def _at_least(minimum: int, name: str, value: Any) -> int:
     """A whole number >= ``minimum``: hosts per batch and forks need 1 (0 would enqueue empty jobs, a negative
     one nothing); 0 fetch processes means "decided by the fetch"."""
@@ -223,6 +256,9 @@ class Settings:
     log_format: str = "json"
     users_file: Path | None = None
     fetch_processes: int = 0
+    redis_password_file: Path | None = None
+    redis_bind: str = "127.0.0.1"
+    index_wait: float = 30.0
     inventory_reuse: float = 300.0
     #: vault password files, ``[label@]path`` comma separated (absolute paths; see :meth:`vault_ids`)
     vault_password_file: str | None = None
@@ -244,19 +280,23 @@ class Settings:
             return default if value in (None, "") else value
 
         home = Path(pick("home", Path.cwd() / "var")).absolute()
+        redis_password_file = Path(pick("redis_password_file", home / "redis" / "password")).absolute()
         targets = pick("targets", "git,fs")
         return cls(
             home=home,
             database_url=str(pick("database_url", f"sqlite:///{home / 'index.sqlite'}")),
-            redis_url=str(pick("redis_url", "redis://127.0.0.1:6379/0")),
+            redis_url=_with_password(str(pick("redis_url", "redis://127.0.0.1:6379/0")), redis_password_file),
             inventory=Path(pick("inventory", LAB_INVENTORY)).absolute(),
             targets=tuple(_split(targets) if isinstance(targets, str) else targets),
-            device_timeout=int(pick("device_timeout", 30)),
-            job_timeout=int(pick("job_timeout", 900)),
-            lock_margin=int(pick("lock_margin", 60)),
+            device_timeout=_number(int, "device_timeout", pick("device_timeout", 30)),
+            job_timeout=_number(int, "job_timeout", pick("job_timeout", 900)),
+            lock_margin=_number(int, "lock_margin", pick("lock_margin", 60)),
             batch_size=_at_least(1, "batch_size", pick("batch_size", 50)),
             forks=_at_least(1, "forks", pick("forks", 50)),
             fetch_processes=_at_least(0, "fetch_processes", pick("fetch_processes", 0)),
+            redis_password_file=redis_password_file,
+            redis_bind=str(pick("redis_bind", "127.0.0.1")),
+            index_wait=_number(float, "index_wait", pick("index_wait", 30.0)),
             collector_queue=str(pick("collector_queue", "collector")),
             storage_queue=str(pick("storage_queue", "storage")),
             storage_config=_storage_config(pick("storage_config", None), home),
@@ -265,12 +305,12 @@ class Settings:
                 for kind in backend_types() for s in kind.settings),
             encryption_keys=pick("encryption_keys", None),
             encryption_key_id=pick("encryption_key_id", None),
-            retry_base=float(pick("retry_base", 30.0)),
-            retry_max=float(pick("retry_max", 3600.0)),
-            retry_poll=float(pick("retry_poll", 5.0)),
-            collect_retries=int(pick("collect_retries", 2)),
-            collect_retry_base=float(pick("collect_retry_base", 30.0)),
-            max_age=float(pick("max_age", 24.0)),
+            retry_base=_number(float, "retry_base", pick("retry_base", 30.0)),
+            retry_max=_number(float, "retry_max", pick("retry_max", 3600.0)),
+            retry_poll=_number(float, "retry_poll", pick("retry_poll", 5.0)),
+            collect_retries=_number(int, "collect_retries", pick("collect_retries", 2)),
+            collect_retry_base=_number(float, "collect_retry_base", pick("collect_retry_base", 30.0)),
+            max_age=_number(float, "max_age", pick("max_age", 24.0)),
             log_format=str(pick("log_format", "json")),
             users_file=Path(pick("users_file", home / "users.yml")).absolute(),
             inventory_reuse=_seconds("inventory_reuse", pick("inventory_reuse", 300.0)),

@@ -9,12 +9,13 @@ from __future__ import annotations
 from datetime import timedelta
 
 from redis import Redis
-from rq import Queue, get_current_job
+from rq import get_current_job
 
 from jobs.collect.collector import collect
 from jobs.deliver.locations import StorageLayout
 from jobs.settings import Settings
 from jobs.deliver.store import store_to_target
+from jobs.queues import Queue
 
 
 def _connection():
@@ -58,7 +59,7 @@ def collect_batch(run_id: str, hosts: list[str], inventory: str, attempt: int = 
 
     results = collect(redis, settings, run_id, hosts, inventory=inventory, layout=layout, attempt=attempt,
                       retry=retry, owner=job.id)
-    return {r.device: r.status.value for r in results}
+    return {str(r.device): str(r.status.value) for r in results}  # JSON: plain str keys and values
 
 
 def store_batch(target: str, item_ids: list[str]) -> dict[str, str]:
@@ -66,4 +67,4 @@ def store_batch(target: str, item_ids: list[str]) -> dict[str, str]:
     redis = _connection()
     settings = Settings.load()
     outcomes = store_to_target(redis, settings, StorageLayout.load(settings), target, item_ids)
-    return {o.device: o.status.value for o in outcomes}
+    return {str(o.device): str(o.status.value) for o in outcomes}

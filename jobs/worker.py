@@ -17,7 +17,7 @@ import ctypes.util
 import os
 import signal
 
-from rq import Worker
+from jobs.queues import Worker
 
 PR_SET_PDEATHSIG = 1
 #: the C library, found once (``find_library`` runs ``ldconfig``: a process per work horse otherwise)
@@ -64,8 +64,8 @@ def warm_inventory(job) -> None:
 
 
 class DeviceVaultWorker(Worker):
-    """RQ's forking worker; its work horse is killed with it (see the module docstring), and starts with
-    the jobs' imports done (:func:`preload`)."""
+    """RQ's forking worker with JSON jobs (``jobs.queues``); its work horse is killed with it (see the module
+    docstring), and starts with the jobs' imports done (:func:`preload`)."""
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)

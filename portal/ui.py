@@ -39,7 +39,8 @@ def sessions(s: Settings | None = None):
     """A session factory for the index (engine and migrations once per process)."""
     from storage.index.db import connect
 
-    return connect((s or settings()).database_url)
+    s = s or settings()
+    return connect(s.database_url, s.index_wait)
 
 
 def layout(s: Settings | None = None):

@@ -80,7 +80,7 @@ def _events(dv) -> list[dict[str, str]]:
 
 def _storage_job_ids(dv) -> set[str]:
     """Every storage job RQ still knows of (queued, running, finished or failed)."""
-    from rq import Queue
+    from jobs.queues import Queue
 
     ids: set[str] = set()
     for name in ("storage.git", "storage.fs"):

@@ -4,9 +4,10 @@ each of its devices a ``failed`` result, checked against the inventory its run w
 from __future__ import annotations
 
 from redis import Redis
-from rq import Queue, SimpleWorker
+from rq import SimpleWorker
 
 from jobs.ops.hygiene import check_queues
+from jobs.queues import SERIALIZER, Job, Queue
 from jobs.settings import Settings
 from jobs.streams.results import DEVICE_RESULTS_STREAM, DeviceResult, DeviceStatus, parse
 
@@ -18,7 +19,7 @@ def test_a_collection_job_failed_for_good_reports_its_devices_with_their_runs_in
     queue = Queue(settings.collector_queue, connection=redis)
     job = queue.enqueue("builtins.int", "not a number",  # fails for good: no retry left
                         meta={"run_id": "r1", "hosts": ["a", "b"], "inventory": "/srv/other-inventory"})
-    SimpleWorker([queue], connection=redis).work(burst=True)
+    SimpleWorker([queue], connection=redis, job_class=Job, queue_class=Queue, serializer=SERIALIZER).work(burst=True)
     assert job.id in queue.failed_job_registry.get_job_ids()
 
     findings = check_queues(redis, settings, grace=0)

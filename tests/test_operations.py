@@ -94,8 +94,8 @@ def _wait_run(ops, run_id: str, timeout: float = 120) -> list[dict]:
 
 
 def test_each_collection_group_is_collected_only_by_its_own_worker(ops):
-    from rq import Queue
-    from rq.job import Job
+    from jobs.queues import Queue
+    from jobs.queues import Job
 
     results = _results(ops)
     assert {r["status"] for r in results.values()} == {"changed"}, results
@@ -128,7 +128,7 @@ def test_transient_failures_are_retried_and_permanent_ones_say_so(ops):
 
 def test_a_killed_worker_is_retried_without_duplicate_versions_and_its_locks_go(ops):
     from lab.control import LabControl
-    from rq import Queue
+    from jobs.queues import Queue
 
     lab = LabControl(ops.home / "lab")
     for host in AMS:
@@ -261,7 +261,7 @@ def test_worker_logs_are_json_lines_without_credentials(ops):
 
 def test_up_runs_worker_scheduler_and_consumer_and_stops_on_ctrl_c(ops, tmp_path):
     from redis import Redis
-    from rq import Worker
+    from jobs.queues import Worker
 
     url = ops.settings.redis_url.rsplit("/", 1)[0] + "/9"
     env = {**os.environ, "DEVICEVAULT_HOME": str(tmp_path), "DEVICEVAULT_REDIS_URL": url,

@@ -502,7 +502,7 @@ def test_a_viewer_cannot_trigger_a_run(portal_env):
 
 def test_an_operator_triggers_a_backup_of_one_device(portal_env, redis_server):
     from redis import Redis
-    from rq import Queue
+    from jobs.queues import Queue
     from sqlalchemy import select
 
     from jobs.streams.consumer import Consumer

@@ -8,10 +8,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from redis import Redis
-from rq import Queue, Retry
+from rq import Retry
 
 from jobs.collect.inventory import load_inventory, select_hosts
 from jobs.deliver.locations import StorageConfigError, StorageLayout
+from jobs.queues import Queue
 from jobs.settings import Settings
 from jobs import tasks
 from jobs.streams.results import DEVICE_RESULTS_STREAM, RunStarted, run_task_id, utcnow

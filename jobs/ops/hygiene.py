@@ -22,13 +22,12 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from redis import Redis
-from rq import Queue, Worker
 from rq.exceptions import NoSuchJobError
-from rq.job import Job, JobStatus
-from rq.registry import FailedJobRegistry
+from rq.job import JobStatus
 
 from jobs.collect.collector import device_task_id, publish
 from jobs.errors import CollectionFailed
+from jobs.queues import Job, Queue, Worker
 from jobs.redact import Redactor
 from jobs.streams.results import DeviceResult, DeviceStatus, utcnow
 from jobs.settings import Settings
@@ -94,7 +93,6 @@ def _expire_jobs_of_dead_local_workers(queue: Queue) -> None:
     process group) are all gone is abandoned now, not only when its heartbeat expires (about a minute and
     a half later). Workers on other hosts are left to the heartbeat."""
     started = queue.started_job_registry
-    here = socket.gethostname()
     for entry in queue.connection.zrange(started.key, 0, -1):
         entry = entry.decode()
         job_id = entry.split(":", 1)[0]
@@ -106,11 +104,21 @@ def _expire_jobs_of_dead_local_workers(queue: Queue) -> None:
         if not worker_name:
             continue
         worker = Worker.find_by_key(Worker.redis_worker_namespace_prefix + worker_name, connection=queue.connection)
-        if worker is None or (worker.hostname == here and worker.pid and not _alive(worker.pid)
-                              and not _group_alive(worker.pid)):
+        if worker is None or worker_gone(worker):
             queue.connection.zadd(started.key, {entry: 1}, xx=True)  # RQ's cleanup now treats it as abandoned
             if worker is not None:
                 worker.register_death()
+
+
+def process_gone(pid: int) -> bool:
+    """Whether ``pid`` (on this host) and every process of its process group are gone."""
+    return not _alive(pid) and not _group_alive(pid)
+
+
+def worker_gone(worker) -> bool:
+    """Whether an RQ worker registered in Redis is dead: it ran on this host and its processes are all gone
+    (workers on other hosts are left to their heartbeat, whose key then expires)."""
+    return bool(worker.hostname == socket.gethostname() and worker.pid and process_gone(worker.pid))
 
 
 def _proc_stat(pid: int) -> tuple[str, int] | None:
@@ -164,7 +172,7 @@ def _orphaned(queue: Queue) -> list[Finding]:
         if reason:
             registry.remove(job)
             job.set_status(JobStatus.FAILED)
-            FailedJobRegistry(queue.name, connection=queue.connection).add(job, exc_string=f"queue hygiene: {reason}")
+            queue.failed_job_registry.add(job, exc_string=f"queue hygiene: {reason}")
             findings.append(Finding("orphaned", queue.name, job.id, "failed", reason))
     return findings
 

@@ -63,7 +63,7 @@ def run_maintenance(redis: Redis, settings: Settings, *, grace: float = 60.0) ->
         except Exception as exc:  # noqa: BLE001 - freshness of what the index knows still counts
             inventory = None
             report["errors"].append(f"freshness: inventory: {exc}")
-        report["stale"] = mark_stale(connect(settings.database_url), settings, inventory)
+        report["stale"] = mark_stale(connect(settings.database_url, settings.index_wait), settings, inventory)
     except Exception as exc:  # noqa: BLE001
         log.exception("freshness check failed")
         report["errors"].append(f"freshness: {exc}")
@@ -83,7 +83,7 @@ def run_maintenance(redis: Redis, settings: Settings, *, grace: float = 60.0) ->
             from jobs.deliver.locations import StorageLayout
             from jobs.deliver.retention import prune
 
-            report["pruned"] = prune(connect(settings.database_url), StorageLayout.load(settings))
+            report["pruned"] = prune(connect(settings.database_url, settings.index_wait), StorageLayout.load(settings))
     except Exception as exc:  # noqa: BLE001
         log.exception("retention failed")
         report["errors"].append(f"retention: {exc}")

@@ -239,7 +239,7 @@ def run_schedule(schedule_id: int) -> str | None:
     if job is None:
         raise RuntimeError("jobs.ops.schedules.run_schedule runs inside an RQ worker")
     settings = Settings.load()
-    Session = connect(settings.database_url)
+    Session = connect(settings.database_url, settings.index_wait)
     with Session() as session:
         schedule = session.get(Schedule, schedule_id)
         if schedule is None or not schedule.enabled:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+import time
 from functools import lru_cache
 from pathlib import Path
 
@@ -10,6 +12,7 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
 MIGRATIONS = Path(__file__).resolve().parent / "migrations"
+log = logging.getLogger(__name__)
 
 
 def _alembic_config(url: str):
@@ -54,28 +57,55 @@ def upgrade(url: str) -> None:
         command.upgrade(config, "head")
 
 
-def _engine(url: str) -> Engine:
+#: seconds a connection waits for a locked SQLite index, or retries a PostgreSQL server that does not answer
+#: (``DEVICEVAULT_INDEX_WAIT``); then the error is raised (the CLI makes it one line naming the index)
+DEFAULT_WAIT = 30.0
+
+
+def _engine(url: str, wait: float = DEFAULT_WAIT) -> Engine:
     if url.startswith("sqlite"):
-        engine = create_engine(url, connect_args={"timeout": 30})
+        engine = create_engine(url, connect_args={"timeout": wait})
 
         @event.listens_for(engine, "connect")
         def _sqlite_pragmas(dbapi_connection, _record):  # pragma: no cover - trivial
             cursor = dbapi_connection.cursor()
             cursor.execute("PRAGMA journal_mode=WAL")
             cursor.execute("PRAGMA foreign_keys=ON")
-            cursor.execute("PRAGMA busy_timeout=30000")
+            cursor.execute(f"PRAGMA busy_timeout={int(wait * 1000)}")
             cursor.close()
 
         return engine
-    return create_engine(url, pool_pre_ping=True)
+    engine = create_engine(url, pool_pre_ping=True)
+
+    @event.listens_for(engine, "do_connect")
+    def _retry_connect(dialect, _record, cargs, cparams):
+        """A server that does not answer (restarting, failing over) is tried again, for ``wait`` seconds."""
+        deadline = time.monotonic() + wait
+        delay = 0.2
+        while True:
+            try:
+                return dialect.loaded_dbapi.connect(*cargs, **cparams)
+            except dialect.loaded_dbapi.OperationalError as exc:
+                if time.monotonic() + delay > deadline:
+                    raise
+                log.warning("index %s does not answer (%s); trying again", engine.url.render_as_string(), exc)
+                time.sleep(delay)
+                delay = min(delay * 2, 5.0)
+
+    return engine
 
 
 @lru_cache(maxsize=8)
-def _migrated_engine(url: str) -> Engine:
+def _migrated_engine(url: str, wait: float = DEFAULT_WAIT) -> Engine:
+    engine = _engine(url, wait)
+    if not url.startswith("sqlite"):
+        engine.connect().close()  # wait for the server (bounded) before the migration's own connection
     upgrade(url)
-    return _engine(url)
+    return engine
 
 
-def connect(url: str) -> sessionmaker[Session]:
-    """A session factory for the index at ``url``, migrated to the newest schema on first use."""
-    return sessionmaker(bind=_migrated_engine(url), expire_on_commit=False)
+def connect(url: str, wait: float | None = None) -> sessionmaker[Session]:
+    """A session factory for the index at ``url``, migrated to the newest schema on first use; ``wait``:
+    seconds to wait for a locked or unreachable index (:data:`DEFAULT_WAIT`)."""
+    return sessionmaker(bind=_migrated_engine(url, DEFAULT_WAIT if wait is None else float(wait)),
+                        expire_on_commit=False)
