@@ -73,6 +73,26 @@ def endpoints(state_dir=None, inventory=None) -> list[tuple[str, str, int]]:
     return [(d.name, d.host, d.port) for d in load_inventory(inventory) if personality_for(d.network_os, platform=d.platform)]
 
 
+class AddressBusy(OSError):
+    """A lab device's address cannot be listened on; the message names the address, the device and the inventory."""
+
+    def __str__(self) -> str:
+        return self.strerror
+
+
+def check_addresses(inventory) -> None:
+    """Raise :class:`AddressBusy` for the first device of ``inventory`` whose address and port cannot be bound
+    (in use, or not an address of this machine), before any lab process starts."""
+    for name, addr, port in endpoints(None, inventory):
+        with socket.socket(socket.AF_INET6 if ":" in addr else socket.AF_INET) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                probe.bind((addr, port))
+            except OSError as exc:
+                raise AddressBusy(exc.errno, f"lab: cannot listen on {addr}:{port} for {name} (inventory {inventory}): "
+                                  f"{exc.strerror}") from None
+
+
 def _probe(addr: str, port: int) -> bool:
     try:
         with socket.create_connection((addr, port), timeout=1) as s:
@@ -125,6 +145,7 @@ def up(inventory, state_dir, daemon: bool = True, pidfile=None, timeout: float =
     old = read_pid(state_dir, pidfile)
     if old and old != os.getpid():
         raise RuntimeError(f"lab already running (pid {old}) for {state_dir}")
+    check_addresses(inventory)
     (state_dir / "ready.json").unlink(missing_ok=True)
     if not daemon:
         _setup_logging(state_dir, log_level)

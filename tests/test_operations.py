@@ -94,8 +94,7 @@ def _wait_run(ops, run_id: str, timeout: float = 120) -> list[dict]:
 
 
 def test_each_collection_group_is_collected_only_by_its_own_worker(ops):
-    from jobs.queues import Queue
-    from jobs.queues import Job
+    from jobs.queues import Job, Queue
 
     results = _results(ops)
     assert {r["status"] for r in results.values()} == {"changed"}, results

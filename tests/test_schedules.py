@@ -145,8 +145,7 @@ def test_migration_0003_downgrades_and_upgrades(tmp_path):
 
 # --- the scheduler's reconciliation ------------------------------------------------------------------------------
 def test_reconcile_follows_the_table_and_fires_due_jobs(redis_server, tmp_path, sessions):
-    from jobs.queues import Queue
-    from jobs.queues import Job
+    from jobs.queues import Job, Queue
 
     from cli.schedule import KNOWN_JOBS_KEY, ScheduleScheduler
     from jobs.settings import Settings
@@ -215,8 +214,7 @@ def offline(tmp_path_factory, redis_server):
 
 
 def test_run_schedule_starts_nothing_when_disabled_gone_already_ran_or_group_vanished(offline):
-    from jobs.queues import Queue
-    from jobs.queues import Job
+    from jobs.queues import Job, Queue
 
     from jobs.ops.schedules import run_schedule
 

@@ -189,8 +189,7 @@ def test_every_version_lands_on_every_target_of_its_location(vault):
             assert plain[key].decode() == text
     # the per-backend queues: every S3 copy was written by the S3-only worker, none of git/fs by it
     from redis import Redis
-    from jobs.queues import Queue
-    from jobs.queues import Job
+    from jobs.queues import Job, Queue
 
     redis = Redis.from_url(settings.redis_url)
     for queue, worker in (("storage.s3", vault.s3_worker), ("storage.git", vault.main_worker), ("storage.fs", vault.main_worker)):

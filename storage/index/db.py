@@ -14,6 +14,10 @@ from sqlalchemy.orm import Session, sessionmaker
 MIGRATIONS = Path(__file__).resolve().parent / "migrations"
 log = logging.getLogger(__name__)
 
+#: seconds a connection waits for a locked SQLite index, or retries a PostgreSQL server that does not answer
+#: (``DEVICEVAULT_INDEX_WAIT``); then the error is raised (the CLI makes it one line naming the index)
+DEFAULT_WAIT = 30.0
+
 
 def _alembic_config(url: str):
     from alembic.config import Config
@@ -24,7 +28,7 @@ def _alembic_config(url: str):
     return config
 
 
-def upgrade(url: str) -> None:
+def upgrade(url: str, wait: float | None = None) -> None:
     """Bring the database at ``url`` to the newest schema (creates it from nothing).
 
     Processes starting together (a worker, the consumer, a CLI command) migrate one at a time: SQLite
@@ -33,6 +37,8 @@ def upgrade(url: str) -> None:
     from alembic import command
 
     config = _alembic_config(url)
+    if url.startswith("sqlite"):
+        config.attributes["connect_args"] = {"timeout": DEFAULT_WAIT if wait is None else wait}
     if url.startswith("sqlite:///"):
         path = Path(url[len("sqlite:///"):])
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -55,11 +61,6 @@ def upgrade(url: str) -> None:
             engine.dispose()
     else:
         command.upgrade(config, "head")
-
-
-#: seconds a connection waits for a locked SQLite index, or retries a PostgreSQL server that does not answer
-#: (``DEVICEVAULT_INDEX_WAIT``); then the error is raised (the CLI makes it one line naming the index)
-DEFAULT_WAIT = 30.0
 
 
 def _engine(url: str, wait: float = DEFAULT_WAIT) -> Engine:
@@ -100,7 +101,7 @@ def _migrated_engine(url: str, wait: float = DEFAULT_WAIT) -> Engine:
     engine = _engine(url, wait)
     if not url.startswith("sqlite"):
         engine.connect().close()  # wait for the server (bounded) before the migration's own connection
-    upgrade(url)
+    upgrade(url, wait)
     return engine
 
 
