@@ -187,14 +187,16 @@ def _fingerprint(path: Path, settings: Settings) -> tuple:
     return tuple(found)
 
 
-def open_inventory(path: Path | str, settings: Settings | None = None) -> OpenInventory:
+def open_inventory(path: Path | str, settings: Settings | None = None, *, fresh_within: float | None = None
+                   ) -> OpenInventory:
     """Parse the inventory at ``path`` as ``ansible-playbook -i path`` would, with the settings' vault
     passwords. Raises :class:`InventoryError` naming the inventory and the cause.
 
     A process reuses what it parsed for up to ``settings.inventory_reuse`` seconds while no file of the
     inventory (nor a vault password file) changed (:func:`_fingerprint`): a worker parses a large inventory
     once (``jobs/worker.py`` does it before forking each collection job's work horse) instead of once per
-    batch. A dynamic inventory (NetBox, a script) is read again after that time at the latest."""
+    batch. A dynamic inventory (NetBox, a script) is read again after that time at the latest, or after
+    ``fresh_within`` seconds where the caller asks for a fresher one."""
     import time
 
     path = Path(path)
@@ -204,7 +206,8 @@ def open_inventory(path: Path | str, settings: Settings | None = None) -> OpenIn
     key = (str(path.absolute()), settings.vault_password_file or "")
     reused = _REUSED.get(key)
     fingerprint = _fingerprint(path, settings) if settings.inventory_reuse > 0 else ()
-    if reused and time.monotonic() - reused[0] < settings.inventory_reuse and reused[1] == fingerprint:
+    longest = settings.inventory_reuse if fresh_within is None else min(fresh_within, settings.inventory_reuse)
+    if reused and time.monotonic() - reused[0] < longest and reused[1] == fingerprint:
         return reused[2]
     _REUSED.pop(key, None)
     opened = _parse(path, settings)
@@ -274,6 +277,14 @@ def _parse(path: Path, settings: Settings) -> OpenInventory:
         raise InventoryError(f"{path}: no hosts found (malformed or empty inventory?)")
     return OpenInventory(manager, VariableManager(loader=loader, inventory=manager), loader, vaulted, inline,
                          source=path)
+
+
+def inventory_names(path: Path | str, settings: Settings | None = None, *, fresh_within: float | None = None
+                    ) -> set[str]:
+    """The names of the inventory's hosts (no host's variables are worked out). Raises :class:`InventoryError`."""
+    opened = open_inventory(path, settings, fresh_within=fresh_within)
+    with opened.lock:
+        return {host.name for host in opened.manager.get_hosts()}
 
 
 def _forget_vars_files() -> None:

@@ -78,50 +78,39 @@ class UnknownDevice(InventoryError):
 
 
 class InventoryCheck:
-    """Whether a device is in the Ansible inventory at ``path`` (read with :func:`jobs.collect.inventory.load_inventory`).
+    """Whether a device is in the Ansible inventory at ``path`` (its host names, from
+    :func:`jobs.collect.inventory.inventory_names`).
 
-    The host names are cached. A name that is missing makes the inventory be read again when its files
-    changed, or at most every ``min_reload`` seconds otherwise (dynamic inventories), so a device added to
-    the inventory is known to the next retry. An inventory that cannot be read at all rejects nothing: the
-    problem is logged and reading is tried again after ``min_reload`` seconds.
+    A name that is missing makes the inventory be asked again: the inventory reader parses it again when its
+    files changed, or when its last parse is older than ``min_reload`` seconds (dynamic inventories), so a
+    device added to the inventory is known to the next retry. An inventory that cannot be read at all rejects
+    nothing: the problem is logged and reading is tried again after ``min_reload`` seconds.
     """
 
     def __init__(self, path: Path | str, *, min_reload: float = 5.0):
         self.path = Path(path)
         self.min_reload = min_reload
         self.names: set[str] | None = None
-        self.loaded_at = float("-inf")
-        self.signature: tuple | None = None
-
-    def _signature(self) -> tuple | None:
-        try:
-            files = sorted(p for p in self.path.rglob("*") if p.is_file()) if self.path.is_dir() else [self.path]
-            return tuple((str(p), p.stat().st_mtime_ns, p.stat().st_size) for p in files)
-        except OSError:
-            return None
+        self.failed_at = float("-inf")
 
     def _load(self) -> None:
-        from jobs.collect.inventory import load_inventory
+        from jobs.collect.inventory import inventory_names
 
-        self.signature = self._signature()
-        self.loaded_at = time.monotonic()
         try:
-            self.names = set(load_inventory(self.path))
+            self.names = inventory_names(self.path, fresh_within=self.min_reload)
         except Exception as exc:  # noqa: BLE001 - InventoryError, or Ansible failing in any other way
-            self.names = None
+            self.names, self.failed_at = None, time.monotonic()
             log.warning("cannot read the inventory %s, so results are not checked against it: %s", self.path, exc)
 
     def check(self, device: str) -> None:
         """Raise :class:`UnknownDevice` if ``device`` is not in the inventory (and the inventory can be read)."""
-        stale = time.monotonic() - self.loaded_at >= self.min_reload
-        if self.names is None and stale:
-            self._load()
+        if self.names is not None and device in self.names:
+            return
+        if self.names is None and time.monotonic() - self.failed_at < self.min_reload:
+            return
+        self._load()
         if self.names is None or device in self.names:
             return
-        if stale or self._signature() != self.signature:
-            self._load()
-            if self.names is None or device in self.names:
-                return
         raise UnknownDevice(f"device {device!r} is not in the Ansible inventory {self.path}")
 
 
