@@ -91,16 +91,19 @@ def lab_change(host: str, count: int, state_dir: str | None) -> None:
 
 @lab.command("fault")
 @click.argument("host")
-@click.argument("mode", type=click.Choice(["none", "auth_fail", "slow", "hang", "disconnect"]))
+@click.argument("mode", type=click.Choice(["none", "auth_fail", "slow", "hang", "disconnect", "answer"]))
 @click.option("--delay", type=float, help="Seconds per response for 'slow'.")
+@click.option("--text", help="What 'answer' answers ({command}: the command line; empty: nothing).")
+@click.option("--commands", help="Regex of the command lines 'answer' answers (default: every command a backup sends).")
 @click.option("--state-dir")
 @guard
-def lab_fault(host: str, mode: str, delay: float | None, state_dir: str | None) -> None:
+def lab_fault(host: str, mode: str, delay: float | None, text: str | None, commands: str | None,
+              state_dir: str | None) -> None:
     """Make a lab device misbehave (or behave again with 'none')."""
-    from lab import commands
+    from lab import commands as lab_commands
 
-    params = {"delay": delay} if delay is not None else {}
-    commands.fault(_lab_state(state_dir, load_settings()), host, mode, **params)
+    params = {k: v for k, v in (("delay", delay), ("text", text), ("commands", commands)) if v is not None}
+    lab_commands.fault(_lab_state(state_dir, load_settings()), host, mode, **params)
     click.echo(f"{host}: fault {mode}")
 
 
@@ -402,25 +405,43 @@ def _raw_text(layout, host: str, version) -> str:
     raise click.ClickException(f"{host} v{version.number}: no raw copy could be read: {'; '.join(problems)}")
 
 
-@main.command()
+def _print_text(text: str, raw: bool) -> None:
+    """What ``show``/``diff`` print: on a terminal a device's control characters (ANSI escapes, screen clear,
+    terminal title, bidi overrides) are shown escaped, never acted on; ``--raw`` and pipes get the bytes as
+    stored (click.echo would strip ANSI sequences from a pipe)."""
+    from jobs.controls import escape_controls
+
+    if not raw and sys.stdout.isatty():
+        text = escape_controls(text, keep_newlines=True)
+    out = click.get_binary_stream("stdout")
+    out.write(text.encode("utf-8", errors="surrogateescape"))
+    out.flush()
+
+
+# ignore_unknown_options: a negative VERSION (-1, -2) is a version, not an option
+@main.command(context_settings={"ignore_unknown_options": True})
 @click.argument("host")
 @click.argument("version", required=False)
-@click.option("--raw", is_flag=True, help="The device output exactly as read, secrets included (devicevault_keep_raw).")
+@click.option("--raw", is_flag=True, help="The device output exactly as read, secrets included (devicevault_keep_raw), "
+                                          "its bytes unescaped even on a terminal.")
 @guard
 def show(host, version, raw) -> None:
-    """Print a stored configuration of HOST (the newest, or VERSION: a number, -1 for newest, or a sha prefix)."""
+    """Print a stored configuration of HOST (the newest, or VERSION: a number, -1 for newest, or a sha prefix).
+    On a terminal, control characters are escaped."""
     text, _ = _version_text(load_settings(), host, version, raw=raw)
-    click.echo(text, nl=False)
+    _print_text(text, raw)
 
 
-@main.command()
+@main.command(context_settings={"ignore_unknown_options": True})
 @click.argument("host")
 @click.argument("a", required=False)
 @click.argument("b", required=False)
 @click.option("-U", "--context", "context_lines", default=3, show_default=True)
+@click.option("--raw", is_flag=True, help="Control characters unescaped even on a terminal.")
 @guard
-def diff(host, a, b, context_lines) -> None:
-    """Unified diff between two versions of HOST (default: the previous and the newest)."""
+def diff(host, a, b, context_lines, raw) -> None:
+    """Unified diff between two versions of HOST (default: the previous and the newest; -1 = newest).
+    On a terminal, control characters are escaped."""
     settings = load_settings()
     old_text, old = _version_text(settings, host, a if a is not None else "-2")
     new_text, new = _version_text(settings, host, b if b is not None else "-1")
@@ -431,7 +452,7 @@ def diff(host, a, b, context_lines) -> None:
         tofile=f"{host} v{new.number} {new.sha256[:12]}",
         n=context_lines,
     )
-    click.echo("".join(lines), nl=False)
+    _print_text("".join(lines), raw)
 
 
 # --- storage upkeep ---------------------------------------------------------------------------------------

@@ -49,13 +49,21 @@ class ConnectionLost(DeviceError, ConnectionError):
 
 
 class CommandRejected(DeviceError):
-    """The device answered with its error text instead of a configuration."""
+    """The device answered with its error text instead of a configuration: a listed ``errors`` pattern, or
+    any answer that does not hold what the command's real answer holds (``expect`` in the platform file)."""
 
     kind = "command_rejected"
 
 
+class NoConfiguration(DeviceError):
+    """The device answered the configuration command with nothing (an empty reply): there is no
+    configuration to store, and asking again gives the same answer."""
+
+    kind = "no_configuration"
+
+
 class IncompleteOutput(DeviceError):
-    """The output does not look like a whole configuration (cut short, empty, or too large)."""
+    """A configuration that is not whole (cut short, or too large)."""
 
     kind = "incomplete"
     transient = True

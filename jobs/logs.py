@@ -2,8 +2,10 @@
 
 Masking happens in a handler filter, after the message is formatted and on tracebacks too: device
 passwords from the inventory, the S3 secret key, encryption keys, passwords inside database/Redis URLs and
-generic ``password=...`` patterns all become ``REDACTED``. RQ's worker logger goes through the same
-handler (``rq.logutils`` does not add its own when one is already in effect).
+generic ``password=...`` patterns all become ``REDACTED``. Control characters in a message (a newline, an
+ANSI escape or a bidi override in a host name) are escaped there too (``jobs.controls``), so a record is one
+line. RQ's worker logger goes through the same handler (``rq.logutils`` does not add its own when one is
+already in effect).
 
 A JSON line looks like::
 
@@ -20,6 +22,7 @@ import traceback
 
 from pythonjsonlogger.json import JsonFormatter
 
+from jobs.controls import one_line
 from jobs.redact import Redactor
 from jobs.settings import Settings
 
@@ -38,7 +41,9 @@ class MaskSecrets(logging.Filter):
             message = record.getMessage()
         except Exception:  # noqa: BLE001 - a bad format string must not lose the record
             message = f"{record.msg!r} {record.args!r}"
-        record.msg, record.args = self.redactor.redact(message), ()
+        # one record, one line: a host name or device text carrying a newline, an ANSI escape or a bidi
+        # override cannot forge another line or act on the terminal that reads the log
+        record.msg, record.args = one_line(self.redactor.redact(message)), ()
         if record.exc_info and record.exc_info[0] is not None:
             record.traceback = self.redactor.redact("".join(traceback.format_exception(*record.exc_info)))
             record.exc_info, record.exc_text = None, None

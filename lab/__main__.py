@@ -45,11 +45,14 @@ def main(argv=None) -> int:
     r = sub.add_parser("reset", help="back to the generated config")
     r.add_argument("host")
     r.add_argument("--state-dir", default=DEFAULT_STATE)
-    f = sub.add_parser("fault", help="set a fault: none|auth_fail|slow|hang|disconnect")
+    f = sub.add_parser("fault", help="set a fault: none|auth_fail|slow|hang|disconnect|answer")
     f.add_argument("host")
     f.add_argument("mode")
     f.add_argument("--delay", type=float, help="slow: seconds per response")
     f.add_argument("--fraction", type=float, help="disconnect: share of output sent before dropping")
+    f.add_argument("--text", help="answer: what the device answers ({command}: the command line; empty: nothing)")
+    f.add_argument("--commands", help="answer: regex of the command lines answered so (default: every "
+                                      "command a backup sends)")
     f.add_argument("--state-dir", default=DEFAULT_STATE)
     a = ap.parse_args(argv)
 
@@ -91,7 +94,8 @@ def main(argv=None) -> int:
         LabControl(a.state_dir).reset(a.host)
         return 0
     if a.cmd == "fault":
-        params = {k: v for k, v in (("delay", a.delay), ("fraction", a.fraction)) if v is not None}
+        params = {k: v for k, v in (("delay", a.delay), ("fraction", a.fraction), ("text", a.text),
+                                    ("commands", a.commands)) if v is not None}
         print(json.dumps(C.fault(a.state_dir, a.host, a.mode, **params)))
         return 0
     return 2

@@ -6,6 +6,8 @@
     lc.save("ams-ios-01")              # startup-config := running-config
     lc.set_fault("ams-ios-01", "slow", delay=5)
     lc.set_fault("ams-ios-01", "disconnect", fraction=0.4)
+    lc.set_fault("ams-ios-01", "answer", text="No such command : {command}")   # every backup command
+    lc.set_fault("ams-ios-01", "answer", commands="show version", text="")     # an empty reply to one
     lc.clear_fault("ams-ios-01")
     lc.reset_session_peak()            # peak := SSH connections open now
     lc.sessions()                      # -> {'open': 0, 'peak': 3, 'per_device': {'ams-ios-01': {...}, ...}}
@@ -26,7 +28,8 @@ from .configgen import generate_config
 from .personality import load_personalities
 from .render import render_config
 
-DEFAULT_FAULT_PARAMS = {"slow": {"delay": 5.0}, "disconnect": {"fraction": 0.4}}
+DEFAULT_FAULT_PARAMS = {"slow": {"delay": 5.0}, "disconnect": {"fraction": 0.4},
+                        "answer": {"text": "No such command : {command}", "commands": ""}}
 
 
 def new_device_state(device, personality) -> dict:
@@ -148,7 +151,10 @@ class LabControl:
         (``delay`` seconds before each response, default 5); ``hang`` (login ok,
         then no prompt and no answers ever); ``disconnect`` (config commands
         send ``fraction`` (default 0.4) of the output, then the connection is
-        dropped). Returns the stored fault dict.
+        dropped); ``answer`` (the commands a backup sends, per the device's platform file, or those
+        matching the regex ``commands``, are answered with ``text`` instead, ``{command}`` standing for the
+        command line: default ``No such command : {command}``; an empty ``text`` is an empty reply).
+        Returns the stored fault dict.
         """
         if mode not in S.FAULT_MODES:
             raise ValueError(f"unknown fault mode {mode!r}; expected one of {', '.join(S.FAULT_MODES)}")

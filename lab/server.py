@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import re
 import signal
 import time
 from pathlib import Path
@@ -130,6 +131,9 @@ class Session:
         """Return (output, close) for one command line. close: None | True | 'drop'."""
         if not line:
             return "", None
+        f = st.get("fault") or {}
+        if f.get("mode") == "answer" and self._answered_by_fault(line, f):
+            return str(f.get("text", "")).replace("{command}", line), None
         cmd, mo = self.p.match(line, self.level)
         if cmd is None:
             return self.error(line, st), None
@@ -171,6 +175,16 @@ class Session:
                 return "", "drop"
             return out, None
         return self.p.render(spec.get("output"), ctx), None
+
+    def _answered_by_fault(self, line: str, fault: dict) -> bool:
+        """Whether the ``answer`` fault answers ``line``: it matches the fault's ``commands`` regex, or (none
+        given) it is one of the commands a backup sends, per the device's platform file."""
+        if fault.get("commands"):
+            return re.fullmatch(str(fault["commands"]), line) is not None
+        from jobs.collect.platforms import get_platform
+
+        platform = get_platform(self.p.name)
+        return platform is not None and line in platform.command_lines
 
     async def _enable(self, st, spec) -> str:
         en = self.p.get("enable") or {}

@@ -8,6 +8,8 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from typing import Protocol, runtime_checkable
 
+from jobs.controls import one_line
+
 from .paths import split_relpath
 
 
@@ -156,7 +158,7 @@ def restored_name(name: str, digest: str) -> str:
 def default_message(path: str, options: StoreOptions) -> str:
     if options.message:
         return options.message
-    who = options.device or path
+    who = one_line(options.device or path)  # a newline in a host name must not forge the subject
     run = f" (run {options.run_id})" if options.run_id else ""
     return f"{who}: configuration changed{run}"
 

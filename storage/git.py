@@ -105,6 +105,8 @@ from email.utils import parseaddr
 from pathlib import Path
 from typing import Iterator
 
+from jobs.controls import escape_controls
+
 from ._lock import file_lock
 from .base import StoreOptions, as_content, as_utc, default_message
 from .errors import RefNotFound, StorageError, TargetUnavailable, UnsafePath
@@ -781,7 +783,10 @@ class GitBackend:
         stream: list[bytes] = []
         for mark, content, path, options in commits:
             when = int(as_utc(options.timestamp).timestamp()) if options.timestamp is not None else now
-            message = _clean_message(default_message(path, options))
+            # a message's control characters (an escape, a bidi override) are shown, never acted on; the
+            # device name in it is one line already (default_message, the storage jobs' messages)
+            message = _clean_message(escape_controls(default_message(path, options).replace("\r\n", "\n"),
+                                                     keep_newlines=True))
             stream += [
                 b"commit refs/heads/%s\nmark :%d\n" % (self.branch.encode(), mark),
                 b"author %s %d +0000\ncommitter %s %d +0000\n" % (_ident(*self._author(options)), when, committer, now),

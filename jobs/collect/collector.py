@@ -23,6 +23,7 @@ from jobs.collect.fetch import FetchOutcome, fetch_configs
 from jobs.collect.inventory import InventoryHost, load_inventory
 from jobs.deliver.locations import StorageLayout, StorageConfigError
 from jobs.collect.locks import host_locks
+from jobs.collect.answers import check_answers
 from jobs.collect.normalize import normalize, sha256_text, to_bytes
 from jobs.collect import cache
 from jobs.deliver import outbox
@@ -171,10 +172,15 @@ def _evaluate(
         error = outcome.error or errors.CollectionFailed(host, "the fetch returned neither output nor an error")
         return _failed(run_id, host, entry, error, log=outcome.log, duration=outcome.duration), None
     try:
-        version = normalize(host, platform, outcome.outputs, entry.secrets_mode)
+        answers = check_answers(host, platform, outcome.outputs)  # judged by content: rejected, empty, unknown
+        version = normalize(host, platform, answers.outputs, entry.secrets_mode)
     except errors.DeviceError as exc:
         exc = type(exc)(host, redactor.redact(exc.cause))
+        log.warning("%s", exc)
         return _failed(run_id, host, entry, exc, log=outcome.log, duration=outcome.duration), None
+    warning = redactor.redact("; ".join(answers.warnings))
+    if warning:
+        log.warning("%s: %s", host, warning)
     sha = sha256_text(version.text)
     # "changed" is decided on the masked view, so re-encrypted or kept secrets never make a version alone.
     # With kept secrets the stored text's sha differs from the masked view's: both are remembered.
@@ -183,7 +189,7 @@ def _evaluate(
     # the result travels through Redis and the index: it carries the masked view, never kept secrets
     fields = dict(log=outcome.log, config=version.compare, sha256=sha, view_sha256=compare,
                   size=len(to_bytes(version.text)), duration=outcome.duration, author=version.changed_by,
-                  unsaved=version.unsaved)
+                  unsaved=version.unsaved, error=f"{host}: {warning}" if warning else "")
     if cached is not None and cached[0] == compare:  # a cache hit names the version that is stored
         fields["sha256"] = cached[1]
         return _result(run_id, host, entry, DeviceStatus.UNCHANGED, **fields), None

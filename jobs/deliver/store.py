@@ -28,6 +28,7 @@ from storage.base import StoreOptions
 from storage.errors import StorageError
 from storage.paths import device_path, raw_path
 
+from jobs.controls import one_line
 from jobs.deliver import outbox
 from jobs.deliver.locations import StorageLayout
 from jobs.collect.normalize import to_bytes
@@ -146,7 +147,7 @@ def _store_all(backend: Any, target: str, items: list[StorageItem],
 def _options(item: StorageItem) -> StoreOptions:
     """Commit message, author and time of one version (its raw copy gets the same)."""
     return StoreOptions(
-        message=f"{item.device}: configuration changed (run {item.run_id})",
+        message=f"{one_line(item.device)}: configuration changed (run {item.run_id})",
         device=item.device,
         run_id=item.run_id,
         author=item.author or "DeviceVault",

@@ -26,6 +26,7 @@ from storage.base import StoreOptions
 from storage.errors import IntegrityError, RefNotFound, StorageError
 from storage.index.models import Copy, CopyStatus, Device, Version
 
+from jobs.controls import one_line
 from jobs.deliver.locations import StorageConfigError, StorageLayout
 
 log = logging.getLogger(__name__)
@@ -149,7 +150,7 @@ def _verify_version(layout, copies, numbers, report: VerifyReport, *, repair, ta
         version = copies[0][1]
         try:
             backend = layout.open(copy.backend)
-            options = StoreOptions(message=f"{found.device}: restore version {found.version} (devicevault verify --repair)",
+            options = StoreOptions(message=f"{one_line(found.device)}: restore version {found.version} (devicevault verify --repair)",
                                    device=found.device, run_id=version.run_id)
             new_ref = backend.restore(good, copy.ref, options)
             if hashlib.sha256(backend.read(new_ref)).hexdigest() != version.sha256:

@@ -54,6 +54,14 @@ class Command:
     comment: bool = False
     #: for comment output: only lines matching one of these are kept (empty = all, after noise)
     keep: tuple = ()
+    #: what a real answer holds: some line matches one of these (re.MULTILINE); an answer with none is not
+    #: this command's output (an error in any wording, a bare prompt). Empty: ``keep`` stands in for it.
+    expect: tuple = ()
+
+    @property
+    def expected(self) -> tuple:
+        """The patterns an answer is judged by (:func:`judge_answer`): ``expect``, else ``keep``."""
+        return self.expect or self.keep
 
 
 @dataclass(frozen=True)
@@ -110,6 +118,12 @@ class Platform:
         """The commands whose output is the configuration (not identity output)."""
         return tuple(c.command for c in self.commands if not c.comment)
 
+    @property
+    def startup_expected(self) -> tuple:
+        """What a saved configuration (the ``startup`` answer) holds: the first configuration command's
+        ``expect``."""
+        return next((c.expect for c in self.commands if not c.comment and c.expect), ())
+
     def split_outputs(self, outputs):
         """(outputs of ``commands``, output of ``startup`` or None): :attr:`command_lines` read backwards."""
         count = len(self.commands)
@@ -118,6 +132,46 @@ class Platform:
 
 
 # --------------------------------------------------------------------------- rules shared by every reader
+#: :func:`judge_answer`'s verdicts
+ANSWER_OK = "ok"
+ANSWER_EMPTY = "empty"  # nothing but blank lines
+ANSWER_ERROR = "error"  # an ``errors`` pattern matched
+ANSWER_UNEXPECTED = "unexpected"  # no line matches what the command's real answer holds (``expect``/``keep``)
+
+
+def judge_answer(platform, output, expected=()):
+    """What one answer of a device is, judged by its content: ``(verdict, line)``, where ``line`` is the
+    device's own words to quote (the line an ``errors`` pattern matched, else its first non-blank line).
+
+    :data:`ANSWER_EMPTY` for nothing (or only blanks); :data:`ANSWER_ERROR` when an ``errors`` pattern
+    matches; :data:`ANSWER_UNEXPECTED` when ``expected`` patterns are given and no line matches one (an
+    error in a wording the file does not list, a bare prompt, another command's output); else
+    :data:`ANSWER_OK`. ``expected`` patterns compiled with re.MULTILINE are searched in the whole answer,
+    others (``keep``) line by line."""
+    text = str(output or "").replace("\r\n", "\n").replace("\r", "\n")
+    first = next((ln.strip() for ln in text.split("\n") if ln.strip()), "")
+    if not first:
+        return ANSWER_EMPTY, ""
+    for pattern in platform.errors:
+        match = pattern.search(text)
+        if match:
+            end = text.find("\n", match.end())
+            line = text[text.rfind("\n", 0, match.start()) + 1:end if end >= 0 else len(text)].strip()
+            return ANSWER_ERROR, line or first
+    if expected:
+        lines = None
+        for pattern in expected:
+            if pattern.flags & re.MULTILINE:
+                if pattern.search(text):
+                    return ANSWER_OK, first
+            else:
+                lines = text.split("\n") if lines is None else lines
+                if any(pattern.search(ln) for ln in lines):
+                    return ANSWER_OK, first
+        return ANSWER_UNEXPECTED, first
+    return ANSWER_OK, first
+
+
 def platform_name(devicevault_platform=None, network_os=None) -> str:
     """The name of a host's platform file: ``devicevault_platform`` if set, else the last part of
     ``ansible_network_os``; "" when neither names one (no network OS, or DeviceVault's own plugin
@@ -233,7 +287,8 @@ def _commands(path, values) -> tuple:
             out.append(Command(value))
         elif isinstance(value, dict) and value.get("command"):
             out.append(Command(str(value["command"]), bool(value.get("comment", False)),
-                               _compile(path, "keep", value.get("keep"))))
+                               _compile(path, "keep", value.get("keep")),
+                               _compile(path, "expect", value.get("expect"), re.MULTILINE)))
         else:
             raise PlatformError("%s: each command is a string or a mapping with 'command': %r" % (path, value))
     if all(c.comment for c in out):
