@@ -1,4 +1,6 @@
-"""Shared fixtures: one real redis-server, one lab and one set of DeviceVault processes per test session."""
+"""Shared fixtures: one real redis-server (locked down as DeviceVault starts it: a password, loopback, AOF), one
+lab and one set of DeviceVault processes per test session; a throwaway PostgreSQL cluster for the index tests
+that run on both SQLite and PostgreSQL (``index_url``)."""
 
 from __future__ import annotations
 
@@ -21,6 +23,27 @@ def redis_server(tmp_path_factory):
     server = RedisServer(tmp_path_factory.mktemp("redis"), free_port()).start()
     yield server
     server.stop()
+
+
+@pytest.fixture(scope="session")
+def postgres():
+    """One throwaway PostgreSQL cluster per session (``tests/postgres.py``), started on first use; skipped
+    where PostgreSQL is not installed (``.ci/run`` installs it)."""
+    from tests.postgres import PostgresCluster, bin_dir
+
+    if bin_dir() is None:
+        pytest.skip("PostgreSQL is not installed (Debian: apt-get install -y postgresql)")
+    cluster = PostgresCluster().start()
+    yield cluster
+    cluster.stop()
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def index_url(request, tmp_path):
+    """The URL of a new, empty index: a SQLite file, then a PostgreSQL database (tests using it run on both)."""
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'index.sqlite'}"
+    return request.getfixturevalue("postgres").new_database()
 
 
 @pytest.fixture()

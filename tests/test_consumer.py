@@ -1,4 +1,4 @@
-"""The index consumer against a real redis-server and a real SQLite index: ack after commit, idempotent on
+"""The index consumer against a real redis-server and a real index (SQLite and PostgreSQL): ack after commit, idempotent on
 task id, pending messages taken over, malformed messages dead-lettered, results checked against a real
 Ansible inventory."""
 
@@ -49,8 +49,9 @@ def write_inventory(path: Path, hosts: list[str]) -> Path:
 
 
 @pytest.fixture()
-def sessions(tmp_path):
-    return connect(f"sqlite:///{tmp_path / 'index.sqlite'}")
+def sessions(index_url):
+    """The index: every test here runs on SQLite and on PostgreSQL (``index_url``, tests/conftest.py)."""
+    return connect(index_url)
 
 
 @pytest.fixture()
@@ -254,9 +255,11 @@ def test_entry_deleted_while_pending_is_acknowledged_not_dead_lettered(streams, 
     assert streams.xlen(dead_letter_stream(DEVICE_RESULTS_STREAM)) == 0
 
 
-def test_an_unreachable_index_is_an_outage_not_a_poison_message(streams, sessions, consumer, tmp_path):
+def test_an_unreachable_index_is_an_outage_not_a_poison_message(streams, sessions, consumer, tmp_path, index_url):
     import sqlite3
 
+    if not index_url.startswith("sqlite"):
+        pytest.skip("SQLite's file lock; a PostgreSQL writer waits for row locks instead of failing")
     _publish(streams, uuid.uuid4().hex, ["r1", "r2"])
     lock = sqlite3.connect(tmp_path / "index.sqlite", timeout=0, isolation_level=None)
     lock.execute("BEGIN IMMEDIATE")  # another writer holds the index: "database is locked"
@@ -349,7 +352,7 @@ def _crashing_consumer(redis_url: str, database_url: str, inventory: str) -> Non
 
 
 def test_one_event_per_new_version_also_when_the_consumer_dies_between_commit_and_ack(
-        streams, sessions, consumer, enqueued, redis_server, tmp_path, inventory, monkeypatch):
+        streams, sessions, consumer, enqueued, redis_server, index_url, inventory, monkeypatch):
     import multiprocessing
     import sys
     import types
@@ -363,7 +366,7 @@ def test_one_event_per_new_version_also_when_the_consumer_dies_between_commit_an
     streams.xadd(DEVICE_RESULTS_STREAM, _device_result(run_id, "r1").to_message())
     consumer("crasher")  # the group exists before the crashing process reads
     child = multiprocessing.get_context("spawn").Process(
-        target=_crashing_consumer, args=(redis_server.url, f"sqlite:///{tmp_path / 'index.sqlite'}", str(inventory)))
+        target=_crashing_consumer, args=(redis_server.url, index_url, str(inventory)))
     child.start()
     child.join(60)
     assert child.exitcode == 17
@@ -480,7 +483,7 @@ def test_a_message_that_must_wait_is_left_out_of_the_batch_and_applied_later(str
 
 
 def test_a_batch_redelivered_after_a_crash_between_commit_and_ack_stores_nothing_twice(
-        streams, sessions, consumer, enqueued, redis_server, tmp_path, inventory, commits, monkeypatch):
+        streams, sessions, consumer, enqueued, redis_server, index_url, inventory, commits, monkeypatch):
     import multiprocessing
     import sys
     import types
@@ -493,7 +496,7 @@ def test_a_batch_redelivered_after_a_crash_between_commit_and_ack_stores_nothing
         streams.xadd(DEVICE_RESULTS_STREAM, _device_result(run_id, h).to_message())
     consumer("crasher")
     child = multiprocessing.get_context("spawn").Process(
-        target=_crashing_consumer, args=(redis_server.url, f"sqlite:///{tmp_path / 'index.sqlite'}", str(inventory)))
+        target=_crashing_consumer, args=(redis_server.url, index_url, str(inventory)))
     child.start()
     child.join(60)
     assert child.exitcode == 17  # died right after the batch's commit, before any after-commit step or ack
