@@ -89,7 +89,7 @@ def _engine(url: str, wait: float = DEFAULT_WAIT) -> Engine:
             except dialect.loaded_dbapi.OperationalError as exc:
                 if time.monotonic() + delay > deadline:
                     raise
-                log.warning("index %s does not answer (%s); trying again", engine.url.render_as_string(), exc)
+                log.info("index %s does not answer (%s); trying again", engine.url, str(exc).splitlines()[0])
                 time.sleep(delay)
                 delay = min(delay * 2, 5.0)
 
