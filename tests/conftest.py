@@ -8,6 +8,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -93,6 +94,18 @@ class DeviceVault:
         from jobs.settings import Settings
 
         return Settings.load(env=self.env)
+
+
+def wait_for(condition, what: str, timeout: float = 60, interval: float = 0.2):
+    """``condition()``'s first true value, polled every ``interval`` seconds; an AssertionError naming ``what``
+    after ``timeout`` seconds (tests wait for conditions, never for fixed times)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = condition()
+        if value:
+            return value
+        time.sleep(interval)
+    raise AssertionError(f"timed out waiting for {what}")
 
 
 def redis_blobs(redis_url: str) -> list[bytes]:

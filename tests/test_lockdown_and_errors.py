@@ -19,19 +19,10 @@ from pathlib import Path
 import pytest
 
 from cli.services import RedisServer, free_port, port_open
+from tests.conftest import wait_for
 
 ROOT = Path(__file__).resolve().parent.parent
 DB = 10
-
-
-def _wait(condition, timeout: float = 60, what: str = "condition"):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = condition()
-        if value:
-            return value
-        time.sleep(0.1)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 @pytest.fixture()
@@ -120,7 +111,7 @@ def test_ensure_redis_starts_a_locked_down_redis_or_warns_about_an_open_one(tmp_
     open_redis = subprocess.Popen(["redis-server", "--port", str(open_port), "--bind", "127.0.0.1", "--save", "",
                                    "--appendonly", "no", "--dir", str(tmp_path)], stdout=subprocess.DEVNULL)
     try:
-        _wait(lambda: port_open("127.0.0.1", open_port), what="the open redis-server")
+        wait_for(lambda: port_open("127.0.0.1", open_port), "the open redis-server", interval=0.05)
         lines = []
         assert ensure_redis(Settings.load(env={**env, "DEVICEVAULT_REDIS_URL": f"redis://127.0.0.1:{open_port}/0",
                                                "DEVICEVAULT_REDIS_PASSWORD_FILE": str(tmp_path / "none")}),
@@ -203,7 +194,7 @@ def test_status_drops_workers_and_consumers_whose_processes_are_gone(dv):
                 {c["name"] for row in data["streams"] for c in row.get("consumers", [])})
 
     try:
-        _wait(lambda: name in seen()[0] and consumer_name in seen()[1], what="the worker and the consumer")
+        wait_for(lambda: name in seen()[0] and consumer_name in seen()[1], "the worker and the consumer")
     finally:
         worker.kill()  # SIGKILL to the whole process group: no chance to unregister
         consumer.kill()

@@ -18,7 +18,6 @@ import shutil
 import subprocess
 import sys
 import sysconfig
-import time
 import urllib.request
 from importlib import metadata
 from pathlib import Path
@@ -160,13 +159,9 @@ def _alive(pid: int) -> bool:
 
 
 def _wait(condition, what: str, timeout: float = 60):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = condition()
-        if value:
-            return value
-        time.sleep(0.2)
-    raise AssertionError(f"timed out waiting for {what}")
+    from tests.conftest import wait_for
+
+    return wait_for(condition, what, timeout)
 
 
 def _health(port: int) -> bool:
