@@ -43,8 +43,20 @@ EXAMPLES = r"""
 """
 RETURN = r"""
 outputs:
-  description: One output per command, in order.
+  description:
+    - One output per command, in order, as the platform file shows it (noise dropped, secrets masked, or
+      dropped with C(devicevault_secrets=drop)); never the raw text.
+    - Left out when O(commands) are sent to a host with no platform file (nothing says what to mask).
   type: list
   elements: str
-  returned: success
+  returned: when the host has a platform file
+config:
+  description: The normalised, masked view of the host's configuration (what DeviceVault compares).
+  type: str
+  returned: success, without O(commands)
+lines:
+  description: The number of lines of each output, when O(outputs) are left out.
+  type: list
+  elements: int
+  returned: when the host has no platform file
 """

@@ -11,6 +11,12 @@ description:
     collection), in threads of a few forked processes, at most C(forks) devices at once.
   - A host's failure (authentication, timeout, lost connection, rejected command, unknown platform) is its
     own result in RV(devices); it never fails the task or another host.
+  - The raw outputs never enter the task result (what C(-v) prints, what callbacks, ansible-runner artifacts
+    and AWX job events record): without O(results_path), RV(devices) holds each host's normalised, masked
+    view, made by the same code DeviceVault stores versions with.
+  - When the C(devicevault.network.devicevault) callback runs the playbook, the raw outputs go to the
+    callback's private directory (E(DEVICEVAULT_CALLBACK_DIR)), and hosts the callback could not lock or
+    hand to DeviceVault are not fetched (C(skipped_locked), or failed with the reason).
 options:
   platforms_dir:
     description:
@@ -22,6 +28,19 @@ options:
       - Write each device's result to this file as one JSON line (with C(host)) as soon as it is done, and
         leave the outputs out of RV(devices). DeviceVault's jobs use it.
     type: path
+  backup_dir:
+    description:
+      - The playbook's C(backup_dir). Only files that must hold secrets are written here by this task
+        (mode 0600): the device output exactly as read with O(backup_raw), or the version with its secrets
+        kept for hosts with C(devicevault_secrets=keep). Their text never enters the task result; the
+        playbook writes the other hosts' files from RV(devices) (the masked view).
+    type: path
+  backup_raw:
+    description:
+      - With O(backup_dir), write each device's output exactly as read (secrets and noise included).
+      - The playbook sets it from C(devicevault_backup_raw).
+    type: bool
+    default: false
   processes:
     description:
       - How many processes share the batch (default one per 8 concurrent devices). Within a process the
@@ -37,8 +56,9 @@ EXAMPLES = r"""
 """
 RETURN = r"""
 devices:
-  description: Per host of the batch, C(outputs) (one string per command, in order; left out with
-    O(results_path)) and C(duration), or C(failed) and C(msg).
+  description: Per host of the batch, C(config) (the normalised, masked view; left out with
+    O(results_path)), C(sha256) of it, C(duration), C(written) (a file this task wrote), or C(failed) and
+    C(msg), or C(skipped_locked) and C(msg).
   type: dict
   returned: always
 failed_hosts:
