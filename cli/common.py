@@ -94,7 +94,7 @@ def operational_error(exc: BaseException) -> str | None:
     """One line naming what failed and where (the URL without its password, the variable) for the errors
     an operator meets (Redis or the index down or locked, a missing database driver, a bad setting, a busy
     address), or None for anything else (a bug keeps its traceback)."""
-    from redis.exceptions import AuthenticationError, BusyLoadingError, RedisError, ResponseError
+    from redis.exceptions import AuthenticationError, BusyLoadingError, InvalidResponse, RedisError, ResponseError
     from redis.exceptions import ConnectionError as RedisConnectionError, TimeoutError as RedisTimeout
     from sqlalchemy.exc import NoSuchModuleError, OperationalError
 
@@ -102,7 +102,9 @@ def operational_error(exc: BaseException) -> str | None:
 
     if isinstance(exc, (Fail, click.exceptions.Exit, click.exceptions.Abort)):
         return None
-    if isinstance(exc, SettingsError):
+    from .services import ServiceError
+
+    if isinstance(exc, (SettingsError, ServiceError)):
         return str(exc)
     if isinstance(exc, RedisError):
         url = redact_url(_setting("redis_url", "redis://127.0.0.1:6379/0"))
@@ -113,6 +115,10 @@ def operational_error(exc: BaseException) -> str | None:
                     f"DEVICEVAULT_REDIS_PASSWORD_FILE): {_first_line(exc)}")
         if isinstance(exc, (RedisConnectionError, RedisTimeout, BusyLoadingError)):
             return f"Redis is not reachable at {url} (DEVICEVAULT_REDIS_URL): {_first_line(exc)}"
+        if isinstance(exc, InvalidResponse):
+            return f"what answers at {url} (DEVICEVAULT_REDIS_URL) is not Redis: {_first_line(exc)}"
+        if isinstance(exc, ResponseError) and str(exc).startswith("NOPERM"):
+            return f"Redis at {url} (DEVICEVAULT_REDIS_URL): its user may not do this: {_first_line(exc)}"
         return None
     database = lambda: redact_url(_setting("database_url", "sqlite:///./var/index.sqlite"))  # noqa: E731
     missing = getattr(exc, "name", None) if isinstance(exc, ModuleNotFoundError) else None

@@ -143,6 +143,10 @@ def ensure_redis(settings, echo=print) -> RedisServer | None:
 
     host, port = redis_address(settings.redis_url)
     if port_open(host, port):
+        from redis import Redis
+
+        # something listens there: it must answer as Redis, with our password (else one line, cli.common)
+        Redis.from_url(settings.redis_url, socket_timeout=10, socket_connect_timeout=10).ping()
         echo(f"using the redis-server at {redact_url(settings.redis_url)}")
         for warning in redis_warnings(settings.redis_url):
             echo(f"warning: {warning}")

@@ -224,6 +224,37 @@ def test_redis_down_is_one_line_naming_the_url(dv, command):
     assert "secret-pw" not in line and "not reachable" in line
 
 
+@pytest.mark.parametrize("command", [["up", "--no-portal"], ["demo", "--portal-port", "0"]])
+def test_up_and_demo_with_something_else_at_the_redis_address_are_one_line(dv, command):
+    """Something that is not Redis listens at the URL's address: not used, not replaced, one line."""
+    import threading
+
+    with socket.socket() as server:
+        server.bind(("127.0.110.20", 0))
+        server.listen()
+        port = server.getsockname()[1]
+
+        def answer_http() -> None:
+            while True:
+                try:
+                    conn, _ = server.accept()
+                except OSError:
+                    return
+                with conn:
+                    conn.sendall(b"HTTP/1.1 400 Bad Request\r\n\r\n")
+
+        threading.Thread(target=answer_http, daemon=True).start()
+        dv.env["DEVICEVAULT_REDIS_URL"] = f"redis://127.0.110.20:{port}/0"
+        _one_line(dv(*command, check=False, timeout=120), f"redis://127.0.110.20:{port}/0", "not Redis")
+
+
+def test_up_refuses_to_start_redis_where_it_would_not_listen(dv):
+    port = free_port()
+    dv.env["DEVICEVAULT_REDIS_URL"] = f"redis://127.0.110.21:{port}/0"  # nothing there; DEVICEVAULT_REDIS_BIND: loopback 127.0.0.1
+    _one_line(dv("up", "--no-portal", check=False, timeout=120), "DEVICEVAULT_REDIS_BIND=127.0.0.1", "127.0.110.21")
+    assert not (dv.home / "redis" / "redis.pid").exists()
+
+
 def test_a_wrong_redis_password_is_one_line(dv, redis_server):
     dv.env["DEVICEVAULT_REDIS_URL"] = f"redis://:wrong-pw@127.0.0.1:{redis_server.port}/{DB}"
     line = _one_line(dv("status", check=False), f"127.0.0.1:{redis_server.port}", "DEVICEVAULT_REDIS_URL")
