@@ -90,7 +90,9 @@ def hygiene(as_json, grace) -> None:
 @click.option("--workers", default=1, show_default=True, help="How many workers (each serves every queue).")
 @click.option("--portal/--no-portal", default=True, show_default=True, help="Also run the Streamlit portal, when present.")
 @click.option("--portal-port", default=8501, show_default=True)
-def up(workers, portal, portal_port) -> None:
+@click.option("--portal-address", default="127.0.0.1", show_default=True,
+              help="Address the portal listens on (0.0.0.0: every interface; put a TLS reverse proxy in front).")
+def up(workers, portal, portal_port, portal_address) -> None:
     """Run everything a small installation needs on this machine: Redis (if none answers), worker(s), the
     scheduler, the index consumer and the portal. Ctrl-C (or SIGTERM) stops them all cleanly."""
     from jobs.settings import PORTAL_APP
@@ -108,7 +110,7 @@ def up(workers, portal, portal_port) -> None:
             for i in range(1, workers + 1)]
     plan += [("scheduler", ["scheduler"]), ("consumer", ["consumer"])]
     if portal and PORTAL_APP.exists():
-        plan.append(("portal", ["portal", "--port", str(portal_port)]))
+        plan.append(("portal", ["portal", "--port", str(portal_port), "--address", portal_address]))
     stopping: list[int] = []
 
     def stop(signum, _frame) -> None:

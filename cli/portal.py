@@ -19,8 +19,14 @@ from .common import Fail, emit
 APP = PORTAL_APP  # jobs.settings decides where the files are (a checkout or an installed package)
 
 
-def streamlit_command(port: int, address: str | None = None) -> list[str]:
-    """The command line that serves the portal on ``port`` (``address``: the interface, default all)."""
+#: where the portal listens unless told otherwise: this machine only (Streamlit speaks plain HTTP; open it to
+#: others with --address, behind a TLS reverse proxy)
+DEFAULT_ADDRESS = "127.0.0.1"
+
+
+def streamlit_command(port: int, address: str | None = DEFAULT_ADDRESS) -> list[str]:
+    """The command line that serves the portal on ``port`` at ``address`` (loopback by default; ``0.0.0.0``
+    for every interface)."""
     args = [
         sys.executable, "-m", "streamlit", "run", str(APP),
         "--server.port", str(port),
@@ -30,15 +36,15 @@ def streamlit_command(port: int, address: str | None = None) -> list[str]:
         "--client.showErrorDetails", "none",
         "--client.toolbarMode", "minimal",
     ]
-    if address:
-        args += ["--server.address", address]
+    args += ["--server.address", address or DEFAULT_ADDRESS]
     return args
 
 
 @click.command()
 @click.option("--port", default=8501, show_default=True, help="HTTP port.")
-@click.option("--address", default=None, help="Interface to listen on (default: every interface).")
-def portal(port: int, address: str | None) -> None:
+@click.option("--address", default=DEFAULT_ADDRESS, show_default=True,
+              help="Address to listen on (0.0.0.0: every interface; put a TLS reverse proxy in front).")
+def portal(port: int, address: str) -> None:
     """Serve the web portal (Streamlit). Log in with a user from `devicevault users add`."""
     settings = Settings.load()
     users_path = settings.users_file or settings.home / "users.yml"

@@ -58,6 +58,14 @@ max_age                       DEVICEVAULT_MAX_AGE              ``24`` hours with
                                                                device is stale (per host: ``devicevault_max_age``)
 users_file                    DEVICEVAULT_USERS_FILE           ``<home>/users.yml``: portal users (hashed passwords,
                                                                roles viewer / operator / admin)
+portal_idle_timeout           DEVICEVAULT_PORTAL_IDLE_TIMEOUT  ``1800`` seconds without a click before a portal
+                                                               session ends (0: never)
+portal_search_timeout         DEVICEVAULT_PORTAL_SEARCH_TIMEOUT ``30`` seconds a portal search may take, at most
+portal_login_attempts         DEVICEVAULT_PORTAL_LOGIN_ATTEMPTS ``10`` failed portal logins (per user name, and per
+                                                               client address) before a lockout
+portal_login_delay            DEVICEVAULT_PORTAL_LOGIN_DELAY   ``1`` second: the wait after the third failed login in
+                                                               a row, doubling with each further one (at most 60)
+portal_lockout                DEVICEVAULT_PORTAL_LOCKOUT       ``900`` seconds a locked-out user or client waits
 log_format                    DEVICEVAULT_LOG_FORMAT           ``json`` for the long-running processes (worker,
                                                                consumer, scheduler, up); ``text`` for people
 inventory_reuse               DEVICEVAULT_INVENTORY_REUSE      ``300`` seconds a process reuses an inventory it parsed,
@@ -255,6 +263,11 @@ class Settings:
     max_age: float = 24.0
     log_format: str = "json"
     users_file: Path | None = None
+    portal_idle_timeout: float = 1800.0
+    portal_search_timeout: float = 30.0
+    portal_login_attempts: int = 10
+    portal_login_delay: float = 1.0
+    portal_lockout: float = 900.0
     fetch_processes: int = 0
     redis_password_file: Path | None = None
     redis_bind: str = "127.0.0.1"
@@ -313,6 +326,11 @@ class Settings:
             max_age=_number(float, "max_age", pick("max_age", 24.0)),
             log_format=str(pick("log_format", "json")),
             users_file=Path(pick("users_file", home / "users.yml")).absolute(),
+            portal_idle_timeout=_seconds("portal_idle_timeout", pick("portal_idle_timeout", 1800.0)),
+            portal_search_timeout=_seconds("portal_search_timeout", pick("portal_search_timeout", 30.0)),
+            portal_login_attempts=_at_least(1, "portal_login_attempts", pick("portal_login_attempts", 10)),
+            portal_login_delay=_seconds("portal_login_delay", pick("portal_login_delay", 1.0)),
+            portal_lockout=_seconds("portal_lockout", pick("portal_lockout", 900.0)),
             inventory_reuse=_seconds("inventory_reuse", pick("inventory_reuse", 300.0)),
             vault_password_file=_vault_password_file(
                 pick("vault_password_file", None)

@@ -3,18 +3,24 @@ sha256, diffed and searched. No Streamlit here, so the bench and the tests call 
 
 A version's content never changes (its sha256 is checked on every read), so the cache is keyed by sha256
 alone, shared by every session of the process, and bounded by size (least recently used texts go first).
+
+Search patterns run on RE2 (``google-re2``): matching takes time linear in the text, whatever the pattern,
+so no pattern can pin the portal (Python's ``re`` backtracks: ``(a+)+$`` on a line of 30 ``a`` and a ``!``
+takes hours). The query's time limit is hard: the search runs in a thread of its own, and the answer
+comes back at the limit, "too slow", with what was found so far (:func:`search`).
 """
 
 from __future__ import annotations
 
 import difflib
-import re
 import threading
 import time
 from collections import OrderedDict
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Callable, Iterable, Sequence
+from typing import Callable, Iterable, Protocol, Sequence
+
+import re2
 
 from storage.errors import StorageError
 from storage.retrieve import read_first
@@ -181,14 +187,47 @@ class SearchError(ValueError):
     """An invalid search (empty, or a regular expression that does not compile)."""
 
 
-def compile_pattern(text: str, *, regex: bool, case_sensitive: bool) -> re.Pattern[str]:
+class Pattern(Protocol):
+    """A compiled search pattern (RE2's)."""
+
+    def search(self, text: str): ...
+
+
+#: the memory RE2 may use for one pattern (a larger pattern is refused: "pattern too large")
+PATTERN_MEMORY = 8 << 20
+#: CSV cells starting with one of these are formulas to a spreadsheet (or can make one)
+FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
+
+
+def compile_pattern(text: str, *, regex: bool, case_sensitive: bool) -> Pattern:
+    """``text`` as an RE2 pattern (``regex``: RE2 syntax, else the text literally); :class:`SearchError` for
+    an empty or invalid one, or one RE2 does not have (backreferences, lookaround)."""
     if not text:
         raise SearchError("type something to search for")
-    flags = 0 if case_sensitive else re.IGNORECASE
+    options = re2.Options()
+    options.case_sensitive = case_sensitive
+    options.literal = not regex
+    options.max_mem = PATTERN_MEMORY
+    options.log_errors = False
     try:
-        return re.compile(text if regex else re.escape(text), flags)
-    except re.error as exc:
-        raise SearchError(f"invalid regular expression {text!r}: {exc}") from None
+        return re2.compile(text, options)
+    except re2.error as exc:
+        reason = exc.args[0].decode(errors="replace") if exc.args and isinstance(exc.args[0], bytes) else str(exc)
+        raise SearchError(f"invalid regular expression {text!r}: {reason} (the search uses RE2 syntax: "
+                          "no backreferences or lookaround)") from None
+
+
+def csv_export(frame) -> bytes:
+    """A table (pandas DataFrame) as CSV bytes, every cell :func:`csv_safe`."""
+    return frame.map(csv_safe).to_csv(index=False).encode()
+
+
+def csv_safe(value):
+    """A CSV cell a spreadsheet shows as text: a string starting with ``= + - @``, a tab or a carriage return
+    gets a leading ``'`` (so ``=HYPERLINK(...)`` in a device's configuration never runs as a formula)."""
+    if isinstance(value, str) and value.startswith(FORMULA_START):
+        return "'" + value
+    return value
 
 
 @dataclass(frozen=True)
@@ -208,17 +247,47 @@ class SearchResult:
     searched: int = 0  # configurations searched
     unreadable: list[str] = field(default_factory=list)  # "device vN: why"
     truncated: str = ""  # why the search stopped early ("" = it did not)
+    too_slow: bool = False  # it stopped at its time limit
 
 
-def search(targets: Sequence[Target], pattern: re.Pattern[str], open_backend: Callable[[str], object], *,
-           context: int = 2, max_results: int = 2000, time_budget: float = 60.0, chunk: int = 64) -> SearchResult:
+def search(targets: Sequence[Target], pattern: Pattern, open_backend: Callable[[str], object], *,
+           context: int = 2, max_results: int = 2000, time_budget: float = 60.0, chunk: int = 16) -> SearchResult:
     """Every line matching ``pattern`` in ``targets`` with ``context`` lines before and after.
 
     Reads configurations in parallel (through the cache) ``chunk`` at a time; stops after ``max_results``
-    matching lines or ``time_budget`` seconds and says so in ``truncated``.
+    matching lines and says so in ``truncated``. The time limit is hard: the search runs in a thread of its
+    own and the answer comes back after ``time_budget`` seconds at the latest, ``too_slow`` with what was
+    found so far; the thread is told to stop and does at its next line (RE2 releases the GIL while it
+    matches, so even a long line never holds up another session).
     """
     result = SearchResult()
-    deadline = time.monotonic() + time_budget
+    stop = threading.Event()
+    failure: list[BaseException] = []
+
+    def scan() -> None:
+        try:
+            _scan(targets, pattern, open_backend, result, stop, context=context, max_results=max_results,
+                  chunk=chunk)
+        except BaseException as exc:  # noqa: BLE001 - handed to the caller's thread
+            failure.append(exc)
+
+    worker = threading.Thread(target=scan, name="devicevault-search", daemon=True)
+    worker.start()
+    worker.join(max(0.0, time_budget))
+    if worker.is_alive():
+        stop.set()
+        return SearchResult(rows=list(result.rows), searched=result.searched, unreadable=list(result.unreadable),
+                            too_slow=True,
+                            truncated=f"was too slow: stopped at its {time_budget:g} s limit after searching "
+                                      f"{result.searched} of {len(targets)} configuration(s)")
+    if failure:
+        raise failure[0]
+    return result
+
+
+def _scan(targets: Sequence[Target], pattern: Pattern, open_backend: Callable[[str], object], result: SearchResult,
+          stop: threading.Event, *, context: int, max_results: int, chunk: int) -> None:
+    """:func:`search`'s work, into ``result``, until done or ``stop`` is set (looked at before every line)."""
     for start in range(0, len(targets), chunk):
         part = targets[start:start + chunk]
         contents = read_many(((t.sha256, t.copies) for t in part), open_backend)
@@ -227,9 +296,10 @@ def search(targets: Sequence[Target], pattern: re.Pattern[str], open_backend: Ca
             if isinstance(content, Exception) or content is None:
                 result.unreadable.append(f"{t.device} v{t.number}: {content}")
                 continue
-            result.searched += 1
             lines = as_text(content).splitlines()
             for i, line in enumerate(lines):
+                if stop.is_set():
+                    return
                 if pattern.search(line):
                     lo, hi = max(0, i - context), min(len(lines), i + context + 1)
                     result.rows.append({
@@ -239,9 +309,5 @@ def search(targets: Sequence[Target], pattern: re.Pattern[str], open_backend: Ca
                     })
                     if len(result.rows) >= max_results:
                         result.truncated = f"stopped at {max_results} matching lines"
-                        return result
-        if time.monotonic() > deadline and start + chunk < len(targets):
-            result.truncated = (f"stopped after {time_budget:.0f} s: searched {result.searched} of "
-                                f"{len(targets)} configurations")
-            return result
-    return result
+                        return
+            result.searched += 1

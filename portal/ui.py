@@ -19,15 +19,21 @@ import streamlit as st
 
 from jobs.settings import Settings, redact_url
 
+from .logins import LoginLimiter
 from .users import User, UsersError, UsersFile
 
 log = logging.getLogger("devicevault.portal")
 
 USER_KEY = "portal_user"
+#: when the session was last used (time.monotonic()), for the idle timeout
+SEEN_KEY = "portal_last_seen"
+#: set when a session ended for being idle: the login page says so once
+EXPIRED_KEY = "portal_session_expired"
 _lock = threading.Lock()
 _layouts: dict[tuple, object] = {}
 _users_files: dict[str, UsersFile] = {}
 _inventories: dict[str, tuple[float, dict]] = {}
+_limiters: dict[tuple, LoginLimiter] = {}
 
 
 # --- the installation -----------------------------------------------------------------------------------
@@ -90,13 +96,42 @@ def redis(s: Settings | None = None):
     return Redis.from_url((s or settings()).redis_url, socket_timeout=10, socket_connect_timeout=5)
 
 
+def login_limiter(s: Settings | None = None) -> LoginLimiter:
+    """The process's failed-login records (``portal.logins``), one per limit settings."""
+    s = s or settings()
+    key = (s.portal_login_attempts, s.portal_login_delay, s.portal_lockout)
+    with _lock:
+        if key not in _limiters:
+            _limiters[key] = LoginLimiter(*key)
+        return _limiters[key]
+
+
+def client_address() -> str:
+    """The address of the browser this session talks to (as Streamlit sees it: behind a reverse proxy, the
+    proxy's), or ``unknown``."""
+    try:
+        address = st.context.ip_address
+    except Exception:  # noqa: BLE001 - no request context
+        address = None
+    return address if isinstance(address, str) and address else "unknown"  # (a test harness: one client)
+
+
 # --- the user ---------------------------------------------------------------------------------------------
 def current_user() -> User | None:
     """The logged-in user, checked against the users file on every run (a removed user is logged out, a
-    changed role applies at once)."""
+    changed role applies at once). A session unused for ``DEVICEVAULT_PORTAL_IDLE_TIMEOUT`` seconds ends."""
     name = st.session_state.get(USER_KEY)
     if not name:
         return None
+    idle = settings().portal_idle_timeout
+    now = time.monotonic()
+    seen = st.session_state.get(SEEN_KEY, now)
+    if idle > 0 and now - seen > idle:
+        log.info("portal: %s's session ended after %.0f s without use", name, now - seen)
+        logout()
+        st.session_state[EXPIRED_KEY] = idle
+        return None
+    st.session_state[SEEN_KEY] = now
     try:
         user = users_file().get(name)
     except UsersError:
@@ -118,22 +153,48 @@ def login_page() -> None:
         st.warning("No portal user exists yet. Create one on the server with "
                    "`devicevault users add NAME --role admin`, then log in here.")
         return
+    expired = st.session_state.pop(EXPIRED_KEY, None)
+    if expired:
+        st.info(f"Your session ended after {expired / 60:.0f} minute(s) without use; log in again."
+                if expired >= 60 else f"Your session ended after {expired:.0f} s without use; log in again.")
     with st.form("login_form"):
         st.subheader("Log in")
         name = st.text_input("User name", key="login_username")
         password = st.text_input("Password", type="password", key="login_password")
         submitted = st.form_submit_button("Log in", type="primary")
     if submitted:
-        user = users_file().authenticate(name, password)
-        if user is None:
-            log.warning("portal: failed login for %r", name)
-            time.sleep(0.5)  # slows down guessing
-            st.error("Wrong user name or password.")
-            return
-        log.info("portal: %s logged in (%s)", user.name, user.role)
-        st.session_state[USER_KEY] = user.name
-        st.session_state.pop("login_password", None)
-        st.rerun()
+        _log_in(name, password)
+
+
+def _log_in(name: str, password: str) -> None:
+    """One login attempt: refused while the user name or the client waits or is locked out (the password
+    is not checked then), else checked; failures are counted and logged (never the password)."""
+    client = client_address()
+    limiter = login_limiter()
+    refusal = limiter.refused(name, client)
+    if refusal is not None:
+        log.warning("portal: login for %r from %s refused: %s %s (%.0f s left)", name[:100], client,
+                    refusal.what, "locked out" if refusal.locked else "must wait", refusal.seconds)
+        st.error(refusal.message())
+        return
+    user = users_file().authenticate(name, password)
+    if user is None:
+        failure = limiter.failed(name, client)
+        log.warning("portal: failed login for %r from %s (%d in a row for the user name, %d for the client)",
+                    name[:100], client, failure.user_failures, failure.client_failures)
+        for what in failure.locked:
+            log.warning("portal: %s locked out for %.0f s after %d failed logins", what, limiter.lockout,
+                        limiter.attempts)
+        time.sleep(0.5)  # slows down guessing
+        refusal = limiter.refused(name, client)
+        st.error("Wrong user name or password." + (f" {refusal.message()}" if refusal else ""))
+        return
+    limiter.succeeded(name, client)
+    log.info("portal: %s logged in (%s) from %s", user.name, user.role, client)
+    st.session_state[USER_KEY] = user.name
+    st.session_state[SEEN_KEY] = time.monotonic()
+    st.session_state.pop("login_password", None)
+    st.rerun()
 
 
 def logout() -> None:

@@ -1,8 +1,10 @@
 """Search: a text or regular expression across the newest configuration of every device (optionally every
 version), with line numbers and context; results export as CSV.
 
-Configurations are read through the storage layout (parallel, cached by sha256: they never change). A
-search stops after 2,000 matching lines or 60 seconds and says so.
+Configurations are read through the storage layout (parallel, cached by sha256: they never change).
+Patterns are RE2's (linear time: no pattern can pin the portal); a search stops after 2,000 matching lines
+or at its time limit (``DEVICEVAULT_PORTAL_SEARCH_TIMEOUT``, "too slow") and says so. The CSV export
+neutralises cells a spreadsheet would run as formulas (``content.csv_export``).
 """
 
 from __future__ import annotations
@@ -13,7 +15,6 @@ import streamlit as st
 from portal import content, queries, ui
 
 MAX_RESULTS = 2000
-TIME_BUDGET = 60.0
 COLUMNS = ["device", "version", "line", "text", "context", "sha"]
 
 
@@ -38,11 +39,11 @@ def render(user) -> None:
             with ui.sessions(s)() as session:
                 targets = queries.search_targets(session, all_versions=every, groups=chosen_groups)
             result = content.search(targets, pattern, ui.layout(s).open, context=int(context),
-                                    max_results=MAX_RESULTS, time_budget=TIME_BUDGET)
+                                    max_results=MAX_RESULTS, time_budget=s.portal_search_timeout)
         st.session_state["search_result"] = {
             "query": query, "regex": regex, "every": every,
             "frame": pd.DataFrame(result.rows, columns=COLUMNS), "searched": result.searched,
-            "unreadable": result.unreadable, "truncated": result.truncated,
+            "unreadable": result.unreadable, "truncated": result.truncated, "too_slow": result.too_slow,
         }
     found = st.session_state.get("search_result")
     if not found:
@@ -53,14 +54,17 @@ def render(user) -> None:
     st.subheader(f"{len(frame)} matching line(s) in {devices} device(s)")
     st.caption(f"{'regex' if found['regex'] else 'text'} `{found['query'].replace('`', '')}` in {what} of each device; "
                f"{found['searched']} configuration(s) searched.")
-    if found["truncated"]:
+    if found.get("too_slow"):
+        st.error(f"Too slow: the search {found['truncated']}. Narrow it down (fewer groups, the newest "
+                 "configurations only, a more specific pattern).")
+    elif found["truncated"]:
         st.warning(f"The search {found['truncated']}; narrow it down to see everything.")
     if found["unreadable"]:
         st.warning(f"{len(found['unreadable'])} configuration(s) could not be read: "
                    + "; ".join(ui.md(ui.mask(u)) for u in found["unreadable"][:5]))
     if frame.empty:
         return
-    st.download_button("Export CSV", frame.to_csv(index=False).encode(), file_name="devicevault-search.csv",
+    st.download_button("Export CSV", content.csv_export(frame), file_name="devicevault-search.csv",
                        mime="text/csv", key="search_csv")
     picked = st.dataframe(frame[["device", "version", "line", "text"]], hide_index=True, width="stretch",
                           key="search_table", on_select="rerun", selection_mode="single-row",
