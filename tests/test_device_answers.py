@@ -60,6 +60,19 @@ def test_an_empty_or_rejected_startup_configuration_is_unknown_not_unsaved():
         assert judged.warnings == []
 
 
+def test_the_quoted_device_line_is_one_escaped_line():
+    from jobs.collect.answers import check_answers
+    from jobs.errors import CommandRejected
+
+    platform = all_platforms()["ios"]
+    version, running, startup = [p.read_text() for p in sorted((GOLDEN / "ios" / "raw").glob("*.txt"))]
+    with pytest.raises(CommandRejected) as caught:
+        check_answers("r1", platform, [version, "\x1b]0;title\x07\u202eevil " + "x" * 500, startup])
+    message = str(caught.value)
+    assert "\x1b" not in message and "\u202e" not in message and "\n" not in message
+    assert "'\\x1b]0;title\\x07\\u202eevil xxx" in message and len(message) < 400
+
+
 # --- through the pipeline ---------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def dv(tmp_path_factory, redis_server):

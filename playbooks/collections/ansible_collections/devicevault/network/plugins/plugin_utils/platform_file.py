@@ -172,6 +172,67 @@ def judge_answer(platform, output, expected=()):
     return ANSWER_OK, first
 
 
+#: the most of a device's line quoted in a refusal or a warning
+QUOTE_CHARS = 200
+
+
+class AnswerRefused(ValueError):
+    """A configuration command's answer is not a configuration: ``kind`` is ``command_rejected`` (an error
+    in any wording, a bare prompt, another command's output) or ``no_configuration`` (an empty reply);
+    ``cause`` says so, quoting the device's own line (no device name). Asking again gets the same answer."""
+
+    def __init__(self, kind, cause):
+        super().__init__(cause)
+        self.kind = kind
+        self.cause = cause
+
+
+def quote_line(line) -> str:
+    """A device's line as a message quotes it: ``repr`` (so escapes, newlines and bidi overrides show as
+    ``\\x1b``, ``\\n``, ``\\u202e``), at most :data:`QUOTE_CHARS` characters."""
+    line = str(line)
+    return repr(line[:QUOTE_CHARS]) + ("..." if len(line) > QUOTE_CHARS else "")
+
+
+def judge_answers(platform, outputs):
+    """Every answer of one backup judged by :func:`judge_answer`: ``(outputs, warnings)``, the outputs to
+    normalise and what to warn about; :class:`AnswerRefused` when a configuration command's answer is not
+    a configuration.
+
+    - a configuration command's failing answer refuses the backup (never retried: asking again gets the
+      same answer); a configuration that starts like one but is cut short is left to ``complete``;
+    - an identity command's (``comment: true``) failing answer is a warning, and that output is left out
+      (the version has no header from it);
+    - a startup answer that fails (judged by :attr:`Platform.startup_expected`) is left out, so whether the
+      configuration is saved stays unknown.
+    """
+    main, startup = platform.split_outputs(list(outputs))
+    if len(main) < len(platform.commands):  # too few outputs: normalising says so
+        return list(outputs), []
+    warnings = []
+    for index, (command, output) in enumerate(zip(platform.commands, main)):
+        verdict, line = judge_answer(platform, output, command.expected)
+        if verdict == ANSWER_OK:
+            continue
+        if command.comment:
+            said = "nothing" if verdict == ANSWER_EMPTY else quote_line(line)
+            warnings.append("warning: the device answered %r with %s, not its output (%s); the version has no "
+                            "%r header" % (command.command, said, platform.name, command.command))
+            main[index] = ""
+        elif verdict == ANSWER_EMPTY:
+            raise AnswerRefused("no_configuration", "no configuration: the device answered %r with nothing (%s)"
+                                % (command.command, platform.name))
+        elif verdict == ANSWER_ERROR:
+            raise AnswerRefused("command_rejected", "command rejected: the device answered %r with %s (%s)"
+                                % (command.command, quote_line(line), platform.name))
+        else:
+            raise AnswerRefused("command_rejected", "command rejected: the device answered %r with %s, which is "
+                                "not a configuration (%s)" % (command.command, quote_line(line), platform.name))
+    if startup is not None and judge_answer(platform, startup, platform.startup_expected)[0] == ANSWER_OK:
+        return main + [startup], warnings
+    return main, warnings
+
+
 def platform_name(devicevault_platform=None, network_os=None) -> str:
     """The name of a host's platform file: ``devicevault_platform`` if set, else the last part of
     ``ansible_network_os``; "" when neither names one (no network OS, or DeviceVault's own plugin
