@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterable
 
@@ -82,57 +83,11 @@ def collect(
     """
     inventory_path = Path(inventory or settings.inventory)
     inv = load_inventory(inventory_path, settings, only=hosts)  # this batch's hosts (their credentials are masked)
-    redactor = Redactor(secret for h in inv.values() for secret in h.secrets)
-    layout = layout or StorageLayout.load(settings)
-    results: list[DeviceResult] = []
     with host_locks(redis, hosts, settings.lock_ttl, owner=owner) as (locked, busy):
-        for host in busy:
-            results.append(
-                _result(run_id, host, inv.get(host), DeviceStatus.SKIPPED_LOCKED,
-                        error=f"{host}: skipped, another backup of this device is running")
-            )
-        runnable: dict[str, Platform] = {}
-        for host in locked:
-            entry = inv.get(host)
-            platform = get_platform(entry.platform) if entry is not None else None
-            if entry is None:
-                results.append(_failed(run_id, host, None, errors.CollectionFailed(host, f"not in inventory {inventory_path}")))
-            elif platform is None:
-                results.append(
-                    _failed(run_id, host, entry, errors.UnknownPlatform(
-                        host, f"unknown platform {entry.platform or '(no ansible_network_os)'}: "
-                              f"no {entry.platform or '<platform>'}.yml in playbooks/platforms/ or $DEVICEVAULT_PLATFORMS_DIR"))
-                )
-            else:
-                try:
-                    targets = layout.targets_for(entry.group, entry.location)
-                except StorageConfigError as exc:
-                    results.append(_failed(run_id, host, entry, errors.CollectionFailed(host, str(exc))))
-                    continue
-                plain = [t for t in targets if not layout.key_id_for(t)]
-                if entry.secrets_mode == "keep" and plain:
-                    results.append(_failed(run_id, host, entry, errors.CollectionFailed(
-                        host, "devicevault_secrets: keep stores secrets, so every copy must be encrypted at rest; "
-                              f"target(s) {', '.join(plain)} of this device are not (mask or drop them, or "
-                              "encrypt those targets in storage.yml)")))
-                    continue
-                if entry.keep_raw and len(plain) == len(targets):
-                    results.append(_failed(run_id, host, entry, errors.CollectionFailed(
-                        host, "devicevault_keep_raw keeps the device output with its secrets, so it needs an "
-                              f"encrypted target; none of {', '.join(targets)} is encrypted (see storage.yml)")))
-                    continue
-                runnable[host] = platform
-        outcomes = fetch_configs(list(runnable), inventory=inventory_path, settings=settings, redactor=redactor)
-        candidates: dict[str, StorageItem] = {}
-        for host, platform in runnable.items():
-            result, item = _evaluate(redis, run_id, inv[host], platform, outcomes[host], redactor, layout)
-            results.append(result)
-            if item is not None:
-                candidates[host] = item
-        results, again = _retry_or_final(results, attempt, settings, retry is not None)
-        for result in results:  # the consumer checks each device against the run's own inventory
-            result.inventory = str(inventory_path.absolute())
-        publish(redis, results, (candidates[r.device] for r in results if r.device in candidates))
+        batch = plan_batch(settings, run_id, inventory_path, inv, locked, busy, layout)
+        outcomes = fetch_configs(list(batch.runnable), inventory=inventory_path, settings=settings,
+                                 redactor=batch.redactor)
+        results, again = finish_batch(redis, settings, batch, outcomes, attempt=attempt, can_retry=retry is not None)
     if again and retry is not None:
         delay = settings.collect_retry_base * 2 ** (attempt - 1)
         log.info("retrying %d host(s) in %.0fs (attempt %d): %s", len(again), delay, attempt + 1, ", ".join(again))
@@ -140,12 +95,99 @@ def collect(
     return results
 
 
+@dataclass
+class Batch:
+    """A batch of a run as the collector knows it before the fetch (:func:`plan_batch`)."""
+
+    run_id: str
+    inventory_path: Path
+    inv: dict[str, InventoryHost]
+    redactor: Redactor
+    layout: StorageLayout
+    #: results decided without a fetch: ``skipped_locked`` (another backup holds the lock), and failures
+    #: (not in the inventory, unknown platform, a storage location that cannot take the device)
+    results: list[DeviceResult] = field(default_factory=list)
+    #: the hosts to fetch, with their platform
+    runnable: dict[str, Platform] = field(default_factory=dict)
+
+
+def plan_batch(settings: Settings, run_id: str, inventory_path: Path, inv: dict[str, InventoryHost],
+               locked: list[str], busy: list[str], layout: StorageLayout | None = None) -> Batch:
+    """What happens to each host of a batch before the fetch: ``busy`` hosts (locked by another backup) are
+    ``skipped_locked``, ``locked`` ones are fetched unless the inventory or the storage layout rules them
+    out (each such host's failure names it and the cause). Used by :func:`collect` and by the
+    ``devicevault.network.devicevault`` callback of DeviceVault's collection (``jobs.collect.playbook``)."""
+    layout = layout or StorageLayout.load(settings)
+    redactor = Redactor(secret for h in inv.values() for secret in h.secrets)
+    batch = Batch(run_id=run_id, inventory_path=inventory_path, inv=inv, redactor=redactor, layout=layout)
+    results = batch.results
+    for host in busy:
+        results.append(
+            _result(run_id, host, inv.get(host), DeviceStatus.SKIPPED_LOCKED,
+                    error=f"{host}: skipped, another backup of this device is running")
+        )
+    for host in locked:
+        entry = inv.get(host)
+        platform = get_platform(entry.platform) if entry is not None else None
+        if entry is None:
+            results.append(_failed(run_id, host, None, errors.CollectionFailed(host, f"not in inventory {inventory_path}")))
+        elif platform is None:
+            results.append(
+                _failed(run_id, host, entry, errors.UnknownPlatform(
+                    host, f"unknown platform {entry.platform or '(no ansible_network_os)'}: "
+                          f"no {entry.platform or '<platform>'}.yml in playbooks/platforms/ or $DEVICEVAULT_PLATFORMS_DIR"))
+            )
+        else:
+            try:
+                targets = layout.targets_for(entry.group, entry.location)
+            except StorageConfigError as exc:
+                results.append(_failed(run_id, host, entry, errors.CollectionFailed(host, str(exc))))
+                continue
+            plain = [t for t in targets if not layout.key_id_for(t)]
+            if entry.secrets_mode == "keep" and plain:
+                results.append(_failed(run_id, host, entry, errors.CollectionFailed(
+                    host, "devicevault_secrets: keep stores secrets, so every copy must be encrypted at rest; "
+                          f"target(s) {', '.join(plain)} of this device are not (mask or drop them, or "
+                          "encrypt those targets in storage.yml)")))
+                continue
+            if entry.keep_raw and len(plain) == len(targets):
+                results.append(_failed(run_id, host, entry, errors.CollectionFailed(
+                    host, "devicevault_keep_raw keeps the device output with its secrets, so it needs an "
+                          f"encrypted target; none of {', '.join(targets)} is encrypted (see storage.yml)")))
+                continue
+            batch.runnable[host] = platform
+    return batch
+
+
+def finish_batch(redis: Redis, settings: Settings, batch: Batch, outcomes: dict[str, FetchOutcome], *,
+                 attempt: int = 1, can_retry: bool = False) -> tuple[list[DeviceResult], list[str]]:
+    """Everything after the fetch, the one way for every producer of device results (:func:`collect`, and
+    the ``devicevault.network.devicevault`` callback of a plain ansible-playbook / ansible-runner / AWX
+    run): normalise and mask each fetched host's outputs, look the masked view up in the version cache,
+    stage candidates in the outbox and publish every host's result (with the batch's decided ones) in one
+    transaction. Returns ``(published results, hosts to retry)``: with ``can_retry``, transient failures
+    of an ``attempt`` below ``1 + settings.collect_retries`` are not published but returned to retry."""
+    results = list(batch.results)
+    candidates: dict[str, StorageItem] = {}
+    for host, platform in batch.runnable.items():
+        result, item = _evaluate(redis, batch.run_id, batch.inv[host], platform, outcomes[host], batch.redactor,
+                                 batch.layout)
+        results.append(result)
+        if item is not None:
+            candidates[host] = item
+    results, again = _retry_or_final(results, attempt, settings, can_retry)
+    for result in results:  # the consumer checks each device against the run's own inventory
+        result.inventory = str(batch.inventory_path.absolute())
+    publish(redis, results, (candidates[r.device] for r in results if r.device in candidates))
+    return results, again
+
+
 def _retry_or_final(results: list[DeviceResult], attempt: int, settings: Settings, can_retry: bool):
     """Split off transient failures that get another attempt; say on every final failure whether and how
     often it was retried."""
     final: list[DeviceResult] = []
     again: list[str] = []
-    attempts = 1 + max(0, settings.collect_retries)
+    attempts = 1 + max(0, settings.collect_retries) if can_retry else attempt  # no retrying: this one was the last
     for result in results:
         if result.status is not DeviceStatus.FAILED or not result.error_kind:
             final.append(result)

@@ -52,6 +52,20 @@ def read_results(path: Path) -> dict[str, dict]:
     return collection_module("batch_fetch").read_results(str(path))
 
 
+def apply_record(outcome: FetchOutcome, record: dict, redactor: Redactor) -> FetchOutcome:
+    """A device's line of the results file into its outcome: its outputs, or its failure (the kind from
+    what Ansible said, credentials masked). Also what the ``devicevault`` callback reads a playbook's
+    results file with (``jobs.collect.playbook``)."""
+    outcome.duration = float(record.get("duration") or 0.0)
+    if record.get("failed"):
+        error = classify(outcome.host, str(record.get("msg") or ""))
+        outcome.error = type(error)(outcome.host, redactor.redact(error.cause))
+        outcome.log = redactor.redact(str(record.get("msg") or ""))
+    else:
+        outcome.outputs = [str(item) for item in record.get("outputs") or []]
+    return outcome
+
+
 @lru_cache(maxsize=1)
 def _error_patterns() -> list[tuple[type[errors.DeviceError], re.Pattern[str]]]:
     data = yaml.safe_load((Path(__file__).parent / "ansible_errors.yml").read_text())
@@ -188,13 +202,7 @@ def fetch_configs(
     for host, outcome in outcomes.items():
         record = found.get(host)
         if record is not None:
-            outcome.duration = float(record.get("duration") or 0.0)
-            if record.get("failed"):
-                error = classify(host, str(record.get("msg") or ""))  # the kind, from what Ansible said
-                outcome.error = type(error)(host, redactor.redact(error.cause))
-                outcome.log = redactor.redact(str(record.get("msg") or ""))
-            else:
-                outcome.outputs = [str(item) for item in record.get("outputs") or []]
+            apply_record(outcome, record, redactor)
             continue
         cause = (
             f"no answer before the job's hard limit of {settings.job_timeout}s"
