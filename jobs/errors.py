@@ -69,6 +69,14 @@ class IncompleteOutput(DeviceError):
     transient = True
 
 
+class FetchInterrupted(DeviceError):
+    """Ansible ended before this device's result: ``ansible-playbook`` or the batch's fetch process was killed
+    (the OOM killer) or crashed. Not the device's doing, so it gets another attempt."""
+
+    kind = "interrupted"
+    transient = True
+
+
 class CollectionFailed(DeviceError):
     """Ansible failed for a reason none of the above describes."""
 

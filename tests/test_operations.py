@@ -125,6 +125,86 @@ def test_transient_failures_are_retried_and_permanent_ones_say_so(ops):
     assert "authentication failed" in denied["error"] and "permanent: not retried" in denied["error"], denied
 
 
+def _descendants(pid: int) -> dict[int, str]:
+    """``{pid: command line}`` of every live process below ``pid`` (zombies excepted: nobody reaps them here)."""
+    children: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                fields = (entry / "stat").read_bytes().rsplit(b")", 1)[1].split()
+            except (OSError, IndexError):
+                continue
+            if fields[0] != b"Z":
+                children.setdefault(int(fields[1]), []).append(int(entry.name))
+    found, todo = {}, [pid]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            try:
+                found[child] = (Path("/proc") / str(child) / "cmdline").read_bytes().replace(b"\0", b" ").decode()
+            except OSError:
+                continue
+            todo.append(child)
+    return found
+
+
+def test_a_killed_ansible_playbook_is_retried_and_leaves_nothing_behind(ops):
+    """``ansible-playbook`` SIGKILLed mid-batch (the OOM killer's choice): its devices without a result are
+    retried as transient (none is failed for good), every device gets exactly one new version, and no Ansible
+    process or runner directory is left."""
+    import tempfile
+
+    from lab.control import LabControl
+
+    lab = LabControl(ops.home / "lab")
+    for host in AMS:
+        lab.change(host)
+    # the batch cannot finish before the kill, however slow the machine: the hung device waits 120 s
+    slow = Path(ops.env["DEVICEVAULT_INVENTORY"]) / "host_vars" / "ams-eos-01.yml"
+    slow.write_text("ansible_connect_timeout: 120\nansible_command_timeout: 120\n")
+    lab.set_fault("ams-eos-01", "hang")
+    before = {d["name"]: d["versions"] for d in ops.json("devices")}
+    try:
+        started = json.loads(ops("backup", "--group", "site_ams", "--json").stdout)
+        _kill_playbook_mid_batch(ops, lab)
+    finally:
+        slow.unlink()
+        lab.set_fault("ams-eos-01", "none")
+    rows = _wait_run(ops, started["run_id"])
+    assert sorted(r["device"] for r in rows) == sorted(AMS)
+    assert {r["status"] for r in rows} == {"changed"}, rows
+    after = {d["name"]: d["versions"] for d in ops.json("devices")}
+    assert all(after[h] == before[h] + 1 for h in AMS), (before, after)
+    worker = ops.workers["ams"].popen.pid
+    horses = set(_descendants(worker)) | {worker}
+    left = [p for p in Path(tempfile.gettempdir()).glob("devicevault-runner-*-*") if int(p.name.split("-")[2]) in horses]
+    assert left == [], left
+
+
+def _kill_playbook_mid_batch(ops, lab) -> None:
+    """SIGKILL the ams worker's ``ansible-playbook`` once the hung device is connected; the device answers
+    again at once (so the retry can back it up) and every process below ``ansible-playbook`` must go."""
+    worker = ops.workers["ams"].popen.pid
+    deadline = time.monotonic() + 120
+    playbook: list[int] = []
+    while time.monotonic() < deadline and not (
+            playbook and lab.sessions()["per_device"].get("ams-eos-01", {}).get("open")):
+        found = [pid for pid, cmd in _descendants(worker).items()
+                 if any(part.endswith("/ansible-playbook") for part in cmd.split(" ")[:2])]
+        # its own forks (workers, fetch processes) have the same command line: the one above them all
+        playbook = [pid for pid in found if not any(pid in _descendants(other) for other in found if other != pid)]
+        time.sleep(0.1)
+    assert playbook, "the batch's ansible-playbook never started"
+    assert lab.sessions()["per_device"].get("ams-eos-01", {}).get("open"), "the hung device was never connected"
+    below = set(_descendants(playbook[0]))  # its worker and the fetch processes
+    assert below, "ansible-playbook had no worker process"
+    os.kill(playbook[0], signal.SIGKILL)
+    lab.set_fault("ams-eos-01", "none")
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and below & set(_descendants(1)):
+        time.sleep(0.2)
+    assert not below & set(_descendants(1)), "processes of the killed ansible-playbook are still running"
+
+
 def test_a_killed_worker_is_retried_without_duplicate_versions_and_its_locks_go(ops):
     from lab.control import LabControl
     from jobs.queues import Queue

@@ -29,10 +29,13 @@ from jobs.settings import ANSIBLE_CFG, PLAYBOOKS_DIR, Settings
 
 COLLECT_TASK = "Collect configuration"
 RESULTS_FILE = "results.jsonl"  # in the runner's private directory (mode 0700, removed afterwards)
+#: the runner's private directory: ``<tmp>/devicevault-runner-<pid of the process that made it>-<random>``
+RUNNER_PREFIX = "devicevault-runner-"
 _ERROR_KINDS: dict[str, type[errors.DeviceError]] = {
     "authentication": errors.AuthenticationFailed,
     "timeout": errors.DeviceTimeout,
     "connection": errors.ConnectionLost,
+    "interrupted": errors.FetchInterrupted,
 }
 
 
@@ -81,6 +84,7 @@ def classify(device: str, message: str) -> errors.DeviceError:
                 errors.AuthenticationFailed: "authentication failed",
                 errors.DeviceTimeout: "timed out",
                 errors.ConnectionLost: "connection lost",
+                errors.FetchInterrupted: "interrupted",
             }[cls]
             return cls(device, f"{label}: {cause}")
     return errors.CollectionFailed(device, cause)
@@ -131,6 +135,28 @@ def _extravars(settings: Settings, results: Path) -> dict[str, str | int]:
     return found
 
 
+def sweep_runner_dirs() -> list[Path]:
+    """Remove the runner directories of processes that are gone (a work horse killed with its worker, or by
+    the OOM killer, never reached its ``finally``); every batch does it first. Returns what it removed."""
+    removed = []
+    for path in Path(tempfile.gettempdir()).glob(f"{RUNNER_PREFIX}*-*"):
+        pid = path.name[len(RUNNER_PREFIX):].split("-", 1)[0]
+        if not pid.isdigit() or int(pid) == os.getpid() or _alive(int(pid)):
+            continue
+        shutil.rmtree(path, ignore_errors=True)
+        removed.append(path)
+    return removed
+
+
+def _alive(pid: int) -> bool:
+    """Whether process ``pid`` runs (a zombie, dead but not yet reaped, does not)."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as fh:
+            return fh.read().rsplit(b")", 1)[1].split()[0] != b"Z"
+    except (OSError, IndexError):
+        return False
+
+
 def _batch_inventory(inventory: Path | str, hosts: list[str], settings: Settings, directory: Path) -> Path:
     """The inventory the batch's ansible-playbook reads: just the batch's hosts, written from the inventory
     this process parsed (``jobs.collect.inventory.write_batch_inventory``), or the whole one where that
@@ -165,7 +191,8 @@ def fetch_configs(
         return outcomes
     redactor = redactor or Redactor()
     general: list[str] = []  # output not tied to a device (a playbook or inventory error, the batch task failing)
-    workdir = Path(tempfile.mkdtemp(prefix="devicevault-runner-"))
+    sweep_runner_dirs()
+    workdir = Path(tempfile.mkdtemp(prefix=f"{RUNNER_PREFIX}{os.getpid()}-"))
     results = workdir / RESULTS_FILE
 
     def handle(event: dict) -> bool:
@@ -212,5 +239,5 @@ def fetch_configs(
         tail = [line for line in "".join(general).splitlines() if line.strip()][-3:]
         if tail and status != "timeout":
             cause += ": " + redactor.redact(" | ".join(tail))
-        outcome.error = (errors.DeviceTimeout if status == "timeout" else errors.CollectionFailed)(host, cause)
+        outcome.error = (errors.DeviceTimeout if status == "timeout" else errors.FetchInterrupted)(host, cause)
     return outcomes

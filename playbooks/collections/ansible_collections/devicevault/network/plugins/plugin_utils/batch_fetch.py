@@ -327,6 +327,16 @@ def process_count(requested, forks, devices):
     return max(1, min(wanted, forks, devices))
 
 
+def die_with_parent():
+    """Have the kernel SIGKILL this process when the process that started it dies (Linux): the task's
+    process goes with a killed ``ansible-playbook`` (the OOM killer, a job's hard limit), and the fetch
+    processes with the task's, so no fetch goes on unseen with no one to read its results."""
+    parent = os.getppid()
+    ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+    if os.getppid() != parent:  # it died before the call
+        os._exit(1)
+
+
 def run_batch(names, prepare, forks, processes, results_path):
     """Fetch every device of ``names`` (``prepare(name)`` -> its ``(connection, commands)``), at most ``forks``
     at once, over ``processes`` forked processes (1: in this process), each setting up its own share; each
@@ -335,6 +345,7 @@ def run_batch(names, prepare, forks, processes, results_path):
         return
     forks = max(1, min(forks, len(names)))
     processes = max(1, min(processes, forks))
+    die_with_parent()
     install_banner_wait()
     writer = ResultWriter(results_path)
     try:
@@ -352,7 +363,7 @@ def run_batch(names, prepare, forks, processes, results_path):
                 if pid == 0:  # child
                     code = 0
                     try:
-                        ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+                        die_with_parent()
                         _run_threads(share, prepare, count, writer)
                     except BaseException:
                         code = 1
