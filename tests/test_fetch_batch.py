@@ -158,3 +158,22 @@ def test_a_wrong_password_fails_only_that_device(lab, tmp_path):
     outcomes = _fetch(lab.hosts, inventory, tmp_path, forks=LAB_SIZE, device_timeout=15)
     _assert_failed_with(outcomes, wrong, errors.AuthenticationFailed)
     _assert_fetched(outcomes, [h for h in lab.hosts if h != wrong], lab.hosts)
+
+
+def test_a_host_name_that_breaks_ansible_fails_alone_with_the_reason(lab, tmp_path):
+    """A 300-character host name (the same device as a lab host) in a batch with every lab device: Ansible
+    cannot keep per-host files under that name, so it fails with Ansible's own reason, permanently (a retry
+    would fail the same way); the other ten are fetched."""
+    inventory = _inventory_copy(lab, tmp_path)
+    doc = yaml.safe_load((inventory / "hosts.yml").read_text())
+    ios = lab.host("ios")
+    long_name = "core-" + "x" * 295
+    for group in doc["all"]["children"].values():  # same groups and variables as the ios host
+        if ios in (group.get("hosts") or {}):
+            group["hosts"][long_name] = dict(group["hosts"][ios] or {})
+    (inventory / "hosts.yml").write_text(yaml.safe_dump(doc, sort_keys=False))
+    outcomes = _fetch([long_name, *lab.hosts], inventory, tmp_path, forks=LAB_SIZE + 1, device_timeout=15)
+    _assert_fetched(outcomes, lab.hosts, lab.hosts)
+    _assert_failed_with(outcomes, long_name, errors.CollectionFailed)
+    assert not outcomes[long_name].error.transient
+    assert "File name too long" in str(outcomes[long_name].error), str(outcomes[long_name].error)
