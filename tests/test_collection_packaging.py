@@ -33,7 +33,7 @@ LAB_BASE = "127.0.176.0"
 #: terminal plugins (ansible-core's list: become, cache, callback, cliconf, connection, ...), so the
 #: terminal plugin devicevault.network.cli is checked by loading it in the playbook run (asa) instead.
 PLUGINS = [("module", "devicevault.network.collect"), ("module", "devicevault.network.collect_batch"),
-           ("cliconf", "devicevault.network.cli")]
+           ("cliconf", "devicevault.network.cli"), ("callback", "devicevault.network.devicevault")]
 
 
 def _env(collections: Path, **extra: str) -> dict[str, str]:

@@ -12,7 +12,7 @@ description:
   - A host's failure (authentication, timeout, lost connection, rejected command, unknown platform) is its
     own result in RV(devices); it never fails the task or another host.
   - The raw outputs never enter the task result (what C(-v) prints, what callbacks, ansible-runner artifacts
-    and AWX job events record): without O(results_path), RV(devices) holds each host's normalised, masked
+    and AWX job events record). Without O(results_path), RV(devices) holds each host's normalised, masked
     view, made by the same code DeviceVault stores versions with.
   - When the C(devicevault.network.devicevault) callback runs the playbook, the raw outputs go to the
     callback's private directory (E(DEVICEVAULT_CALLBACK_DIR)), and hosts the callback could not lock or
@@ -31,7 +31,7 @@ options:
   backup_dir:
     description:
       - The playbook's C(backup_dir). Only files that must hold secrets are written here by this task
-        (mode 0600): the device output exactly as read with O(backup_raw), or the version with its secrets
+        (mode 0600), the device output exactly as read with O(backup_raw), or the version with its secrets
         kept for hosts with C(devicevault_secrets=keep). Their text never enters the task result; the
         playbook writes the other hosts' files from RV(devices) (the masked view).
     type: path
