@@ -340,7 +340,7 @@ def runs(as_json, limit) -> None:
 
     with index_sessions(load_settings())() as session:
         rows = list_runs(session, limit)
-    emit(rows, ["run_id", "created_at", "finished_at", "status", "selector", "total"], as_json)
+    emit(rows, ["run_id", "created_at", "finished_at", "status", "selector", "requested_by", "total"], as_json)
 
 
 @main.command()

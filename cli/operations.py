@@ -43,7 +43,7 @@ def status(as_json) -> None:
          ["device", "group", "last_success", "stale_since"]),
         ("unsaved devices (running configuration differs from startup)", "unsaved",
          ["device", "group", "platform", "unsaved_since"]),
-        ("last runs", "runs", ["run_id", "created_at", "status", "selector", "total"]),
+        ("last runs", "runs", ["run_id", "created_at", "status", "selector", "requested_by", "total"]),
     ):
         click.echo(f"== {title}")
         table(data[key], columns)
