@@ -45,7 +45,7 @@ def redis_password(path: Path) -> str:
         return path.read_text().strip()
     except FileNotFoundError:
         pass
-    path.parent.mkdir(parents=True, exist_ok=True)
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
     password = secrets.token_urlsafe(32)
     try:
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
@@ -101,6 +101,7 @@ class RedisServer:
         if binary is None:
             raise ServiceError("redis-server is not installed (Debian: apt-get install -y redis-server)")
         self.directory.mkdir(parents=True, exist_ok=True)
+        self.directory.chmod(0o700)  # the append-only file holds the outbox: configurations not yet stored
         subprocess.run([binary, str(self._config())], check=True)
         deadline = time.monotonic() + timeout
         while not port_open(self.host, self.port):

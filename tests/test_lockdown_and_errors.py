@@ -58,6 +58,7 @@ def test_the_redis_devicevault_starts_refuses_clients_without_its_password(redis
     password_file = redis_server.directory / "password"
     assert password_file.stat().st_mode & 0o777 == 0o600
     assert (redis_server.directory / "redis.conf").stat().st_mode & 0o777 == 0o600
+    assert redis_server.directory.stat().st_mode & 0o777 == 0o700  # the append-only file too
     pid = int(redis_server.pidfile.read_text())
     assert redis_server.password.encode() not in Path(f"/proc/{pid}/cmdline").read_bytes()  # not visible in ps
     from redis import Redis
