@@ -96,7 +96,7 @@ def operational_error(exc: BaseException) -> str | None:
     address), or None for anything else (a bug keeps its traceback)."""
     from redis.exceptions import AuthenticationError, BusyLoadingError, InvalidResponse, RedisError, ResponseError
     from redis.exceptions import ConnectionError as RedisConnectionError, TimeoutError as RedisTimeout
-    from sqlalchemy.exc import NoSuchModuleError, OperationalError
+    from sqlalchemy.exc import ArgumentError, NoSuchModuleError, OperationalError
 
     from jobs.settings import SettingsError, redact_url
 
@@ -126,6 +126,8 @@ def operational_error(exc: BaseException) -> str | None:
         hint = " (pip install 'psycopg[binary]')" if "postgres" in database() or missing == "psycopg" else ""
         return (f"the index database driver is not installed for {database()} (DEVICEVAULT_DATABASE_URL): "
                 f"{_first_line(exc)}{hint}")
+    if isinstance(exc, ArgumentError):
+        return f"the index URL {database()} (DEVICEVAULT_DATABASE_URL) cannot be used: {_first_line(exc)}"
     if isinstance(exc, OperationalError):
         detail = _first_line(getattr(exc, "orig", None) or exc)
         what = "is locked by another process" if "locked" in detail else "cannot be used"

@@ -199,6 +199,13 @@ def _number(kind: type, name: str, value: Any) -> Any:
         raise SettingsError(f"DEVICEVAULT_{name.upper()}={value!r}: must be {what}") from None
 
 
+def _redis_url(url: str) -> str:
+    if not re.match(r"(rediss?|unix)://", url, re.I):
+        raise SettingsError(f"DEVICEVAULT_REDIS_URL={redact_url(url)!r}: must start with redis://, rediss:// or "
+                            "unix:// (e.g. redis://127.0.0.1:6379/0)")
+    return url
+
+
 def _with_password(url: str, password_file: Path) -> str:
     """``url`` with the password of ``password_file`` when it names none and the file exists (the Redis that
     ``devicevault up``/``demo`` started); ``redis://`` and ``rediss://`` URLs only."""
@@ -298,7 +305,8 @@ class Settings:
         return cls(
             home=home,
             database_url=str(pick("database_url", f"sqlite:///{home / 'index.sqlite'}")),
-            redis_url=_with_password(str(pick("redis_url", "redis://127.0.0.1:6379/0")), redis_password_file),
+            redis_url=_with_password(_redis_url(str(pick("redis_url", "redis://127.0.0.1:6379/0"))),
+                                     redis_password_file),
             inventory=Path(pick("inventory", LAB_INVENTORY)).absolute(),
             targets=tuple(_split(targets) if isinstance(targets, str) else targets),
             device_timeout=_number(int, "device_timeout", pick("device_timeout", 30)),

@@ -302,10 +302,13 @@ def test_a_missing_database_driver_is_one_line(dv):
 
 
 @pytest.mark.parametrize("variable,value", [("DEVICEVAULT_JOB_TIMEOUT", "abc"), ("DEVICEVAULT_RETRY_BASE", "soon"),
-                                            ("DEVICEVAULT_BATCH_SIZE", "0"), ("DEVICEVAULT_INDEX_WAIT", "x")])
+                                            ("DEVICEVAULT_BATCH_SIZE", "0"), ("DEVICEVAULT_INDEX_WAIT", "x"),
+                                            ("DEVICEVAULT_REDIS_URL", "localhost:6379"),
+                                            ("DEVICEVAULT_DATABASE_URL", "nonsense"),
+                                            ("DEVICEVAULT_DATABASE_URL", "postgresql+psycopg://dv@db:port/x")])
 def test_a_bad_setting_value_is_one_line_naming_the_variable(dv, variable, value):
     dv.env[variable] = value
-    _one_line(dv("devices", check=False), variable, repr(value))
+    _one_line(dv("devices", check=False), variable, value)
 
 
 def test_lab_up_on_a_busy_address_is_one_line(dv, tmp_path):

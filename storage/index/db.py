@@ -108,5 +108,12 @@ def _migrated_engine(url: str, wait: float = DEFAULT_WAIT) -> Engine:
 def connect(url: str, wait: float | None = None) -> sessionmaker[Session]:
     """A session factory for the index at ``url``, migrated to the newest schema on first use; ``wait``:
     seconds to wait for a locked or unreachable index (:data:`DEFAULT_WAIT`)."""
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import ArgumentError
+
+    try:
+        make_url(url)
+    except ValueError as exc:  # a port that is not a number, ...: as SQLAlchemy's own parse errors
+        raise ArgumentError(f"Could not parse SQLAlchemy URL: {exc}") from None
     return sessionmaker(bind=_migrated_engine(url, DEFAULT_WAIT if wait is None else float(wait)),
                         expire_on_commit=False)
