@@ -80,9 +80,10 @@ def _ansible_env(dv, callback: bool = True, **extra) -> dict[str, str]:
 
 
 def _playbook(dv, *args: str, callback: bool = True, env: dict[str, str] | None = None,
-              timeout: float = 300) -> subprocess.CompletedProcess:
+              timeout: float = 300, inventory: Path | None = None) -> subprocess.CompletedProcess:
     return subprocess.run(
-        [str(ANSIBLE_BIN / "ansible-playbook"), "-i", str(dv.inventory), str(ROOT / "playbooks" / "backup.yml"), *args],
+        [str(ANSIBLE_BIN / "ansible-playbook"), "-i", str(inventory or dv.inventory),
+         str(ROOT / "playbooks" / "backup.yml"), *args],
         env={**_ansible_env(dv, callback), **(env or {})}, cwd=ROOT, capture_output=True, text=True, timeout=timeout)
 
 
@@ -322,6 +323,38 @@ def test_a_worker_job_is_skipped_locked_while_the_playbook_holds_the_device(dv):
     _finished(dv, run_id)
     assert {r["device"]: r["status"] for r in dv.json("run", run_id)}[host] == "changed"
     assert len(_versions(dv)[host]) == len(before[host]) + 1
+
+
+def test_vaulted_inventories_work_through_the_callback(dv, tmp_path):
+    """A whole-file vaulted group_vars/all.yml (the playbook's --vault-password-file) and an inline !vault
+    login password (Ansible's ANSIBLE_VAULT_PASSWORD_FILE, which DeviceVault's setting falls back to): the
+    devices are backed up, and nothing of the vault's content shows."""
+    password = tmp_path / "vault-password"
+    password.write_text("native-vault-password\n")
+    password.chmod(0o600)
+    vault = [str(ANSIBLE_BIN / "ansible-vault")]
+    whole = tmp_path / "whole"
+    shutil.copytree(dv.inventory, whole)
+    subprocess.run([*vault, "encrypt", "--vault-password-file", str(password), str(whole / "group_vars" / "all.yml")],
+                   check=True, capture_output=True, env=_ansible_env(dv, callback=False))
+    assert (whole / "group_vars" / "all.yml").read_text().startswith("$ANSIBLE_VAULT")
+    inline = tmp_path / "inline"
+    shutil.copytree(dv.inventory, inline)
+    all_vars = inline / "group_vars" / "all.yml"
+    login = yaml.safe_load(all_vars.read_text())["ansible_password"]
+    encrypted = subprocess.run([*vault, "encrypt_string", "--vault-password-file", str(password), login,
+                                "--name", "ansible_password"], check=True, capture_output=True, text=True,
+                               env=_ansible_env(dv, callback=False)).stdout
+    all_vars.write_text(re.sub(r"^ansible_password:.*$", lambda _: encrypted.strip(), all_vars.read_text(), flags=re.M))
+    for inventory, args, env in ((whole, ["--vault-password-file", str(password)], {}),
+                                 (inline, [], {"ANSIBLE_VAULT_PASSWORD_FILE": str(password)})):
+        proc = _playbook(dv, *args, inventory=inventory, env=env)
+        assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+        run_id, _ = _run_of(proc)
+        _finished(dv, run_id)
+        statuses = {r["device"]: r["status"] for r in dv.json("run", run_id)}
+        assert set(statuses) == set(dv.hosts) and set(statuses.values()) <= {"changed", "unchanged"}, (inventory.name, statuses)
+        assert login not in proc.stdout + proc.stderr
 
 
 def test_redis_unreachable_fails_the_hosts_one_line_each_and_shows_no_password(dv, tmp_path):

@@ -94,7 +94,8 @@ class PlaybookRun:
         except RedisError as exc:
             return self._fail_all(f"DeviceVault's Redis at {redact_url(self.settings.redis_url)} cannot be reached ({exc})")
         try:
-            inv = load_inventory(self.inventory, self.settings, only=self.hosts)
+            with _playbook_vault_kept():
+                inv = load_inventory(self.inventory, self.settings, only=self.hosts)
             layout = StorageLayout.load(self.settings)
         except (errors.InventoryError, StorageConfigError) as exc:
             return self._fail_all(str(exc))
@@ -147,6 +148,22 @@ class PlaybookRun:
         """Release the locks without publishing (the playbook ended before its collect task did)."""
         self.batch = None
         self._locks.close()
+
+
+@contextlib.contextmanager
+def _playbook_vault_kept():
+    """The playbook's own vault secrets stay what they were: DeviceVault's inventory reader sets the
+    process-wide ones to its setting's, and this process is ``ansible-playbook`` (its later tasks, and the
+    collect task's worker forked after this, decrypt with them)."""
+    from ansible.parsing.vault import VaultSecretsContext
+
+    context = VaultSecretsContext.current(optional=True)
+    saved = list(context.secrets) if context is not None else None
+    try:
+        yield
+    finally:
+        if context is not None and saved is not None:
+            context.secrets[:] = saved + [s for s in context.secrets if s not in saved]
 
 
 def summary(run: PlaybookRun, results: list[DeviceResult]) -> str:
