@@ -59,6 +59,8 @@ def render(user) -> None:
         ui.show_error(exc, "Queues, workers and streams cannot be read")
         return
     st.success("Redis answers.")
+    for warning in status.get("warnings", []):  # no append-only file, no password (jobs.ops.status.redis_warnings)
+        st.warning(warning)
     m = st.columns(4)
     workers = status.get("workers", [])
     queued = sum(q.get("queued", 0) for q in status.get("queues", []))
