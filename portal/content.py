@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import difflib
 import threading
-import time
 from collections import OrderedDict
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field

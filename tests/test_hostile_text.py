@@ -64,7 +64,7 @@ def test_newline_in_a_host_name_is_one_log_line(tmp_path):
         "import logging, sys\n"
         "from jobs.settings import Settings\n"
         "from jobs.logs import configure_logging\n"
-        f"configure_logging(Settings.load(), fmt=sys.argv[1])\n"
+        "configure_logging(Settings.load(), fmt=sys.argv[1])\n"
         "logging.getLogger('jobs.test').warning('backing up %s', sys.argv[2])\n"
     )
     for fmt in ("text", "json"):

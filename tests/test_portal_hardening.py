@@ -15,7 +15,7 @@ from datetime import datetime, timedelta, timezone
 
 import pytest
 
-from tests.test_portal import APP, Seeder, app, click, ok, page, texts  # noqa: F401 - AppTest helpers
+from tests.test_portal import Seeder, app, click, ok, page, texts
 
 NOW = datetime.now(timezone.utc).replace(microsecond=0)
 PASSWORDS = {"victor": ("viewer", "victor-password"), "alice": ("admin", "alice-password")}
