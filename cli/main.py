@@ -40,6 +40,10 @@ def main(ctx: click.Context, verbose: int, debug: bool) -> None:
     ctx.meta["devicevault.debug"] = debug
     level = logging.WARNING - 10 * verbose
     logging.basicConfig(level=max(level, logging.DEBUG), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    from jobs.logs import OneLine
+
+    for handler in logging.getLogger().handlers:  # a host name's newline or escape never makes a log line
+        handler.addFilter(OneLine())
 
 
 # --- the lab ----------------------------------------------------------------------------------------------

@@ -29,6 +29,23 @@ from jobs.settings import Settings
 FIELDS = "%(asctime)s %(levelname)s %(name)s %(process)d %(message)s"
 
 
+def _message(record: logging.LogRecord) -> str:
+    """The record's message, formatted (a bad format string must not lose the record)."""
+    try:
+        return record.getMessage()
+    except Exception:  # noqa: BLE001
+        return f"{record.msg!r} {record.args!r}"
+
+
+class OneLine(logging.Filter):
+    """Formats each record's message once, its control characters escaped (``jobs.controls``): for the
+    plain text logging of the ``devicevault`` command, where nothing else would."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        record.msg, record.args = one_line(_message(record)), ()
+        return True
+
+
 class MaskSecrets(logging.Filter):
     """Formats each record's message (and traceback) once, masked; the formatter then only lays it out."""
 
@@ -37,13 +54,9 @@ class MaskSecrets(logging.Filter):
         self.redactor = redactor
 
     def filter(self, record: logging.LogRecord) -> bool:
-        try:
-            message = record.getMessage()
-        except Exception:  # noqa: BLE001 - a bad format string must not lose the record
-            message = f"{record.msg!r} {record.args!r}"
         # one record, one line: a host name or device text carrying a newline, an ANSI escape or a bidi
         # override cannot forge another line or act on the terminal that reads the log
-        record.msg, record.args = one_line(self.redactor.redact(message)), ()
+        record.msg, record.args = one_line(self.redactor.redact(_message(record))), ()
         if record.exc_info and record.exc_info[0] is not None:
             record.traceback = self.redactor.redact("".join(traceback.format_exception(*record.exc_info)))
             record.exc_info, record.exc_text = None, None

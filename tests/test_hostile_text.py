@@ -78,6 +78,15 @@ def test_newline_in_a_host_name_is_one_log_line(tmp_path):
         assert "r1\\nCRITICAL forged line" in lines[0] or "r1\\\\nCRITICAL forged line" in lines[0]
 
 
+def test_the_commands_own_log_lines_are_one_line_too():
+    import logging
+
+    from jobs.logs import OneLine
+
+    record = logging.LogRecord("cli", logging.WARNING, __file__, 1, "device %s failed", ("r1\nforged \x1b[2J",), None)
+    assert OneLine().filter(record) and record.getMessage() == "device r1\\nforged \\x1b[2J failed"
+
+
 # --- show and diff ----------------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def hostile_home(tmp_path_factory):
