@@ -204,8 +204,16 @@ def test_raw_backup_files_only_when_asked_and_equal_to_the_device_output(dv, tmp
 
 # ----------------------------------------------------------------------------------- item 1: the callback
 def test_playbook_with_the_callback_is_a_devicevault_run(dv):
+    import tempfile
+
+    gone = subprocess.Popen(["true"])  # a playbook killed mid-task left its hand-off directory (raw outputs)
+    gone.wait()
+    left = Path(tempfile.gettempdir()) / f"devicevault-callback-{gone.pid}-left"
+    left.mkdir()
+    (left / "results.jsonl").write_text("{}\n")
     proc = _playbook(dv)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert not left.exists()
     run_id, source = _run_of(proc)
     assert source.startswith("ansible-playbook ") and "@" in source
     row = _finished(dv, run_id)

@@ -64,6 +64,24 @@ from ansible_collections.devicevault.network.plugins.plugin_utils import batch_f
 COLLECT_ACTIONS = ("devicevault.network.collect_batch", "collect_batch")
 #: set by DeviceVault's own jobs (they hand the results to DeviceVault themselves)
 OWN_JOB_VAR = "devicevault_results_path"
+#: the hand-off directories: ``<tmp>/devicevault-callback-<pid of ansible-playbook>-<random>``
+HANDOFF_PREFIX = "devicevault-callback-"
+
+
+def _sweep_handoff_dirs():
+    """Remove the hand-off directories (raw outputs) of ``ansible-playbook`` processes that are gone (killed
+    before the collect task ended)."""
+    tmp = tempfile.gettempdir()
+    for name in os.listdir(tmp):
+        pid = name[len(HANDOFF_PREFIX):].split("-", 1)[0] if name.startswith(HANDOFF_PREFIX) else ""
+        if not pid.isdigit() or int(pid) == os.getpid():
+            continue
+        try:
+            os.kill(int(pid), 0)
+        except ProcessLookupError:
+            shutil.rmtree(os.path.join(tmp, name), ignore_errors=True)
+        except OSError:  # alive, another user's
+            pass
 
 
 def _import_devicevault():
@@ -129,7 +147,8 @@ class CallbackModule(CallbackBase):
         except Exception as exc:  # DeviceVault could not start the run: these hosts are not backed up into it
             cause = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
             run, decided = None, {"fail": {h: "%s: not backed up into DeviceVault: %s" % (h, cause) for h in hosts}}
-        directory = tempfile.mkdtemp(prefix="devicevault-callback-")  # 0700
+        _sweep_handoff_dirs()
+        directory = tempfile.mkdtemp(prefix="%s%d-" % (HANDOFF_PREFIX, os.getpid()))  # 0700
         with open(os.path.join(directory, HANDOFF_HOSTS), "w", encoding="utf-8") as fh:
             json.dump(decided, fh)
         os.environ[HANDOFF_ENV] = directory  # the task's worker is forked after this: it sees it
