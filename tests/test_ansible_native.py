@@ -251,6 +251,24 @@ def test_second_playbook_run_adds_nothing_and_a_third_after_two_changes_adds_two
         assert all(f"+{line}" in diff.replace("+ ", "+") for line in lines), (host, lines, diff)
 
 
+def test_a_serial_play_is_one_run_per_batch(dv, tmp_path):
+    playbook = yaml.safe_load((ROOT / "playbooks" / "backup.yml").read_text())
+    playbook[0]["serial"] = 4
+    (tmp_path / "backup.yml").write_text(yaml.safe_dump(playbook, sort_keys=False))
+    proc = subprocess.run([str(ANSIBLE_BIN / "ansible-playbook"), "-i", str(dv.inventory), str(tmp_path / "backup.yml")],
+                          env=_ansible_env(dv), cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    runs = [m.group(1) for m in RUN_LINE.finditer(proc.stdout)]
+    assert len(runs) == 2, proc.stdout[-3000:]
+    seen: list[str] = []
+    for run_id, size in zip(runs, (4, COUNT - 4)):
+        row = _finished(dv, run_id)
+        results = dv.json("run", run_id)
+        assert row["total"] == size and len(results) == size and {r["status"] for r in results} == {"unchanged"}
+        seen += [r["device"] for r in results]
+    assert sorted(seen) == sorted(dv.hosts)
+
+
 def test_ansible_runner_laid_out_as_awx_names_the_job_and_keeps_no_secret(dv, tmp_path):
     private = tmp_path / "awx-job"
     (private / "env").mkdir(parents=True)

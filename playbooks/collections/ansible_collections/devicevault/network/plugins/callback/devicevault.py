@@ -35,8 +35,8 @@ description:
   - DeviceVault's Python packages must be importable by C(ansible-playbook)'s Python (in AWX, the execution
     environment of C(execution-environment.yml)). If they are not, the callback says so once and the
     playbook runs as plain Ansible.
-  - A play with C(serial) is not supported (the run covers the play's hosts at the collect task's first
-    start).
+  - Each start of a collect task is one run of the hosts it collects, so a play with C(serial) makes one run
+    per batch.
 requirements:
   - DeviceVault (its C(jobs) and C(storage) packages) in the Python that runs C(ansible-playbook)
   - a reachable DeviceVault Redis
@@ -53,7 +53,10 @@ import os
 import shutil
 import tempfile
 
+from types import SimpleNamespace
+
 from ansible import context
+from ansible.executor.playbook_executor import PlaybookExecutor
 from ansible.plugins.callback import CallbackBase
 
 from ansible_collections.devicevault.network.plugins.action.collect_batch import (
@@ -106,6 +109,8 @@ class CallbackModule(CallbackBase):
         super().__init__(*args, **kwargs)
         self._playbook_name = ""
         self._play = None
+        self._batches = None  # the play's batches of hosts (serial), worked out at its first collect task
+        self._starts = 0  # collect task starts in this play
         self._off = None  # why this callback does nothing (said once), or None
         self._task = None  # uuid of the collect task under way
         self._run = None  # jobs.collect.playbook.PlaybookRun of that task
@@ -117,7 +122,7 @@ class CallbackModule(CallbackBase):
         self._playbook_name = os.path.basename(getattr(playbook, "_file_name", "") or "")
 
     def v2_playbook_on_play_start(self, play):
-        self._play = play
+        self._play, self._batches, self._starts = play, None, 0
 
     def v2_playbook_on_task_start(self, task, is_conditional):
         action = getattr(task, "resolved_action", None) or task.action
@@ -132,7 +137,7 @@ class CallbackModule(CallbackBase):
         module, settings_cls, why = self._devicevault()
         if module is None:
             return
-        hosts = [h.name for h in variables._inventory.get_hosts(self._play.hosts, order=self._play.order)]
+        hosts = self._batch_hosts(variables._inventory)
         try:
             settings = settings_cls.load(**self._vault())
             sources = [s for s in (context.CLIARGS.get("inventory") or []) if s and os.path.exists(s)]
@@ -167,6 +172,17 @@ class CallbackModule(CallbackBase):
             self._finish(None)
 
     # ------------------------------------------------------------------ helpers
+    def _batch_hosts(self, inventory):
+        """The hosts of the play batch this collect task runs on: the play's hosts split by ``serial`` as
+        ansible-playbook splits them (its own function: ansible-core 2.19, as pinned), the n-th batch for the
+        n-th start of a collect task in the play."""
+        if self._batches is None:
+            batches = PlaybookExecutor._get_serialized_batches(SimpleNamespace(_inventory=inventory), self._play)
+            self._batches = [[h.name for h in batch] for batch in batches] or [[]]
+        index = min(self._starts, len(self._batches) - 1)
+        self._starts += 1
+        return self._batches[index]
+
     def _finish(self, found):
         """Hand the task's results to DeviceVault (``found``: ``{host: record}``; None: release only)."""
         run, directory = self._run, self._dir
