@@ -182,6 +182,17 @@ def test_plain_playbook_at_vvvv_shows_and_writes_no_secret(dv, tmp_path):
         assert not [ln for ln in text.splitlines() if any(p.search(ln) for p in noise)], host
 
 
+def test_the_per_host_collect_task_shows_the_masked_view_only(dv, tmp_path):
+    playbook = tmp_path / "collect.yml"
+    playbook.write_text("- hosts: all\n  gather_facts: false\n  tasks:\n"
+                        "    - name: Collect one host\n      devicevault.network.collect: {}\n      register: got\n")
+    proc = subprocess.run([str(ANSIBLE_BIN / "ansible-playbook"), "-vvvv", "-i", str(dv.inventory), str(playbook)],
+                          env=_ansible_env(dv, callback=False), cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    _assert_no_secret(dv, "the collect task's -vvvv output", {"stdout": proc.stdout, "stderr": proc.stderr})
+    assert proc.stdout.count("<secret hidden>") >= COUNT and '"config":' in proc.stdout
+
+
 def test_raw_backup_files_only_when_asked_and_equal_to_the_device_output(dv, tmp_path):
     out = tmp_path / "raw"
     out.mkdir()
