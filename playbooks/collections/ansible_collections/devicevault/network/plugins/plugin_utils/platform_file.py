@@ -137,39 +137,49 @@ ANSWER_OK = "ok"
 ANSWER_EMPTY = "empty"  # nothing but blank lines
 ANSWER_ERROR = "error"  # an ``errors`` pattern matched
 ANSWER_UNEXPECTED = "unexpected"  # no line matches what the command's real answer holds (``expect``/``keep``)
+_FIRST_LINE = re.compile(r"[^\s][^\n]*")
 
 
 def judge_answer(platform, output, expected=()):
     """What one answer of a device is, judged by its content: ``(verdict, line)``, where ``line`` is the
     device's own words to quote (the line an ``errors`` pattern matched, else its first non-blank line).
 
-    :data:`ANSWER_EMPTY` for nothing (or only blanks); :data:`ANSWER_ERROR` when an ``errors`` pattern
-    matches; :data:`ANSWER_UNEXPECTED` when ``expected`` patterns are given and no line matches one (an
-    error in a wording the file does not list, a bare prompt, another command's output); else
-    :data:`ANSWER_OK`. ``expected`` patterns compiled with re.MULTILINE are searched in the whole answer,
-    others (``keep``) line by line."""
-    text = str(output or "").replace("\r\n", "\n").replace("\r", "\n")
-    first = next((ln.strip() for ln in text.split("\n") if ln.strip()), "")
-    if not first:
+    :data:`ANSWER_EMPTY` for nothing (or only blanks); :data:`ANSWER_OK` when ``expected`` patterns are
+    given and a line matches one; else :data:`ANSWER_ERROR` when an ``errors`` pattern matches, else
+    :data:`ANSWER_UNEXPECTED` when ``expected`` patterns were given (an error in a wording the file does not
+    list, a bare prompt, another command's output), else :data:`ANSWER_OK`. ``expected`` patterns compiled
+    with re.MULTILINE are searched in the whole answer, others (``keep``) line by line."""
+    text = str(output or "")
+    if "\r" in text:
+        text = text.replace("\r\n", "\n").replace("\r", "\n")
+    found = _FIRST_LINE.search(text)  # (not a split: a configuration may be tens of MB)
+    if found is None:
         return ANSWER_EMPTY, ""
+    first = found.group(0).strip()
+    if expected and _holds(text, expected):
+        return ANSWER_OK, first  # (``errors`` inside a real answer are normalising's to refuse: one pass)
     for pattern in platform.errors:
         match = pattern.search(text)
         if match:
             end = text.find("\n", match.end())
             line = text[text.rfind("\n", 0, match.start()) + 1:end if end >= 0 else len(text)].strip()
             return ANSWER_ERROR, line or first
-    if expected:
-        lines = None
-        for pattern in expected:
-            if pattern.flags & re.MULTILINE:
-                if pattern.search(text):
-                    return ANSWER_OK, first
-            else:
-                lines = text.split("\n") if lines is None else lines
-                if any(pattern.search(ln) for ln in lines):
-                    return ANSWER_OK, first
-        return ANSWER_UNEXPECTED, first
-    return ANSWER_OK, first
+    return (ANSWER_UNEXPECTED if expected else ANSWER_OK), first
+
+
+def _holds(text, patterns) -> bool:
+    """Whether a line of ``text`` matches one of ``patterns`` (re.MULTILINE ones searched in the whole text,
+    others line by line)."""
+    lines = None
+    for pattern in patterns:
+        if pattern.flags & re.MULTILINE:
+            if pattern.search(text):
+                return True
+        else:
+            lines = text.split("\n") if lines is None else lines
+            if any(pattern.search(ln) for ln in lines):
+                return True
+    return False
 
 
 #: the most of a device's line quoted in a refusal or a warning
