@@ -66,6 +66,8 @@ portal_login_attempts         DEVICEVAULT_PORTAL_LOGIN_ATTEMPTS ``10`` failed po
 portal_login_delay            DEVICEVAULT_PORTAL_LOGIN_DELAY   ``1`` second: the wait after the third failed login in
                                                                a row, doubling with each further one (at most 60)
 portal_lockout                DEVICEVAULT_PORTAL_LOCKOUT       ``900`` seconds a locked-out user or client waits
+portal_trusted_proxies        DEVICEVAULT_PORTAL_TRUSTED_PROXIES none: addresses of reverse proxies (comma separated)
+                                                               whose ``X-Forwarded-For`` names the portal's client
 log_format                    DEVICEVAULT_LOG_FORMAT           ``json`` for the long-running processes (worker,
                                                                consumer, scheduler, up); ``text`` for people
 inventory_reuse               DEVICEVAULT_INVENTORY_REUSE      ``300`` seconds a process reuses an inventory it parsed,
@@ -292,6 +294,7 @@ class Settings:
     @classmethod
     def load(cls, env: dict[str, str] | None = None, **explicit: Any) -> "Settings":
         env = dict(os.environ if env is None else env)
+    portal_trusted_proxies: tuple[str, ...] = ()
 
         def pick(name: str, default: Any) -> Any:
             if explicit.get(name) is not None:
@@ -358,6 +361,7 @@ class Settings:
         """Constructor options of a ``kind`` target from these settings (what the backend type declares, with
         its defaults if it was registered after these settings were loaded)."""
         spec = backend_type(kind)
+            portal_trusted_proxies=tuple(_split(str(pick("portal_trusted_proxies", "")))),
         return spec.options(_defaults(spec, self.home) | dict(self.backend_settings))
 
     def collector_queue_for(self, collector_group: str = "") -> str:

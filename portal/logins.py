@@ -9,6 +9,11 @@ login clears the user's and the client's record; a record with no failure for ``
 forgotten.
 
 The records live in the portal process (every session of it shares them): a restart forgets them.
+
+The client is the connection's peer (:func:`client_of`); behind a reverse proxy that is the proxy, which
+would make every user share one count (and one lockout), unless the proxy is named in
+``DEVICEVAULT_PORTAL_TRUSTED_PROXIES``: then the client is the address the proxies put in
+``X-Forwarded-For``.
 """
 
 from __future__ import annotations
@@ -17,7 +22,7 @@ import math
 import threading
 import time
 from dataclasses import dataclass
-from typing import Callable
+from typing import Callable, Iterable
 
 #: the longest wait between two attempts before the lockout
 MAX_DELAY = 60.0
@@ -59,6 +64,20 @@ class Failure:
     user_failures: int
     client_failures: int
     locked: tuple[str, ...] = ()
+
+
+def client_of(peer: str | None, forwarded_for: str | None, trusted: Iterable[str] = ()) -> str:
+    """The client's address: the connection's ``peer``; when that is a ``trusted`` reverse proxy, the
+    rightmost address of ``X-Forwarded-For`` that is not itself a trusted proxy (a client can put anything
+    at the left of that header, never what the proxies append to its right). ``unknown`` without a peer."""
+    trusted = set(trusted)
+    client = peer or "unknown"
+    if client in trusted and forwarded_for:
+        for hop in reversed([h.strip() for h in forwarded_for.split(",") if h.strip()]):
+            client = hop
+            if hop not in trusted:
+                break
+    return client
 
 
 def _duration(seconds: float) -> str:

@@ -19,7 +19,7 @@ import streamlit as st
 
 from jobs.settings import Settings, redact_url
 
-from .logins import LoginLimiter
+from .logins import LoginLimiter, client_of
 from .users import User, UsersError, UsersFile
 
 log = logging.getLogger("devicevault.portal")
@@ -107,13 +107,14 @@ def login_limiter(s: Settings | None = None) -> LoginLimiter:
 
 
 def client_address() -> str:
-    """The address of the browser this session talks to (as Streamlit sees it: behind a reverse proxy, the
-    proxy's), or ``unknown``."""
+    """The address of the browser this session talks to (``portal.logins.client_of``: the peer, or what a
+    trusted reverse proxy says in X-Forwarded-For), or ``unknown``."""
     try:
-        address = st.context.ip_address
+        peer, forwarded = st.context.ip_address, st.context.headers.get("X-Forwarded-For")
     except Exception:  # noqa: BLE001 - no request context
-        address = None
-    return address if isinstance(address, str) and address else "unknown"  # (a test harness: one client)
+        peer = forwarded = None
+    return client_of(peer if isinstance(peer, str) else None,  # (a test harness: one client, "unknown")
+                     forwarded if isinstance(forwarded, str) else None, settings().portal_trusted_proxies)
 
 
 # --- the user ---------------------------------------------------------------------------------------------

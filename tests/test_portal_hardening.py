@@ -208,6 +208,21 @@ def test_login_limits_per_user_name_across_clients_and_delays_grow():
     assert limiter.refused("victor", "192.0.2.1") is None
 
 
+def test_behind_a_trusted_proxy_the_client_is_the_forwarded_address():
+    from portal.logins import client_of
+
+    assert client_of("192.0.2.7", None) == "192.0.2.7"
+    assert client_of(None, None) == "unknown"
+    # an untrusted peer's X-Forwarded-For is ignored (anyone can send the header)
+    assert client_of("192.0.2.7", "10.9.9.9") == "192.0.2.7"
+    proxies = ["127.0.0.1", "10.0.0.2"]
+    assert client_of("127.0.0.1", "198.51.100.4", proxies) == "198.51.100.4"
+    # a client's own (forged) entries are at the left; the proxies append the real peer at the right
+    assert client_of("127.0.0.1", "1.2.3.4, 198.51.100.4", proxies) == "198.51.100.4"
+    assert client_of("127.0.0.1", "198.51.100.4, 10.0.0.2", proxies) == "198.51.100.4"  # two proxies
+    assert client_of("127.0.0.1", None, proxies) == "127.0.0.1"
+
+
 def test_a_session_ends_after_its_idle_time(hard_env, monkeypatch):
     monkeypatch.setenv("DEVICEVAULT_PORTAL_IDLE_TIMEOUT", "1")
     at = app().run()
