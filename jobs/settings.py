@@ -277,6 +277,7 @@ class Settings:
     portal_login_attempts: int = 10
     portal_login_delay: float = 1.0
     portal_lockout: float = 900.0
+    portal_trusted_proxies: tuple[str, ...] = ()
     fetch_processes: int = 0
     redis_password_file: Path | None = None
     redis_bind: str = "127.0.0.1"
@@ -294,7 +295,6 @@ class Settings:
     @classmethod
     def load(cls, env: dict[str, str] | None = None, **explicit: Any) -> "Settings":
         env = dict(os.environ if env is None else env)
-    portal_trusted_proxies: tuple[str, ...] = ()
 
         def pick(name: str, default: Any) -> Any:
             if explicit.get(name) is not None:
@@ -342,6 +342,7 @@ class Settings:
             portal_login_attempts=_at_least(1, "portal_login_attempts", pick("portal_login_attempts", 10)),
             portal_login_delay=_seconds("portal_login_delay", pick("portal_login_delay", 1.0)),
             portal_lockout=_seconds("portal_lockout", pick("portal_lockout", 900.0)),
+            portal_trusted_proxies=tuple(_split(str(pick("portal_trusted_proxies", "")))),
             inventory_reuse=_seconds("inventory_reuse", pick("inventory_reuse", 300.0)),
             vault_password_file=_vault_password_file(
                 pick("vault_password_file", None)
@@ -361,7 +362,6 @@ class Settings:
         """Constructor options of a ``kind`` target from these settings (what the backend type declares, with
         its defaults if it was registered after these settings were loaded)."""
         spec = backend_type(kind)
-            portal_trusted_proxies=tuple(_split(str(pick("portal_trusted_proxies", "")))),
         return spec.options(_defaults(spec, self.home) | dict(self.backend_settings))
 
     def collector_queue_for(self, collector_group: str = "") -> str:
