@@ -70,6 +70,10 @@ portal_trusted_proxies        DEVICEVAULT_PORTAL_TRUSTED_PROXIES none: addresses
                                                                whose ``X-Forwarded-For`` names the portal's client
 log_format                    DEVICEVAULT_LOG_FORMAT           ``json`` for the long-running processes (worker,
                                                                consumer, scheduler, up); ``text`` for people
+max_output_mb                 DEVICEVAULT_MAX_OUTPUT_MB        ``64`` (the fetch's own ``MAX_OUTPUT_MB``): the largest
+                                                               reply to one command, in MiB; a device's timeout is
+                                                               its longest silence, so this bounds a device that
+                                                               never stops talking (clear error, not retried)
 inventory_reuse               DEVICEVAULT_INVENTORY_REUSE      ``300`` seconds a process reuses an inventory it parsed,
                                                                while none of its files changed (0: parse every time;
                                                                a dynamic inventory is read again after this time)
@@ -244,6 +248,19 @@ def _seconds(name: str, value: Any) -> float:
     return number
 
 
+def _megabytes(name: str, value: Any) -> float | None:
+    """A size in MiB, more than 0; None stays None (the default of whoever uses it)."""
+    if value is None:
+        return None
+    try:
+        number = float(str(value).strip())
+    except ValueError:
+        number = 0.0
+    if not number > 0:
+        raise SettingsError(f"DEVICEVAULT_{name.upper()}={value!r}: must be a number of MiB, more than 0")
+    return number
+
+
 @dataclass(frozen=True)
 class Settings:
     home: Path
@@ -283,6 +300,8 @@ class Settings:
     redis_bind: str = "127.0.0.1"
     index_wait: float = 30.0
     inventory_reuse: float = 300.0
+    #: MiB; None: the fetch's own default (the collection's ``batch_fetch.MAX_OUTPUT_MB``)
+    max_output_mb: float | None = None
     #: vault password files, ``[label@]path`` comma separated (absolute paths; see :meth:`vault_ids`)
     vault_password_file: str | None = None
     target_env: dict[str, str] = field(default_factory=dict, compare=False)
@@ -344,6 +363,7 @@ class Settings:
             portal_lockout=_seconds("portal_lockout", pick("portal_lockout", 900.0)),
             portal_trusted_proxies=tuple(_split(str(pick("portal_trusted_proxies", "")))),
             inventory_reuse=_seconds("inventory_reuse", pick("inventory_reuse", 300.0)),
+            max_output_mb=_megabytes("max_output_mb", pick("max_output_mb", None)),
             vault_password_file=_vault_password_file(
                 pick("vault_password_file", None)
                 or ",".join(v for v in (env.get("ANSIBLE_VAULT_IDENTITY_LIST"), env.get("ANSIBLE_VAULT_PASSWORD_FILE")) if v)),

@@ -125,6 +125,26 @@ class LabControl:
             st["changes"] = (st.get("changes", []) + added)[-100:]
         return added
 
+    def grow(self, host: str, size: int) -> int:
+        """Make ``host``'s running-config at least ``size`` bytes long with filler VLAN interfaces (a
+        chassis-sized configuration; Cisco-style personalities only), inserted before the first interface.
+        Returns the new length. Startup-config is not touched."""
+        with S.modify(self.state_dir, host) as st:
+            if st["personality"] not in ("ios", "eos", "nxos"):
+                raise ValueError(f"{host}: grow() writes Cisco-style interfaces; {st['personality']} is not one")
+            lines = st["running"].split("\n")
+            at = next((i for i, line in enumerate(lines) if line.startswith("interface ")), len(lines) - 1)
+            filler, length, vlan = [], len(st["running"]), 0
+            while length < size:
+                vlan += 1
+                block = [f"interface Vlan{vlan}", f" description filler {vlan} of a chassis-sized configuration",
+                         f" ip address 10.{vlan >> 16 & 255}.{vlan >> 8 & 255}.{vlan & 255} 255.255.255.0", "!"]
+                filler += block
+                length += sum(len(line) + 1 for line in block)
+            st["running"] = "\n".join(lines[:at] + filler + lines[at:])
+            st["changed_at"] = time.time()
+            return len(st["running"])
+
     def save(self, host: str) -> None:
         """startup-config := running-config (like ``write memory``)."""
         with S.modify(self.state_dir, host) as st:

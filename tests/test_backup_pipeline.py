@@ -385,3 +385,31 @@ def test_no_credential_reaches_index_git_logs_or_job_metadata(dv, redis_server):
             except zlib.error:
                 pass
             assert not any(s in blob for s in secrets), key
+
+
+def test_a_20_mb_configuration_is_one_version_equal_to_the_normalised_device_output(dv):
+    """A chassis-sized configuration (20 MB) with the default timeouts: one version, whose stored text is
+    exactly what the platform makes of the device's output (fetched again here through ``fetch_configs``),
+    one git commit, and the index's sha256 of it."""
+    from jobs.collect.fetch import fetch_configs
+    from jobs.collect.normalize import normalize
+    from jobs.collect.platforms import get_platform
+    from lab.control import LabControl
+
+    control = LabControl(dv.home / "lab")
+    host = next(d["name"] for d in sorted(dv.json("devices"), key=lambda d: d["name"])
+                if platform_key(d["platform"]) == "ios" and d["status"] != "failed")
+    assert control.grow(host, 20 * 1024 * 1024) >= 20 * 1024 * 1024
+    before, commits = _total_versions(dv), _git_commits(dv.settings.git_repo)
+    results = _backup(dv, "--host", host)
+    assert results[host]["status"] == "changed", results[host]
+    assert _total_versions(dv)[host] == before[host] + 1
+    assert _git_commits(dv.settings.git_repo) == commits + 1
+    stored = dv("show", host).stdout
+    assert len(stored) > 20 * 1024 * 1024
+    fetched = fetch_configs([host], inventory=dv.settings.inventory, settings=dv.settings)[host]
+    assert fetched.error is None, fetched.error
+    expected = normalize(host, get_platform("ios"), fetched.outputs).text
+    assert hashlib.sha256(stored.encode()).hexdigest() == hashlib.sha256(expected.encode()).hexdigest()
+    assert dv.json("versions", host)[-1]["sha256"] == hashlib.sha256(expected.encode()).hexdigest()
+    control.reset(host)

@@ -114,6 +114,8 @@ def runner_env(settings: Settings, workdir: Path) -> dict[str, str]:
         "ANSIBLE_RETRY_FILES_ENABLED": "False",
         "ANSIBLE_NOCOLOR": "1",
     }
+    if settings.max_output_mb is not None:
+        env["DEVICEVAULT_MAX_OUTPUT_MB"] = str(settings.max_output_mb)
     vault = settings.vault_ids()
     if vault:  # the same vault passwords as DeviceVault's inventory reading: the files' paths, never their text
         env["ANSIBLE_VAULT_IDENTITY_LIST"] = ",".join(f"{label}@{file}" for label, file in vault)

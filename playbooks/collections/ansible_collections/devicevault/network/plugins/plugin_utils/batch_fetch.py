@@ -21,7 +21,10 @@ plugins (see the action), and this module drives the connections concurrently:
 - **timeouts per thread.** ``ansible-connection`` enforces the command timeout with ``SIGALRM``, which only
   works in a process's main thread; here each reading thread checks its own deadline (connect timeout
   while logging in, command timeout per command) every time it polls its channel, and raises the same
-  ``command timeout triggered`` error Ansible does.
+  ``command timeout triggered`` error Ansible does. The timeout is the longest *silence*: it starts again
+  whenever data arrives, so a configuration of many megabytes from a slow device is read whole (as RANCID's
+  expect does), and what bounds a device that never stops talking is the size limit,
+  ``DEVICEVAULT_MAX_OUTPUT_MB`` (:data:`MAX_OUTPUT_MB` by default) per command, with a clear error.
 - **one result per device, as it finishes**, one JSON line each to ``results_path`` (so a batch's
   configurations never travel through one giant task result), written under a lock shared by the
   processes.
@@ -37,6 +40,7 @@ import fcntl
 import gc
 import json
 import os
+import re
 import select
 import signal
 import socket
@@ -55,18 +59,45 @@ HANDSHAKES_PER_PROCESS = 8
 MAX_CHUNK = 1 << 20
 #: how long a closed session waits for the device to close its side of the connection
 CLOSE_GRACE = 2.0
+#: the largest reply to one command, in MiB, unless ``DEVICEVAULT_MAX_OUTPUT_MB`` says otherwise
+MAX_OUTPUT_MB = 64
 _PR_SET_PDEATHSIG = 1
+
+
+def max_output_bytes():
+    """The size limit of one command's reply (``DEVICEVAULT_MAX_OUTPUT_MB``, else :data:`MAX_OUTPUT_MB`)."""
+    value = os.environ.get("DEVICEVAULT_MAX_OUTPUT_MB") or MAX_OUTPUT_MB
+    try:
+        return int(float(value) * (1 << 20))
+    except ValueError:
+        raise ValueError("DEVICEVAULT_MAX_OUTPUT_MB=%r: must be a number of MiB" % value) from None
 
 
 class _Deadline(threading.local):
     end = None
     timeout = None
     last = None
+    received = 0
+    limit = None
 
     def start(self, timeout):
         self.timeout = timeout
         self.last = time.monotonic()
         self.end = self.last + float(timeout)
+        self.received = 0
+        if self.limit is None:
+            self.limit = max_output_bytes()
+
+    def arrived(self, size):
+        """``size`` bytes came: the silence starts again; a reply past the size limit ends here."""
+        if self.end is None:
+            return
+        self.received += size
+        if self.received > self.limit:
+            raise AnsibleConnectionFailure(
+                "the reply is larger than the size limit of %g MiB (DEVICEVAULT_MAX_OUTPUT_MB); raise the limit "
+                "for this device's configuration" % (self.limit / (1 << 20)))
+        self.end = time.monotonic() + float(self.timeout)
 
     def stop(self):
         self.end = self.last = None
@@ -108,6 +139,7 @@ class _DeadlineChannel:
         if not chunks:
             time.sleep(0.01)
             return b""
+        _deadline.arrived(size)
         return b"".join(chunks)
 
     def __getattr__(self, name):
@@ -115,10 +147,25 @@ class _DeadlineChannel:
 
 
 _classes = {}
+#: bytes before the new data that a prompt or error search looks at again: longer than any prompt or error
+#: line, so one cut by a read is still found whole
+SEARCH_OVERLAP = 1024
+
+
+def _new_part(conn, what, response):
+    """The part of ``response`` (the reply so far to one command) that the ``what`` search has not seen."""
+    seen = conn.__dict__.setdefault("_devicevault_seen", {})
+    start = seen.get(what, 0)
+    seen[what] = len(response)
+    return response[max(0, start - SEARCH_OVERLAP):] if start else response
 
 
 def threaded(conn):
-    """Make ``conn`` (a network_cli connection) wrap its shell channel in :class:`_DeadlineChannel`."""
+    """Make ``conn`` (a network_cli connection) wrap its shell channel in :class:`_DeadlineChannel`, and search
+    only what each read added (plus :data:`SEARCH_OVERLAP`) for the terminal's prompt and error patterns:
+    network_cli searches the whole reply so far after every read, which is quadratic in the reply's size (a 20
+    MB configuration cost 150 CPU-s). Whatever matched earlier stopped the read there, so nothing is missed.
+    A prompt pattern without ``re.M`` can only match at the end of the reply: only its last bytes are searched."""
     base = type(conn)
     if base not in _classes:
         def _get(self):
@@ -127,7 +174,21 @@ def threaded(conn):
         def _set(self, chan):
             self.__dict__["_devicevault_shell"] = _DeadlineChannel(chan) if chan is not None else None
 
-        _classes[base] = type("Threaded" + base.__name__, (base,), {"_ssh_shell": property(_get, _set)})
+        def _find_prompt(self, response):
+            if not any(pattern.flags & re.M for pattern in self._terminal_stdout_re):
+                return base._find_prompt(self, response[-SEARCH_OVERLAP:])  # "$" is the end of the reply
+            return base._find_prompt(self, _new_part(self, "prompt", response))
+
+        def _find_error(self, response):
+            return base._find_error(self, _new_part(self, "error", response))
+
+        def receive(self, *args, **kwargs):
+            self.__dict__["_devicevault_seen"] = {}  # a new reply: nothing of it seen yet
+            return base.receive(self, *args, **kwargs)
+
+        _classes[base] = type("Threaded" + base.__name__, (base,), {
+            "_ssh_shell": property(_get, _set), "_find_prompt": _find_prompt, "_find_error": _find_error,
+            "receive": receive})
     conn.__class__ = _classes[base]
     return conn
 
