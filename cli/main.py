@@ -6,7 +6,6 @@ Every listing command prints a table, or JSON with ``--json`` for scripts. Setti
 
 from __future__ import annotations
 
-import difflib
 import json
 import logging
 import os
@@ -444,19 +443,17 @@ def show(host, version, raw) -> None:
 @click.option("--raw", is_flag=True, help="Control characters unescaped even on a terminal.")
 @guard
 def diff(host, a, b, context_lines, raw) -> None:
-    """Unified diff between two versions of HOST (default: the previous and the newest; -1 = newest).
-    On a terminal, control characters are escaped."""
+    """Unified diff between two versions of HOST (default: the previous and the newest; -1 = newest); each
+    hunk header names the configuration section it is in (``@@ ... @@ interface Gi0/1``). On a terminal,
+    control characters are escaped."""
     settings = load_settings()
     old_text, old = _version_text(settings, host, a if a is not None else "-2")
     new_text, new = _version_text(settings, host, b if b is not None else "-1")
-    lines = difflib.unified_diff(
-        old_text.splitlines(keepends=True),
-        new_text.splitlines(keepends=True),
-        fromfile=f"{host} v{old.number} {old.sha256[:12]}",
-        tofile=f"{host} v{new.number} {new.sha256[:12]}",
-        n=context_lines,
-    )
-    _print_text("".join(lines), raw)
+    from jobs.diffs import unified_diff
+
+    patch = unified_diff(old_text, new_text, f"{host} v{old.number} {old.sha256[:12]}",
+                         f"{host} v{new.number} {new.sha256[:12]}", context=context_lines)
+    _print_text(patch, raw)
 
 
 # --- storage upkeep ---------------------------------------------------------------------------------------

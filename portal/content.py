@@ -21,6 +21,7 @@ from typing import Callable, Iterable, Protocol, Sequence
 
 import re2
 
+from jobs import diffs
 from storage.errors import StorageError
 from storage.retrieve import read_first
 
@@ -117,8 +118,8 @@ def read_many(items: Iterable[tuple[str, Copies]], open_backend: Callable[[str],
 
 # --- diffs ----------------------------------------------------------------------------------------------
 def unified_diff(old: str, new: str, old_label: str, new_label: str, context: int = 3) -> str:
-    return "".join(difflib.unified_diff(old.splitlines(keepends=True), new.splitlines(keepends=True),
-                                        fromfile=old_label, tofile=new_label, n=context))
+    """Each hunk header names its configuration section: ``jobs.diffs`` (the CLI's ``diff`` uses it too)."""
+    return diffs.unified_diff(old, new, old_label, new_label, context)
 
 
 _STATS: OrderedDict[tuple[str, str], tuple[int, int]] = OrderedDict()
@@ -157,14 +158,17 @@ class SideRow:
 
 def side_by_side(old: str, new: str, context: int | None = 3) -> list[SideRow]:
     """Rows pairing the two texts' lines; ``context`` lines around each change (None = the whole file).
-    A row with ``change == "..."`` stands for skipped unchanged lines."""
+    A row with ``change == "..."`` stands for skipped unchanged lines and names the configuration section of
+    the change after it (``… interface Gi0/1``, as the unified diff's hunk headers: ``jobs.diffs``)."""
     a, b = old.splitlines(), new.splitlines()
     matcher = difflib.SequenceMatcher(None, a, b, autojunk=False)
     groups = [matcher.get_opcodes()] if context is None else list(matcher.get_grouped_opcodes(context))
     rows: list[SideRow] = []
     for n, group in enumerate(groups):
-        if n and context is not None:
-            rows.append(SideRow(None, "…", None, "…", "..."))
+        section = diffs.hunk_section(a, b, group) if context is not None else ""
+        if context is not None and (n or section):
+            label = f"… {section}" if section else "…"
+            rows.append(SideRow(None, label, None, label, "..."))
         for tag, i1, i2, j1, j2 in group:
             if tag == "equal":
                 rows.extend(SideRow(i + 1, a[i], j + 1, b[j], "") for i, j in zip(range(i1, i2), range(j1, j2)))
