@@ -21,11 +21,23 @@ def load_settings() -> Settings:
     return Settings.load()
 
 
-def redis_client(settings: Settings, *, blocking: bool = False):
-    """A Redis connection; ``blocking`` for daemons that wait on the server (no socket timeout)."""
+def redis_client(settings: Settings, *, blocking: bool = False, resilient: bool | None = None):
+    """A Redis connection; ``blocking`` for daemons that wait on the server (no socket timeout).
+
+    ``resilient`` (default: ``blocking``, i.e. the worker and the consumer; the scheduler asks for it too):
+    once the connection has worked, a command that meets a lost connection or a Redis still loading its
+    append-only file is tried again with backoff for about a minute (``jobs.redisretry``) before its caller
+    sees the error, so a Redis restart or a short outage is ridden out inside each command: the workers'
+    jobs, the consumer and the pump just wait. Before the first success the first error is raised at once
+    (Redis down at start: one line, ``cli.common.operational_error``)."""
     from redis import Redis
 
-    return Redis.from_url(settings.redis_url, socket_timeout=None if blocking else 30)
+    kwargs = {}
+    if blocking if resilient is None else resilient:
+        from jobs.redisretry import resilient_options
+
+        kwargs = resilient_options()
+    return Redis.from_url(settings.redis_url, socket_timeout=None if blocking else 30, **kwargs)
 
 
 def storage_layout(settings: Settings):

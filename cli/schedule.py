@@ -211,29 +211,52 @@ class ScheduleScheduler(Scheduler):
         self._stopping.set()
 
     def run(self, burst: bool = False) -> None:
-        """rq-scheduler's loop, stopping between passes (never halfway through one) on SIGTERM/SIGINT."""
+        """rq-scheduler's loop, stopping between passes (never halfway through one) on SIGTERM/SIGINT.
+
+        A Redis that goes away (restart, outage longer than the connection's own retries,
+        ``jobs.redisretry``) ends no scheduler: the pass is logged and tried again with backoff (1 s doubling
+        up to 30 s); a lock it held expires by itself."""
+        from redis.exceptions import ConnectionError as RedisConnectionError
+        from redis.exceptions import TimeoutError as RedisTimeoutError
+
         self.register_birth()
         self._install_signal_handlers()
+        outage = 0.0
         try:
             while not self._stopping.is_set():
-                self.heartbeat()
                 started = time.monotonic()
-                if self.acquire_lock():
-                    try:
-                        self.enqueue_jobs()
-                        self.heartbeat()
-                    finally:
-                        self.remove_lock()
-                else:
-                    log.debug("another scheduler holds the lock; skipping this pass")
+                try:
+                    if outage and not self.connection.exists(self.key):
+                        self.register_birth()  # Redis lost it while away
+                    self.heartbeat()
+                    if self.acquire_lock():
+                        try:
+                            self.enqueue_jobs()
+                            self.heartbeat()
+                        finally:
+                            self.remove_lock()
+                    else:
+                        log.debug("another scheduler holds the lock; skipping this pass")
+                    if outage:
+                        log.info("scheduler %s: Redis is back", self.name)
+                    outage = 0.0
+                except (RedisConnectionError, RedisTimeoutError) as exc:
+                    if burst:
+                        raise
+                    outage = min(max(outage * 2, 1.0), 30.0)
+                    log.warning("scheduler %s: Redis unavailable (%s); trying again in %.0f s", self.name, exc, outage)
+                    started = time.monotonic() - self._interval + outage
                 if burst:
                     break
                 deadline = started + self._interval
                 while not self._stopping.is_set() and time.monotonic() < deadline:
                     time.sleep(min(0.2, max(0.0, deadline - time.monotonic())))
         finally:
-            self.remove_lock()
-            self.register_death()
+            try:
+                self.remove_lock()
+                self.register_death()
+            except (RedisConnectionError, RedisTimeoutError) as exc:
+                log.warning("scheduler %s: could not unregister, Redis unavailable: %s", self.name, exc)
 
 
 def _maintenance_loop(settings, interval: float, stopping: threading.Event) -> None:
@@ -263,7 +286,7 @@ def scheduler(interval: float, maintenance_interval: float, name: str | None) ->
     for logger in (log, logging.getLogger("rq_scheduler"), logging.getLogger("devicevault")):
         if logger.getEffectiveLevel() > logging.INFO:
             logger.setLevel(logging.INFO)
-    instance = ScheduleScheduler(redis_client(settings), settings, index_sessions(settings), interval=interval,
+    instance = ScheduleScheduler(redis_client(settings, resilient=True), settings, index_sessions(settings), interval=interval,
                                  name=name)
     thread = None
     if maintenance_interval > 0:

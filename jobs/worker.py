@@ -8,16 +8,37 @@ job is dead too**. The horse asks the kernel (``prctl(PR_SET_PDEATHSIG, SIGKILL)
 moment its worker dies, so the job stays in RQ's started registry, its host locks stay until they expire
 or are taken over, and queue hygiene (``jobs.ops.hygiene``) retries it under the same job id. Ansible's own
 processes run on a pseudo-terminal owned by the horse and get SIGHUP when it goes.
+
+**A worker outlives Redis restarts and outages.** RQ's own loop quits on the first error it does not expect
+("found an unhandled exception, quitting"): a Redis restarted while the worker sent a heartbeat, cleaned its
+registries or finished a job ended the process, and nothing outside ``devicevault up`` started it again.
+Here the worker's connection retries each command for about a minute once it has worked
+(``jobs.redisretry``, which the work horse and its job inherit), a failed heartbeat is logged and the next one
+tried, and :meth:`DeviceVaultWorker.work` keeps its loop going through a longer outage: it logs the error,
+waits with backoff (1 s doubling up to 30 s), registers the worker again if Redis lost it, and goes on. A job
+whose end could not be recorded stays in RQ's started registry and queue hygiene retries it.
 """
 
 from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import logging
 import os
 import signal
+import time
+
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+from rq.exceptions import StopRequested
 
 from jobs.queues import Worker
+
+log = logging.getLogger(__name__)
+#: what a lost or restarting Redis raises (``BusyLoadingError`` is a ``ConnectionError``)
+REDIS_DOWN = (RedisConnectionError, RedisTimeoutError, ConnectionResetError, BrokenPipeError)
+#: the worker loop's wait after an outage outlasted the connection's own retries: 1 s doubling up to this
+MAX_OUTAGE_WAIT = 30.0
 
 PR_SET_PDEATHSIG = 1
 #: the C library, found once (``find_library`` runs ``ldconfig``: a process per work horse otherwise)
@@ -79,3 +100,92 @@ class DeviceVaultWorker(Worker):
     def main_work_horse(self, job, queue):
         die_with_parent(self._devicevault_parent)
         return super().main_work_horse(job, queue)
+
+    # --- Redis restarts and outages (module docstring) ------------------------------------------------
+    def heartbeat(self, *args, **kwargs):
+        try:
+            return super().heartbeat(*args, **kwargs)
+        except REDIS_DOWN as exc:  # the next heartbeat comes within the job monitoring interval
+            self.log.warning("Worker %s: heartbeat not sent, Redis unavailable: %s", self.name, exc)
+
+    def maintain_heartbeats(self, *args, **kwargs):
+        try:
+            return super().maintain_heartbeats(*args, **kwargs)
+        except REDIS_DOWN as exc:  # the horse goes on; the monitor tries again
+            self.log.warning("Worker %s: job heartbeat not sent, Redis unavailable: %s", self.name, exc)
+
+    def _rejoin(self) -> None:
+        """After an outage: register the worker again if Redis lost it (a Redis restarted without its data,
+        or the worker's key expired while Redis was away)."""
+        if not self.connection.exists(self.key):
+            self.log.warning("Worker %s: Redis lost this worker's registration; registering again", self.name)
+            self.register_birth()
+            self.set_state("idle")
+
+    def work(self, burst: bool = False, logging_level: str | None = None, max_jobs: int | None = None,
+             with_scheduler: bool = False, **kwargs) -> bool:
+        """RQ's work loop (rq 3.0's ``Worker.work``, same steps) that survives Redis going away: an error
+        of a lost or restarting Redis is logged and waited out with backoff instead of ending the worker;
+        a stop request (SIGTERM, SIGINT) still ends it, also during the wait."""
+        self.bootstrap(logging_level or "INFO", **{k: v for k, v in kwargs.items() if k in ("date_format", "log_format")})
+        self._dequeue_strategy = kwargs.get("dequeue_strategy") or "default"
+        max_idle_time = kwargs.get("max_idle_time")
+        completed_jobs = 0
+        if with_scheduler:
+            self._start_scheduler(burst, logging_level or "INFO",
+                                  **{k: v for k, v in kwargs.items() if k in ("date_format", "log_format")})
+        self._install_signal_handlers()
+        outage_wait = 0.0
+        try:
+            while True:
+                try:
+                    if outage_wait:
+                        self._rejoin()
+                    self.check_for_suspension(burst)
+                    if self.should_run_maintenance_tasks:
+                        self.run_maintenance_tasks()
+                    if outage_wait:
+                        self.log.info("Worker %s: Redis is back", self.name)
+                        outage_wait = 0.0
+                    if self._stop_requested:
+                        self.log.info("Worker %s: stopping on request", self.name)
+                        break
+                    timeout = None if burst else self.dequeue_timeout
+                    result = self.dequeue_job_and_maintain_ttl(timeout, max_idle_time)
+                    if result is None:
+                        if burst:
+                            self.log.info("Worker %s: done, quitting", self.name)
+                        elif max_idle_time is not None:
+                            self.log.info("Worker %s: idle for %d seconds, quitting", self.name, max_idle_time)
+                        break
+                    job, queue = result
+                    self.execute_job(job, queue)
+                    self.heartbeat()
+                    completed_jobs += 1
+                    if max_jobs is not None and completed_jobs >= max_jobs:
+                        self.log.info("Worker %s: finished executing %d jobs, quitting", self.name, completed_jobs)
+                        break
+                except StopRequested:
+                    break
+                except SystemExit:
+                    raise
+                except REDIS_DOWN as exc:
+                    if burst:
+                        raise
+                    outage_wait = min(max(outage_wait * 2, 1.0), MAX_OUTAGE_WAIT)
+                    self.log.warning("Worker %s: Redis unavailable (%s); trying again in %.0f s, not quitting",
+                                     self.name, exc, outage_wait)
+                    deadline = time.monotonic() + outage_wait
+                    while not self._stop_requested and time.monotonic() < deadline:
+                        time.sleep(0.2)
+                    if self._stop_requested:
+                        break
+                except Exception:  # noqa: BLE001 - as RQ does: anything else ends the worker, logged
+                    self.log.error("Worker %s: found an unhandled exception, quitting...", self.name, exc_info=True)
+                    break
+        finally:
+            try:
+                self.teardown()
+            except REDIS_DOWN as exc:
+                self.log.warning("Worker %s: could not unregister, Redis unavailable: %s", self.name, exc)
+        return bool(completed_jobs)

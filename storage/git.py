@@ -94,6 +94,7 @@ from __future__ import annotations
 
 import fcntl
 import hashlib
+import logging
 import os
 import re
 import struct
@@ -112,6 +113,8 @@ from .base import StoreOptions, as_content, as_utc, default_message
 from .errors import RefNotFound, StorageError, TargetUnavailable, UnsafePath
 from .paths import resolve_inside, split_relpath
 
+log = logging.getLogger(__name__)
+
 LOCK_NAME = "devicevault.lock"
 #: left in the git directory while the branch may be ahead of the work tree and index (see the module doc)
 SYNC_MARK = "devicevault-sync"
@@ -125,6 +128,9 @@ FULL_REPACK_MARK = "devicevault-full-repack"
 FULL_REPACK_OPTIONS = ("--window=10", "--depth=50")
 #: seconds a write waits for someone else's ``index.lock`` before it gives up (the next write repairs)
 INDEX_LOCK_WAIT = 5.0
+#: an ``index.lock`` older than this (seconds) that no live process holds open is stale and removed
+#: (:meth:`GitBackend._clear_stale_index_lock`)
+STALE_INDEX_LOCK = 120.0
 _LOOSE_DIR = re.compile(r"\A[0-9a-f]{2}\Z")
 _REF = re.compile(r"\A(?P<branch>[^:]+):(?P<path>.+)@(?P<sha>[0-9a-f]{40})\Z")
 _BRANCH = re.compile(r"\A(?!-)(?!.*\.\.)(?!.*//)[A-Za-z0-9._/-]+(?<![./])\Z")
@@ -132,6 +138,27 @@ _SHA = re.compile(r"\A[0-9a-f]{40}\Z")
 _IDENT_CRUD = re.compile(r"[<>\n\r\x00]")
 _LS_CHUNK = 256  # ls queries written before their answers are read (keeps both pipes far from full)
 _REGULAR = 0o100644
+
+
+def _processes_holding(path: Path) -> list[int]:
+    """Process ids on this host with ``path`` open (those whose ``/proc/<pid>/fd`` can be read)."""
+    target = str(path)
+    holders = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            fds = list((entry / "fd").iterdir())
+        except OSError:  # gone, or another user's
+            continue
+        for fd in fds:
+            try:
+                if os.readlink(fd) == target:
+                    holders.append(int(entry.name))
+                    break
+            except OSError:
+                continue
+    return holders
 
 
 def git_blob_sha(content: bytes) -> str:
@@ -437,10 +464,46 @@ class GitBackend:
             raise RefNotFound(f"git {self.repo_path}: malformed ref {ref!r} (expected {self.branch}:<path>@<sha>)")
         return self._check_path(m.group("path")), m.group("sha")
 
+    @contextmanager
     def _locked(self):
+        """DeviceVault's store lock on this repository; once held, a stale ``index.lock`` is cleared
+        (:meth:`_clear_stale_index_lock`)."""
         if not self.git_dir.is_dir():
             raise TargetUnavailable(f"git {self.repo_path}: repository is gone")
-        return file_lock(self.git_dir / LOCK_NAME)
+        with file_lock(self.git_dir / LOCK_NAME):
+            self._clear_stale_index_lock()
+            yield
+
+    def _clear_stale_index_lock(self) -> None:
+        """Remove ``index.lock`` left by a git process that crashed (or was killed) while writing the index:
+        git never removes it by itself, and every later write here would fail on it, each copy pending for
+        good until a person deleted it. Called with DeviceVault's own store lock held (so no DeviceVault
+        writer can be using it: every one holds that lock), it is removed only when also
+
+        - no live process on this host has it open (git holds its lock file open from creating it to the
+          rename that ends it; ``/proc/*/fd``), and
+        - it is older than :data:`STALE_INDEX_LOCK` seconds (longer than any git write of the index takes:
+          margin for a git run by a person or another user, whose open files cannot be read).
+
+        The removal is logged (warning) with the lock's age."""
+        lock = self.git_dir / "index.lock"
+        try:
+            age = time.time() - lock.stat().st_mtime
+        except FileNotFoundError:
+            return
+        if age < STALE_INDEX_LOCK:
+            return
+        holders = _processes_holding(lock)
+        if holders:
+            log.info("git %s: index.lock (%.0f s old) is held open by process(es) %s; left alone",
+                     self.repo_path, age, ", ".join(map(str, holders)))
+            return
+        try:
+            lock.unlink()
+        except FileNotFoundError:
+            return
+        log.warning("git %s: removed a stale index.lock (%.0f s old, no process holds it: left by a git that "
+                    "crashed or was killed); copies go on landing", self.repo_path, age)
 
     def _sync_cache(self) -> str | None:
         """Repair an interrupted write, drop the cache if the branch moved; returns the tip."""

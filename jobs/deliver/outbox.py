@@ -20,10 +20,18 @@ Keys
 ``storage:outbox:released:<item id>`` string set once the item was released (guard; expires after
                                     :data:`RELEASE_GUARD_TTL`, by when the message that released it is long
                                     acknowledged)
+``storage:outbox:lease:<target>``   hash   item id -> ``<claimed at>|<job id>``: who holds its lease (the job
+                                    id is empty until the job is enqueued, :func:`hold`)
 
 Due times are *leases*: handing an item to a job pushes its due time ``lease`` seconds ahead, so if that
 job is lost (worker killed, job deleted) the item becomes due again by itself. A failed attempt sets the
 due time by exponential backoff (``retry_base * 2**(tries-1)``, at most ``retry_max``, +/-10 % jitter).
+The lease is the storage job's hard limit plus a margin (960 s by default), far too long to wait for a job
+that died with its worker, so every claim also records its holder (``storage:outbox:lease:<target>``), and
+:func:`free_lost` (run by every storage worker's retry pump before it claims, ``jobs.deliver.store``) makes
+an item due at once when the job holding it is gone: its worker's heartbeat has expired or its process is
+dead (the work horse dies with it), the job ended or vanished, or no job was enqueued for it within
+:data:`HOLD_GRACE` seconds of the claim (the claimer died, or Redis went away, in between).
 
 Per device and target, versions land in the order they were collected: a job that finds an older version
 of the same device still waiting for this target puts the newer one back (git's tip must be the newest).
@@ -45,6 +53,8 @@ ITEMS = "storage:outbox:items"
 RELEASE_GUARD_TTL = 30 * 24 * 3600
 #: the ``versions:created`` stream keeps about this many entries (MAXLEN ~)
 EVENTS_MAXLEN = 100_000
+#: seconds a claim may stay without a job recorded as its holder before :func:`free_lost` frees it
+HOLD_GRACE = 60.0
 
 
 def _released(item_id: str) -> str:
@@ -69,6 +79,10 @@ def _tries(target: str) -> str:
 
 def _errors(target: str) -> str:
     return f"storage:outbox:error:{target}"
+
+
+def _leases(target: str) -> str:
+    return f"storage:outbox:lease:{target}"
 
 
 @dataclass(frozen=True)
@@ -209,17 +223,86 @@ def load(redis: Redis, item_ids: list[str]) -> list[StorageItem]:
 
 _CLAIM = """
 local ids = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'LIMIT', 0, tonumber(ARGV[3]))
-for _, id in ipairs(ids) do redis.call('ZADD', KEYS[1], ARGV[2], id) end
+for _, id in ipairs(ids) do
+  redis.call('ZADD', KEYS[1], ARGV[2], id)
+  redis.call('HSET', KEYS[2], id, ARGV[1] .. '|')
+end
 return ids
 """
 
 
 def claim_due(redis: Redis, target: str, lease: float, *, limit: int = 100, now: float | None = None) -> list[str]:
     """Item ids due on ``target``, each leased for ``lease`` seconds to the caller (atomic: two workers
-    never claim the same item at once)."""
+    never claim the same item at once). The claim is recorded without a holder; :func:`hold` names the job
+    once it is enqueued."""
     now = time.time() if now is None else now
-    ids = redis.eval(_CLAIM, 1, _due(target), now, now + lease, limit)
+    ids = redis.eval(_CLAIM, 2, _due(target), _leases(target), repr(now), repr(now + lease), limit)
     return [i.decode() if isinstance(i, bytes) else i for i in ids]
+
+
+_HOLD = """
+for i = 2, #ARGV do
+  local v = redis.call('HGET', KEYS[1], ARGV[i])
+  if v and string.sub(v, -1) == '|' then redis.call('HSET', KEYS[1], ARGV[i], v .. ARGV[1]) end
+end
+"""
+
+
+def hold(redis: Redis, target: str, item_ids: list[str], job_id: str) -> None:
+    """Record that the storage job ``job_id`` holds the leases of ``item_ids`` on ``target`` (only claims
+    still without a holder: a fast job may already have landed or failed an item, which ends its lease)."""
+    if item_ids:
+        redis.eval(_HOLD, 1, _leases(target), job_id, *item_ids)
+
+
+def leases(redis: Redis, target: str) -> dict[str, tuple[float, str, str]]:
+    """item id -> (claimed at, holding job id or "", the record as stored) of the items leased on ``target``."""
+    held = {}
+    for item_id, value in redis.hgetall(_leases(target)).items():
+        item_id = item_id.decode() if isinstance(item_id, bytes) else item_id
+        value = value.decode() if isinstance(value, bytes) else value
+        claimed, _, job_id = value.partition("|")
+        try:
+            held[item_id] = (float(claimed), job_id, value)
+        except ValueError:
+            held[item_id] = (0.0, job_id, value)
+    return held
+
+
+_FREE = """
+if redis.call('HGET', KEYS[2], ARGV[1]) ~= ARGV[2] then return 0 end
+redis.call('HDEL', KEYS[2], ARGV[1])
+local due = redis.call('ZSCORE', KEYS[1], ARGV[1])
+if due and tonumber(due) > tonumber(ARGV[3]) then
+  redis.call('ZADD', KEYS[1], 'XX', ARGV[3], ARGV[1])
+  return 1
+end
+return 0
+"""
+
+
+def free_lost(redis: Redis, target: str, alive, *, grace: float = HOLD_GRACE,
+              now: float | None = None) -> list[str]:
+    """Make the items on ``target`` whose lease holder is gone due at once; returns their ids.
+
+    ``alive(job_id)`` says whether a storage job still exists and can still run (queued, or started by a
+    worker whose heartbeat and process are alive: ``jobs.deliver.store.storage_job_alive``). A claim without a
+    holder counts as lost ``grace`` seconds after it was made. Atomic per item: a lease taken over meanwhile
+    (claimed again, landed, failed) is left alone."""
+    now = time.time() if now is None else now
+    freed = []
+    verdicts: dict[str, bool] = {}
+    for item_id, (claimed, job_id, value) in leases(redis, target).items():
+        if job_id:
+            if job_id not in verdicts:
+                verdicts[job_id] = bool(alive(job_id))
+            if verdicts[job_id]:
+                continue
+        elif now - claimed < grace:
+            continue
+        if redis.eval(_FREE, 2, _due(target), _leases(target), item_id, value, repr(now)):
+            freed.append(item_id)
+    return freed
 
 
 def older_waiting(redis: Redis, target: str, item: StorageItem) -> str | None:
@@ -232,6 +315,7 @@ def older_waiting(redis: Redis, target: str, item: StorageItem) -> str | None:
 
 
 _DONE = """
+redis.call('HDEL', KEYS[7], ARGV[1])
 redis.call('ZREM', KEYS[1], ARGV[1])
 redis.call('ZREM', KEYS[2], ARGV[2])
 redis.call('HDEL', KEYS[3], ARGV[1])
@@ -247,8 +331,8 @@ return 0
 
 def done(redis: Redis, target: str, item: StorageItem) -> None:
     """``item`` has landed on ``target``; forget it there (and entirely once every target has it)."""
-    redis.eval(_DONE, 6, _due(target), _order(target, item.device), _tries(target), _errors(target),
-               _left(item.task_id), ITEMS, item.task_id, item.task_id, target)
+    redis.eval(_DONE, 7, _due(target), _order(target, item.device), _tries(target), _errors(target),
+               _left(item.task_id), ITEMS, _leases(target), item.task_id, item.task_id, target)
 
 
 def backoff(tries: int, base: float, cap: float) -> float:
@@ -265,6 +349,7 @@ def failed(redis: Redis, target: str, item: StorageItem, error: str, *, base: fl
     pipe = redis.pipeline(transaction=True)
     pipe.zadd(_due(target), {item.task_id: due})
     pipe.hset(_errors(target), item.task_id, error[:2000])
+    pipe.hdel(_leases(target), item.task_id)
     pipe.execute()
     return tries, due
 
@@ -273,7 +358,10 @@ def defer(redis: Redis, target: str, item: StorageItem, behind: str) -> float:
     """Put ``item`` back until the older version ``behind`` has landed (just after that one is due)."""
     score = redis.zscore(_due(target), behind)
     due = (score if score is not None else time.time()) + 0.001
-    redis.zadd(_due(target), {item.task_id: due})
+    pipe = redis.pipeline(transaction=True)
+    pipe.zadd(_due(target), {item.task_id: due})
+    pipe.hdel(_leases(target), item.task_id)
+    pipe.execute()
     return due
 
 

@@ -80,16 +80,24 @@ class Releaser:
 
     def flush(self) -> None:
         """Claim what is due on the targets released to since the last flush (leased to the job) and enqueue
-        one storage job per target and chunk. A failure to enqueue is logged, not raised: the claimed items
-        become due again when their lease ends. Without ``enqueue`` nothing is claimed (the pump does it)."""
+        one storage job per target and chunk, recorded as the holder of their leases. A failure to enqueue is
+        logged, not raised: a claim that names no job is freed ``outbox.HOLD_GRACE`` seconds later by a
+        worker's retry pump (``jobs.deliver.store.requeue_due``). Without ``enqueue`` nothing is claimed (the pump does it)."""
         targets, self._targets = self._targets, set()
         if self.enqueue is None:
             return
         for target in sorted(targets):
             while ids := outbox.claim_due(self.redis, target, self.lease, limit=self.chunk):
                 try:
-                    self.enqueue(target, ids)
-                except Exception as exc:  # noqa: BLE001 - the lease brings them back
-                    log.warning("could not enqueue the storage job for %d version(s) on %s (they become due "
-                                "again after their lease): %s", len(ids), target, exc)
+                    job = self.enqueue(target, ids)
+                except Exception as exc:  # noqa: BLE001 - the workers' retry pumps hand them out again
+                    log.warning("could not enqueue the storage job for %d version(s) on %s (a worker's retry "
+                                "pump hands them out again within a minute): %s", len(ids), target, exc)
                     break
+                job_id = getattr(job, "id", None)
+                try:
+                    if isinstance(job_id, str) and job_id:
+                        outbox.hold(self.redis, target, ids, job_id)
+                except Exception as exc:  # noqa: BLE001 - an unrecorded claim is freed after outbox.HOLD_GRACE
+                    log.warning("could not record the storage job holding %d version(s) on %s: %s",
+                                len(ids), target, exc)

@@ -52,21 +52,63 @@ def lease_seconds(settings: Settings) -> float:
     return float(settings.job_timeout + settings.lock_margin)
 
 
+def storage_job_alive(redis: Redis, job_id: str) -> bool:
+    """Whether the storage job ``job_id`` can still store what it holds: it waits in a queue (or for its
+    time), or it was started by a worker that is alive: its heartbeat key has not expired and, on this host,
+    its process still runs (its work horse dies with it, ``jobs.worker``). A job that ended, vanished or
+    whose worker is gone holds nothing any more (``outbox.free_lost``)."""
+    from rq.exceptions import NoSuchJobError
+    from rq.job import JobStatus
+
+    from jobs.ops.hygiene import worker_process_dead
+    from jobs.queues import Job, Worker
+
+    try:
+        job = Job.fetch(job_id, connection=redis)
+        status = job.get_status(refresh=False)
+    except NoSuchJobError:
+        return False
+    if status in (JobStatus.QUEUED, JobStatus.SCHEDULED, JobStatus.DEFERRED, None):
+        return True
+    if status != JobStatus.STARTED:
+        return False  # finished, failed, stopped, canceled: whatever it did not land is not held any more
+    if not job.worker_name:
+        return True
+    worker = Worker.find_by_key(Worker.redis_worker_namespace_prefix + job.worker_name, connection=redis)
+    return worker is not None and not worker_process_dead(worker)
+
+
 def requeue_due(redis: Redis, settings: Settings, layout: StorageLayout, enqueue: Enqueue,
                 types: list[str] | None = None) -> dict[str, int]:
-    """Hand every due copy (a retry whose backoff is over, or a lease whose job was lost) to a new job.
-    Only targets of ``types`` (default: all). Returns target -> number of copies handed out."""
+    """Hand every due copy (a retry whose backoff is over, or a copy whose job was lost) to a new job.
+    Only targets of ``types`` (default: all). Returns target -> number of copies handed out.
+
+    First the copies held by a storage job that is gone (:func:`storage_job_alive`: its worker died, its
+    heartbeat expired, the job vanished with a Redis that lost it) are made due at once
+    (``outbox.free_lost``), so they do not wait for the whole lease (the job timeout plus margin)."""
     handed: dict[str, int] = {}
     for target in layout.all_targets():
         if types is not None and layout.targets[target].type not in types:
             continue
+        freed = outbox.free_lost(redis, target, lambda job_id: storage_job_alive(redis, job_id))
+        if freed:
+            log.warning("%d copy(ies) for %s were held by a storage job that is gone (its worker died or it "
+                        "vanished): handed out again now", len(freed), target)
         while True:
             ids = outbox.claim_due(redis, target, lease_seconds(settings), limit=settings.batch_size)
             if not ids:
                 break
-            enqueue(target, ids)
+            hold(redis, target, ids, enqueue(target, ids))
             handed[target] = handed.get(target, 0) + len(ids)
     return handed
+
+
+def hold(redis: Redis, target: str, ids: list[str], job: Any) -> None:
+    """Record the enqueued ``job`` (an RQ job; anything without an ``id`` is left unrecorded) as the holder
+    of the leases of ``ids``."""
+    job_id = getattr(job, "id", None)
+    if isinstance(job_id, str) and job_id:
+        outbox.hold(redis, target, ids, job_id)
 
 
 def store_to_target(redis: Redis, settings: Settings, layout: StorageLayout, target: str,

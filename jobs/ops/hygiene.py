@@ -121,6 +121,13 @@ def worker_gone(worker) -> bool:
     return bool(worker.hostname == socket.gethostname() and worker.pid and process_gone(worker.pid))
 
 
+def worker_process_dead(worker) -> bool:
+    """Whether an RQ worker registered in Redis ran on this host and its main process is gone (its work
+    horse, and the job it ran, died with it: ``jobs.worker``), even while a child of it (RQ's scheduler)
+    lingers in its process group."""
+    return bool(worker.hostname == socket.gethostname() and worker.pid and not _alive(worker.pid))
+
+
 def _proc_stat(pid: int) -> tuple[str, int] | None:
     """(state, process group) of ``pid`` from /proc, or None when it does not exist."""
     try:
