@@ -1,6 +1,7 @@
 """``devicevault portal`` (the Streamlit portal) and ``devicevault users`` (who may log in to it).
 
-The portal is ``streamlit run portal/app.py`` with the flags it needs on a server: headless, no usage
+The portal is ``streamlit run portal/asgi.py`` (``portal/app.py`` as Streamlit's ``st.App``, with the routes of the
+session cookie: ``portal/sessions.py``) with the flags it needs on a server: headless, no usage
 statistics, no file watcher, no error details in the browser (the portal shows readable messages itself).
 Users live in ``DEVICEVAULT_USERS_FILE`` (default ``$DEVICEVAULT_HOME/users.yml``); see ``portal/users.py``.
 """
@@ -17,6 +18,7 @@ from jobs.settings import PORTAL_APP, Settings
 from .common import Fail, emit
 
 APP = PORTAL_APP  # jobs.settings decides where the files are (a checkout or an installed package)
+ASGI_APP = APP.parent / "asgi.py"  # app.py with the session cookie's routes (portal.sessions)
 
 
 #: where the portal listens unless told otherwise: this machine only (Streamlit speaks plain HTTP; open it to
@@ -28,7 +30,7 @@ def streamlit_command(port: int, address: str | None = DEFAULT_ADDRESS) -> list[
     """The command line that serves the portal on ``port`` at ``address`` (loopback by default; ``0.0.0.0``
     for every interface)."""
     args = [
-        sys.executable, "-m", "streamlit", "run", str(APP),
+        sys.executable, "-m", "streamlit", "run", str(ASGI_APP),
         "--server.port", str(port),
         "--server.headless", "true",
         "--browser.gatherUsageStats", "false",

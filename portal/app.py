@@ -19,21 +19,32 @@ from portal import ui  # noqa: E402
 
 st.set_page_config(page_title="DeviceVault", page_icon=":material/inventory_2:", layout="wide")
 
+VIEWS = Path(__file__).resolve().parent / "views"
+#: (file, title, icon, url path); every page is registered for every user (a page checks the role itself)
+PAGES = [
+    ("dashboard.py", "Dashboard", ":material/dashboard:", "dashboard"),
+    ("devices.py", "Devices", ":material/lan:", "devices"),
+    ("device.py", "Device", ":material/router:", "device"),
+    ("search.py", "Search", ":material/search:", "search"),
+    ("runs.py", "Runs", ":material/play_circle:", "runs"),
+    ("health.py", "Health", ":material/monitor_heart:", "health"),
+    ("users.py", "Users", ":material/group:", "users"),
+]
+
 user = ui.current_user()
 if user is None:
-    st.navigation([st.Page(ui.login_page, title="Log in", url_path="login", default=True)], position="hidden").run()
+    # every page's address shows the login form: a link (/device?device=...&a=3&b=4) keeps its page and
+    # query parameters through the login, then the same run shows the page itself
+    st.navigation([st.Page(ui.login_page, title="Log in", url_path=url, default=i == 0)
+                   for i, (_, _, _, url) in enumerate(PAGES)], position="hidden").run()
     st.stop()
 
-VIEWS = Path(__file__).resolve().parent / "views"
-pages = [
-    st.Page(VIEWS / "dashboard.py", title="Dashboard", icon=":material/dashboard:", url_path="dashboard", default=True),
-    st.Page(VIEWS / "devices.py", title="Devices", icon=":material/lan:", url_path="devices"),
-    st.Page(VIEWS / "device.py", title="Device", icon=":material/router:", url_path="device"),
-    st.Page(VIEWS / "search.py", title="Search", icon=":material/search:", url_path="search"),
-    st.Page(VIEWS / "runs.py", title="Runs", icon=":material/play_circle:", url_path="runs"),
-    st.Page(VIEWS / "health.py", title="Health", icon=":material/monitor_heart:", url_path="health"),
-]
-if user.is_admin:
-    pages.append(st.Page(VIEWS / "users.py", title="Users", icon=":material/group:", url_path="users"))
+pages = [st.Page(VIEWS / file, title=title, icon=icon, url_path=url, default=i == 0)
+         for i, (file, title, icon, url) in enumerate(PAGES)]
+current = st.navigation(pages, position="hidden")
 ui.sidebar(user)
-st.navigation(pages).run()
+with st.sidebar:  # every page is registered (a link to a page of another role says so on that page);
+    for page in pages:  # the menu lists those of the user's role
+        if page.url_path != "users" or user.is_admin:
+            st.page_link(page)
+current.run()

@@ -29,11 +29,16 @@ USER_KEY = "portal_user"
 SEEN_KEY = "portal_last_seen"
 #: set when a session ended for being idle: the login page says so once
 EXPIRED_KEY = "portal_session_expired"
+#: the session's id in ``portal.sessions`` (its cookie is signed with ``session_key()``)
+SID_KEY = "portal_session_id"
+#: a grant the page still has to trade for the session cookie
+GRANT_KEY = "portal_session_grant"
 _lock = threading.Lock()
 _layouts: dict[tuple, object] = {}
 _users_files: dict[str, UsersFile] = {}
 _inventories: dict[str, tuple[float, dict]] = {}
 _limiters: dict[tuple, LoginLimiter] = {}
+_keys: dict = {}
 
 
 # --- the installation -----------------------------------------------------------------------------------
@@ -120,11 +125,37 @@ def client_address() -> str:
 # --- the user ---------------------------------------------------------------------------------------------
 def current_user() -> User | None:
     """The logged-in user, checked against the users file on every run (a removed user is logged out, a
-    changed role applies at once). A session unused for ``DEVICEVAULT_PORTAL_IDLE_TIMEOUT`` seconds ends."""
+    changed role applies at once). A session unused for ``DEVICEVAULT_PORTAL_IDLE_TIMEOUT`` seconds ends.
+
+    A new Streamlit session (a reload, a new tab, a link) finds its user through the signed session cookie
+    (``portal.sessions``); the session's last use is shared by all its tabs."""
+    from . import sessions as cookies
+
+    idle = settings().portal_idle_timeout
+    sid = st.session_state.get(SID_KEY)
+    if not st.session_state.get(USER_KEY) and sid is None:
+        sid = cookies.unsign(_cookie(), session_key())
+        if sid is not None:
+            name, expired = cookies.STORE.use(sid, idle)
+            if name:
+                st.session_state[USER_KEY] = name
+                st.session_state[SID_KEY] = sid
+            elif expired:
+                log.info("portal: a session ended after %.0f s without use", expired)
+                st.session_state[EXPIRED_KEY] = expired
+            return _checked(name) if name else None
     name = st.session_state.get(USER_KEY)
     if not name:
         return None
-    idle = settings().portal_idle_timeout
+    if sid is not None:  # a cookie session: its last use is kept for every tab
+        alive, expired = cookies.STORE.use(sid, idle)
+        if alive != name:
+            log.info("portal: %s's session ended", name)
+            logout()
+            if expired:
+                st.session_state[EXPIRED_KEY] = expired
+            return None
+        return _checked(name)
     now = time.monotonic()
     seen = st.session_state.get(SEEN_KEY, now)
     if idle > 0 and now - seen > idle:
@@ -133,17 +164,44 @@ def current_user() -> User | None:
         st.session_state[EXPIRED_KEY] = idle
         return None
     st.session_state[SEEN_KEY] = now
+    return _checked(name)
+
+
+def _checked(name: str) -> User | None:
     try:
         user = users_file().get(name)
     except UsersError:
         user = None
     if user is None:
-        st.session_state.pop(USER_KEY, None)
+        logout()
     return user
 
 
+def _cookie() -> str | None:
+    from . import sessions as cookies
+
+    try:
+        value = st.context.cookies.get(cookies.COOKIE)
+    except Exception:  # noqa: BLE001 - no request context (a test harness)
+        return None
+    return value if isinstance(value, str) else None
+
+
+def session_key() -> bytes:
+    """The session cookie's signing secret (``$DEVICEVAULT_HOME/portal-session.key``, made once, mode 0600)."""
+    from . import sessions as cookies
+
+    home = settings().home
+    with _lock:
+        if home not in _keys:
+            _keys[home] = cookies.secret_key(home)
+        return _keys[home]
+
+
 def login_page() -> None:
-    """The only thing shown before login."""
+    """The only thing shown before login (on whatever page a link asked for: the link's page and query
+    parameters stay in the URL, and the page itself appears after the login)."""
+    _cookie_script()
     st.title("DeviceVault")
     try:
         known = users_file().users()
@@ -192,21 +250,50 @@ def _log_in(name: str, password: str) -> None:
         return
     limiter.succeeded(name, client)
     log.info("portal: %s logged in (%s) from %s", user.name, user.role, client)
+    from . import sessions as cookies
+
+    sid, grant = cookies.STORE.create(user.name)
     st.session_state[USER_KEY] = user.name
     st.session_state[SEEN_KEY] = time.monotonic()
+    st.session_state[SID_KEY] = sid
+    st.session_state[GRANT_KEY] = grant
     st.session_state.pop("login_password", None)
-    st.rerun()
+    st.rerun()  # the same URL: the page asked for (a link opened before login) with its query parameters
 
 
 def logout() -> None:
+    """Ends the session in every tab (its cookie no longer names a live session)."""
+    from . import sessions as cookies
+
+    cookies.STORE.end(st.session_state.get(SID_KEY))
     for key in list(st.session_state.keys()):
         del st.session_state[key]
+
+
+def _log_out() -> None:
+    logout()
+    st.session_state[GRANT_KEY] = ""  # the next run removes the cookie
+
+
+def _cookie_script() -> None:
+    """Trades a fresh login's grant for the HttpOnly cookie, or removes the cookie after a log out (the
+    portal's own routes, ``portal/asgi.py``)."""
+    from . import sessions as cookies
+
+    grant = st.session_state.pop(GRANT_KEY, None)
+    if grant is None:
+        return
+    base = "/" + (st.get_option("server.baseUrlPath") or "").strip("/")
+    path = base.rstrip("/") + (cookies.SESSION_PATH if grant else cookies.LOGOUT_PATH)
+    st.html(f"<script>fetch({path!r}, {{method: 'POST', body: {grant!r}, credentials: 'same-origin'}});</script>",
+            unsafe_allow_javascript=True)
 
 
 def sidebar(user: User) -> None:
     with st.sidebar:
         st.caption(f"Logged in as **{md(user.name)}** ({user.role})")
-        st.button("Log out", key="logout", on_click=logout)
+        st.button("Log out", key="logout", on_click=_log_out)
+        _cookie_script()
 
 
 # --- pages ------------------------------------------------------------------------------------------------

@@ -83,7 +83,7 @@ def test_portal_command_line():
     from cli.portal import streamlit_command
 
     args = streamlit_command(8600, "127.0.0.1")
-    assert args[1:4] == ["-m", "streamlit", "run"] and args[4].endswith("portal/app.py")
+    assert args[1:4] == ["-m", "streamlit", "run"] and args[4].endswith("portal/asgi.py")
     flags = dict(zip(args[5::2], args[6::2]))
     assert flags == {"--server.port": "8600", "--server.headless": "true", "--browser.gatherUsageStats": "false",
                      "--server.fileWatcherType": "none", "--client.showErrorDetails": "none",
