@@ -359,8 +359,10 @@ def run_state(session: Session, run_id: str, started_hosts: Sequence[str] | None
 RUN_DEVICE_COLUMNS = ["device", "group", "status", "duration s", "error", "sha"]
 
 
-def run_devices(session: Session, run_id: str, hosts: Sequence[str] = ()) -> pd.DataFrame:
-    """Each device of a run with its outcome; ``hosts`` without a result yet are listed as ``waiting``."""
+def run_devices(session: Session, run_id: str, hosts: Sequence[str] = (), groups: dict[str, str] | None = None
+                ) -> pd.DataFrame:
+    """Each device of a run with its outcome; ``hosts`` without a result yet are listed as ``waiting`` (with
+    their group from ``groups``, the inventory's, and no duration)."""
     rows = session.execute(
         select(Device.name, Device.group_name, DeviceResultRow.status, DeviceResultRow.duration,
                DeviceResultRow.error, DeviceResultRow.sha256)
@@ -370,8 +372,8 @@ def run_devices(session: Session, run_id: str, hosts: Sequence[str] = ()) -> pd.
     seen = {r[0] for r in rows}
     data = [{"device": n, "group": g, "status": s, "duration s": round(d or 0.0, 2), "error": e or "",
              "sha": (sha or "")[:12]} for n, g, s, d, e, sha in rows]
-    data += [{"device": h, "group": "", "status": "waiting", "duration s": None, "error": "", "sha": ""}
-             for h in hosts if h not in seen]
+    data += [{"device": h, "group": (groups or {}).get(h, ""), "status": "waiting", "duration s": None, "error": "",
+              "sha": ""} for h in hosts if h not in seen]
     return pd.DataFrame(sorted(data, key=lambda r: r["device"]), columns=RUN_DEVICE_COLUMNS)
 
 
@@ -404,3 +406,52 @@ def search_targets(session: Session, *, all_versions: bool = False, devices: Seq
 
 def _ts(value: datetime | None) -> datetime | None:
     return aware(value)
+
+
+# --- the device picker and a device's runs -----------------------------------------------------------------
+def find_devices(session: Session, text: str = "", limit: int = 50) -> list[str]:
+    """Up to ``limit`` device names containing ``text`` (case-insensitive), names starting with it first: one
+    query with LIMIT, never the whole list (the device picker on 10,000 devices)."""
+    text = (text or "").strip()
+    query = select(Device.name)
+    if text:
+        escaped = text.lower().replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+        lowered = func.lower(Device.name)
+        query = (query.where(lowered.like(f"%{escaped}%", escape="\\"))
+                 .order_by(case((lowered.like(f"{escaped}%", escape="\\"), 0), else_=1), Device.name))
+    else:
+        query = query.order_by(Device.name)
+    return list(session.scalars(query.limit(limit)))
+
+
+def device_exists(session: Session, name: str) -> bool:
+    return session.scalar(select(Device.id).where(Device.name == name)) is not None
+
+
+DEVICE_RUN_COLUMNS = ["run", "started", "status", "duration s", "error", "sha", "requested by"]
+
+
+def device_runs(session: Session, device_id: int, limit: int = 20) -> pd.DataFrame:
+    """A device's newest ``limit`` results, one per run (newest first)."""
+    rows = session.execute(
+        select(DeviceResultRow.run_id, DeviceResultRow.timestamp, DeviceResultRow.status, DeviceResultRow.duration,
+               DeviceResultRow.error, DeviceResultRow.sha256, Run.requested_by)
+        .join(Run, Run.id == DeviceResultRow.run_id)
+        .where(DeviceResultRow.device_id == device_id)
+        .order_by(DeviceResultRow.id.desc()).limit(limit)
+    ).all()
+    frame = pd.DataFrame(
+        [{"run": r, "started": aware(t), "status": s, "duration s": None if d is None else round(d, 2),
+          "error": e or "", "sha": (sha or "")[:12], "requested by": who or ""} for r, t, s, d, e, sha, who in rows],
+        columns=DEVICE_RUN_COLUMNS)
+    frame["started"] = pd.to_datetime(frame["started"], utc=True)
+    return frame
+
+
+def device_result(session: Session, run_id: str, name: str) -> tuple[str, str] | None:
+    """(status, error) of ``name`` in run ``run_id``, or None while it has no result."""
+    row = session.execute(
+        select(DeviceResultRow.status, DeviceResultRow.error).join(Device, Device.id == DeviceResultRow.device_id)
+        .where(DeviceResultRow.run_id == run_id, Device.name == name).order_by(DeviceResultRow.id.desc()).limit(1)
+    ).first()
+    return None if row is None else (row[0], row[1] or "")

@@ -2,8 +2,12 @@
 download), the diff of any two versions (unified or side by side) and a jump to the previous / next change.
 A warning says when the running configuration was not saved at the newest backup, and since when.
 
-The device comes from the ``?device=`` query parameter (the Devices and Runs pages link here with it) or
-the selector. Contents are read through the storage layout with failover and cached by sha256.
+Everything shown is in the URL, so a reload or a copied link shows the same: ``?device=NAME`` (the Devices
+and Runs pages link here with it), ``a`` and ``b`` (the two versions of the diff), ``mode`` (``unified`` or
+``side``), ``context`` and ``v`` (the version shown). The device picker finds names as you type, from one
+index query with LIMIT (10,000 devices are never one list). Operators back the device up from here ("Back up
+now", the Runs page's ``start_backup``), follow it and see the new version or the error; the Runs tab lists
+the device's own results. Contents are read through the storage layout with failover and cached by sha256.
 """
 
 from __future__ import annotations
@@ -18,13 +22,54 @@ from portal import content, queries, ui
 from storage.index.statuses import CopyStatus, DeviceStatus
 
 TIMELINE_PAGE = 50
+PICKER_LIMIT = 50  # names the device picker offers for what is typed
+BACKUP_KEY = "device_backup"  # the run "Back up now" started: {"run_id", "device"}
+REFRESH_SECONDS = 1.0
+MODES = {"unified": "unified", "side": "side by side"}
+#: query parameter -> the widget's session key
+URL_KEYS = {"a": "device_diff_a", "b": "device_diff_b", "v": "device_show_version", "context": "device_diff_context"}
 PER_DEVICE_KEYS = ("device_diff_a", "device_diff_b", "device_show_version", "device_timeline_page", "device_timeline",
                    "_device_timeline_applied", "_device_timeline_numbers")
 SIDE_COLOURS = {"removed": ("#fde2e1", ""), "added": ("", "#dcf5dc"), "changed": ("#fdf1d6", "#fdf1d6")}
 
 
-def _sync_query() -> None:
-    st.query_params["device"] = st.session_state["device_name"]
+def _pick() -> None:
+    """A device chosen in the picker: the URL names it (the page then forgets the last device's choices)."""
+    picked = st.session_state.get("device_pick")
+    if picked:
+        st.query_params.clear()
+        st.query_params["device"] = picked
+
+
+def _from_url(name: str) -> None:
+    """The URL's view of this device (a link, a reload, back / forward) into the widgets' state."""
+    params = st.query_params
+    wanted = {key: params.get(param) for param, key in URL_KEYS.items()}
+    wanted["device_diff_mode"] = MODES.get(params.get("mode") or "", None)
+    if st.session_state.get("_device_url_seen") == (name, tuple(sorted(params.items()))):
+        return  # the URL is what this page last wrote: the widgets already hold it
+    for key, value in wanted.items():
+        if value is None:
+            continue
+        if key == "device_diff_mode":
+            st.session_state[key] = value
+        elif str(value).isdigit():
+            st.session_state[key] = int(value)
+
+
+def _to_url(name: str) -> None:
+    """The widgets' state into the URL (what a reload or a copied link shows)."""
+    state = st.session_state
+    params = {"device": name}
+    for param, key in URL_KEYS.items():
+        if state.get(key) is not None:
+            params[param] = str(int(state[key]))
+    mode = state.get("device_diff_mode")
+    if mode:
+        params["mode"] = next(k for k, v in MODES.items() if v == mode)
+    if dict(st.query_params) != params:
+        st.query_params.from_dict(params)
+    state["_device_url_seen"] = (name, tuple(sorted(params.items())))
 
 
 def _shift(delta: int) -> None:
@@ -68,43 +113,132 @@ def _copies_text(copies) -> str:
 def render(user) -> None:
     s = ui.settings()
     sessions = ui.sessions(s)
-    with sessions() as session:
-        names = queries.device_names(session)
     st.title("Device")
-    if not names:
-        st.info("The index holds no device yet: start a backup on the Runs page (or `devicevault backup`).")
+    name = _picker(sessions, st.query_params.get("device"))
+    if name is None:
         return
-    wanted = st.query_params.get("device")
-    if wanted in names and st.session_state.get("device_name") != wanted:
-        st.session_state["device_name"] = wanted
-    elif wanted and wanted not in names:
-        st.warning(f"Device {ui.md(wanted)} is not in the index.")
-    name = st.selectbox("Device", names, key="device_name", on_change=_sync_query)
-    st.query_params["device"] = name
     if st.session_state.get("_device_state_for") != name:  # another device: forget the last one's choices
-        for key in PER_DEVICE_KEYS:
+        for key in PER_DEVICE_KEYS + ("device_diff_mode", "device_diff_context", "_device_url_seen"):
             st.session_state.pop(key, None)
         st.session_state["_device_state_for"] = name
+    _from_url(name)
     _pick_timeline()
 
     with sessions() as session:
         info = queries.device_info(session, name)
         versions = queries.versions_of(session, info.id)
         _header(info, versions)
+        _backup(s, user, info, versions)
         if not versions:
             st.info(f"{name} has no stored version yet.")
+            _to_url(name)
             return
         by_number = {v.number: v for v in versions}
-        diff_tab, timeline_tab, show_tab = st.tabs(["Diff", "Timeline", "Version"])
+        diff_tab, timeline_tab, show_tab, runs_tab = st.tabs(["Diff", "Timeline", "Version", "Runs"])
         with diff_tab:
             _diff(s, session, info, versions, by_number)
         with timeline_tab:
             _timeline(s, session, versions)
         with show_tab:
             _show(s, session, info, versions, by_number)
+        with runs_tab:
+            _runs(session, info)
+    _to_url(name)
+
+
+def _picker(sessions, wanted: str | None) -> str | None:
+    """The device of the URL, and a picker: type part of a name, choose among the first matches (one index
+    query with LIMIT per search, however many devices there are)."""
+    c = st.columns([2, 3])
+    typed = c[0].text_input("Find a device", key="device_find", placeholder="part of a name, then Enter")
+    with sessions() as session:
+        found = queries.find_devices(session, typed, limit=PICKER_LIMIT + 1)
+        known = bool(wanted) and queries.device_exists(session, wanted)
+        anything = bool(found) or known or (bool(typed) and bool(queries.find_devices(session, "", limit=1)))
+    if not anything:
+        st.info("The index holds no device yet: start a backup on the Runs page (or `devicevault backup`).")
+        return None
+    more = len(found) > PICKER_LIMIT
+    options = found[:PICKER_LIMIT]
+    if known and wanted not in options:
+        options = [wanted] + options
+    if known:
+        st.session_state["device_pick"] = wanted
+    elif st.session_state.get("device_pick") not in options:
+        st.session_state["device_pick"] = None
+    c[1].selectbox("Device", options, key="device_pick", on_change=_pick,
+                   placeholder="choose a device" if options else "no device matches",
+                   help=f"The first {PICKER_LIMIT} names containing what you typed" if more else None)
+    if more:
+        c[1].caption(f"More than {PICKER_LIMIT} devices match: type more of the name.")
+    if wanted and not known:
+        st.warning(f"Device {ui.md(wanted)} is not in the index.")
+    return wanted if known else None
+
+
+def _backup(s, user, info, versions) -> None:
+    """Operators: "Back up now" (``jobs.collect.runs.start_backup``, as on the Runs page), then the run's
+    progress until this device has its result: the new version, "unchanged", or the error."""
+    started = st.session_state.get(BACKUP_KEY)
+    if started and started.get("device") != info.name:
+        started = None
+    if user.can_trigger:
+        if st.button("Back up now", key="device_backup_now", type="primary",
+                     help="Back up this device now (a run of this one device)"):
+            from jobs.collect.runs import start_backup
+
+            redis = ui.redis(s)
+            redis.ping()  # Redis down: say so before a run is recorded that no worker would ever see
+            run = start_backup(redis, s, hosts=[info.name], inventory=s.inventory, requested_by=user.name)
+            ui.log.info("portal: %s started run %s for %s (device page)", user.name, run.run_id, info.name)
+            started = {"run_id": run.run_id, "device": info.name, "versions": len(versions)}
+            st.session_state[BACKUP_KEY] = started
+    if not started:
+        return
+
+    @st.fragment(run_every=REFRESH_SECONDS)
+    def progress() -> None:
+        run_id = started["run_id"]
+        with ui.sessions(s)() as session:
+            result = queries.device_result(session, run_id, info.name)
+            state = queries.run_state(session, run_id, [info.name])
+        if result is None:
+            st.progress(0.0, text=f"Backing up {info.name} (run {run_id[:12]})… "
+                        + ("queued" if state.created_at is None else "running"))
+            return
+        status, error = result
+        st.session_state.pop(BACKUP_KEY, None)
+        if status == DeviceStatus.CHANGED.value:
+            st.session_state["device_backup_done"] = ("success", f"Backed up: a new version (run {run_id[:12]}).")
+            for key in ("device_diff_a", "device_diff_b", "device_show_version"):  # show the new version
+                st.session_state.pop(key, None)
+            for param in ("a", "b", "v"):
+                st.query_params.pop(param, None)
+            st.session_state.pop("_device_url_seen", None)
+        elif status == DeviceStatus.FAILED.value:
+            st.session_state["device_backup_done"] = ("error", f"The backup failed (run {run_id[:12]}): {ui.mask(error)}")
+        else:
+            st.session_state["device_backup_done"] = ("info", f"Backed up: {status}, no new version (run {run_id[:12]}).")
+        st.rerun()  # the whole page: the new version in the header, the diff and the timeline
+
+    progress()
+
+
+def _runs(session, info) -> None:
+    runs = queries.device_runs(session, info.id, limit=20)
+    if runs.empty:
+        st.info(f"{info.name} has no run result yet.")
+        return
+    st.caption(f"The newest {len(runs)} result(s) of {info.name}, newest first.")
+    st.dataframe(runs.assign(error=runs["error"].map(ui.mask)), hide_index=True, width="stretch", key="device_runs",
+                 column_config={"started": st.column_config.DatetimeColumn(format="YYYY-MM-DD HH:mm:ss z"),
+                                "error": st.column_config.TextColumn(width="large")})
 
 
 def _header(info, versions) -> None:
+    done = st.session_state.pop("device_backup_done", None)
+    if done:
+        getattr(st, done[0])(ui.md(done[1]))
     m = st.columns([1, 1, 2, 2, 2])
     m[0].metric("Status", info.status)
     m[1].metric("Versions", len(versions))
@@ -145,8 +279,11 @@ def _diff(s, session, info, versions, by_number) -> None:
     c[3].button("Next change ▶", key="device_next_change", on_click=_shift, args=(1,), disabled=b >= n,
                 help="Compare the change after this one")
     o = st.columns([2, 1, 3])
-    mode = o[0].radio("View", ["unified", "side by side"], horizontal=True, key="device_diff_mode")
-    context = o[1].number_input("Context lines", min_value=0, max_value=1000, value=3, key="device_diff_context")
+    mode = o[0].radio("View", list(MODES.values()), horizontal=True, key="device_diff_mode")
+    if not 0 <= int(st.session_state.get("device_diff_context", 3)) <= 1000:
+        st.session_state["device_diff_context"] = 3
+    st.session_state.setdefault("device_diff_context", 3)
+    context = o[1].number_input("Context lines", min_value=0, max_value=1000, key="device_diff_context")
     texts = _read(s, session, [by_number[a], by_number[b]])
     for number in (a, b):
         if isinstance(texts[number], Exception):
