@@ -15,7 +15,9 @@ matters (results are applied once by task id, releases are guarded, stores of th
 
 from __future__ import annotations
 
+import logging
 import threading
+import time
 
 from redis.backoff import ExponentialBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
@@ -27,6 +29,7 @@ RETRIES = 16
 BACKOFF_BASE = 0.25
 BACKOFF_CAP = 5.0
 _nesting = threading.local()
+log = logging.getLogger(__name__)
 
 
 class OnceConnectedRetry(Retry):
@@ -47,10 +50,21 @@ class OnceConnectedRetry(Retry):
         # outermost call of a thread retries, so one command waits about a minute, not a minute squared
         if self.connected.is_set() and not getattr(_nesting, "depth", 0):
             _nesting.depth = 1
+            failures = []
+
+            def failed(error, count=None):
+                if not failures:
+                    log.warning("Redis unavailable (%s): trying again with backoff for up to about a minute", error)
+                failures.append(time.monotonic())
+                fail(error, count) if with_failure_count else fail(error)
+
             try:
-                return super().call_with_retry(do, fail, is_retryable, with_failure_count)
+                result = super().call_with_retry(do, failed, is_retryable, True)
             finally:
                 _nesting.depth = 0
+            if failures:
+                log.info("Redis answers again (after %.1f s)", time.monotonic() - failures[0])
+            return result
         try:
             result = do()
         except self._supported_errors as error:
