@@ -533,6 +533,13 @@ def test_a_viewer_cannot_trigger_a_run(portal_env):
     at = ok(page("victor", "views/runs.py"))
     assert "runs_start" not in [b.key for b in at.button]
     assert any("operator role" in i.value for i in at.info)
+    # an operator's link to a prepared backup: the viewer is told so on the Runs page
+    at = page("victor", "views/runs.py", scope="device", device=portal_env["names"][0])
+    assert not at.exception and any("needs the operator role" in e.value for e in at.error), [e.value for e in at.error]
+    assert "runs_start" not in [b.key for b in at.button]
+    at = ok(page("victor", "views/device.py", device=portal_env["busy"]))
+    assert "device_backup_now" not in [b.key for b in at.button]
+    assert "device_backup_now" in [b.key for b in ok(page("oscar", "views/device.py", device=portal_env["busy"])).button]
 
 
 def test_an_operator_triggers_a_backup_of_one_device(portal_env, redis_server):
@@ -557,12 +564,19 @@ def test_an_operator_triggers_a_backup_of_one_device(portal_env, redis_server):
     assert f"{members} device(s) will be backed up." in [c.value for c in ok(at).caption]
     at.radio(key="runs_scope").set_value("every device").run()
     assert "6 device(s) will be backed up." in [c.value for c in at.caption]
+    assert at.query_params["scope"] == "all"
     at.radio(key="runs_scope").set_value("one device").run()
+    at.text_input(key="runs_device_find").set_value(device[-5:].upper()).run()  # part of the name
+    assert device in at.selectbox(key="runs_device").options and len(at.selectbox(key="runs_device").options) <= 50
     at.selectbox(key="runs_device").set_value(device).run()
+    assert (at.query_params["scope"], at.query_params["device"]) == ("device", device)
+    linked = ok(page("oscar", "views/runs.py", scope="device", device=device))  # the same link, another session
+    assert (linked.radio(key="runs_scope").value, linked.selectbox(key="runs_device").value) == ("one device", device)
     at.button(key="runs_start").click().run()
     ok(at)
     follow = at.session_state["runs_follow"]
     assert follow["hosts"] == [device]
+    assert at.query_params["run"] == follow["run_id"]
     # the run is announced on device:results; the index consumer (its only writer) records it from there
     (_, fields), = redis.xrevrange(DEVICE_RESULTS_STREAM, count=1)
     started = parse(DEVICE_RESULTS_STREAM, fields)
@@ -576,7 +590,7 @@ def test_an_operator_triggers_a_backup_of_one_device(portal_env, redis_server):
     jobs = queue.get_jobs()
     assert [j.meta["hosts"] for j in jobs] == [[device]] and jobs[0].meta["run_id"] == follow["run_id"]
     waiting = table(at, "device", "status", "duration s")
-    assert list(zip(waiting["device"], waiting["status"])) == [(device, "waiting")]
+    assert list(zip(waiting["device"], waiting["status"], waiting["group"])) == [(device, "waiting", group)]
     assert "0 of 1 device(s) done" in at.get("progress")[0].proto.text
     queue.empty()
 

@@ -3,7 +3,13 @@ device until it ends, and look through the run history with each device's status
 
 A run is started with ``jobs.collect.runs.start_backup(requested_by=<user>)``, exactly like ``devicevault backup``;
 the workers collect and store, the consumer writes the results into the index, and this page reads them
-back every two seconds while the run is open.
+back every second while the run is open: each device's row turns from ``waiting`` to its outcome as its
+result arrives (group and whole-inventory runs too).
+
+The URL says what is shown: ``?run=ID`` (the run followed or selected: a reload or a link shows it) and, for
+a prepared backup, ``?scope=device&device=NAME`` or ``?scope=group&group=NAME`` or ``?scope=all`` (a viewer
+opening such a link is told that starting a backup needs the operator role). The one-device picker finds
+names as you type (the first 50 matches, never a 10,000-entry list).
 """
 
 from __future__ import annotations
@@ -17,7 +23,10 @@ from storage.index.statuses import DeviceStatus, RunStatus
 
 SCOPES = ["one device", "one group", "every device"]
 FOLLOW_KEY = "runs_follow"
-REFRESH_SECONDS = 2.0
+REFRESH_SECONDS = 1.0
+PICKER_LIMIT = 50
+#: the URL's scope parameter -> the scope radio's choice
+URL_SCOPES = {"device": "one device", "group": "one group", "all": "every device"}
 HISTORY_PAGE = 20  # runs per history page (each run's results are counted per status)
 TIME = st.column_config.DatetimeColumn(format="YYYY-MM-DD HH:mm:ss z")
 
@@ -25,15 +34,52 @@ TIME = st.column_config.DatetimeColumn(format="YYYY-MM-DD HH:mm:ss z")
 def render(user) -> None:
     s = ui.settings()
     st.title("Runs")
+    params = st.query_params
     if user.can_trigger:
         _trigger(s, user)
+    elif params.get("scope"):
+        st.error(f"This link prepares a backup: starting a backup needs the operator role; you are {user.role}. "
+                 "You can follow runs and read their history.")
     else:
         st.info(f"You are logged in as {user.role}: you can follow runs and read their history; starting a "
                 "backup needs the operator role.")
     follow = st.session_state.get(FOLLOW_KEY)
+    wanted = params.get("run")
+    if wanted and (not follow or follow["run_id"] != wanted):
+        follow = {"run_id": wanted, "hosts": []}
+        st.session_state[FOLLOW_KEY] = follow
     if follow:
+        st.query_params["run"] = follow["run_id"]
         _follow(s, follow["run_id"], follow.get("hosts", []))
     _history(s)
+
+
+def _url_to_trigger(hosts: dict, groups: list[str]) -> None:
+    """A link's prepared backup (?scope=..., device=..., group=...) into the form, once per link."""
+    params = st.query_params
+    link = (params.get("scope"), params.get("device"), params.get("group"))
+    if not link[0] or st.session_state.get("_runs_link") == link:
+        return
+    st.session_state["_runs_link"] = link
+    if link[0] in URL_SCOPES:
+        st.session_state["runs_scope"] = URL_SCOPES[link[0]]
+    if link[1] in hosts:
+        st.session_state["runs_device_find"] = link[1]
+        st.session_state["runs_device"] = link[1]
+    if link[2] in groups:
+        st.session_state["runs_group"] = link[2]
+
+
+def _trigger_to_url(scope: str, device: str | None, group: str | None) -> None:
+    short = next(k for k, v in URL_SCOPES.items() if v == scope)
+    params = {"scope": short, "device": device if short == "device" else None,
+              "group": group if short == "group" else None}
+    for key, value in params.items():
+        if value:
+            st.query_params[key] = value
+        else:
+            st.query_params.pop(key, None)
+    st.session_state["_runs_link"] = (params["scope"], params["device"], params["group"])
 
 
 def _trigger(s, user) -> None:
@@ -45,12 +91,14 @@ def _trigger(s, user) -> None:
             ui.show_error(exc, "The inventory cannot be read")
             return
         groups = sorted({g for h in hosts.values() for g in h.groups})
+        _url_to_trigger(hosts, groups)
         c = st.columns([2, 3, 1])
         scope = c[0].radio("What", SCOPES, key="runs_scope")
         hosts_chosen: list[str] = []
         groups_chosen: list[str] = []
+        device = group = None
         if scope == "one device":
-            device = c[1].selectbox("Device", sorted(hosts), key="runs_device")
+            device = _device_picker(c[1], hosts)
             hosts_chosen = [device] if device else []
             count = len(hosts_chosen)
         elif scope == "one group":
@@ -61,6 +109,7 @@ def _trigger(s, user) -> None:
             c[1].markdown(f"Every device of the inventory ({len(hosts)}).")
             count = len(hosts)
         c[1].caption(f"{count} device(s) will be backed up.")
+        _trigger_to_url(scope, device, group)
         if c[2].button("Start backup", type="primary", key="runs_start", disabled=count == 0):
             from jobs.collect.runs import start_backup
 
@@ -69,8 +118,24 @@ def _trigger(s, user) -> None:
             started = start_backup(redis, s, hosts=hosts_chosen or None, groups=groups_chosen or None,
                                    inventory=s.inventory, requested_by=user.name)
             st.session_state[FOLLOW_KEY] = {"run_id": started.run_id, "hosts": list(started.hosts)}
+            st.query_params["run"] = started.run_id
             ui.log.info("portal: %s started run %s (%d device(s))", user.name, started.run_id, len(started.hosts))
             st.toast(f"Run {started.run_id[:12]} started for {len(started.hosts)} device(s)")
+
+
+def _device_picker(where, hosts: dict) -> str | None:
+    """Type part of a name, choose among the first matches of the inventory (no 10,000-entry list)."""
+    typed = where.text_input("Find a device", key="runs_device_find", placeholder="part of a name, then Enter")
+    text = (typed or "").strip().lower()
+    found = sorted((n for n in hosts if text in n.lower()), key=lambda n: (not n.lower().startswith(text), n))
+    options = found[:PICKER_LIMIT]
+    chosen = st.session_state.get("runs_device")
+    if chosen in hosts and chosen not in options:
+        options = [chosen] + options
+    if len(found) > PICKER_LIMIT:
+        where.caption(f"{len(found)} devices match: the first {PICKER_LIMIT} are offered; type more of the name.")
+    return where.selectbox("Device", options, key="runs_device",
+                           placeholder="choose a device" if options else "no device matches")
 
 
 def _follow(s, run_id: str, hosts: list[str]) -> None:
@@ -81,7 +146,7 @@ def _follow(s, run_id: str, hosts: list[str]) -> None:
     def progress() -> None:
         with ui.sessions(s)() as session:
             now = queries.run_state(session, run_id, hosts)
-            devices = queries.run_devices(session, run_id, hosts)
+            devices = queries.run_devices(session, run_id, hosts, groups=_groups(s, hosts))
         total = max(now.total, len(hosts), 1)
         st.subheader(f"Run {run_id[:12]}")
         label = f"{now.done} of {total} device(s) done · " + (
@@ -98,11 +163,23 @@ def _follow(s, run_id: str, hosts: list[str]) -> None:
                 st.switch_page("views/device.py", query_params={"device": name})
         if cols and cols[-1].button("Stop following", key="runs_unfollow"):
             st.session_state.pop(FOLLOW_KEY, None)
+            st.query_params.pop("run", None)
             st.rerun()
         if now.finished and not state.finished:
             st.rerun()  # the whole page: stop refreshing, refresh the history
 
     progress()
+
+
+def _groups(s, hosts: list[str]) -> dict[str, str]:
+    """The inventory group of each waiting host (the index knows it only once its result is in)."""
+    if not hosts:
+        return {}
+    try:
+        inv = ui.inventory(s)
+    except Exception:  # noqa: BLE001 - the table then shows no group for waiting hosts
+        return {}
+    return {h: getattr(inv.get(h), "group", "") or "" for h in hosts}
 
 
 def _history(s) -> None:
