@@ -456,6 +456,35 @@ def diff(host, a, b, context_lines, raw) -> None:
     _print_text(patch, raw)
 
 
+@main.command("search-index")
+@click.option("--json", "as_json", is_flag=True)
+@guard
+def search_index(as_json) -> None:
+    """Fill the search index from storage: the newest version of every device not indexed yet (an index from
+    before the search index; afterwards the index consumer keeps it current). Safe to run again."""
+    from tqdm import tqdm
+
+    from jobs.ops.search_index import backfill
+
+    settings = load_settings()
+    layout = storage_layout(settings)
+    with tqdm(unit="device", desc="search-index", file=sys.stderr, disable=as_json) as bar:
+        def progress(done: int, total: int) -> None:
+            bar.total = total
+            bar.n = done
+            bar.refresh()
+
+        outcome = backfill(index_sessions(settings), layout.open, progress=progress)
+    if as_json:
+        click.echo(json.dumps({"indexed": outcome.indexed, "failed": outcome.failed}))
+    else:
+        click.echo(f"{outcome.indexed} device(s) indexed; {len(outcome.failed)} could not be read")
+        for line in outcome.failed:
+            click.echo(f"  {line}")
+    if outcome.failed:
+        raise SystemExit(1)
+
+
 # --- storage upkeep ---------------------------------------------------------------------------------------
 @main.command()
 @click.option("--repair", is_flag=True, help="Write missing and corrupt copies back from a good copy.")

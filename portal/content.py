@@ -13,6 +13,7 @@ comes back at the limit, "too slow", with what was found so far (:func:`search`)
 from __future__ import annotations
 
 import difflib
+import logging
 import threading
 from collections import OrderedDict
 from concurrent.futures import ThreadPoolExecutor
@@ -26,6 +27,7 @@ from storage.errors import StorageError
 from storage.retrieve import read_first
 
 Copies = Sequence[tuple[str, str, str]]  # (backend, ref, status)
+log = logging.getLogger(__name__)
 
 
 class ContentCache:
@@ -248,29 +250,27 @@ class Target:
 class SearchResult:
     rows: list[dict] = field(default_factory=list)
     searched: int = 0  # configurations searched
-    unreadable: list[str] = field(default_factory=list)  # "device vN: why"
+    unreadable: list[str] = field(default_factory=list)  # "device vN: why" (never a storage path)
     truncated: str = ""  # why the search stopped early ("" = it did not)
     too_slow: bool = False  # it stopped at its time limit
+    total: int = 0  # configurations to search
 
 
-def search(targets: Sequence[Target], pattern: Pattern, open_backend: Callable[[str], object], *,
-           context: int = 2, max_results: int = 2000, time_budget: float = 60.0, chunk: int = 16) -> SearchResult:
-    """Every line matching ``pattern`` in ``targets`` with ``context`` lines before and after.
+#: what a search says of a configuration none of whose copies could be read (the details go to the log)
+UNREADABLE = "no copy could be read (storage unreachable, or the copies are missing or corrupt; see the portal's log)"
 
-    Reads configurations in parallel (through the cache) ``chunk`` at a time; stops after ``max_results``
-    matching lines and says so in ``truncated``. The time limit is hard: the search runs in a thread of its
-    own and the answer comes back after ``time_budget`` seconds at the latest, ``too_slow`` with what was
-    found so far; the thread is told to stop and does at its next line (RE2 releases the GIL while it
-    matches, so even a long line never holds up another session).
-    """
+
+def _limited(work: Callable[[SearchResult, threading.Event], None], time_budget: float) -> SearchResult:
+    """``work(result, stop)`` in a thread of its own, answered after ``time_budget`` seconds at the latest:
+    then ``too_slow`` with what was found so far, and ``stop`` is set (the thread stops at its next line;
+    RE2 releases the GIL while it matches, so even a long line never holds up another session)."""
     result = SearchResult()
     stop = threading.Event()
     failure: list[BaseException] = []
 
     def scan() -> None:
         try:
-            _scan(targets, pattern, open_backend, result, stop, context=context, max_results=max_results,
-                  chunk=chunk)
+            work(result, stop)
         except BaseException as exc:  # noqa: BLE001 - handed to the caller's thread
             failure.append(exc)
 
@@ -280,37 +280,127 @@ def search(targets: Sequence[Target], pattern: Pattern, open_backend: Callable[[
     if worker.is_alive():
         stop.set()
         return SearchResult(rows=list(result.rows), searched=result.searched, unreadable=list(result.unreadable),
-                            too_slow=True,
+                            too_slow=True, total=result.total,
                             truncated=f"was too slow: stopped at its {time_budget:g} s limit after searching "
-                                      f"{result.searched} of {len(targets)} configuration(s)")
+                                      f"{result.searched} of {result.total} configuration(s)")
     if failure:
         raise failure[0]
     return result
 
 
-def _scan(targets: Sequence[Target], pattern: Pattern, open_backend: Callable[[str], object], result: SearchResult,
-          stop: threading.Event, *, context: int, max_results: int, chunk: int) -> None:
-    """:func:`search`'s work, into ``result``, until done or ``stop`` is set (looked at before every line)."""
-    for start in range(0, len(targets), chunk):
-        part = targets[start:start + chunk]
-        contents = read_many(((t.sha256, t.copies) for t in part), open_backend)
-        for t in part:
-            content = contents.get(t.sha256)
-            if isinstance(content, Exception) or content is None:
-                result.unreadable.append(f"{t.device} v{t.number}: {content}")
-                continue
-            lines = as_text(content).splitlines()
-            for i, line in enumerate(lines):
-                if stop.is_set():
+def _match_lines(result: SearchResult, stop: threading.Event, device: str, number: int, sha256: str, text: str,
+                 pattern: Pattern, *, context: int, max_results: int) -> bool:
+    """Every line of ``text`` matching ``pattern`` into ``result``; True when the search must end here."""
+    lines = text.splitlines()
+    for i, line in enumerate(lines):
+        if stop.is_set():
+            return True
+        if pattern.search(line):
+            lo, hi = max(0, i - context), min(len(lines), i + context + 1)
+            result.rows.append({
+                "device": device, "version": number, "sha": sha256[:12], "line": i + 1, "text": line,
+                "context": "\n".join(f"{n + 1:>5}{'>' if n == i else ' '} {lines[n]}" for n in range(lo, hi)),
+            })
+            if len(result.rows) >= max_results:
+                result.truncated = f"stopped at {max_results} matching lines"
+                return True
+    result.searched += 1
+    return False
+
+
+def search(targets: Sequence[Target], pattern: Pattern, open_backend: Callable[[str], object], *,
+           context: int = 2, max_results: int = 2000, time_budget: float = 60.0, chunk: int = 16) -> SearchResult:
+    """Every line matching ``pattern`` in ``targets`` (read from storage: every version of the devices) with
+    ``context`` lines before and after.
+
+    Reads configurations in parallel (through the cache) ``chunk`` at a time; stops after ``max_results``
+    matching lines and says so in ``truncated``. The time limit is hard (:func:`_limited`). A configuration
+    that cannot be read is listed as ``device vN: ...`` without storage paths (they go to the log).
+    """
+    def work(result: SearchResult, stop: threading.Event) -> None:
+        result.total = len(targets)
+        for start in range(0, len(targets), chunk):
+            part = targets[start:start + chunk]
+            contents = read_many(((t.sha256, t.copies) for t in part), open_backend)
+            for t in part:
+                content = contents.get(t.sha256)
+                if isinstance(content, Exception) or content is None:
+                    log.warning("search: %s v%s (%s) cannot be read: %s", t.device, t.number, t.sha256[:12], content)
+                    result.unreadable.append(f"{t.device} v{t.number}: {UNREADABLE}")
+                    continue
+                if _match_lines(result, stop, t.device, t.number, t.sha256, as_text(content), pattern,
+                                context=context, max_results=max_results):
                     return
-                if pattern.search(line):
-                    lo, hi = max(0, i - context), min(len(lines), i + context + 1)
-                    result.rows.append({
-                        "device": t.device, "version": t.number, "sha": t.sha256[:12], "line": i + 1,
-                        "text": line,
-                        "context": "\n".join(f"{n + 1:>5}{'>' if n == i else ' '} {lines[n]}" for n in range(lo, hi)),
-                    })
-                    if len(result.rows) >= max_results:
-                        result.truncated = f"stopped at {max_results} matching lines"
+
+    return _limited(work, time_budget)
+
+
+def search_index(sessions: Callable[[], object], pattern: Pattern, query: str, *, regex: bool,
+                 groups: Sequence[str] = (), platforms: Sequence[str] = (), devices: Sequence[str] = (),
+                 context: int = 2, max_results: int = 2000, time_budget: float = 60.0) -> SearchResult:
+    """The same search over the newest configuration of each device, from the index's search table
+    (``storage.index.search``: no storage read). The database narrows the devices by the literal every match
+    contains (the query, or :func:`storage.index.search.required_literal` of a regular expression); each
+    candidate is then checked whole with RE2 (one call) and, when it matches, line by line. Devices with
+    versions but no searchable text yet are listed in ``unreadable`` (``devicevault search-index``)."""
+    from storage.index import search as index
+
+    literal = index.required_literal(query) if regex else query
+    whole = _whole_text(query, regex=regex, case_sensitive=_case_sensitive(pattern))
+
+    def work(result: SearchResult, stop: threading.Event) -> None:
+        with sessions() as session:
+            missing = index.not_indexed(session, groups=groups, platforms=platforms, devices=devices)
+            result.unreadable.extend(f"{name}: not in the search index yet (run `devicevault search-index`)"
+                                     for name in missing)
+            ids = index.candidate_ids(session, literal, groups=groups, platforms=platforms, devices=devices)
+            result.total = len(ids)
+            found: list[tuple[int, dict]] = []
+            for batch in index.bodies(session, ids):
+                for c in batch:
+                    if stop.is_set():
                         return
-            result.searched += 1
+                    if whole is not None and not whole(c.body):
+                        result.searched += 1
+                        continue
+                    before = len(result.rows)
+                    done = _match_lines(result, stop, c.device, 0, "", c.body, pattern, context=context,
+                                        max_results=max_results)
+                    found += [(c.version_id, row) for row in result.rows[before:]]
+                    if done:
+                        break
+                else:
+                    continue
+                break
+            numbers = index.version_numbers(session, [v for v, _ in found])
+            shas = index.version_shas(session, [v for v, _ in found])
+            for version_id, row in found:
+                row["version"], row["sha"] = numbers.get(version_id, 0), shas.get(version_id, "")[:12]
+
+    return _limited(work, time_budget)
+
+
+def _case_sensitive(pattern: Pattern) -> bool:
+    options = getattr(pattern, "options", None)
+    return bool(getattr(options, "case_sensitive", True))
+
+
+def _whole_text(query: str, *, regex: bool, case_sensitive: bool) -> Callable[[str], bool] | None:
+    """A quick test of a whole configuration: False when no line can match (one RE2 or ``in`` over the text,
+    instead of one call per line); None when there is none (a pattern anchored to the text's ends)."""
+    if not regex:
+        if case_sensitive:
+            return lambda body: query in body
+        folded = query.casefold()
+        return lambda body: folded in body.casefold()
+    if "\\A" in query or "\\z" in query:
+        return None
+    options = re2.Options()
+    options.case_sensitive = case_sensitive
+    options.max_mem = PATTERN_MEMORY
+    options.log_errors = False
+    try:
+        whole = re2.compile("(?m)" + query, options)
+    except re2.error:
+        return None
+    return lambda body: whole.search(body) is not None

@@ -379,13 +379,16 @@ def run_devices(session: Session, run_id: str, hosts: Sequence[str] = (), groups
 
 # --- search -----------------------------------------------------------------------------------------------
 def search_targets(session: Session, *, all_versions: bool = False, devices: Sequence[str] = (),
-                   groups: Sequence[str] = ()) -> list[Target]:
-    """The configurations a search reads: each device's newest version (or every version), by device name."""
+                   groups: Sequence[str] = (), platforms: Sequence[str] = ()) -> list[Target]:
+    """The configurations a search reads from storage: each device's newest version (or every version), by
+    device name (the newest alone are searched from the index instead: ``content.search_index``)."""
     where = []
     if devices:
         where.append(Device.name.in_(list(devices)))
     if groups:
         where.append(Device.group_name.in_(list(groups)))
+    if platforms:
+        where.append(Device.platform.in_(list(platforms)))
     if all_versions:
         number = func.row_number().over(partition_by=Version.device_id, order_by=Version.id).label("number")
         numbered = (select(Version.id.label("id"), Version.device_id.label("device_id"), number)

@@ -521,6 +521,17 @@ def test_search_text_regex_all_versions_and_csv(portal_env):
     assert any("invalid regular expression" in e.value for e in at.error)
 
 
+def test_search_compares_a_line_across_devices(portal_env):
+    busy = portal_env["busy"]
+    at = ok(page("victor", "views/search.py"))
+    at.text_input(key="compare_line").set_value("ip access-list extended MGMT-3")
+    click(at, "Compare")
+    found = ok(at).session_state["compare_result"]
+    assert busy in found.have and busy not in found.lack and found.lack  # the others are at another version
+    assert table(at, "have it")["have it"].tolist() == found.have
+    assert any("not in the search index" in w.value for w in at.warning)  # the broken device is named
+
+
 def test_runs_history_shows_each_device(portal_env):
     at = ok(page("victor", "views/runs.py"))
     history = at.dataframe(key="runs_history").value

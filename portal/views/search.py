@@ -1,9 +1,12 @@
 """Search: a text or regular expression across the newest configuration of every device (optionally every
-version), with line numbers and context; results export as CSV.
+version), within groups or platforms, with line numbers and context; results export as CSV. Compare a line
+across devices: which have it, which lack it.
 
-Configurations are read through the storage layout (parallel, cached by sha256: they never change).
-Patterns are RE2's (linear time: no pattern can pin the portal); a search stops after 2,000 matching lines
-or at its time limit (``DEVICEVAULT_PORTAL_SEARCH_TIMEOUT``, "too slow") and says so. The CSV export
+The newest configurations come from the index's search table (``storage.index.search``: written by the index
+consumer with each version, narrowed by the database's trigram index), never from storage; "every version"
+reads storage (parallel, cached by sha256). Patterns are RE2's (linear time: no pattern can pin the portal);
+a search stops after 2,000 matching lines or at its time limit (``DEVICEVAULT_PORTAL_SEARCH_TIMEOUT``, "too
+slow") and says so. What cannot be read is named by device, never by storage path. The CSV export
 neutralises cells a spreadsheet would run as formulas (``content.csv_export``).
 """
 
@@ -13,6 +16,7 @@ import pandas as pd
 import streamlit as st
 
 from portal import content, queries, ui
+from storage.index import search as index_search
 
 MAX_RESULTS = 2000
 COLUMNS = ["device", "version", "line", "text", "context", "sha"]
@@ -22,7 +26,7 @@ def render(user) -> None:
     s = ui.settings()
     st.title("Search")
     with ui.sessions(s)() as session:
-        groups, _ = queries.filter_choices(session)
+        groups, platforms = queries.filter_choices(session)
     with st.form("search_form"):
         query = st.text_input("Text or regular expression", key="search_query",
                               placeholder="e.g. access-list 101 or ^ip route 10\\.")
@@ -31,23 +35,35 @@ def render(user) -> None:
         case = c[1].checkbox("Match case", key="search_case")
         every = c[2].checkbox("Every version (not only the newest)", key="search_all_versions")
         context = c[3].number_input("Context lines", min_value=0, max_value=20, value=2, key="search_context")
-        chosen_groups = st.multiselect("Only these groups", groups, key="search_groups")
+        g, p = st.columns(2)
+        chosen_groups = g.multiselect("Only these groups", groups, key="search_groups")
+        chosen_platforms = p.multiselect("Only these platforms", platforms, key="search_platforms")
         submitted = st.form_submit_button("Search", type="primary")
     if submitted:
         pattern = content.compile_pattern(query, regex=regex, case_sensitive=case)
         with st.spinner("Searching…"):
-            with ui.sessions(s)() as session:
-                targets = queries.search_targets(session, all_versions=every, groups=chosen_groups)
-            result = content.search(targets, pattern, ui.layout(s).open, context=int(context),
-                                    max_results=MAX_RESULTS, time_budget=s.portal_search_timeout)
+            if every:
+                with ui.sessions(s)() as session:
+                    targets = queries.search_targets(session, all_versions=True, groups=chosen_groups,
+                                                     platforms=chosen_platforms)
+                result = content.search(targets, pattern, ui.layout(s).open, context=int(context),
+                                        max_results=MAX_RESULTS, time_budget=s.portal_search_timeout)
+            else:
+                result = content.search_index(ui.sessions(s), pattern, query, regex=regex, groups=chosen_groups,
+                                              platforms=chosen_platforms, context=int(context),
+                                              max_results=MAX_RESULTS, time_budget=s.portal_search_timeout)
         st.session_state["search_result"] = {
             "query": query, "regex": regex, "every": every,
             "frame": pd.DataFrame(result.rows, columns=COLUMNS), "searched": result.searched,
             "unreadable": result.unreadable, "truncated": result.truncated, "too_slow": result.too_slow,
         }
     found = st.session_state.get("search_result")
-    if not found:
-        return
+    if found:
+        _results(found)
+    _compare(s, groups, platforms)
+
+
+def _results(found: dict) -> None:
     frame: pd.DataFrame = found["frame"]
     what = "every version" if found["every"] else "the newest configuration"
     devices = frame["device"].nunique() if not frame.empty else 0
@@ -60,8 +76,9 @@ def render(user) -> None:
     elif found["truncated"]:
         st.warning(f"The search {found['truncated']}; narrow it down to see everything.")
     if found["unreadable"]:
-        st.warning(f"{len(found['unreadable'])} configuration(s) could not be read: "
-                   + "; ".join(ui.md(ui.mask(u)) for u in found["unreadable"][:5]))
+        more = f" (and {len(found['unreadable']) - 5} more)" if len(found["unreadable"]) > 5 else ""
+        st.warning(f"{len(found['unreadable'])} configuration(s) could not be searched: "
+                   + "; ".join(ui.md(ui.mask(u)) for u in found["unreadable"][:5]) + more)
     if frame.empty:
         return
     st.download_button("Export CSV", content.csv_export(frame), file_name="devicevault-search.csv",
@@ -75,6 +92,37 @@ def render(user) -> None:
     st.code(row["context"], language=None)
     if st.button(f"Open {row['device']}", key="search_open_device"):
         st.switch_page("views/device.py", query_params={"device": row["device"]})
+
+
+def _compare(s, groups: list[str], platforms: list[str]) -> None:
+    """Which devices have a configuration line, which lack it (newest configurations, from the index)."""
+    st.subheader("Compare a line across devices")
+    with st.form("compare_form"):
+        line = st.text_input("Configuration line", key="compare_line", placeholder="e.g. ntp server 10.0.0.123",
+                             help="Compared with each line of the newest configuration of every device in scope, "
+                                  "leading and trailing blanks ignored, case sensitive")
+        g, p = st.columns(2)
+        chosen_groups = g.multiselect("Only these groups", groups, key="compare_groups")
+        chosen_platforms = p.multiselect("Only these platforms", platforms, key="compare_platforms")
+        submitted = st.form_submit_button("Compare")
+    if submitted:
+        if not line.strip():
+            st.error("Type the configuration line to compare.")
+            return
+        with ui.sessions(s)() as session:
+            st.session_state["compare_result"] = index_search.compare_line(
+                session, line, groups=chosen_groups, platforms=chosen_platforms)
+    found = st.session_state.get("compare_result")
+    if found is None:
+        return
+    st.caption(f"`{found.line.replace('`', '')}`: **{len(found.have)}** device(s) have it, "
+               f"**{len(found.lack)}** lack it.")
+    if found.not_indexed:
+        st.warning(f"{len(found.not_indexed)} device(s) are not in the search index yet (run "
+                   "`devicevault search-index`): " + ", ".join(ui.md(n) for n in found.not_indexed[:10]))
+    have, lack = st.columns(2)
+    have.dataframe(pd.DataFrame({"have it": found.have}), hide_index=True, width="stretch", key="compare_have")
+    lack.dataframe(pd.DataFrame({"lack it": found.lack}), hide_index=True, width="stretch", key="compare_lack")
 
 
 ui.run_page(render)

@@ -137,6 +137,19 @@ class Copy(Base):
     version: Mapped[Version] = relationship(back_populates="copies")
 
 
+class SearchText(Base):
+    """The newest configuration of a device as search reads it (normalised, masked), written by the index
+    consumer with each new version (``storage.index.search``). On SQLite the FTS5 trigram table
+    ``search_fts`` indexes ``body`` (triggers of migration 0007); on PostgreSQL a pg_trgm GIN index."""
+
+    __tablename__ = "search_texts"
+
+    device_id: Mapped[int] = mapped_column(ForeignKey("devices.id"), primary_key=True, autoincrement=False)
+    version_id: Mapped[int] = mapped_column(Integer)
+    body: Mapped[str] = mapped_column(Text)
+    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
 class Schedule(Base):
     """A recurring backup of one inventory group ("" = every device) on a 5-field cron expression.
 

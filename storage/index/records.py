@@ -3,8 +3,9 @@ stream message changes nothing; the caller commits, then acknowledges the messag
 
 **The decider.** :func:`apply_device_result` is the one place that decides whether a collected configuration
 is a new version: in the same transaction that records the device's result it compares the candidate's
-masked-view sha256 with the device's newest :class:`Version`. New: a version row and one ``pending`` copy row
-per target of the device's location, all in this commit. Same: the result is recorded ``unchanged``, naming
+masked-view sha256 with the device's newest :class:`Version`. New: a version row, one ``pending`` copy row
+per target of the device's location and the device's searchable text (the masked view the result carries,
+``storage.index.search``), all in this commit. Same: the result is recorded ``unchanged``, naming
 the newest version's sha256. It returns a :class:`Decision`, which the caller hands, *after* the commit, to
 the steps that release the candidate to storage, refresh the collector's cache and announce the version
 (``jobs.deliver.release``). Storage outcomes (:func:`apply_storage_result`) only ever update copy rows of
@@ -23,6 +24,7 @@ from typing import Any
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
+from . import search
 from .models import Copy, Device, DeviceResultRow, Run, Version, aware
 from .statuses import CopyStatus, DeviceStatus, RunStatus
 
@@ -200,6 +202,9 @@ def apply_device_result(session: Session, result: Any) -> Decision:
         for target in targets:
             session.add(Copy(version_id=created.id, backend=target, status=CopyStatus.PENDING, ref="",
                              task_id=f"{result.task_id}:{target}:decided", stored_at=result.timestamp, attempts=0))
+        # the masked view: what search reads (storage.index.search); a result without it (an older producer)
+        # leaves the device unindexed rather than searchable under an older version's text
+        search.put(session, device.id, created.id, getattr(result, "config", "") or None)
         change = aware(device.last_change_at)
         if change is None or change < result.timestamp:
             device.last_change_at = result.timestamp
