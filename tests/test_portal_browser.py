@@ -2,12 +2,17 @@
 (``streamlit run``), with a real lab, worker, consumer and redis-server behind it.
 
 A user logs in, starts a backup of a lab device whose configuration changed, waits for the run to end,
-opens the device's diff and sees the new version against the old one. Screenshots of each step are saved
-in the test's temporary directory (their paths are printed).
+opens the device's diff and sees the new version against the old one. Sessions and links: a reload and a new
+tab keep the session (an HttpOnly cookie), a copied diff URL opened in a fresh browser asks for the login
+and then shows exactly that diff, an idle session asks for the login again, a viewer opening an operator's
+link sees the role message on that page. "Back up now" on a changed device shows its new version; a run of
+every device shows the devices finishing one by one (one host per batch, one worker). Screenshots of each
+step are saved in the test's temporary directory (their paths are printed).
 """
 
 from __future__ import annotations
 
+import re
 import shutil
 import subprocess
 import sys
@@ -22,6 +27,8 @@ CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                  "--disable-background-networking", "--disable-component-update", "--disable-sync"]
 PASSWORD = "operator-password-1"
+VIEWER_PASSWORD = "viewer-password-1"
+IDLE_TIMEOUT = 6  # seconds, for the second portal of the expired-session test
 
 pytestmark = pytest.mark.skipif(not Path(CHROMIUM).exists(), reason="Debian's chromium is not installed (make setup)")
 
@@ -60,6 +67,7 @@ def portal(tmp_path_factory, redis_server):
         "DEVICEVAULT_JOB_TIMEOUT": "180",
         "DEVICEVAULT_COLLECT_RETRIES": "0",
         "DEVICEVAULT_USERS_FILE": str(home / "users.yml"),
+        "DEVICEVAULT_BATCH_SIZE": "1",  # one host per job: with one worker, a run's devices finish one by one
     }
     dv = DeviceVault(env, home)
     # create the index before several processes open it at once (they would race to migrate it)
@@ -80,9 +88,13 @@ def portal(tmp_path_factory, redis_server):
                                 "--password-stdin"], input=PASSWORD + "\n", text=True, capture_output=True,
                                env={**os.environ, **env}, cwd=ROOT)
         assert added.returncode == 0, added.stderr
+        added = subprocess.run([sys.executable, "-m", "cli", "users", "add", "vera", "--role", "viewer",
+                                "--password-stdin"], input=VIEWER_PASSWORD + "\n", text=True, capture_output=True,
+                               env={**os.environ, **env}, cwd=ROOT)
+        assert added.returncode == 0, added.stderr
         procs.append(dv.process("portal", "--port", str(port), "--address", "127.0.0.1", name="portal").start())
         _wait_http(f"http://127.0.0.1:{port}/_stcore/health")
-        yield {"url": f"http://127.0.0.1:{port}/", "host": host, "home": home, "dv": dv}
+        yield {"url": f"http://127.0.0.1:{port}/", "host": host, "home": home, "dv": dv, "names": names}
     finally:
         for p in procs:
             p.stop()
@@ -169,3 +181,196 @@ def test_log_in_trigger_a_backup_and_open_its_diff(portal, tmp_path):
     assert all(p.stat().st_size > 10_000 for p in shots)
     versions = portal["dv"].json("versions", host)
     assert len(versions) == 2
+
+
+# --- sessions, links, "Back up now", live progress ---------------------------------------------------------
+@pytest.fixture()
+def browser():
+    from playwright.sync_api import expect, sync_playwright
+
+    expect.set_options(timeout=30_000)
+    with sync_playwright() as p:
+        b = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True)
+        try:
+            yield b
+        finally:
+            b.close()
+
+
+def _new_page(context):
+    page = context.new_page()
+    page.set_default_timeout(30_000)
+    return page
+
+
+def _log_in(page, user: str = "olga", password: str = PASSWORD) -> None:
+    from playwright.sync_api import expect
+
+    expect(page.get_by_role("textbox", name="User name")).to_be_visible()
+    page.get_by_role("textbox", name="User name").fill(user)
+    page.get_by_role("textbox", name="Password").fill(password)
+    page.get_by_role("button", name="Log in").click()
+    expect(page.get_by_text("Logged in as")).to_be_visible()
+
+
+def _session_cookie(context) -> dict | None:
+    return next((c for c in context.cookies() if c["name"] == "devicevault_session"), None)
+
+
+def _wait_cookie(context, timeout: float = 30) -> dict:
+    deadline = time.monotonic() + timeout
+    while (cookie := _session_cookie(context)) is None:
+        assert time.monotonic() < deadline, "no session cookie was set"
+        time.sleep(0.1)
+    return cookie
+
+
+def test_back_up_now_on_the_device_page_shows_the_new_version(portal, browser, tmp_path):
+    from playwright.sync_api import expect
+
+    host = portal["names"][1]
+    portal["dv"]("lab", "change", host)
+    page = _new_page(browser.new_context(viewport={"width": 1500, "height": 1800}))
+    page.goto(f"{portal['url']}device?device={host}")
+    _log_in(page)
+    expect(page.get_by_role("heading", name="Device")).to_be_visible()
+    page.get_by_role("button", name="Back up now").click()
+    expect(page.get_by_text("Backed up: a new version")).to_be_visible(timeout=150_000)
+    code = page.locator("[data-testid='stCode']").first
+    expect(code).to_contain_text(f"{host} v1")
+    expect(code).to_contain_text(f"{host} v2")
+    expect(page).to_have_url(re.compile(r"[?&]b=2(&|$)"))
+    page.get_by_role("tab", name="Runs").click()
+    expect(page.get_by_text(f"result(s) of {host}")).to_be_visible()
+    page.screenshot(path=str(tmp_path / "back-up-now.png"), full_page=True)
+    assert len(portal["dv"].json("versions", host)) == 2
+
+
+def test_reload_new_tab_and_a_copied_diff_link(portal, browser, tmp_path):
+    from playwright.sync_api import expect
+
+    host = portal["names"][1]
+    if len(portal["dv"].json("versions", host)) < 2:  # run alone: give the device a second version
+        portal["dv"]("lab", "change", host)
+        portal["dv"]("backup", "--host", host, "--wait", timeout=240)
+    context = browser.new_context(viewport={"width": 1500, "height": 1800})
+    page = _new_page(context)
+    page.goto(portal["url"])
+    _log_in(page)
+    cookie = _wait_cookie(context)
+    assert cookie["httpOnly"] and cookie["sameSite"] == "Strict" and cookie["expires"] > time.time()
+    assert "devicevault_session" not in page.evaluate("document.cookie")  # scripts cannot read it
+    key = portal["home"] / "portal-session.key"
+    assert key.stat().st_mode & 0o777 == 0o600
+    # a diff chosen on the page is in the URL
+    page.goto(f"{portal['url']}device?device={host}")
+    expect(page.get_by_role("heading", name="Device")).to_be_visible()
+    code = page.locator("[data-testid='stCode']").first
+    expect(code).to_contain_text(f"{host} v2")
+    page.get_by_text("side by side").click()
+    expect(page).to_have_url(re.compile(r"mode=side"))
+    page.get_by_text("unified").click()
+    expect(page).to_have_url(re.compile(r"mode=unified"))
+    expect(page).to_have_url(re.compile(r"[?&]a=1(&|$)"))
+    link = page.url
+    # reload: still logged in, the same page and diff
+    page.reload()
+    expect(page.get_by_role("heading", name="Device")).to_be_visible()
+    expect(page.locator("[data-testid='stCode']").first).to_contain_text(f"{host} v1")
+    assert page.get_by_role("textbox", name="Password").count() == 0
+    # a new tab of the same browser: logged in
+    tab = _new_page(context)
+    tab.goto(f"{portal['url']}health")
+    expect(tab.get_by_role("heading", name="Health")).to_be_visible()
+    expect(tab.get_by_text("Logged in as")).to_be_visible()
+    assert tab.get_by_role("textbox", name="Password").count() == 0
+    # the link in a fresh browser: the login first, then exactly that diff
+    fresh = _new_page(browser.new_context(viewport={"width": 1500, "height": 1800}))
+    fresh.goto(link)
+    expect(fresh.get_by_role("textbox", name="Password")).to_be_visible()
+    assert fresh.get_by_text("Page not found").count() == 0
+    fresh.screenshot(path=str(tmp_path / "link-login.png"), full_page=True)
+    _log_in(fresh)
+    expect(fresh.get_by_role("heading", name="Device")).to_be_visible()
+    code = fresh.locator("[data-testid='stCode']").first
+    expect(code).to_contain_text(f"{host} v1")
+    expect(code).to_contain_text(f"{host} v2")
+    assert fresh.url == link
+    assert fresh.get_by_text("Page not found").count() == 0
+    fresh.screenshot(path=str(tmp_path / "link-diff.png"), full_page=True)
+    # log out ends the session in every tab: a reload of the first tab asks for the password
+    tab.get_by_role("button", name="Log out").click()
+    expect(tab.get_by_role("textbox", name="Password")).to_be_visible()
+    page.reload()
+    expect(page.get_by_role("textbox", name="Password")).to_be_visible()
+
+
+def test_a_viewer_opening_an_operator_link_sees_the_role_message(portal, browser):
+    from playwright.sync_api import expect
+
+    host = portal["names"][2]
+    page = _new_page(browser.new_context(viewport={"width": 1500, "height": 1500}))
+    page.goto(f"{portal['url']}runs?scope=device&device={host}")
+    _log_in(page, "vera", VIEWER_PASSWORD)
+    expect(page.get_by_role("heading", name="Runs")).to_be_visible()
+    expect(page.get_by_text("needs the operator role")).to_be_visible()
+    assert page.get_by_role("button", name="Start backup").count() == 0
+    assert page.get_by_text("Page not found").count() == 0
+    page.goto(f"{portal['url']}users")
+    expect(page.get_by_text("needs the admin role")).to_be_visible()
+    assert page.get_by_text("Page not found").count() == 0
+    page.goto(f"{portal['url']}device?device={host}")
+    expect(page.get_by_role("heading", name="Device")).to_be_visible()
+    assert page.get_by_role("button", name="Back up now").count() == 0
+
+
+def test_an_idle_session_asks_for_login_again(portal, browser):
+    """A second portal on the same installation with a short idle timeout."""
+    from playwright.sync_api import expect
+
+    from cli.services import free_port
+
+    port = free_port()
+    proc = portal["dv"].process("portal", "--port", str(port), "--address", "127.0.0.1", name="portal-idle",
+                                env={"DEVICEVAULT_PORTAL_IDLE_TIMEOUT": str(IDLE_TIMEOUT)}).start()
+    try:
+        _wait_http(f"http://127.0.0.1:{port}/_stcore/health")
+        context = browser.new_context()
+        page = _new_page(context)
+        page.goto(f"http://127.0.0.1:{port}/device?device={portal['host']}")
+        _log_in(page)
+        expect(page.get_by_role("heading", name="Device")).to_be_visible()
+        _wait_cookie(context)
+        page.reload()  # within the timeout: still in
+        expect(page.get_by_role("heading", name="Device")).to_be_visible()
+        last_use = time.monotonic()
+        assert page.get_by_role("textbox", name="Password").count() == 0
+        time.sleep(max(0.0, last_use + IDLE_TIMEOUT + 1 - time.monotonic()))  # the timeout itself must pass
+        page.reload()
+        expect(page.get_by_role("textbox", name="Password")).to_be_visible()
+        expect(page.get_by_text("Your session ended")).to_be_visible()
+    finally:
+        proc.stop()
+
+
+def test_a_run_of_every_device_shows_them_finishing_one_by_one(portal, browser, tmp_path):
+    from playwright.sync_api import expect
+
+    total = len(portal["names"])
+    page = _new_page(browser.new_context(viewport={"width": 1500, "height": 1800}))
+    page.goto(f"{portal['url']}runs?scope=all")
+    _log_in(page)
+    expect(page.get_by_role("heading", name="Start a backup")).to_be_visible()
+    expect(page.get_by_text(f"{total} device(s) will be backed up.")).to_be_visible()
+    page.get_by_role("button", name="Start backup").click()
+    expect(page).to_have_url(re.compile(r"[?&]run="))
+    for done in range(1, total + 1):  # each count appears on its own: the devices finish one by one
+        expect(page.get_by_text(f"{done} of {total} device(s) done")).to_be_visible(timeout=150_000)
+        if done < total:
+            table = page.locator("[data-testid='stDataFrame']").first
+            expect(table).to_contain_text("waiting")
+            page.screenshot(path=str(tmp_path / f"run-{done}-of-{total}.png"), full_page=True)
+    expect(page.get_by_text("succeeded", exact=False).first).to_be_visible(timeout=60_000)
+    # a reload keeps the run (its id is in the URL)
+    page.reload()
+    expect(page.get_by_text(f"{total} of {total} device(s) done")).to_be_visible()
