@@ -11,6 +11,10 @@ One pass (:func:`check_queues`, run by the scheduler's maintenance loop and by `
   wait forever; it is failed with the reason.
 - **failed collection**: a collection job that failed for good: each of its devices without a result in
   its run gets a ``failed`` result naming the job and the reason, so the run finishes and says why.
+- **lost copies**: copies in the storage outbox leased to a storage job that is gone (its worker died or its
+  heartbeat expired, the job ended or vanished; ``jobs.deliver.store.storage_job_alive``) are made due at
+  once instead of waiting for the lease (job timeout + margin); the storage workers' retry pumps do the same
+  before each claim, this pass covers the time no pump runs.
 """
 
 from __future__ import annotations
@@ -39,7 +43,7 @@ DEAD_PARENT = (JobStatus.FAILED, JobStatus.STOPPED, JobStatus.CANCELED)
 
 @dataclass(frozen=True)
 class Finding:
-    kind: str  # abandoned | lost | orphaned | failed_collection
+    kind: str  # abandoned | lost | orphaned | failed_collection | lost_copies
     queue: str
     job_id: str
     action: str  # requeued | failed | reported
@@ -65,6 +69,7 @@ def check_queues(redis: Redis, settings: Settings, *, grace: float = 60.0) -> li
     for queue in queues:
         if queue.name == settings.collector_queue or queue.name.startswith(f"{settings.collector_queue}."):
             findings += _failed_collections(redis, queue, settings)
+    findings += _lost_copies(redis, settings)
     for finding in findings:
         log.warning("queue hygiene: %s job %s on %s: %s (%s)", finding.kind, finding.job_id, finding.queue,
                     finding.action, finding.reason)
@@ -213,6 +218,26 @@ def _lost(redis: Redis, queues: list[Queue], grace: float) -> list[Finding]:
             continue
         queue.enqueue_job(job)
         findings.append(Finding("lost", queue.name, job_id, "requeued", "status queued but in no queue"))
+    return findings
+
+
+def _lost_copies(redis: Redis, settings: Settings) -> list[Finding]:
+    from jobs.deliver import outbox
+    from jobs.deliver.locations import StorageLayout
+    from jobs.deliver.store import storage_job_alive
+
+    try:
+        layout = StorageLayout.load(settings)
+    except Exception as exc:  # noqa: BLE001 - a storage file that does not load is reported by the workers
+        log.warning("queue hygiene: storage layout not loaded, lost copies not checked: %s", exc)
+        return []
+    findings = []
+    for target in layout.all_targets():
+        freed = outbox.free_lost(redis, target, lambda job_id: storage_job_alive(redis, job_id))
+        if freed:
+            findings.append(Finding("lost_copies", settings.storage_queue_for(layout.targets[target].type), "-",
+                                    "released", f"{len(freed)} copy(ies) for {target} were held by a storage job "
+                                    "that is gone"))
     return findings
 
 
