@@ -650,3 +650,21 @@ def test_users_page_is_for_admins(portal_env):
     users = UsersFile(portal_env["home"] / "users.yml")
     assert users.get("nora").role == "operator"
     assert users.authenticate("nora", "nora-password") is not None
+
+
+def test_devices_filters_and_search_are_in_the_url(portal_env):
+    busy = portal_env["busy"]
+    at = ok(page("victor", "views/devices.py", name=busy, sort="name", desc="1", group="no-such-group"))
+    assert at.text_input(key="devices_name").value == busy and at.toggle(key="devices_desc").value
+    assert at.multiselect(key="devices_groups").value == []  # a value that is not a choice is dropped
+    assert list(at.dataframe(key="devices_table").value["device"]) == [busy]
+    at.text_input(key="devices_name").set_value("").run()
+    assert "name" not in at.query_params and at.query_params["desc"] == "1"
+    # a search link runs the search
+    at = ok(page("victor", "views/search.py", q="access-list extended MGMT"))
+    found = at.session_state["search_result"]
+    assert found["query"] == "access-list extended MGMT" and len(found["frame"]) >= 1
+    at.text_input(key="search_query").set_value("hostname")
+    at.checkbox(key="search_regex").check()
+    click(at, "Search")
+    assert (at.query_params["q"], at.query_params["regex"]) == ("hostname", "1")

@@ -11,10 +11,13 @@ import math
 
 import streamlit as st
 
-from portal import queries, ui
+from portal import links, queries, ui
 
 PAGE_SIZES = [50, 200, 1000]
 SORTS = [*queries.SORTS, "versions"]
+#: the filters and the sort in the URL (``portal.links``): a reload or a copied link shows the same list
+URL_FIELDS = {"name": ("devices_name", str), "group": ("devices_groups", list), "platform": ("devices_platforms", list),
+              "sort": ("devices_sort", str), "desc": ("devices_desc", bool), "unsaved": ("devices_unsaved", bool)}
 TIME = st.column_config.DatetimeColumn(format="YYYY-MM-DD HH:mm z")
 
 
@@ -28,6 +31,8 @@ def render(user) -> None:
     sessions = ui.sessions(s)
     with sessions() as session:
         groups, platforms = queries.filter_choices(session)
+    if links.load("devices", URL_FIELDS, {"group": groups, "platform": platforms, "sort": SORTS}):
+        _reset_page()
     f1, f2, f3, f4 = st.columns([2, 2, 2, 2])
     name = f1.text_input("Name contains", key="devices_name", on_change=_reset_page)
     chosen_groups = f2.multiselect("Group", groups, key="devices_groups", on_change=_reset_page)
@@ -41,6 +46,7 @@ def render(user) -> None:
                                help="Devices whose running configuration differed from the saved (startup) "
                                     "configuration at their newest backup")
     size = o4.selectbox("Rows per page", PAGE_SIZES, index=1, key="devices_page_size", on_change=_reset_page)
+    links.save("devices", URL_FIELDS)
     page_number = int(st.session_state.get("devices_page", 1) or 1)
 
     def fetch(number: int):

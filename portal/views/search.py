@@ -15,11 +15,15 @@ from __future__ import annotations
 import pandas as pd
 import streamlit as st
 
-from portal import content, queries, ui
+from portal import content, links, queries, ui
 from storage.index import search as index_search
 
 MAX_RESULTS = 2000
 COLUMNS = ["device", "version", "line", "text", "context", "sha"]
+#: the search in the URL (``portal.links``): a reload or a copied link runs it again
+URL_FIELDS = {"q": ("search_query", str), "regex": ("search_regex", bool), "case": ("search_case", bool),
+              "all": ("search_all_versions", bool), "group": ("search_groups", list),
+              "platform": ("search_platforms", list)}
 
 
 def render(user) -> None:
@@ -27,6 +31,8 @@ def render(user) -> None:
     st.title("Search")
     with ui.sessions(s)() as session:
         groups, platforms = queries.filter_choices(session)
+    linked = (links.load("search", URL_FIELDS, {"group": groups, "platform": platforms})
+              and bool(st.session_state.get("search_query")))
     with st.form("search_form"):
         query = st.text_input("Text or regular expression", key="search_query",
                               placeholder="e.g. access-list 101 or ^ip route 10\\.")
@@ -39,7 +45,8 @@ def render(user) -> None:
         chosen_groups = g.multiselect("Only these groups", groups, key="search_groups")
         chosen_platforms = p.multiselect("Only these platforms", platforms, key="search_platforms")
         submitted = st.form_submit_button("Search", type="primary")
-    if submitted:
+    if submitted or linked:
+        links.save("search", URL_FIELDS)
         pattern = content.compile_pattern(query, regex=regex, case_sensitive=case)
         with st.spinner("Searching…"):
             if every:
