@@ -22,7 +22,8 @@ log = logging.getLogger("devicevault.up")
 @click.option("--json", "as_json", is_flag=True)
 @guard
 def status(as_json) -> None:
-    """Queues and their depth, workers and what they run, stream lag, dead letters, stale devices, last runs."""
+    """Devices per status, queues and their depth, workers and what they run, stream lag, dead letters, stale
+    and unsaved devices, last runs."""
     from jobs.ops.status import gather_status
 
     data = gather_status(Settings.load())
@@ -34,6 +35,8 @@ def status(as_json) -> None:
     for row in data["streams"]:
         if isinstance(row.get("consumers"), list):
             row["consumers"] = ", ".join(f"{c['name']}({c['pending']})" for c in row["consumers"]) or "-"
+    click.echo("== devices (each counted under every status it has; storage.index.health, as on the portal): "
+               + ", ".join(f"{n} {word}" for word, n in data["devices"].items()))
     for title, key, columns in (
         ("queues", "queues", ["queue", "queued", "started", "scheduled", "deferred", "failed"]),
         ("workers", "workers", ["worker", "state", "queues", "job"]),

@@ -12,19 +12,21 @@ from datetime import datetime, timedelta, timezone
 from typing import Sequence
 
 import pandas as pd
-from sqlalchemy import case, func, or_, select
-from sqlalchemy.orm import Session
+from sqlalchemy import case, exists, func, or_, select
+from sqlalchemy.orm import Session, aliased
 
 from jobs.ops.freshness import is_stale
 from storage.index.models import Copy, Device, DeviceResultRow, Run, Version, aware
 from storage.index.queries import NotFound
-from storage.index.statuses import DeviceStatus, RunStatus
+from storage.index import health
+from storage.index.statuses import DeviceStatus, Health, RunStatus
 
 from .content import Target
 
 OK_STATUSES = DeviceStatus.OK
-#: the status filter's choices on the Devices page
-STATUS_FILTERS = ("ok", "failed", "stale", "never backed up")
+#: the status filter's choices on the Devices page: the one vocabulary (``storage.index.health``); a device
+#: matches each of its conditions, and shows the most urgent one
+STATUS_FILTERS = tuple(h.value for h in health.ORDER)
 #: what "stale" means, beside the stale counts and filters (the rule itself: ``jobs.ops.freshness``)
 STALE_HELP = ("no successful backup within the device's allowed age (its devicevault_max_age, else "
               "DEVICEVAULT_MAX_AGE = {max_age:g} h), as of the last freshness check (every minute)")
@@ -32,7 +34,7 @@ SORTS = {
     "name": Device.name,
     "group": Device.group_name,
     "platform": Device.platform,
-    "status": Device.last_status,
+    "status": health.rank_column(),  # the most urgent first (storage.index.health.ORDER)
     "last success": Device.last_success_at,
     "last change": Device.last_change_at,
     "last attempt": Device.last_attempt_at,
@@ -50,15 +52,9 @@ def _chunks(items: Sequence, size: int = _CHUNK):
 
 
 def _status_condition(status: str):
-    if status == "ok":
-        return Device.last_status.in_(OK_STATUSES)
-    if status == DeviceStatus.FAILED:
-        return Device.last_status == DeviceStatus.FAILED.value
-    if status == "stale":
-        return is_stale()
-    if status == "never backed up":
-        return Device.last_success_at.is_(None)
-    raise ValueError(f"unknown status filter {status!r} (choices: {', '.join(STATUS_FILTERS)})")
+    if status not in STATUS_FILTERS:
+        raise ValueError(f"unknown status filter {status!r} (choices: {', '.join(STATUS_FILTERS)})")
+    return health.condition(status)
 
 
 # --- dashboard --------------------------------------------------------------------------------------------
@@ -69,42 +65,52 @@ class Overview:
     failed: int  # last backup failed
     stale: int  # marked stale by the freshness check (jobs.ops.freshness; may overlap with failed)
     versions: int
+    unsaved: int = 0  # running != startup at the newest backup
+    never: int = 0  # no backup succeeded yet
+    changed: int = 0  # the last backup made a new version
 
 
 def overview(session: Session) -> Overview:
-    row = session.execute(
-        select(
-            func.count(Device.id),
-            func.sum(case((Device.last_status.in_(OK_STATUSES), 1), else_=0)),
-            func.sum(case((Device.last_status == DeviceStatus.FAILED.value, 1), else_=0)),
-            func.sum(case((is_stale(), 1), else_=0)),
-        )
-    ).one()
+    """Devices per condition of ``storage.index.health`` (the counts ``devicevault status`` prints too)."""
+    n = health.counts(session)
     versions = session.scalar(select(func.count(Version.id))) or 0
-    return Overview(int(row[0] or 0), int(row[1] or 0), int(row[2] or 0), int(row[3] or 0), int(versions))
+    return Overview(n["total"], n[Health.OK], n[Health.FAILED], n[Health.STALE], int(versions),
+                    unsaved=n[Health.UNSAVED], never=n[Health.NEVER], changed=n[Health.CHANGED])
 
 
-KINDS = ("backups", "changes")
+KINDS = ("backups", "first backups", "changes", "failures")
 
 
 def activity_per_day(session: Session, *, days: int = 30, now: datetime | None = None) -> pd.DataFrame:
-    """One row per day and kind: ``day``, ``kind`` (``backups``: device results of the runs started that
-    day, whatever their outcome; ``changes``: new versions collected that day), ``count``.
+    """One row per day and kind: ``day``, ``kind``, ``count``. ``backups``: device results of the runs started
+    that day, whatever their outcome; ``failures``: those that failed; ``first backups``: a device's first
+    version, collected that day; ``changes``: every other new version collected that day.
 
-    Both are counted from covering indexes only (results per run id, versions per creation time): a
-    grouping by result status would read every result row, seconds on a large index; failures are on the
-    dashboard's table of failing devices instead.
+    All from indexes alone: results per run id (and per run id and status, migration 0008), versions per
+    creation time (a version is a first backup when its device has no older one: one index probe each).
     """
     now = now or utcnow()
     since = (now - timedelta(days=days - 1)).replace(hour=0, minute=0, second=0, microsecond=0)
     per_run = (select(func.count()).where(DeviceResultRow.run_id == Run.id).correlate(Run).scalar_subquery())
+    failed = (select(func.count()).where(DeviceResultRow.run_id == Run.id,
+                                         DeviceResultRow.status == DeviceStatus.FAILED.value)
+              .correlate(Run).scalar_subquery())
     counts: dict[tuple[str, str], int] = {}
-    for created, n in session.execute(select(Run.created_at, per_run).where(Run.created_at >= since)):
-        key = (aware(created).date().isoformat(), "backups")
-        counts[key] = counts.get(key, 0) + int(n or 0)
+
+    def add(day: str, kind: str, n) -> None:
+        counts[(day, kind)] = counts.get((day, kind), 0) + int(n or 0)
+
+    for created, n, f in session.execute(select(Run.created_at, per_run, failed).where(Run.created_at >= since)):
+        day = aware(created).date().isoformat()
+        add(day, "backups", n)
+        add(day, "failures", f)
+    older = aliased(Version)
+    first = ~exists().where(older.device_id == Version.device_id, older.id < Version.id)
     vday = func.date(Version.created_at)
-    for d, n in session.execute(select(vday, func.count()).where(Version.created_at >= since).group_by(vday)):
-        counts[(str(d), "changes")] = int(n)
+    for d, n, firsts in session.execute(select(vday, func.count(), func.sum(case((first, 1), else_=0)))
+                                        .where(Version.created_at >= since).group_by(vday)):
+        add(str(d), "first backups", firsts)
+        add(str(d), "changes", int(n or 0) - int(firsts or 0))
     all_days = [(since + timedelta(days=i)).date().isoformat() for i in range(days)]
     rows = [{"day": d, "kind": k, "count": counts.get((d, k), 0)} for d in all_days for k in KINDS]
     frame = pd.DataFrame(rows, columns=["day", "kind", "count"])
@@ -151,8 +157,8 @@ def device_names(session: Session) -> list[str]:
     return list(session.scalars(select(Device.name).order_by(Device.name)))
 
 
-DEVICE_COLUMNS = ["device", "group", "platform", "status", "stale", "unsaved", "last success", "last change",
-                  "versions", "last error"]
+DEVICE_COLUMNS = ["device", "status", "last backup", "group", "platform", "unsaved", "stale", "last success",
+                  "last change", "versions", "last error"]
 #: the Devices page's "Unsaved" column: running != startup at the newest backup, or unknown (no startup
 #: command on the platform, or never backed up)
 UNSAVED_LABELS = {True: "yes", False: "no", None: "—"}
@@ -195,7 +201,7 @@ def devices_table(
     total = session.scalar(select(func.count(Device.id)).where(*where)) or 0
     columns = [Device.id, Device.name, Device.group_name, Device.platform, Device.last_status,
                case((is_stale(), True), else_=False), Device.last_success_at, Device.last_change_at, Device.last_error,
-               Device.unsaved]
+               Device.unsaved, health.health_column()]
     if sort == "versions":
         counts = select(Version.device_id.label("device_id"), func.count().label("n")).group_by(Version.device_id).subquery()
         n = func.coalesce(counts.c.n, 0)
@@ -212,9 +218,10 @@ def devices_table(
         counts_by_id = {r[0]: r[-1] for r in rows}
     else:
         counts_by_id = version_counts(session, [r[0] for r in rows])
+    now = utcnow()
     frame = pd.DataFrame(
-        [{"device": r[1], "group": r[2], "platform": r[3], "status": r[4] or "never", "stale": bool(r[5]),
-          "unsaved": unsaved_label(r[9]), "last success": _ts(r[6]), "last change": _ts(r[7]),
+        [{"device": r[1], "group": r[2], "platform": r[3], "status": r[10], "last backup": health.ago(_ts(r[6]), now),
+          "stale": bool(r[5]), "unsaved": unsaved_label(r[9]), "last success": _ts(r[6]), "last change": _ts(r[7]),
           "versions": int(counts_by_id.get(r[0], 0)), "last error": r[8] or ""} for r in rows],
         columns=DEVICE_COLUMNS,
     )

@@ -367,3 +367,30 @@ def when(value: datetime | None) -> str:
     if value is None:
         return "never"
     return value.strftime("%Y-%m-%d %H:%M UTC")
+
+
+#: the one vocabulary's colours (storage.index.health): background, text
+HEALTH_COLOURS = {
+    "failed": ("#fde2e1", "#a4161a"),
+    "never backed up": ("#ece6f7", "#4a2a8a"),
+    "stale": ("#fdf1d6", "#8a5a00"),
+    "unsaved": ("#e4effb", "#1c4f8a"),
+    "changed": ("#e8f4e8", "#256029"),
+    "ok": ("#eef6ee", "#2f6b33"),
+}
+ROW_PX, HEADER_PX = 35, 38  # st.dataframe's row and header height
+
+
+def health_styled(frame, column: str = "status"):
+    """``frame`` with its ``column`` of health words coloured (a pandas Styler st.dataframe shows)."""
+    def colour(value):
+        background, text = HEALTH_COLOURS.get(str(value), ("", ""))
+        return f"background-color: {background}; color: {text}; font-weight: 600" if background else ""
+
+    return frame.style.map(colour, subset=[column]) if column in frame.columns and len(frame) else frame
+
+
+def table_height(rows: int, *, most: int = 200, row: int = ROW_PX) -> int:
+    """A table tall enough for ``rows`` rows of ``row`` pixels (up to ``most``, then it scrolls): the page
+    scrolls, not a ten-row box."""
+    return HEADER_PX + row * max(1, min(rows, most)) + 2

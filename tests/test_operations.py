@@ -311,7 +311,10 @@ def test_a_device_without_a_recent_success_is_stale_until_it_succeeds(ops):
     assert ops.json("status")["stale"] == []
     _age_last_success(ops, host, 2)
     ops("hygiene")
-    assert [s["device"] for s in ops.json("status")["stale"]] == [host]
+    status = ops.json("status")
+    assert [s["device"] for s in status["stale"]] == [host]
+    assert status["devices"]["stale"] == 1  # the portal's counts: one rule (storage.index.health)
+    assert "1 stale" in ops("status").stdout
     assert _results(ops, "--host", host)[host]["status"] in ("changed", "unchanged")
     ops("hygiene")
     assert ops.json("status")["stale"] == []

@@ -284,11 +284,24 @@ def test_dashboard(portal_env):
     with connect(portal_env["settings"].database_url)() as session:
         activity = activity_per_day(session, days=30)
     by_day = {(r.day.date(), r.kind): r.count for r in activity.itertuples()}
+    # first backups are counted apart from changes; failures beside them
     assert by_day[((NOW - timedelta(days=5)).date(), "backups")] == 6
-    assert by_day[((NOW - timedelta(days=5)).date(), "changes")] == 6
+    assert by_day[((NOW - timedelta(days=5)).date(), "first backups")] == 6
+    assert by_day[((NOW - timedelta(days=5)).date(), "changes")] == 0
     assert by_day[((NOW - timedelta(days=2)).date(), "backups")] == 6
     assert by_day[((NOW - timedelta(days=2)).date(), "changes")] == 1
-    assert len(activity) == 60 and at.get("vega_lite_chart")
+    assert by_day[((NOW - timedelta(hours=2)).date(), "failures")] == 1
+    assert len(activity) == 120 and len(at.get("vega_lite_chart")) == 2
+    # stale and unsaved devices are alerts whose counts open the device list filtered on them
+    assert metrics["Unsaved"] == "1" and metrics["Never"] == "0"
+    alerts = [w.value for w in at.warning]
+    assert any("2 device(s) stale" in a for a in alerts) and any("1 device(s) unsaved" in a for a in alerts)
+    links = {link.label: link for link in at.get("page_link")}
+    assert "Show the 2 stale device(s)" in links and "Show the 1 unsaved device(s)" in links
+    devices = ok(page("victor", "views/devices.py", status="stale"))
+    assert devices.multiselect(key="devices_status").value == ["stale"]
+    assert sorted(devices.dataframe(key="devices_table").value["device"]) == sorted(
+        [portal_env["stale"], portal_env["failing"]])
 
 
 def test_stale_follows_the_freshness_check_and_each_hosts_allowed_age(portal_env):
@@ -319,6 +332,11 @@ def test_devices_filter_and_sort(portal_env):
     at = ok(page("victor", "views/devices.py"))
     table = at.dataframe(key="devices_table").value
     assert sorted(table["device"]) == sorted(portal_env["names"])
+    # one vocabulary: the most urgent status of each device, and the age of its last backup
+    status = dict(zip(table["device"], table["status"]))
+    assert (status[portal_env["failing"]], status[portal_env["stale"]], status[portal_env["busy"]],
+            status[portal_env["saved"]], status[portal_env["broken"]]) == ("failed", "stale", "unsaved", "ok", "changed")
+    assert dict(zip(table["device"], table["last backup"]))[portal_env["busy"]] == "2 h ago"
     assert table.set_index("device").loc[portal_env["busy"], "versions"] == 3
     at.multiselect(key="devices_status").set_value(["failed"]).run()
     table = ok(at).dataframe(key="devices_table").value

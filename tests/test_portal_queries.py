@@ -68,10 +68,17 @@ def test_dashboard_and_device_queries(sessions):
     from portal import queries as q
 
     with sessions() as session:
-        assert q.overview(session) == q.Overview(total=4, ok=3, failed=1, stale=0, versions=6)
+        assert q.overview(session) == q.Overview(total=4, ok=3, failed=1, stale=0, versions=6, unsaved=1, never=0,
+                                                 changed=2)
         activity = q.activity_per_day(session, days=3, now=NOW)
         totals = activity.groupby("kind")["count"].sum().to_dict()
-        assert totals == {"backups": 8, "changes": 6}
+        assert totals == {"backups": 8, "first backups": 4, "changes": 2, "failures": 1}
+        page, _ = q.devices_table(session)
+        assert dict(zip(page["device"], page["status"])) == {"a-ios": "changed", "b-ios": "failed", "c-eos": "ok",
+                                                             "d-eos": "unsaved"}
+        assert set(page["last backup"]) == {"1 h ago", "1 d ago"}
+        page, _ = q.devices_table(session, sort="status")  # the most urgent first
+        assert list(page["device"]) == ["b-ios", "d-eos", "a-ios", "c-eos"]
         assert set(q.recently_changed(session)["device"].head(2)) == {"a-ios", "d-eos"}
         assert list(q.failing_devices(session)["device"]) == ["b-ios"]
         assert q.filter_choices(session) == (["g1", "g2"], ["arista.eos.eos", "cisco.ios.ios"])
@@ -126,3 +133,32 @@ def test_cli_listings(sessions):
         assert [v.number for v in device_versions(session, "d-eos")] == [1, 2]
         assert pending_copies(session) == []
         assert copy_counts(session, "run-2") == {"fs": {"stored": 2}, "git": {"stored": 2}}
+
+
+def test_one_health_rule_in_python_and_in_sql(index_url):
+    """``storage.index.health``: the word a device shows is the same from the SQL column as from Python, for
+    every combination of last status, success, stale mark and unsaved flag; the counts count each condition."""
+    import itertools
+
+    from sqlalchemy import select
+
+    from storage.index import health
+    from storage.index.db import connect
+    from storage.index.models import Device
+
+    sessions = connect(index_url)
+    combos = list(itertools.product(["", "changed", "unchanged", "failed", "skipped_locked"], [None, NOW],
+                                    [None, NOW], [None, True, False]))
+    with sessions.begin() as session:
+        for i, (status, success, stale, unsaved) in enumerate(combos):
+            session.add(Device(name=f"d{i:03d}", last_status=status, last_success_at=success, stale_since=stale,
+                               unsaved=unsaved))
+    with sessions() as session:
+        shown = dict(session.execute(select(Device.name, health.health_column())).all())
+        counts = health.counts(session)
+    for i, (status, success, stale, unsaved) in enumerate(combos):
+        assert shown[f"d{i:03d}"] == health.health_of(status, success, stale, unsaved).value, combos[i]
+    assert counts["total"] == len(combos)
+    assert counts["stale"] == sum(1 for c in combos if c[2] is not None)
+    assert counts["never backed up"] == sum(1 for c in combos if c[1] is None)
+    assert health.ago(NOW - timedelta(hours=3, minutes=5), NOW) == "3 h ago" and health.ago(None) == "never"

@@ -17,6 +17,7 @@ def gather_status(settings: Settings) -> dict[str, Any]:
     from jobs.ops.hygiene import our_queues, worker_gone
     from jobs.deliver.locations import StorageLayout
     from jobs.deliver.outbox import waiting
+    from storage.index import health
     from storage.index.db import connect
     from storage.index.models import Device, aware
     from storage.index.queries import list_runs
@@ -73,7 +74,8 @@ def gather_status(settings: Settings) -> dict[str, Any]:
             for d in session.scalars(select(Device).where(Device.unsaved.is_(True)).order_by(Device.name))
         ]
         runs = list_runs(session, 5)
-    return {"queues": queues, "workers": workers, "streams": streams, "outbox": outbox, "stale": stale,
+        devices = health.counts(session)  # the portal's dashboard counts the same way
+    return {"devices": devices, "queues": queues, "workers": workers, "streams": streams, "outbox": outbox, "stale": stale,
             "unsaved": unsaved, "runs": runs, "warnings": redis_warnings(settings.redis_url)}
 
 

@@ -1,5 +1,7 @@
-"""Devices: every device with its group, platform, last success, last change, status, number of versions and
-whether its running configuration was saved at the newest backup ("Unsaved": yes / no / — when unknown).
+"""Devices: every device with its status (the one vocabulary, colour-coded: ``storage.index.health``), the age
+of its last backup, group, platform, last success, last change, number of versions and whether its running
+configuration was saved at the newest backup ("Unsaved": yes / no / — when unknown). ``?status=stale``
+(comma separated) sets the status filter: the dashboard's alerts link here.
 
 Filtered and sorted in SQL and paged, so it stays fast with tens of thousands of devices; clicking a row
 opens the device.
@@ -25,9 +27,21 @@ def _reset_page() -> None:
     st.session_state["devices_page"] = 1
 
 
+def _status_from_url() -> None:
+    """``?status=stale`` (the dashboard's alerts link here; several: ``stale,unsaved``) into the filter, once
+    per address: the filter can be changed afterwards."""
+    wanted = st.query_params.get("status")
+    if not wanted or st.session_state.get("_devices_status_url") == wanted:
+        return
+    st.session_state["_devices_status_url"] = wanted
+    st.session_state["devices_status"] = [w for w in wanted.split(",") if w in queries.STATUS_FILTERS]
+    _reset_page()
+
+
 def render(user) -> None:
     s = ui.settings()
     st.title("Devices")
+    _status_from_url()
     sessions = ui.sessions(s)
     with sessions() as session:
         groups, platforms = queries.filter_choices(session)
@@ -67,9 +81,15 @@ def render(user) -> None:
     st.caption(f"{total} device(s) match; showing {first + 1 if total else 0}–{min(first + size, total)}. "
                "Select a row to open the device.")
     picked = st.dataframe(
-        frame, hide_index=True, width="stretch", key="devices_table", on_select="rerun",
-        selection_mode="single-row",
+        ui.health_styled(frame), hide_index=True, width="stretch", key="devices_table", on_select="rerun",
+        selection_mode="single-row", height=ui.table_height(len(frame)),
         column_config={
+            "status": st.column_config.TextColumn(
+                "Status", width="small", help="The most urgent of: " + ", ".join(queries.STATUS_FILTERS)
+                + " (a device may be several: the status filter matches each)"),
+            "last backup": st.column_config.TextColumn(
+                "Last backup", width="small", help="Age of the last successful backup (its time: Last success)"),
+            "last error": st.column_config.TextColumn("Last error", width="large"),
             "last success": TIME, "last change": TIME,
             "stale": st.column_config.CheckboxColumn(help="No successful backup for too long"),
             "unsaved": st.column_config.TextColumn(

@@ -10,7 +10,7 @@ from __future__ import annotations
 from datetime import datetime, timezone
 
 from .statuses import CopyStatus, DeviceStatus, RunStatus  # noqa: F401 - the index's vocabulary
-from sqlalchemy import Boolean, DateTime, Float, ForeignKey, Integer, String, Text, UniqueConstraint
+from sqlalchemy import Boolean, DateTime, Float, ForeignKey, Index, Integer, String, Text, UniqueConstraint
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
 
@@ -71,6 +71,8 @@ class Run(Base):
 
 class DeviceResultRow(Base):
     __tablename__ = "device_results"
+    #: a run's results per outcome, from the index alone (the dashboard's failures per day; migration 0008)
+    __table_args__ = (Index("ix_device_results_run_status", "run_id", "status"),)
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     task_id: Mapped[str] = mapped_column(String(128), unique=True)

@@ -68,3 +68,18 @@ class RunStatus(str, Enum):
 
     def __str__(self) -> str:
         return self.value
+
+
+class Health(str, Enum):
+    """A device at a glance (the portal's status column, filters and dashboard, ``devicevault status``): the
+    rule that picks one is ``storage.index.health``."""
+
+    FAILED = "failed"  # its last backup failed
+    NEVER = "never backed up"  # no backup has succeeded yet
+    STALE = "stale"  # no successful backup within its allowed age (jobs.ops.freshness marks it)
+    UNSAVED = "unsaved"  # running configuration differs from the startup one at its newest backup
+    CHANGED = "changed"  # its last backup made a new version
+    OK = "ok"  # its last backup found the configuration unchanged
+
+    def __str__(self) -> str:
+        return self.value
