@@ -25,6 +25,7 @@ from .common import (Fail, Main, daemon_logging, emit, guard, index_sessions, lo
 from .operations import hygiene, status, up
 from .portal import portal, users
 from .schedule import schedule, scheduler
+from .snapshot import export
 from .streams import dlq
 
 os.environ.setdefault("LC_ALL", "C.UTF-8")
@@ -557,7 +558,7 @@ def pending(as_json) -> None:
 
 
 # the commands of the sub-modules (they share this module's helpers through cli/common.py)
-for command in (status, hygiene, up, schedule, scheduler, portal, users, dlq):
+for command in (status, hygiene, up, schedule, scheduler, portal, users, dlq, export):
     main.add_command(command)
 
 if __name__ == "__main__":  # pragma: no cover

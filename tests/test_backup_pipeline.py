@@ -387,6 +387,47 @@ def test_no_credential_reaches_index_git_logs_or_job_metadata(dv, redis_server):
             assert not any(s in blob for s in secrets), key
 
 
+def test_export_at_a_moment_gives_each_devices_newest_version_then_and_verifies(dv, tmp_path):
+    """``export --at`` a time between two runs: every device's version newest at that time, laid out
+    <group>/<host>.cfg with the stored bytes; ``--verify`` passes, and fails once one byte is changed;
+    ``export --run`` of the first run gives every device's first version."""
+    import json
+    import tarfile
+    from datetime import datetime
+
+    versions = {d["name"]: dv.json("versions", d["name"]) for d in dv.json("devices") if d["versions"]}
+    moments = sorted({v["created_at"] for vs in versions.values() for v in vs})
+    assert len(moments) >= 2
+    at = moments[len(moments) // 2]  # a moment some devices changed after
+    out = tmp_path / "snapshot.tar.gz"
+    dv("export", "--at", at, "-o", str(out))
+    with tarfile.open(out) as archive:
+        files = {m.name: archive.extractfile(m).read() for m in archive if m.isfile()}
+    manifest = json.loads(files.pop("MANIFEST.json"))
+    expected = {}
+    for name, vs in versions.items():
+        before = [v for v in vs if datetime.fromisoformat(v["created_at"]) <= datetime.fromisoformat(at)]
+        if before:
+            expected[name] = before[-1]
+    assert {d["device"]: d["version"] for d in manifest["devices"]} == {n: v["number"] for n, v in expected.items()}
+    assert any(v["number"] < versions[n][-1]["number"] for n, v in expected.items()), "no device changed after"
+    for entry in manifest["devices"]:
+        assert hashlib.sha256(files[entry["path"]]).hexdigest() == entry["sha256"] == expected[entry["device"]]["sha256"]
+        assert entry["path"].endswith(f"/{entry['device']}.cfg")
+    assert len(files) == len(manifest["devices"])
+    assert "ok" in dv("export", "--verify", str(out)).stdout
+    data = bytearray(out.read_bytes())
+    data[len(data) // 2] ^= 0x01
+    out.write_bytes(bytes(data))
+    bad = dv("export", "--verify", str(out), check=False)
+    assert bad.returncode == 1 and "Traceback" not in bad.stderr, bad.stderr
+    first_run = dv.json("runs")[-1]["run_id"]  # newest first: the module's first backup
+    dv("export", "--run", first_run, "-o", str(tmp_path / "first.tar.gz"))
+    with tarfile.open(tmp_path / "first.tar.gz") as archive:
+        first = json.loads(archive.extractfile("MANIFEST.json").read())
+    assert first["devices"] and {d["version"] for d in first["devices"]} == {1}
+
+
 def test_a_20_mb_configuration_is_one_version_equal_to_the_normalised_device_output(dv):
     """A chassis-sized configuration (20 MB) with the default timeouts: one version, whose stored text is
     exactly what the platform makes of the device's output (fetched again here through ``fetch_configs``),
