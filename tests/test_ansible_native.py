@@ -182,6 +182,34 @@ def test_plain_playbook_at_vvvv_shows_and_writes_no_secret(dv, tmp_path):
         assert not [ln for ln in text.splitlines() if any(p.search(ln) for p in noise)], host
 
 
+def test_host_names_that_try_path_traversal_stay_inside_backup_dir(dv, tmp_path):
+    """Hosts named ``../escape`` and ``.hidden`` (the same lab device as an ios host): their files are
+    percent-encoded names inside ``backup_dir``, masked (copy task) and raw (written by the collect task),
+    and nothing is written outside it."""
+    import shutil
+
+    import yaml
+
+    inventory = tmp_path / "inventory"
+    shutil.copytree(dv.inventory, inventory)
+    doc = yaml.safe_load((inventory / "hosts.yml").read_text())
+    ios = next(h for h in dv.hosts if "ios" in h)
+    for group in doc["all"]["children"].values():
+        if ios in (group.get("hosts") or {}):
+            for name in ("../escape", ".hidden"):
+                group["hosts"][name] = dict(group["hosts"][ios] or {})
+    (inventory / "hosts.yml").write_text(yaml.safe_dump(doc, sort_keys=False))
+    for raw in (False, True):
+        out = tmp_path / f"deep-{raw}" / "configs"
+        out.mkdir(parents=True)
+        extra = ["-e", "devicevault_backup_raw=true"] if raw else []
+        proc = _playbook(dv, "-l", "../escape,.hidden", "-e", f"backup_dir={out}", *extra, callback=False,
+                         inventory=inventory)
+        assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+        assert sorted(p.name for p in out.parent.rglob("*") if p.is_file()) == ["%2E%2E%2Fescape.cfg", "%2Ehidden.cfg"]
+        assert ios in (out / "%2E%2E%2Fescape.cfg").read_text()
+
+
 def test_the_per_host_collect_task_shows_the_masked_view_only(dv, tmp_path):
     playbook = tmp_path / "collect.yml"
     playbook.write_text("- hosts: all\n  gather_facts: false\n  tasks:\n"

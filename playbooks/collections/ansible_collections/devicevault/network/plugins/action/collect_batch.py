@@ -5,6 +5,7 @@ import json
 import os
 import shutil
 import tempfile
+from urllib.parse import quote
 
 from ansible import constants as C, context
 from ansible.executor.task_executor import TaskExecutor
@@ -110,9 +111,10 @@ class ActionModule(ActionBase):
             view["changed_by"] = version.changed_by
         if version.unsaved is not None:
             view["unsaved"] = version.unsaved
+        view["file"] = backup_file_name(name)
         if backup_dir and (backup_raw or mode is normalize.SecretsMode.KEEP):
             text = "\n".join(outputs) + "\n" if backup_raw else version.text
-            view["written"] = _write_private(os.path.join(str(backup_dir), "%s.cfg" % name), text)
+            view["written"] = _write_private(os.path.join(str(backup_dir), view["file"]), text)
         return view
 
     def run(self, tmp=None, task_vars=None):
@@ -181,6 +183,15 @@ def _handoff():
     for name, msg in (hosts.get("fail") or {}).items():
         decided[name] = {"failed": True, "msg": msg}
     return directory, decided
+
+
+def backup_file_name(host):
+    """The file of ``host`` in ``backup_dir``: ``<host>.cfg`` with everything but letters, digits and ``._-~``
+    percent-encoded, and leading dots too (as storage names devices), so a host name such as ``../../etc/cron.d/x`` or ``.ssh`` stays a
+    plain file inside ``backup_dir``."""
+    name = quote(str(host), safe="")
+    bare = name.lstrip(".")
+    return "%2E" * (len(name) - len(bare)) + bare + ".cfg"
 
 
 def _write_private(path, text):
