@@ -211,6 +211,7 @@ def _log_in(page, user: str = "olga", password: str = PASSWORD) -> None:
     page.get_by_role("textbox", name="Password").fill(password)
     page.get_by_role("button", name="Log in").click()
     expect(page.get_by_text("Logged in as")).to_be_visible()
+    _wait_cookie(page.context)  # the page trades its grant for the cookie right after the login
 
 
 def _session_cookie(context) -> dict | None:

@@ -183,7 +183,7 @@ def _backup(s, user, info, versions) -> None:
     if started and started.get("device") != info.name:
         started = None
     if user.can_trigger:
-        if st.button("Back up now", key="device_backup_now", type="primary",
+        if st.button("Back up now", key="device_backup_now", type="primary", disabled=bool(started),
                      help="Back up this device now (a run of this one device)"):
             from jobs.collect.runs import start_backup
 
