@@ -163,3 +163,36 @@ def test_cache_is_bounded():
     assert cache.get("a") == b"12345"  # now the most recent
     cache.put("c", b"123")
     assert cache.get("b") is None and cache.get("a") == b"12345" and cache.get("c") == b"123"
+
+
+def test_session_cookie_parts(tmp_path, monkeypatch):
+    """portal.sessions: the secret is made once (0600), signatures hold only for their id, a grant is good
+    once, an idle or ended session is gone."""
+    from portal import sessions
+
+    key = sessions.secret_key(tmp_path)
+    assert sessions.secret_key(tmp_path) == key and len(key) == 32
+    assert (tmp_path / sessions.KEY_FILE).stat().st_mode & 0o777 == 0o600
+    store = sessions.SessionStore()
+    sid, grant = store.create("alice")
+    assert sessions.unsign(sessions.sign(sid, key), key) == sid
+    assert sessions.unsign("x" + sessions.sign(sid, key), key) is None  # another id, the same signature
+    assert sessions.unsign(sessions.sign(sid, b"x" * 32), key) is None  # another secret
+    assert sessions.unsign("nodot", key) is None and sessions.unsign(None, key) is None
+    assert store.redeem(grant) == sid and store.redeem(grant) is None  # once
+    assert store.use(sid, idle=60) == ("alice", None)
+    clock = [1000.0]
+    monkeypatch.setattr(sessions.time, "monotonic", lambda: clock[0])
+    sid2, grant2 = store.create("bob")
+    clock[0] += sessions.GRANT_TTL + 1
+    assert store.redeem(grant2) is None  # too late
+    clock[0] += 10
+    assert store.use(sid2, idle=5) == (None, 5)  # idle: ended, and says so once
+    assert store.use(sid2, idle=5) == (None, None)
+    sid3, _ = store.create("carol")
+    assert store.use(sid3, idle=0)[0] == "carol"
+    clock[0] += sessions.MAX_AGE
+    assert store.use(sid3, idle=0) == (None, None)  # the longest a session lives
+    sid4, _ = store.create("dave")
+    store.end(sid4)
+    assert store.use(sid4, idle=60) == (None, None)
