@@ -289,10 +289,13 @@ def _limited(work: Callable[[SearchResult, threading.Event], None], time_budget:
 
 
 def _match_lines(result: SearchResult, stop: threading.Event, device: str, number: int, sha256: str, text: str,
-                 pattern: Pattern, *, context: int, max_results: int) -> bool:
-    """Every line of ``text`` matching ``pattern`` into ``result``; True when the search must end here."""
-    lines = text.splitlines()
-    for i, line in enumerate(lines):
+                 pattern: Pattern, *, context: int, max_results: int, only: Sequence[int] | None = None,
+                 lines: list[str] | None = None) -> bool:
+    """Every line of ``text`` matching ``pattern`` into ``result`` (``only``: just these line indexes, the
+    others cannot match); True when the search must end here."""
+    lines = text.splitlines() if lines is None else lines
+    for i in (range(len(lines)) if only is None else only):
+        line = lines[i]
         if stop.is_set():
             return True
         if pattern.search(line):
@@ -340,13 +343,14 @@ def search_index(sessions: Callable[[], object], pattern: Pattern, query: str, *
                  context: int = 2, max_results: int = 2000, time_budget: float = 60.0) -> SearchResult:
     """The same search over the newest configuration of each device, from the index's search table
     (``storage.index.search``: no storage read). The database narrows the devices by the literal every match
-    contains (the query, or :func:`storage.index.search.required_literal` of a regular expression); each
-    candidate is then checked whole with RE2 (one call) and, when it matches, line by line. Devices with
-    versions but no searchable text yet are listed in ``unreadable`` (``devicevault search-index``)."""
+    contains (the query, or :func:`storage.index.search.required_literal` of a regular expression); in each
+    candidate the lines that can match are found over the whole text at once (:func:`_line_finder`: ``find``
+    or one RE2 scan) and only those are matched line by line. Devices with versions but no searchable text
+    yet are listed in ``unreadable`` (``devicevault search-index``)."""
     from storage.index import search as index
 
     literal = index.required_literal(query) if regex else query
-    whole = _whole_text(query, regex=regex, case_sensitive=_case_sensitive(pattern))
+    finder = _line_finder(query, regex=regex, case_sensitive=_case_sensitive(pattern))
 
     def work(result: SearchResult, stop: threading.Event) -> None:
         with sessions() as session:
@@ -360,12 +364,14 @@ def search_index(sessions: Callable[[], object], pattern: Pattern, query: str, *
                 for c in batch:
                     if stop.is_set():
                         return
-                    if whole is not None and not whole(c.body):
+                    lines = c.body.splitlines()
+                    only = finder(c.body, len(lines))
+                    if only == []:
                         result.searched += 1
                         continue
                     before = len(result.rows)
                     done = _match_lines(result, stop, c.device, 0, "", c.body, pattern, context=context,
-                                        max_results=max_results)
+                                        max_results=max_results, only=only, lines=lines)
                     found += [(c.version_id, row) for row in result.rows[before:]]
                     if done:
                         break
@@ -385,16 +391,41 @@ def _case_sensitive(pattern: Pattern) -> bool:
     return bool(getattr(options, "case_sensitive", True))
 
 
-def _whole_text(query: str, *, regex: bool, case_sensitive: bool) -> Callable[[str], bool] | None:
-    """A quick test of a whole configuration: False when no line can match (one RE2 or ``in`` over the text,
-    instead of one call per line); None when there is none (a pattern anchored to the text's ends)."""
+def _line_finder(query: str, *, regex: bool, case_sensitive: bool) -> Callable[[str, int], list[int] | None]:
+    """``finder(text, number of lines)``: the indexes of the lines of ``text`` that can match, found over the
+    whole text at once (``str.find``, or one RE2 scan in multi-line mode); None when that cannot be told (a
+    match across lines, a pattern anchored to the text's ends, line breaks other than ``\\n``): then every
+    line is matched."""
+    def lines_of(text: str, count: int, starts) -> list[int] | None:
+        if text.count("\n") + (not text.endswith("\n")) != count:  # other line breaks (splitlines) count too
+            return None
+        out: list[int] = []
+        line = last = 0
+        for start in starts:
+            if start is None:
+                return None
+            line += text.count("\n", last, start)
+            last = start
+            if not out or out[-1] != line:
+                out.append(line)
+        return out
+
     if not regex:
-        if case_sensitive:
-            return lambda body: query in body
-        folded = query.casefold()
-        return lambda body: folded in body.casefold()
+        needle = query if case_sensitive else query.lower()
+
+        def literal_starts(text: str):
+            hay = text if case_sensitive else text.lower()
+            if len(hay) != len(text):  # lower() changed the length: positions would not map back
+                yield None
+                return
+            at = hay.find(needle)
+            while at >= 0:
+                yield at
+                at = hay.find(needle, at + 1)
+
+        return lambda text, count: lines_of(text, count, literal_starts(text))
     if "\\A" in query or "\\z" in query:
-        return None
+        return lambda text, count: None
     options = re2.Options()
     options.case_sensitive = case_sensitive
     options.max_mem = PATTERN_MEMORY
@@ -402,5 +433,11 @@ def _whole_text(query: str, *, regex: bool, case_sensitive: bool) -> Callable[[s
     try:
         whole = re2.compile("(?m)" + query, options)
     except re2.error:
-        return None
-    return lambda body: whole.search(body) is not None
+        return lambda text, count: None
+
+    def regex_starts(text: str):
+        for m in whole.finditer(text):
+            start, end = m.span()
+            yield None if "\n" in text[start:end] else start
+
+    return lambda text, count: lines_of(text, count, regex_starts(text))

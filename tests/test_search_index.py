@@ -181,3 +181,17 @@ def test_the_index_consumer_keeps_the_search_text(streams, index_url, tmp_path):
     with sessions() as session:
         assert search.compare_line(session, "ntp server 10.0.0.123").have == ["r1"]
         assert search.compare_line(session, "ntp server 10.0.0.1").have == []
+
+
+def test_the_line_finder_agrees_with_matching_every_line():
+    """``content._line_finder`` only skips lines that cannot match: the same lines as matching each one."""
+    text = ("hostname r1\ninterface Gi0/1\n description İstanbul uplink\n shutdown\n!\nbanner x\x0cy\n"
+            "ntp server 10.0.0.123\nNTP SERVER 10.0.0.124\nend\n")
+    for query, regex, case in [("ntp server", False, False), ("ntp server", False, True), ("istanbul", False, False),
+                               (r"^ shutdown$", True, True), (r"\s+shutdown", True, True), (r"^", True, True),
+                               (r"\Ahostname", True, True), (r"1\n", True, True), ("y", False, True)]:
+        pattern = content.compile_pattern(query, regex=regex, case_sensitive=case)
+        lines = text.splitlines()
+        every = [i for i, line in enumerate(lines) if pattern.search(line)]
+        only = content._line_finder(query, regex=regex, case_sensitive=case)(text, len(lines))
+        assert only is None or [i for i in only if pattern.search(lines[i])] == every, (query, only, every)

@@ -98,7 +98,9 @@ class DeviceResultRow(Base):
 
 class Version(Base):
     __tablename__ = "versions"
-    __table_args__ = (UniqueConstraint("device_id", "run_id", name="uq_version_device_run"),)
+    __table_args__ = (UniqueConstraint("device_id", "run_id", name="uq_version_device_run"),
+                      #: first backups and changes per day from the index alone (migration 0009)
+                      Index("ix_versions_created_device", "created_at", "device_id"))
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     device_id: Mapped[int] = mapped_column(ForeignKey("devices.id"), index=True)
