@@ -122,3 +122,27 @@ def test_a_subscriber_that_opts_in_to_batches_gets_them_and_its_left_out_message
     assert len(dead) == 2 and "answered 500" in dead[0] and "malformed message: no version_id" in dead[1]
     (pending,) = events.xpending_range(VERSIONS_CREATED_STREAM, "recorder", "-", "+", 10)  # 'later' waits
     assert pending["message_id"] == events.xrange(VERSIONS_CREATED_STREAM)[1][0]
+
+
+def test_a_group_lost_with_redis_data_is_made_again_and_consuming_goes_on(events):
+    """A Redis that comes back without its data (no append-only file) has no consumer group: the consumer
+    makes it again instead of exiting on NOGROUP."""
+    import threading
+
+    consumer = Recorder(events, name="a", block_ms=50, trim_interval=None)
+    events.xadd(VERSIONS_CREATED_STREAM, _event("r1", 1))
+    done = threading.Event()
+    thread = threading.Thread(target=consumer.run, kwargs={"stop": lambda: done.is_set() or "r2" in consumer.seen})
+    thread.start()
+    try:
+        deadline = time.monotonic() + 30
+        while "r1" not in consumer.seen and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert "r1" in consumer.seen
+        events.delete(VERSIONS_CREATED_STREAM)  # the stream and its group are gone, as after a restart without data
+        events.xadd(VERSIONS_CREATED_STREAM, _event("r2", 2))
+        thread.join(30)
+        assert not thread.is_alive() and "r2" in consumer.seen
+    finally:
+        done.set()
+        thread.join(5)

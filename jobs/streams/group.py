@@ -426,6 +426,16 @@ class StreamConsumer:
                             self.group, backoff, self.describe_error(exc))
                 time.sleep(backoff)
                 continue
+            except ResponseError as exc:
+                if not str(exc).startswith(("NOGROUP", "UNBLOCKED")):  # UNBLOCKED: deleted while we waited
+                    raise
+                # a Redis that came back without its data (no append-only file, a fresh replica): the
+                # streams and the group are made again and consuming goes on, never an exit
+                log.warning("%s: the consumer group is gone from Redis (restarted without its data?): "
+                            "creating it again: %s", self.group, exc)
+                ensure_groups(self.redis, self.group, self.streams)
+                own = True
+                continue
             backoff = 0.0
             if done:
                 last_activity = time.monotonic()
