@@ -254,6 +254,7 @@ class DeviceInfo:
     stale_since: datetime | None
     unsaved: bool | None = None  # running != startup at the newest backup (None: unknown)
     unsaved_since: datetime | None = None
+    health: str = ""  # the word it shows (storage.index.health)
 
 
 def device_info(session: Session, name: str) -> DeviceInfo:
@@ -262,7 +263,8 @@ def device_info(session: Session, name: str) -> DeviceInfo:
         raise NotFound(f"device {name!r} is not in the index")
     return DeviceInfo(d.id, d.name, d.group_name, d.platform, d.last_status or "never", aware(d.last_attempt_at),
                       aware(d.last_success_at), aware(d.last_change_at), d.last_error or "", aware(d.stale_since),
-                      d.unsaved, aware(d.unsaved_since))
+                      d.unsaved, aware(d.unsaved_since),
+                      health.health_of(d.last_status, d.last_success_at, d.stale_since, d.unsaved).value)
 
 
 @dataclass(frozen=True)

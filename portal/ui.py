@@ -394,3 +394,21 @@ def table_height(rows: int, *, most: int = 200, row: int = ROW_PX) -> int:
     """A table tall enough for ``rows`` rows of ``row`` pixels (up to ``most``, then it scrolls): the page
     scrolls, not a ten-row box."""
     return HEADER_PX + row * max(1, min(rows, most)) + 2
+
+
+#: Streamlit's Markdown colours of the one vocabulary (health_badge)
+HEALTH_MARKDOWN = {"failed": "red", "never backed up": "violet", "stale": "orange", "unsaved": "blue",
+                   "changed": "green", "ok": "green"}
+
+
+def health_badge(word: str) -> str:
+    """Markdown: ``word`` (the one vocabulary) as a coloured badge (Streamlit's ``:red-background[...]``)."""
+    colour = HEALTH_MARKDOWN.get(word, "gray")
+    return f":{colour}-background[:{colour}[**{md(word)}**]]"
+
+
+def ago(value: datetime | None) -> str:
+    """``value`` as an age ("3 h ago"; storage.index.health.ago)."""
+    from storage.index.health import ago as _ago
+
+    return _ago(value)

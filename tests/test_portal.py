@@ -384,6 +384,9 @@ def test_device_page_warns_about_unsaved_changes_since_when_and_shows_who_change
     assert "running configuration differed from the saved (startup) configuration" in warning
     assert f"unsaved since {when(NOW - timedelta(days=2))}" in warning  # the first backup that found it unsaved
     assert when(NOW - timedelta(hours=2)) in warning  # the newest backup
+    # the status in the one vocabulary, a whole coloured word (not a metric cut to "cha…"), the age beside
+    assert ":blue-background[:blue[**unsaved**]]" in [m.value for m in at.markdown]
+    assert any(m.value.startswith("**2 h ago") for m in at.markdown)
     timeline = at.dataframe(key="device_timeline").value
     assert list(zip(timeline["version"], timeline["changed by"])) == [(3, "jdoe"), (2, "alice"), (1, "—")]
     assert any("changed by jdoe" in c.value for c in at.caption)  # the Version tab, newest version

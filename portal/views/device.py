@@ -239,10 +239,13 @@ def _header(info, versions) -> None:
     done = st.session_state.pop("device_backup_done", None)
     if done:
         getattr(st, done[0])(ui.md(done[1]))
-    m = st.columns([1, 1, 2, 2, 2])
-    m[0].metric("Status", info.status)
+    m = st.columns([2, 1, 2, 2, 2])
+    m[0].caption("Status")  # the one vocabulary, colour-coded, never cut ("cha…" in a narrow metric)
+    m[0].markdown(ui.health_badge(info.health), help="The most urgent of: failed, never backed up, stale, "
+                  "unsaved, changed, ok")
     m[1].metric("Versions", len(versions))
-    for col, (label, value) in zip(m[2:], (("Last success", ui.when(info.last_success)),
+    last = f"{ui.ago(info.last_success)} ({ui.when(info.last_success)})" if info.last_success else "never"
+    for col, (label, value) in zip(m[2:], (("Last success", last),
                                            ("Last change", ui.when(info.last_change)),
                                            ("Group · platform", f"{info.group or '-'} · {info.platform or '-'}"))):
         col.caption(label)
