@@ -412,3 +412,14 @@ def ago(value: datetime | None) -> str:
     from storage.index.health import ago as _ago
 
     return _ago(value)
+
+
+def errors_in_full(frame, *, key: str, device: str = "device", error: str = "error") -> None:
+    """Below a table whose ``error`` cells are cut to the column's width: every device's error in full
+    (masked), in an expander (a detail panel: "nyc-ios-01: authenti…" reads whole here)."""
+    rows = [(d, e) for d, e in zip(frame[device], frame[error]) if e] if len(frame) else []
+    if not rows:
+        return
+    with st.expander(f"Errors in full ({len(rows)})", expanded=False, key=key):
+        for name, text in rows:
+            st.markdown(f"**{md(name)}**: {md(mask(text))}")

@@ -278,6 +278,8 @@ def test_dashboard(portal_env):
     failing = table(at, "device", "failed at", "error")
     assert list(failing["device"]) == [portal_env["failing"]]
     assert "timeout after 8 s" in failing["error"].iloc[0]
+    # the whole error, not cut to the column: a detail panel below the table
+    assert any("timeout after 8 s waiting for the prompt" in m.value for m in at.markdown)
     from portal.queries import activity_per_day
     from storage.index.db import connect
 

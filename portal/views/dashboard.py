@@ -97,6 +97,7 @@ def render(user) -> None:
                          column_config={"failed at": st.column_config.DatetimeColumn(format="YYYY-MM-DD HH:mm z"),
                                         "last success": st.column_config.DatetimeColumn(format="YYYY-MM-DD HH:mm z"),
                                         "error": st.column_config.TextColumn("error", width="large")})
+            ui.errors_in_full(failing, key="dash_failing_errors")
 
 
 ui.run_page(render)

@@ -155,7 +155,8 @@ def _follow(s, run_id: str, hosts: list[str]) -> None:
         if now.finished:
             (st.success if now.status == RunStatus.SUCCEEDED else st.warning)(f"Run {run_id[:12]} {now.status}.")
         st.dataframe(devices.assign(error=devices["error"].map(ui.mask)), hide_index=True, width="stretch",
-                     key="runs_follow_table")
+                     key="runs_follow_table", column_config={"error": st.column_config.TextColumn(width="large")})
+        ui.errors_in_full(devices, key="runs_follow_errors")
         changed = devices[devices["status"] == DeviceStatus.CHANGED.value]["device"].tolist()
         cols = st.columns(min(len(changed), 4) + 1) if changed else []
         for i, name in enumerate(changed[:4]):
@@ -209,6 +210,7 @@ def _history(s) -> None:
     st.markdown(f"**Run {run_id}**: {runs.iloc[rows[0]]['status']}, {len(devices)} device(s)")
     st.dataframe(devices.assign(error=devices["error"].map(ui.mask)), hide_index=True, width="stretch",
                  key="runs_detail", column_config={"error": st.column_config.TextColumn(width="large")})
+    ui.errors_in_full(devices, key="runs_detail_errors")
     if runs.iloc[rows[0]]["status"] == RunStatus.RUNNING and st.button("Follow this run", key="runs_follow_button"):
         st.session_state[FOLLOW_KEY] = {"run_id": run_id, "hosts": []}
         st.rerun()
