@@ -195,3 +195,18 @@ def test_the_line_finder_agrees_with_matching_every_line():
         every = [i for i, line in enumerate(lines) if pattern.search(line)]
         only = content._line_finder(query, regex=regex, case_sensitive=case)(text, len(lines))
         assert only is None or [i for i in only if pattern.search(lines[i])] == every, (query, only, every)
+
+
+def test_the_database_has_its_trigram_index(sessions):
+    """SQLite: the FTS5 trigram table (kept by triggers); PostgreSQL: pg_trgm's GIN index on the text."""
+    from sqlalchemy import text
+
+    with sessions() as session:
+        if session.get_bind().dialect.name == "sqlite":
+            assert session.execute(text("SELECT count(*) FROM search_fts")).scalar() == len(DEVICES)
+            plan = " ".join(str(r) for r in session.execute(text(
+                "EXPLAIN QUERY PLAN SELECT rowid FROM search_fts WHERE search_fts MATCH '\"ntp server\"'")))
+            assert "VIRTUAL TABLE INDEX" in plan
+        else:
+            assert session.execute(text("SELECT count(*) FROM pg_indexes WHERE indexname = "
+                                        "'ix_search_texts_body_trgm'")).scalar() == 1
