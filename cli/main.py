@@ -319,7 +319,8 @@ def demo(stop, timeout, portal_port) -> None:
 @click.option("--unsaved", "unsaved_only", is_flag=True, help="only devices whose running config is not saved")
 @guard
 def devices(as_json, unsaved_only) -> None:
-    """Devices in the index with their last status and number of versions. UNSAVED is "yes" when the
+    """Devices in the index with their health (the portal's status: failed, never backed up, stale, unsaved,
+    changed, ok), the last run's outcome (STATUS) and number of versions. UNSAVED is "yes" when the
     running configuration differed from the startup configuration at the newest backup ("-": the
     platform has no startup configuration)."""
     from storage.index.queries import list_devices
@@ -330,8 +331,8 @@ def devices(as_json, unsaved_only) -> None:
         rows = [r for r in rows if r["unsaved"]]
     if not as_json:
         rows = [{**r, "unsaved": {True: "yes", False: "no", None: "-"}[r["unsaved"]]} for r in rows]
-    emit(rows, ["name", "group", "platform", "status", "versions", "unsaved", "last_success", "last_change",
-                 "last_error"], as_json)
+    emit(rows, ["name", "health", "group", "platform", "status", "versions", "unsaved", "last_success",
+                 "last_change", "last_error"], as_json)
 
 
 @main.command()

@@ -126,3 +126,11 @@ def test_cli_diff_names_sections(tmp_path):
     assert _headers(proc.stdout) == ["@@ -3,3 +3,3 @@ interface GigabitEthernet0/1",
                                      "@@ -14,3 +14,3 @@ router bgp 65000 > address-family ipv4"]
     assert "+ description uplink to core" in proc.stdout.splitlines()
+    # devicevault devices shows the portal's status word beside the last run's outcome (storage.index.health)
+    listing = subprocess.run([sys.executable, "-m", "cli", "devices", "--json"], capture_output=True, cwd=ROOT,
+                             env={**os.environ, **env}, timeout=120, text=True)
+    assert listing.returncode == 0, listing.stderr
+    import json
+
+    (device,) = json.loads(listing.stdout)
+    assert (device["health"], device["status"]) == ("changed", "changed")

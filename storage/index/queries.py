@@ -8,6 +8,7 @@ from datetime import datetime
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session, selectinload
 
+from .health import health_of
 from .models import Copy, Device, DeviceResultRow, Run, Version, aware
 from .statuses import CopyStatus
 
@@ -49,7 +50,9 @@ def list_devices(session: Session) -> list[dict]:
                 "name": d.name,
                 "group": d.group_name,
                 "platform": d.platform,
-                "status": d.last_status,
+                "status": d.last_status,  # the last run's outcome
+                # at a glance, the portal's word (storage.index.health): failed, never backed up, stale, ...
+                "health": health_of(d.last_status, d.last_success_at, d.stale_since, d.unsaved).value,
                 "last_attempt": _iso(d.last_attempt_at),
                 "last_success": _iso(d.last_success_at),
                 "last_change": _iso(d.last_change_at),
