@@ -23,7 +23,7 @@ from typing import Iterable
 
 import yaml
 
-from jobs import errors
+from jobs import errors, processes
 from jobs.redact import Redactor
 from jobs.settings import ANSIBLE_CFG, PLAYBOOKS_DIR, Settings
 
@@ -143,20 +143,11 @@ def sweep_runner_dirs() -> list[Path]:
     removed = []
     for path in Path(tempfile.gettempdir()).glob(f"{RUNNER_PREFIX}*-*"):
         pid = path.name[len(RUNNER_PREFIX):].split("-", 1)[0]
-        if not pid.isdigit() or int(pid) == os.getpid() or _alive(int(pid)):
+        if not pid.isdigit() or int(pid) == os.getpid() or processes.alive(int(pid)):
             continue
         shutil.rmtree(path, ignore_errors=True)
         removed.append(path)
     return removed
-
-
-def _alive(pid: int) -> bool:
-    """Whether process ``pid`` runs (a zombie, dead but not yet reaped, does not)."""
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as fh:
-            return fh.read().rsplit(b")", 1)[1].split()[0] != b"Z"
-    except (OSError, IndexError):
-        return False
 
 
 def _batch_inventory(inventory: Path | str, hosts: list[str], settings: Settings, directory: Path) -> Path:

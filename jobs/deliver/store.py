@@ -28,6 +28,7 @@ from storage.base import StoreOptions
 from storage.errors import StorageError
 from storage.paths import device_path, raw_path
 
+from jobs import processes
 from jobs.controls import one_line
 from jobs.deliver import outbox
 from jobs.deliver.locations import StorageLayout
@@ -60,7 +61,6 @@ def storage_job_alive(redis: Redis, job_id: str) -> bool:
     from rq.exceptions import NoSuchJobError
     from rq.job import JobStatus
 
-    from jobs.ops.hygiene import worker_process_dead
     from jobs.queues import Job, Worker
 
     try:
@@ -75,7 +75,7 @@ def storage_job_alive(redis: Redis, job_id: str) -> bool:
     if not job.worker_name:
         return True
     worker = Worker.find_by_key(Worker.redis_worker_namespace_prefix + job.worker_name, connection=redis)
-    return worker is not None and not worker_process_dead(worker)
+    return worker is not None and not processes.worker_process_dead(worker)
 
 
 def requeue_due(redis: Redis, settings: Settings, layout: StorageLayout, enqueue: Enqueue,

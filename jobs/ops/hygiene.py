@@ -20,15 +20,14 @@ One pass (:func:`check_queues`, run by the scheduler's maintenance loop and by `
 from __future__ import annotations
 
 import logging
-import socket
 import time
 from dataclasses import asdict, dataclass
-from pathlib import Path
 
 from redis import Redis
 from rq.exceptions import NoSuchJobError
 from rq.job import JobStatus
 
+from jobs import processes
 from jobs.collect.collector import device_task_id, publish
 from jobs.errors import CollectionFailed
 from jobs.queues import Job, Queue, Worker
@@ -109,57 +108,10 @@ def _expire_jobs_of_dead_local_workers(queue: Queue) -> None:
         if not worker_name:
             continue
         worker = Worker.find_by_key(Worker.redis_worker_namespace_prefix + worker_name, connection=queue.connection)
-        if worker is None or worker_gone(worker):
+        if worker is None or processes.worker_gone(worker):
             queue.connection.zadd(started.key, {entry: 1}, xx=True)  # RQ's cleanup now treats it as abandoned
             if worker is not None:
                 worker.register_death()
-
-
-def process_gone(pid: int) -> bool:
-    """Whether ``pid`` (on this host) and every process of its process group are gone."""
-    return not _alive(pid) and not _group_alive(pid)
-
-
-def worker_gone(worker) -> bool:
-    """Whether an RQ worker registered in Redis is dead: it ran on this host and its processes are all gone
-    (workers on other hosts are left to their heartbeat, whose key then expires)."""
-    return bool(worker.hostname == socket.gethostname() and worker.pid and process_gone(worker.pid))
-
-
-def worker_process_dead(worker) -> bool:
-    """Whether an RQ worker registered in Redis ran on this host and its main process is gone (its work
-    horse, and the job it ran, died with it: ``jobs.worker``), even while a child of it (RQ's scheduler)
-    lingers in its process group."""
-    return bool(worker.hostname == socket.gethostname() and worker.pid and not _alive(worker.pid))
-
-
-def _proc_stat(pid: int) -> tuple[str, int] | None:
-    """(state, process group) of ``pid`` from /proc, or None when it does not exist."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except (FileNotFoundError, ProcessLookupError):
-        return None
-    fields = stat[stat.rindex(")") + 2:].split()  # the command name may hold spaces and parentheses
-    return fields[0], int(fields[2])
-
-
-def _alive(pid: int) -> bool:
-    """Whether ``pid`` runs. A zombie does not: where PID 1 does not reap orphans (some container inits),
-    a killed process's orphaned children stay zombies for good."""
-    stat = _proc_stat(pid)
-    return stat is not None and stat[0] not in ("Z", "X")
-
-
-def _group_alive(pgid: int) -> bool:
-    """Whether a process of the worker's process group (RQ's scheduler child, anything it started) still
-    runs; zombies do not count. Workers started by DeviceVault lead their own process group; their work
-    horse has a group of its own and dies with the worker (``jobs.worker``)."""
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            stat = _proc_stat(int(entry.name))
-            if stat is not None and stat[1] == pgid and stat[0] not in ("Z", "X"):
-                return True
-    return False
 
 
 def _orphaned(queue: Queue) -> list[Finding]:

@@ -14,7 +14,8 @@ def gather_status(settings: Settings) -> dict[str, Any]:
     from sqlalchemy import select
 
     from jobs.ops.freshness import is_stale
-    from jobs.ops.hygiene import our_queues, worker_gone
+    from jobs.ops.hygiene import our_queues
+    from jobs.processes import worker_gone
     from jobs.deliver.locations import StorageLayout
     from jobs.deliver.outbox import waiting
     from storage.index import health
@@ -88,7 +89,7 @@ def consumer_gone(row: dict) -> bool:
     default name) with that process gone, or silent for :data:`CONSUMER_GONE_MS`."""
     import socket
 
-    from jobs.ops.hygiene import process_gone
+    from jobs.processes import process_gone
 
     host, _, pid = str(row.get("name", "")).rpartition("-")
     if host == socket.gethostname() and pid.isdigit() and process_gone(int(pid)):
