@@ -109,6 +109,8 @@ def test_compare_a_line_across_devices(sessions):
         found = search.compare_line(session, "  ntp server 10.0.0.123 ")
         assert found.have == ["ams-ios-01", "nyc-eos-01", "nyc-junos-01"] and found.lack == ["ams-ios-02"]
         assert search.compare_line(session, "ntp server 10.0.0.12").have == []  # whole lines, not substrings
+        assert search.compare_line(session, "ntp server 10.0.0.12.").have == []  # characters, not patterns
+        assert len(search.compare_line(session, "description Uplink to CORE").have) == 4  # indented lines too
         scoped = search.compare_line(session, "ntp server 10.0.0.123", groups=["ams"])
         assert scoped.have == ["ams-ios-01"] and scoped.lack == ["ams-ios-02"] and scoped.not_indexed == []
 
