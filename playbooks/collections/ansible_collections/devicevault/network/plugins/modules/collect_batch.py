@@ -57,8 +57,8 @@ EXAMPLES = r"""
 RETURN = r"""
 devices:
   description: Per host of the batch, C(config) (the normalised, masked view; left out with
-    O(results_path)), C(sha256) of it, C(duration), C(file) (the device's file name in C(backup_dir):
-    the host name percent-encoded, so no host name leaves that directory), C(written) (a file this task
+    O(results_path)), C(sha256) of it, C(duration), C(file) (the device's file name in C(backup_dir),
+    the host name percent-encoded so that no host name leaves that directory), C(written) (a file this task
     wrote), or C(failed) and C(msg), or C(skipped_locked) and C(msg).
   type: dict
   returned: always
