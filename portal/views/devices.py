@@ -1,7 +1,7 @@
 """Devices: every device with its status (the one vocabulary, colour-coded: ``storage.index.health``), the age
 of its last backup, group, platform, last success, last change, number of versions and whether its running
-configuration was saved at the newest backup ("Unsaved": yes / no / — when unknown). ``?status=stale``
-(comma separated) sets the status filter: the dashboard's alerts link here.
+configuration was saved at the newest backup ("Unsaved": yes / no / — when unknown). The filters are in the
+URL (``portal.links``): ``?status=stale`` is where the dashboard's alerts link.
 
 Filtered and sorted in SQL and paged, so it stays fast with tens of thousands of devices; clicking a row
 opens the device.
@@ -19,7 +19,8 @@ PAGE_SIZES = [50, 200, 1000]
 SORTS = [*queries.SORTS, "versions"]
 #: the filters and the sort in the URL (``portal.links``): a reload or a copied link shows the same list
 URL_FIELDS = {"name": ("devices_name", str), "group": ("devices_groups", list), "platform": ("devices_platforms", list),
-              "sort": ("devices_sort", str), "desc": ("devices_desc", bool), "unsaved": ("devices_unsaved", bool)}
+              "sort": ("devices_sort", str), "desc": ("devices_desc", bool), "unsaved": ("devices_unsaved", bool),
+              "status": ("devices_status", list)}  # ?status=stale: the dashboard's alerts link here
 TIME = st.column_config.DatetimeColumn(format="YYYY-MM-DD HH:mm z")
 
 
@@ -27,25 +28,14 @@ def _reset_page() -> None:
     st.session_state["devices_page"] = 1
 
 
-def _status_from_url() -> None:
-    """``?status=stale`` (the dashboard's alerts link here; several: ``stale,unsaved``) into the filter, once
-    per address: the filter can be changed afterwards."""
-    wanted = st.query_params.get("status")
-    if not wanted or st.session_state.get("_devices_status_url") == wanted:
-        return
-    st.session_state["_devices_status_url"] = wanted
-    st.session_state["devices_status"] = [w for w in wanted.split(",") if w in queries.STATUS_FILTERS]
-    _reset_page()
-
-
 def render(user) -> None:
     s = ui.settings()
     st.title("Devices")
-    _status_from_url()
     sessions = ui.sessions(s)
     with sessions() as session:
         groups, platforms = queries.filter_choices(session)
-    if links.load("devices", URL_FIELDS, {"group": groups, "platform": platforms, "sort": SORTS}):
+    if links.load("devices", URL_FIELDS, {"group": groups, "platform": platforms, "sort": SORTS,
+                                          "status": queries.STATUS_FILTERS}):
         _reset_page()
     f1, f2, f3, f4 = st.columns([2, 2, 2, 2])
     name = f1.text_input("Name contains", key="devices_name", on_change=_reset_page)
