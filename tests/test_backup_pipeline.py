@@ -454,3 +454,31 @@ def test_a_20_mb_configuration_is_one_version_equal_to_the_normalised_device_out
     assert hashlib.sha256(stored.encode()).hexdigest() == hashlib.sha256(expected.encode()).hexdigest()
     assert dv.json("versions", host)[-1]["sha256"] == hashlib.sha256(expected.encode()).hexdigest()
     control.reset(host)
+
+
+def test_a_300_character_host_name_fails_alone_and_the_other_19_are_backed_up(dv):
+    """A host whose name breaks Ansible's per-host files (300 characters; the same device as an ios host)
+    with the 19 other devices: it fails with the reason, permanently, and the 19 are backed up (its batch
+    included). The host leaves the inventory afterwards."""
+    import yaml
+
+    inventory = Path(dv.env["DEVICEVAULT_INVENTORY"]) / "hosts.yml"
+    original = inventory.read_text()
+    doc = yaml.safe_load(original)
+    names = sorted(d["name"] for d in dv.json("devices"))[:19]
+    ios = next(d["name"] for d in dv.json("devices") if platform_key(d["platform"]) == "ios")
+    long_name = "core-" + "x" * 295
+    for group in doc["all"]["children"].values():
+        if ios in (group.get("hosts") or {}):
+            group["hosts"][long_name] = dict(group["hosts"][ios] or {})
+    inventory.write_text(yaml.safe_dump(doc, sort_keys=False))
+    try:
+        args = [a for name in [long_name, *names] for a in ("--host", name)]
+        results = _backup(dv, *args)
+    finally:
+        inventory.write_text(original)
+    failed = results[long_name]
+    assert failed["status"] == "failed" and "File name too long" in failed["error"], failed
+    assert "permanent" in failed["error"], failed
+    assert sorted(results) == sorted([long_name, *names])
+    assert all(results[h]["status"] in ("changed", "unchanged") for h in names), results
