@@ -10,11 +10,17 @@ from __future__ import annotations
 
 import os
 import signal
+import time
 from pathlib import Path
 
+from jobs.processes import process_gone
 from jobs.settings import Settings
 
 from .services import Process, RedisServer, ensure_redis, port_open, redis_address
+
+
+#: seconds the demo's processes get to end after SIGTERM before they are killed
+STOP_GRACE = 30.0
 
 
 def _pidfile(settings: Settings, name: str) -> Path:
@@ -75,12 +81,22 @@ def _start_portal(settings: Settings, echo, port: int = 8501) -> None:
 def stop_services(settings: Settings, echo=print) -> None:
     from lab import commands as lab
 
+    stopping = {}
     for name in ("worker-1", "worker-2", "consumer", "scheduler", "portal"):
         pidfile = _pidfile(settings, name)
         if _alive(pidfile):
-            os.killpg(int(pidfile.read_text()), signal.SIGTERM)
-            echo(f"{name} stopped")
+            stopping[name] = int(pidfile.read_text())
+            os.killpg(stopping[name], signal.SIGTERM)
         pidfile.unlink(missing_ok=True)
+    # they say goodbye to Redis on the way out (a worker unregisters, the consumer leaves its group): Redis
+    # stops only after them, or they would wait for it to come back (they ride out Redis restarts)
+    deadline = time.monotonic() + STOP_GRACE
+    while any(not process_gone(pid) for pid in stopping.values()) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    for name, pid in stopping.items():
+        if not process_gone(pid):
+            os.killpg(pid, signal.SIGKILL)
+        echo(f"{name} stopped")
     lab.down(settings.home / "lab")
     echo("lab stopped")
     redis_dir = settings.home / "redis"
