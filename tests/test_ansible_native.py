@@ -51,13 +51,16 @@ def dv(tmp_path_factory, redis_server):
     hosts = generate_inventory(count=COUNT, out=inventory, port=free_port(), base=LAB_BASE)
     env = {
         "DEVICEVAULT_HOME": str(home),
-        "DEVICEVAULT_REDIS_URL": redis_server.url,
+        "DEVICEVAULT_REDIS_URL": redis_server.url.rsplit("/", 1)[0] + "/10",  # this module's own database
         "DEVICEVAULT_INVENTORY": str(inventory),
         "DEVICEVAULT_DEVICE_TIMEOUT": "10",
         "DEVICEVAULT_JOB_TIMEOUT": "180",
         "DEVICEVAULT_COLLECT_RETRIES": "0",
     }
     tool = DeviceVault(env, home)
+    from redis import Redis
+
+    Redis.from_url(tool.settings.redis_url).flushdb()  # this module's database starts empty
     start_lab(inventory, home / "lab")
     tool.inventory, tool.hosts, tool.lab = inventory, hosts, LabControl(home / "lab")
     worker = tool.process("worker", "--name", f"native-w-{free_port()}", name="worker").start()

@@ -34,7 +34,7 @@ def dv(tmp_path_factory, redis_server):
     generate_inventory(count=20, out=inventory, port=free_port(), base="127.0.40.0")
     env = {
         "DEVICEVAULT_HOME": str(home),
-        "DEVICEVAULT_REDIS_URL": redis_server.url,
+        "DEVICEVAULT_REDIS_URL": redis_server.url.rsplit("/", 1)[0] + "/15",  # this module's own database
         "DEVICEVAULT_INVENTORY": str(inventory),
         "DEVICEVAULT_DEVICE_TIMEOUT": str(DEVICE_TIMEOUT),
         "DEVICEVAULT_JOB_TIMEOUT": "180",
@@ -45,6 +45,7 @@ def dv(tmp_path_factory, redis_server):
         "DEVICEVAULT_RETRY_POLL": "0.5",
     }
     tool = DeviceVault(env, home)
+    _redis(tool).flushdb()  # what other modules of this test process left there is not this module's
     start_lab(inventory, home / "lab")
     procs = [tool.process("worker", "--name", f"w{i}-{free_port()}", name=f"worker{i}").start() for i in (1, 2)]
     tool.consumer = tool.process("consumer", "--name", "indexer-1", "--claim-idle", "2", name="consumer").start()
@@ -377,7 +378,7 @@ def test_no_credential_reaches_index_git_logs_or_job_metadata(dv, redis_server):
             return list(client.smembers(key)) if kind == b"set" else client.zrange(key, 0, -1)
         return []
 
-    client = Redis.from_url(redis_server.url)
+    client = Redis.from_url(dv.settings.redis_url)
     for key in client.scan_iter(count=1000):
         for blob in values(client, key):
             try:
