@@ -125,9 +125,10 @@ def test_transient_failures_are_retried_and_permanent_ones_say_so(ops):
     assert "authentication failed" in denied["error"] and "permanent: not retried" in denied["error"], denied
 
 
-def _descendants(pid: int) -> dict[int, str]:
-    """``{pid: command line}`` of every live process below ``pid`` (zombies excepted: nobody reaps them here)."""
-    children: dict[int, list[int]] = {}
+def _processes() -> dict[int, tuple[int, int]]:
+    """``{pid: (parent pid, start time)}`` of every process but zombies (nobody reaps them here). The start
+    time tells a process from a later one given the same pid (pids wrap at 32768 on a busy machine)."""
+    found = {}
     for entry in Path("/proc").iterdir():
         if entry.name.isdigit():
             try:
@@ -135,7 +136,15 @@ def _descendants(pid: int) -> dict[int, str]:
             except (OSError, IndexError):
                 continue
             if fields[0] != b"Z":
-                children.setdefault(int(fields[1]), []).append(int(entry.name))
+                found[int(entry.name)] = (int(fields[1]), int(fields[19]))
+    return found
+
+
+def _descendants(pid: int) -> dict[int, str]:
+    """``{pid: command line}`` of every live process below ``pid``."""
+    children: dict[int, list[int]] = {}
+    for child, (parent, _) in _processes().items():
+        children.setdefault(parent, []).append(child)
     found, todo = {}, [pid]
     while todo:
         for child in children.get(todo.pop(), []):
@@ -145,6 +154,11 @@ def _descendants(pid: int) -> dict[int, str]:
                 continue
             todo.append(child)
     return found
+
+
+def _still_running(identities: set[tuple[int, int]]) -> set[tuple[int, int]]:
+    """Those of ``identities`` (pid, start time) that are still running: the same pid and the same start."""
+    return identities & {(pid, start) for pid, (_, start) in _processes().items()}
 
 
 def test_a_killed_ansible_playbook_is_retried_and_leaves_nothing_behind(ops):
@@ -195,14 +209,16 @@ def _kill_playbook_mid_batch(ops, lab) -> None:
         time.sleep(0.1)
     assert playbook, "the batch's ansible-playbook never started"
     assert lab.sessions()["per_device"].get("ams-eos-01", {}).get("open"), "the hung device was never connected"
-    below = set(_descendants(playbook[0]))  # its worker and the fetch processes
+    table = _processes()
+    below = {(pid, table[pid][1]) for pid in _descendants(playbook[0]) if pid in table}  # its worker, fetches
     assert below, "ansible-playbook had no worker process"
     os.kill(playbook[0], signal.SIGKILL)
     lab.set_fault("ams-eos-01", "none")
     deadline = time.monotonic() + 60
-    while time.monotonic() < deadline and below & set(_descendants(1)):
+    while time.monotonic() < deadline and _still_running(below):
         time.sleep(0.2)
-    assert not below & set(_descendants(1)), "processes of the killed ansible-playbook are still running"
+    left = {pid: Path(f"/proc/{pid}/status").read_text(errors="replace")[:300] for pid, _ in _still_running(below)}
+    assert not left, f"processes of the killed ansible-playbook are still running: {left}"
 
 
 def test_a_killed_worker_is_retried_without_duplicate_versions_and_its_locks_go(ops):
@@ -218,10 +234,10 @@ def test_a_killed_worker_is_retried_without_duplicate_versions_and_its_locks_go(
     started = json.loads(ops("backup", "--group", "site_ams", "--json").stdout)
     registry = Queue("collector.group.ams", connection=redis).started_job_registry
     deadline = time.monotonic() + 120
-    while not (registry.get_job_ids() and len(list(redis.scan_iter("lock:device:*"))) == len(AMS)) \
-            and time.monotonic() < deadline:
+    while not (set(started["jobs"]) <= set(registry.get_job_ids())
+               and len(list(redis.scan_iter("lock:device:*"))) == len(AMS)) and time.monotonic() < deadline:
         time.sleep(0.2)
-    assert registry.get_job_ids(), "the collection job never started"
+    assert set(started["jobs"]) <= set(registry.get_job_ids()), "the collection job never started"
     job_ids = registry.get_job_ids()
     worker = ops.workers["ams"]
     os.killpg(worker.popen.pid, signal.SIGKILL)  # the worker process group; its work horse dies with it
