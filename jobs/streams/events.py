@@ -14,6 +14,12 @@ device does not say), ``created_at`` (ISO 8601, UTC: when the configuration was 
 The configuration text is not in the event (it may be large, and only the index and the targets hold it):
 read it with ``storage.retrieve`` or ``devicevault show``. The stream keeps about the newest
 ``jobs.deliver.outbox.EVENTS_MAXLEN`` entries.
+
+``compliance:changed``: one entry each time a device's standing against one compliance rule changes (checked
+on a new version or on demand, ``jobs.compliance``): it newly breaks the rule, or no longer does. Added after
+the result is committed to the index. Fields (all strings): ``device``, ``group``, ``platform``,
+``version_id`` (the version checked), ``rule`` (the rule's name), ``state`` (``violated`` | ``resolved``),
+``lines`` (a JSON list of the offending or missing lines, masked), ``checked_at`` (ISO 8601, UTC).
 """
 
 from __future__ import annotations
@@ -21,6 +27,7 @@ from __future__ import annotations
 from typing import Any
 
 VERSIONS_CREATED_STREAM = "versions:created"
+COMPLIANCE_CHANGED_STREAM = "compliance:changed"
 
 
 def version_created(decision: Any) -> dict[str, str]:
