@@ -45,7 +45,7 @@ def main(argv=None) -> int:
     r = sub.add_parser("reset", help="back to the generated config")
     r.add_argument("host")
     r.add_argument("--state-dir", default=DEFAULT_STATE)
-    f = sub.add_parser("fault", help="set a fault: none|auth_fail|slow|hang|disconnect|answer")
+    f = sub.add_parser("fault", help="set a fault: none|auth_fail|slow|hang|pause|disconnect|answer")
     f.add_argument("host")
     f.add_argument("mode")
     f.add_argument("--delay", type=float, help="slow: seconds per response")

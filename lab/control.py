@@ -169,7 +169,8 @@ class LabControl:
 
         Modes: ``none``; ``auth_fail`` (correct password rejected); ``slow``
         (``delay`` seconds before each response, default 5); ``hang`` (login ok,
-        then no prompt and no answers ever); ``disconnect`` (config commands
+        then no prompt and no answers ever); ``pause`` (no banner or answer while the fault is set; once it
+        is cleared the device goes on where it stopped: a backup held at a known point, then let go); ``disconnect`` (config commands
         send ``fraction`` (default 0.4) of the output, then the connection is
         dropped); ``answer`` (the commands a backup sends, per the device's platform file, or those
         matching the regex ``commands``, are answered with ``text`` instead, ``{command}`` standing for the

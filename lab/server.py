@@ -53,6 +53,8 @@ class Session:
         f = st.get("fault") or {}
         if f.get("mode") == "slow":
             await asyncio.sleep(float(f.get("delay", 5)))
+        while (self.st().get("fault") or {}).get("mode") == "pause":  # until the fault is cleared
+            await asyncio.sleep(0.1)
 
     async def readline(self, echo=True) -> str | None:
         buf = []

@@ -15,7 +15,7 @@ import time
 from pathlib import Path
 from urllib.parse import quote, unquote
 
-FAULT_MODES = ("none", "auth_fail", "slow", "hang", "disconnect", "answer")
+FAULT_MODES = ("none", "auth_fail", "slow", "hang", "pause", "disconnect", "answer")
 
 
 def devices_dir(state_dir) -> Path:

@@ -6,7 +6,8 @@ opens the device's diff and sees the new version against the old one. Sessions a
 tab keep the session (an HttpOnly cookie), a copied diff URL opened in a fresh browser asks for the login
 and then shows exactly that diff, an idle session asks for the login again, a viewer opening an operator's
 link sees the role message on that page. "Back up now" on a changed device shows its new version; a run of
-every device shows the devices finishing one by one (one host per batch, one worker). Screenshots of each
+every device (one batch) shows each device as its result arrives, while another device of the same batch is
+still being backed up (the lab holds it with its ``pause`` fault). Screenshots of each
 step are saved in the test's temporary directory (their paths are printed).
 """
 
@@ -67,7 +68,6 @@ def portal(tmp_path_factory, redis_server):
         "DEVICEVAULT_JOB_TIMEOUT": "180",
         "DEVICEVAULT_COLLECT_RETRIES": "0",
         "DEVICEVAULT_USERS_FILE": str(home / "users.yml"),
-        "DEVICEVAULT_BATCH_SIZE": "1",  # one host per job: with one worker, a run's devices finish one by one
     }
     dv = DeviceVault(env, home)
     # create the index before several processes open it at once (they would race to migrate it)
@@ -355,23 +355,93 @@ def test_an_idle_session_asks_for_login_again(portal, browser):
 
 
 def test_a_run_of_every_device_shows_them_finishing_one_by_one(portal, browser, tmp_path):
+    """All devices go in one batch (one job); the last is held by the lab until the others show as done on
+    the page, so their results must reach the page while the batch still runs."""
     from playwright.sync_api import expect
 
-    total = len(portal["names"])
-    page = _new_page(browser.new_context(viewport={"width": 1500, "height": 1800}))
-    page.goto(f"{portal['url']}runs?scope=all")
-    _log_in(page)
-    expect(page.get_by_role("heading", name="Start a backup")).to_be_visible()
-    expect(page.get_by_text(f"{total} device(s) will be backed up.")).to_be_visible()
-    page.get_by_role("button", name="Start backup").click()
-    expect(page).to_have_url(re.compile(r"[?&]run="))
-    for done in range(1, total + 1):  # each count appears on its own: the devices finish one by one
-        expect(page.get_by_text(f"{done} of {total} device(s) done")).to_be_visible(timeout=150_000)
-        if done < total:
-            table = page.locator("[data-testid='stDataFrame']").first
-            expect(table).to_contain_text("waiting")
-            page.screenshot(path=str(tmp_path / f"run-{done}-of-{total}.png"), full_page=True)
+    from lab.control import LabControl
+
+    total, held = len(portal["names"]), portal["names"][-1]
+    lab = LabControl(portal["home"] / "lab")
+    inventory = Path(portal["dv"].env["DEVICEVAULT_INVENTORY"])
+    slow = inventory / "host_vars" / f"{held}.yml"  # held as long as the page needs, however slow the machine
+    slow.parent.mkdir(exist_ok=True)
+    slow.write_text("ansible_connect_timeout: 300\nansible_command_timeout: 300\n")
+    lab.set_fault(held, "pause")
+    try:
+        page = _new_page(browser.new_context(viewport={"width": 1500, "height": 1800}))
+        page.goto(f"{portal['url']}runs?scope=all")
+        _log_in(page)
+        expect(page.get_by_role("heading", name="Start a backup")).to_be_visible()
+        expect(page.get_by_text(f"{total} device(s) will be backed up.")).to_be_visible()
+        page.get_by_role("button", name="Start backup").click()
+        expect(page).to_have_url(re.compile(r"[?&]run="))
+        expect(page.get_by_text(f"{total - 1} of {total} device(s) done")).to_be_visible(timeout=150_000)
+        table = page.locator("[data-testid='stDataFrame']").first
+        expect(table).to_contain_text("waiting")
+        page.screenshot(path=str(tmp_path / f"run-{total - 1}-of-{total}.png"), full_page=True)
+    finally:
+        lab.set_fault(held, "none")
+        slow.unlink()
+    expect(page.get_by_text(f"{total} of {total} device(s) done")).to_be_visible(timeout=150_000)
     expect(page.get_by_text("succeeded", exact=False).first).to_be_visible(timeout=60_000)
     # a reload keeps the run (its id is in the URL)
     page.reload()
     expect(page.get_by_text(f"{total} of {total} device(s) done")).to_be_visible()
+
+
+def _pixels_of(png: bytes, colour: str) -> int:
+    """How many pixels of the screenshot ``png`` are exactly ``colour`` (``#rrggbb``)."""
+    import io
+
+    from PIL import Image
+
+    wanted = tuple(int(colour[i:i + 2], 16) for i in (1, 3, 5))
+    image = Image.open(io.BytesIO(png)).convert("RGB")
+    return sum(count for count, rgb in image.getcolors(maxcolors=1 << 24) if rgb == wanted)
+
+
+def test_the_devices_table_shows_failed_stale_and_unsaved_in_their_colours_with_ages(portal, browser, tmp_path):
+    """One device failed (the lab rejects its password), one stale (its last success moved two days back in the
+    index, then the hygiene run that marks stale devices), one unsaved (changed on the lab, not saved): the
+    devices table says so in words, in each word's colour (``portal.ui.HEALTH_COLOURS``, looked for in the
+    rendered grid's pixels), and gives each last backup as an age."""
+    import sqlite3
+    from datetime import datetime, timedelta
+
+    from playwright.sync_api import expect
+
+    from lab.control import LabControl
+    from portal.ui import HEALTH_COLOURS
+
+    dv, names = portal["dv"], portal["names"]
+    unsaved, failed, stale = names  # ams-ios-01 (IOS knows its startup configuration), ams-eos-01, ams-nxos-01
+    lab = LabControl(portal["home"] / "lab")
+    lab.change(unsaved)
+    lab.set_fault(failed, "auth_fail")
+    try:
+        ran = dv("backup", "--wait", "--json", timeout=240, check=False)  # exits 1: a device failed
+    finally:
+        lab.set_fault(failed, "none")
+    assert ran.returncode == 1, ran.stdout + ran.stderr
+    with sqlite3.connect(portal["home"] / "index.sqlite") as db:
+        (last,) = db.execute("SELECT last_success_at FROM devices WHERE name = ?", (stale,)).fetchone()
+        old = datetime.fromisoformat(last) - timedelta(days=2)
+        db.execute("UPDATE devices SET last_success_at = ? WHERE name = ?", (old.isoformat(sep=" "), stale))
+    dv("hygiene")
+    page = _new_page(browser.new_context(viewport={"width": 1600, "height": 1200}))
+    page.goto(f"{portal['url']}devices")
+    _log_in(page)
+    expect(page.get_by_role("heading", name="Devices")).to_be_visible()
+    table = page.locator("[data-testid='stDataFrame']").first
+    for word in ("failed", "stale", "unsaved"):
+        expect(table).to_contain_text(word)
+    expect(table).to_contain_text(re.compile(r"2 d(ays?)? ago"))  # the stale device's last backup, as an age
+    deadline = time.monotonic() + 30  # the grid paints its canvas after its text is in place
+    while True:
+        png = table.screenshot(path=str(tmp_path / "devices.png"))
+        found = {word: _pixels_of(png, HEALTH_COLOURS[word][0]) for word in ("failed", "stale", "unsaved")}
+        if all(count > 200 for count in found.values()) or time.monotonic() > deadline:
+            break
+        time.sleep(0.3)
+    assert all(count > 200 for count in found.values()), found  # each status cell's background band

@@ -85,9 +85,12 @@ def collect(
     inv = load_inventory(inventory_path, settings, only=hosts)  # this batch's hosts (their credentials are masked)
     with host_locks(redis, hosts, settings.lock_ttl, owner=owner) as (locked, busy):
         batch = plan_batch(settings, run_id, inventory_path, inv, locked, busy, layout)
+        progress = _Progress(redis, settings, batch, attempt=attempt, can_retry=retry is not None)
         outcomes = fetch_configs(list(batch.runnable), inventory=inventory_path, settings=settings,
-                                 redactor=batch.redactor)
-        results, again = finish_batch(redis, settings, batch, outcomes, attempt=attempt, can_retry=retry is not None)
+                                 redactor=batch.redactor, on_results=progress)
+        rest = {host: outcome for host, outcome in outcomes.items() if host not in progress.finished}
+        results, again = finish_batch(redis, settings, batch, rest, attempt=attempt, can_retry=retry is not None)
+        results, again = progress.results + results, progress.again + again
     if again and retry is not None:
         delay = settings.collect_retry_base * 2 ** (attempt - 1)
         log.info("retrying %d host(s) in %.0fs (attempt %d): %s", len(again), delay, attempt + 1, ", ".join(again))
@@ -159,17 +162,42 @@ def plan_batch(settings: Settings, run_id: str, inventory_path: Path, inv: dict[
     return batch
 
 
+class _Progress:
+    """What :func:`collect` hands :func:`~jobs.collect.fetch.fetch_configs` as ``on_results``: the devices of
+    a batch are finished (evaluated, staged, published) as their results arrive, so a run's progress shows
+    device by device. A publish that fails (Redis gone) leaves its devices, and every later one, to the
+    batch's end, where :func:`finish_batch` publishes them as it always did."""
+
+    def __init__(self, redis: Redis, settings: Settings, batch: Batch, *, attempt: int, can_retry: bool):
+        self.redis, self.settings, self.batch = redis, settings, batch
+        self.attempt, self.can_retry = attempt, can_retry
+        self.finished: set[str] = set()
+        self.results: list[DeviceResult] = []
+        self.again: list[str] = []
+
+    def __call__(self, outcomes: dict[str, FetchOutcome]) -> None:
+        results, again = finish_batch(self.redis, self.settings, self.batch, outcomes, attempt=self.attempt,
+                                      can_retry=self.can_retry, decided=False)
+        self.finished.update(outcomes)
+        self.results += results
+        self.again += again
+
+
 def finish_batch(redis: Redis, settings: Settings, batch: Batch, outcomes: dict[str, FetchOutcome], *,
-                 attempt: int = 1, can_retry: bool = False) -> tuple[list[DeviceResult], list[str]]:
+                 attempt: int = 1, can_retry: bool = False, decided: bool = True) -> tuple[list[DeviceResult], list[str]]:
     """Everything after the fetch, the one way for every producer of device results (:func:`collect`, and
     the ``devicevault.network.devicevault`` callback of a plain ansible-playbook / ansible-runner / AWX
-    run): normalise and mask each fetched host's outputs, look the masked view up in the version cache,
-    stage candidates in the outbox and publish every host's result (with the batch's decided ones) in one
-    transaction. Returns ``(published results, hosts to retry)``: with ``can_retry``, transient failures
-    of an ``attempt`` below ``1 + settings.collect_retries`` are not published but returned to retry."""
-    results = list(batch.results)
+    run): normalise and mask each fetched host's outputs (those of ``outcomes``: all of the batch, or the
+    ones that just arrived), look the masked view up in the version cache, stage candidates in the outbox
+    and publish every host's result (with the batch's decided ones unless ``decided`` is false: they go
+    once, with the batch's last call) in one transaction. Returns ``(published results, hosts to retry)``:
+    with ``can_retry``, transient failures of an ``attempt`` below ``1 + settings.collect_retries`` are not
+    published but returned to retry."""
+    results = list(batch.results) if decided else []
     candidates: dict[str, StorageItem] = {}
     for host, platform in batch.runnable.items():
+        if host not in outcomes:
+            continue
         result, item = _evaluate(redis, batch.run_id, batch.inv[host], platform, outcomes[host], batch.redactor,
                                  batch.layout)
         results.append(result)

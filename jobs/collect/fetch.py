@@ -5,27 +5,34 @@ It runs ``playbooks/backup.yml`` through ansible-runner for a batch of hosts at 
 that task, at most ``forks`` at once, with no ``ansible-connection`` process per device, and writes each
 device's outputs to a results file in the runner's private directory, one JSON line per device as it
 finishes (see the collection's ``plugin_utils/batch_fetch.py``). This function reads that file and turns it
-into one :class:`FetchOutcome` per host. Everything else in DeviceVault sees only this function, so the
+into one :class:`FetchOutcome` per host; with ``on_results`` it also hands each device's outcome on while the
+batch is still running, as its line appears (a group run's devices show up one by one, not all at the end
+of their batch). Everything else in DeviceVault sees only this function, so the
 way configurations are fetched can change without touching the rest.
 """
 
 from __future__ import annotations
 
+import json
+import logging
 import os
 import re
 import shutil
 import sys
 import tempfile
+import threading
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
-from typing import Iterable
+from typing import Callable, Iterable
 
 import yaml
 
 from jobs import errors, processes
 from jobs.redact import Redactor
 from jobs.settings import ANSIBLE_CFG, PLAYBOOKS_DIR, Settings
+
+log = logging.getLogger(__name__)
 
 COLLECT_TASK = "Collect configuration"
 RESULTS_FILE = "results.jsonl"  # in the runner's private directory (mode 0700, removed afterwards)
@@ -67,6 +74,56 @@ def apply_record(outcome: FetchOutcome, record: dict, redactor: Redactor) -> Fet
     else:
         outcome.outputs = [str(item) for item in record.get("outputs") or []]
     return outcome
+
+
+#: how often the results file is read for new lines while a batch runs (``on_results``)
+TAIL_INTERVAL = 0.25
+
+
+class _ResultsTail(threading.Thread):
+    """Reads the results file's new complete lines while the batch runs and hands the outcomes they make to
+    ``on_results`` (from this one thread, a call at a time, every line read together in one call). Lines of
+    hosts not asked for, or handed on already, are left alone; a line still being written waits for its end.
+    If ``on_results`` raises, it is logged and not called again: what it did not take stays for the caller,
+    which gets every outcome from :func:`fetch_configs` anyway."""
+
+    def __init__(self, path: Path, hosts: set[str], on_results: Callable[[dict[str, FetchOutcome]], None],
+                 redactor: Redactor):
+        super().__init__(name="devicevault-results-tail", daemon=True)
+        self.path, self.hosts, self.on_results, self.redactor = path, hosts, on_results, redactor
+        self.done = threading.Event()
+        self._offset, self._partial, self._seen = 0, b"", set()
+
+    def run(self) -> None:
+        while not self.done.wait(TAIL_INTERVAL):
+            try:
+                chunk = self._new_outcomes()
+                if chunk:
+                    self.on_results(chunk)
+            except Exception:  # noqa: BLE001 - the caller gets every outcome from fetch_configs anyway
+                log.warning("handing on results as they came failed; the rest come at the batch's end", exc_info=True)
+                return
+
+    def _new_outcomes(self) -> dict[str, FetchOutcome]:
+        try:
+            with open(self.path, "rb") as handle:
+                handle.seek(self._offset)
+                data = handle.read()
+        except FileNotFoundError:
+            return {}
+        self._offset += len(data)
+        *lines, self._partial = (self._partial + data).split(b"\n")
+        found: dict[str, FetchOutcome] = {}
+        for line in lines:
+            try:
+                record = json.loads(line)
+                host = record.pop("host")
+            except (ValueError, KeyError, AttributeError):
+                continue  # a line cut short by a dying process
+            if host in self.hosts and host not in self._seen:
+                self._seen.add(host)
+                found[host] = apply_record(FetchOutcome(host=host), record, self.redactor)
+        return found
 
 
 @lru_cache(maxsize=1)
@@ -169,12 +226,18 @@ def fetch_configs(
     inventory: Path | str,
     settings: Settings,
     redactor: Redactor | None = None,
+    on_results: Callable[[dict[str, FetchOutcome]], None] | None = None,
 ) -> dict[str, FetchOutcome]:
     """Fetch the configuration of every host in ``hosts`` in one ansible-runner call.
 
     Returns one outcome per host: ``outputs`` (the platform's command outputs in order) or ``error`` (a
     :class:`~jobs.errors.DeviceError` naming the device and the cause). Credentials are masked in logs and
     errors by ``redactor``.
+
+    ``on_results``, if given, is called while the batch runs with ``{host: outcome}`` of the devices that
+    finished since its last call (from one other thread, never two calls at once, all calls over before this
+    function returns). The returned outcomes still include those hosts; hosts with no result before the
+    batch ended (a killed playbook, the job's hard limit) are never handed on, only returned.
     """
     import ansible_runner
 
@@ -197,8 +260,11 @@ def fetch_configs(
             general.append(event["stdout"])
         return False  # nothing is written to the artifact directory
 
+    tail = _ResultsTail(results, set(hosts), on_results, redactor) if on_results is not None else None
     try:
         (workdir / "env").mkdir()
+        if tail is not None:
+            tail.start()
         result = ansible_runner.run(
             private_data_dir=str(workdir),
             project_dir=str(PLAYBOOKS_DIR),
@@ -217,6 +283,9 @@ def fetch_configs(
         status = result.status
         found = read_results(results)
     finally:
+        if tail is not None:
+            tail.done.set()
+            tail.join()
         shutil.rmtree(workdir, ignore_errors=True)
 
     for host, outcome in outcomes.items():
