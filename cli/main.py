@@ -22,6 +22,7 @@ from storage.index.models import CopyStatus
 
 from .common import (Fail, Main, daemon_logging, emit, guard, index_sessions, load_settings, redis_client,
                      storage_layout, table)
+from .compliance import compliance
 from .operations import hygiene, status, up
 from .portal import portal, users
 from .schedule import schedule, scheduler
@@ -83,14 +84,18 @@ def lab_down(state_dir: str | None) -> None:
 @lab.command("change")
 @click.argument("host")
 @click.option("-n", "--count", default=1, show_default=True, help="How many changes to make.")
+@click.option("--remove", metavar="REGEX", help="Remove the lines matching REGEX instead (e.g. '^service password-encryption$').")
+@click.option("--add", metavar="LINE", help="Add LINE instead (unless the configuration has it).")
 @click.option("--state-dir")
 @guard
-def lab_change(host: str, count: int, state_dir: str | None) -> None:
-    """Change a lab device's running configuration."""
+def lab_change(host: str, count: int, remove: str | None, add: str | None, state_dir: str | None) -> None:
+    """Change a lab device's running configuration (a new line each time; or --remove / --add a line)."""
     from lab import commands
 
-    commands.change(_lab_state(state_dir, load_settings()), host, count)
-    click.echo(f"{host}: configuration changed")
+    changed = commands.change(_lab_state(state_dir, load_settings()), host, count, remove=remove, add=add)
+    click.echo(f"{host}: configuration changed" if changed else f"{host}: nothing to change")
+    for line in changed if remove is not None or add is not None else []:
+        click.echo(f"  {line}")
 
 
 @lab.command("fault")
@@ -258,8 +263,11 @@ def _start_retry_pump(settings: Settings, layout, types: list[str]) -> None:
 @click.option("--max-deliveries", type=int, default=5, show_default=True, envvar="DEVICEVAULT_STREAM_MAX_DELIVERIES",
               help="Tries before a message that keeps failing moves to the dead-letter stream.")
 @click.option("--crash-after-commit", type=int, hidden=True, help="Failure tests: exit after N commits, before acking.")
-def consumer(name, idle_exit, claim_idle, max_deliveries, crash_after_commit) -> None:
-    """Write collection and storage results from the Redis streams into the index."""
+@click.option("--compliance/--no-compliance", "check_compliance", default=True, show_default=True,
+              help="Also check each new version against the compliance rules (a thread; consumer group 'compliance').")
+def consumer(name, idle_exit, claim_idle, max_deliveries, crash_after_commit, check_compliance) -> None:
+    """Write collection and storage results from the Redis streams into the index (and check each new
+    version against the compliance rules)."""
     from jobs.streams.consumer import Consumer
 
     settings = load_settings()
@@ -277,11 +285,36 @@ def consumer(name, idle_exit, claim_idle, max_deliveries, crash_after_commit) ->
         inventory=settings.inventory,
         crash_after_commit=crash_after_commit,
     )
+    if check_compliance:
+        _start_compliance(settings, f"{c.name}-compliance", claim_idle, max_deliveries, stop=lambda: bool(stopping))
     try:
         c.run(stop=lambda: bool(stopping), idle_exit=idle_exit)
     except KeyboardInterrupt:
         pass
     click.echo(f"consumer {c.name}: {c.applied} result(s) applied", err=True)
+
+
+def _start_compliance(settings: Settings, name: str, claim_idle: float, max_deliveries: int, stop) -> None:
+    """A daemon thread of the consumer's process: the compliance checks of every new version
+    (``jobs.compliance.checker``), with their own Redis connection and consumer group."""
+    import threading
+
+    from jobs.compliance.checker import ComplianceConsumer, checker_for
+
+    log = logging.getLogger("devicevault.compliance")
+
+    def run() -> None:
+        while not stop():
+            try:  # made here: a storage file or Redis problem never keeps the index consumer from starting
+                redis = redis_client(settings, blocking=True)
+                checker = ComplianceConsumer(redis, checker_for(settings, redis, index_sessions(settings)), name=name,
+                                             claim_idle_ms=int(claim_idle * 1000), max_deliveries=max_deliveries)
+                checker.run(stop=stop)
+            except Exception:  # noqa: BLE001 - never the end of the checks: logged, started again
+                log.exception("compliance checks stopped; starting again in 5 s")
+                time.sleep(5)
+
+    threading.Thread(target=run, name="devicevault-compliance", daemon=True).start()
 
 
 @main.command()
@@ -559,7 +592,7 @@ def pending(as_json) -> None:
 
 
 # the commands of the sub-modules (they share this module's helpers through cli/common.py)
-for command in (status, hygiene, up, schedule, scheduler, portal, users, dlq, export):
+for command in (status, hygiene, up, schedule, scheduler, portal, users, dlq, export, compliance):
     main.add_command(command)
 
 if __name__ == "__main__":  # pragma: no cover

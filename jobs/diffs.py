@@ -53,6 +53,29 @@ def section_of(lines: Sequence[str], index: int) -> list[str]:
     return parents[::-1]
 
 
+def parent_indexes(lines: Sequence[str]) -> list[list[int]]:
+    """For every line, the indexes of its parent lines (outermost first): :func:`section_of`'s rule for every
+    line at once, in one pass (a stack of the open parents), for readers of whole configurations such as
+    the compliance rules (``jobs.compliance``)."""
+    stack: list[tuple[int, int]] = []  # (indent, index) of the lines that may still be parents, indents rising
+    found: list[list[int]] = []
+    for index, raw in enumerate(lines):
+        line = raw.rstrip("\r\n")
+        stripped = line.strip()
+        level = _indent(line)
+        if not stripped:  # a blank line belongs to the section of the line after it (as section_of)
+            level = min((_indent(lines[j]) for j in range(index + 1, min(len(lines), index + 3))
+                         if lines[j].strip()), default=level)
+            found.append([i for depth, i in stack if depth < level] if level else [])
+            continue
+        found.append([i for depth, i in stack if depth < level] if level else [])
+        if _is_parent(stripped):
+            while stack and stack[-1][0] >= level:
+                stack.pop()
+            stack.append((level, index))
+    return found
+
+
 def section_label(parents: Sequence[str]) -> str:
     """``protocols { bgp {`` / ``router bgp 65000 > address-family ipv4`` (cut at :data:`MAX_SECTION`)."""
     text = ""

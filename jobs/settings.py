@@ -56,6 +56,11 @@ collect_retries               DEVICEVAULT_COLLECT_RETRIES      ``2``: extra atte
 collect_retry_base            DEVICEVAULT_COLLECT_RETRY_BASE   ``30`` seconds before the first retry (doubling)
 max_age                       DEVICEVAULT_MAX_AGE              ``24`` hours without a successful backup before a
                                                                device is stale (per host: ``devicevault_max_age``)
+retire_after                  DEVICEVAULT_RETIRE_AFTER         ``168`` hours (a week) a device may be missing from the
+                                                               inventory before it is retired (hidden, history kept;
+                                                               ``jobs/ops/retire.py``); 0: at the next check
+compliance_rules              DEVICEVAULT_COMPLIANCE_RULES     ``<home>/compliance.yml`` (no file: no rules; the format:
+                                                               ``jobs/compliance/rules.py``)
 users_file                    DEVICEVAULT_USERS_FILE           ``<home>/users.yml``: portal users (hashed passwords,
                                                                roles viewer / operator / admin)
 portal_idle_timeout           DEVICEVAULT_PORTAL_IDLE_TIMEOUT  ``1800`` seconds without a click before a portal
@@ -237,14 +242,14 @@ def _at_least(minimum: int, name: str, value: Any) -> int:
     return number
 
 
-def _seconds(name: str, value: Any) -> float:
-    """A number of seconds, 0 or more."""
+def _seconds(name: str, value: Any, unit: str = "seconds") -> float:
+    """A number of seconds (or of ``unit``), 0 or more."""
     try:
         number = float(str(value).strip())
     except ValueError:
         number = -1.0
     if not number >= 0:
-        raise SettingsError(f"DEVICEVAULT_{name.upper()}={value!r}: must be a number of seconds, 0 or more")
+        raise SettingsError(f"DEVICEVAULT_{name.upper()}={value!r}: must be a number of {unit}, 0 or more")
     return number
 
 
@@ -287,6 +292,8 @@ class Settings:
     collect_retries: int = 2
     collect_retry_base: float = 30.0
     max_age: float = 24.0
+    retire_after: float = 168.0
+    compliance_rules: Path | None = None
     log_format: str = "json"
     users_file: Path | None = None
     portal_idle_timeout: float = 1800.0
@@ -354,6 +361,8 @@ class Settings:
             collect_retries=_number(int, "collect_retries", pick("collect_retries", 2)),
             collect_retry_base=_number(float, "collect_retry_base", pick("collect_retry_base", 30.0)),
             max_age=_number(float, "max_age", pick("max_age", 24.0)),
+            retire_after=_seconds("retire_after", pick("retire_after", 168.0), "hours"),
+            compliance_rules=Path(pick("compliance_rules", home / "compliance.yml")).absolute(),
             log_format=str(pick("log_format", "json")),
             users_file=Path(pick("users_file", home / "users.yml")).absolute(),
             portal_idle_timeout=_seconds("portal_idle_timeout", pick("portal_idle_timeout", 1800.0)),

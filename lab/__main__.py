@@ -38,6 +38,8 @@ def main(argv=None) -> int:
     c = sub.add_parser("change", help="make config change(s) on a device")
     c.add_argument("host")
     c.add_argument("-n", type=int, default=1)
+    c.add_argument("--remove", metavar="REGEX", help="remove the lines matching REGEX instead")
+    c.add_argument("--add", metavar="LINE", help="add LINE (unless present) instead")
     c.add_argument("--state-dir", default=DEFAULT_STATE)
     sv = sub.add_parser("save", help="copy running-config to startup-config")
     sv.add_argument("host")
@@ -84,8 +86,8 @@ def main(argv=None) -> int:
         print(json.dumps(lc.reset_session_peak() if a.reset_peak else lc.sessions(), indent=1))
         return 0
     if a.cmd == "change":
-        for ln in C.change(a.state_dir, a.host, a.n):
-            print(f"+ {ln}")
+        for ln in C.change(a.state_dir, a.host, a.n, remove=a.remove, add=a.add):
+            print(ln)
         return 0
     if a.cmd == "save":
         C.save(a.state_dir, a.host)

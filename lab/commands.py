@@ -230,9 +230,17 @@ def status(state_dir, pidfile=None) -> dict:
     return out
 
 
-def change(state_dir, host: str, n: int = 1) -> list[str]:
-    """Make ``n`` config changes on ``host`` (see :meth:`LabControl.change`); returns the added lines."""
-    return LabControl(state_dir).change(host, n)
+def change(state_dir, host: str, n: int = 1, *, remove: str | None = None, add: str | None = None) -> list[str]:
+    """Make ``n`` config changes on ``host`` (see :meth:`LabControl.change`); returns the changed lines
+    (``+ line`` added, ``- line`` removed). ``remove`` (a regex: its lines go, :meth:`LabControl.remove_lines`)
+    or ``add`` (a line, :meth:`LabControl.add_line`) make that change instead."""
+    lab = LabControl(state_dir)
+    if remove is None and add is None:
+        return [f"+ {line}" for line in lab.change(host, n)]
+    changed = [f"- {line}" for line in lab.remove_lines(host, remove)] if remove is not None else []
+    if add is not None and lab.add_line(host, add):
+        changed.append(f"+ {add}")
+    return changed
 
 
 def save(state_dir, host: str) -> None:

@@ -3,6 +3,8 @@
     from lab.control import LabControl
     lc = LabControl("var/lab")
     lc.change("ams-ios-01")            # -> ['ip route 10.250.0.1 ... name LAB-CHANGE-1']
+    lc.remove_lines("ams-ios-01", r"^service password-encryption$")   # -> the removed lines
+    lc.add_line("ams-ios-01", "service password-encryption", after=r"^service timestamps log")
     lc.save("ams-ios-01")              # startup-config := running-config
     lc.set_fault("ams-ios-01", "slow", delay=5)
     lc.set_fault("ams-ios-01", "disconnect", fraction=0.4)
@@ -124,6 +126,41 @@ class LabControl:
             st["changed_by"] = user
             st["changes"] = (st.get("changes", []) + added)[-100:]
         return added
+
+    def remove_lines(self, host: str, pattern: str, user: str = "labctl") -> list[str]:
+        """Remove every line of ``host``'s running-config matching the regex ``pattern`` (``re.search``), as an
+        operator's ``no ...`` would; returns the removed lines ([] and no change when none matches).
+        Startup-config is not touched."""
+        import re
+
+        regex = re.compile(pattern)
+        with S.modify(self.state_dir, host) as st:
+            lines = st["running"].split("\n")
+            removed = [line for line in lines if regex.search(line)]
+            if removed:
+                st["running"] = "\n".join(line for line in lines if not regex.search(line))
+                st["changed_at"] = time.time()
+                st["changed_by"] = user
+        return removed
+
+    def add_line(self, host: str, line: str, after: str | None = None, user: str = "labctl") -> bool:
+        """Add ``line`` to ``host``'s running-config after the last line matching the regex ``after`` (else
+        where :meth:`change` adds its lines), unless the configuration already has that line. True when it
+        was added. Startup-config is not touched."""
+        import re
+
+        with S.modify(self.state_dir, host) as st:
+            lines = st["running"].split("\n")
+            if line in lines:
+                return False
+            p = load_personalities()[st["personality"]]
+            where = re.compile(after) if after else p.change_after
+            idx = max((i for i, ln in enumerate(lines) if where.search(ln)), default=len(lines) - 2)
+            lines.insert(idx + 1, line)
+            st["running"] = "\n".join(lines)
+            st["changed_at"] = time.time()
+            st["changed_by"] = user
+        return True
 
     def grow(self, host: str, size: int) -> int:
         """Make ``host``'s running-config at least ``size`` bytes long with filler VLAN interfaces (a

@@ -26,6 +26,7 @@ PAGES = [
     ("devices.py", "Devices", ":material/lan:", "devices"),
     ("device.py", "Device", ":material/router:", "device"),
     ("search.py", "Search", ":material/search:", "search"),
+    ("compliance.py", "Compliance", ":material/rule:", "compliance"),
     ("runs.py", "Runs", ":material/play_circle:", "runs"),
     ("health.py", "Health", ":material/monitor_heart:", "health"),
     ("users.py", "Users", ":material/group:", "users"),

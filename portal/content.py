@@ -20,9 +20,10 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Callable, Iterable, Protocol, Sequence
 
-import re2
 
 from jobs import diffs
+#: the memory RE2 may use for one pattern (a larger pattern is refused: "pattern too large")
+from jobs.patterns import PATTERN_MEMORY, PatternError, compile_re2  # noqa: F401 - PATTERN_MEMORY: for readers
 from storage.errors import StorageError
 from storage.retrieve import read_first
 
@@ -198,8 +199,6 @@ class Pattern(Protocol):
     def search(self, text: str): ...
 
 
-#: the memory RE2 may use for one pattern (a larger pattern is refused: "pattern too large")
-PATTERN_MEMORY = 8 << 20
 #: CSV cells starting with one of these are formulas to a spreadsheet (or can make one)
 FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
 
@@ -209,17 +208,10 @@ def compile_pattern(text: str, *, regex: bool, case_sensitive: bool) -> Pattern:
     an empty or invalid one, or one RE2 does not have (backreferences, lookaround)."""
     if not text:
         raise SearchError("type something to search for")
-    options = re2.Options()
-    options.case_sensitive = case_sensitive
-    options.literal = not regex
-    options.max_mem = PATTERN_MEMORY
-    options.log_errors = False
     try:
-        return re2.compile(text, options)
-    except re2.error as exc:
-        reason = exc.args[0].decode(errors="replace") if exc.args and isinstance(exc.args[0], bytes) else str(exc)
-        raise SearchError(f"invalid regular expression {text!r}: {reason} (the search uses RE2 syntax: "
-                          "no backreferences or lookaround)") from None
+        return compile_re2(text, case_sensitive=case_sensitive, literal=not regex)
+    except PatternError as exc:
+        raise SearchError(f"{exc} (the search uses RE2 syntax: no backreferences or lookaround)") from None
 
 
 def csv_export(frame) -> bytes:
@@ -426,13 +418,9 @@ def _line_finder(query: str, *, regex: bool, case_sensitive: bool) -> Callable[[
         return lambda text, count: lines_of(text, count, literal_starts(text))
     if "\\A" in query or "\\z" in query:
         return lambda text, count: None
-    options = re2.Options()
-    options.case_sensitive = case_sensitive
-    options.max_mem = PATTERN_MEMORY
-    options.log_errors = False
     try:
-        whole = re2.compile("(?m)" + query, options)
-    except re2.error:
+        whole = compile_re2("(?m)" + query, case_sensitive=case_sensitive)
+    except PatternError:
         return lambda text, count: None
 
     def regex_starts(text: str):

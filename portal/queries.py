@@ -467,3 +467,32 @@ def device_result(session: Session, run_id: str, name: str) -> tuple[str, str] |
         .where(DeviceResultRow.run_id == run_id, Device.name == name).order_by(DeviceResultRow.id.desc()).limit(1)
     ).first()
     return None if row is None else (row[0], row[1] or "")
+
+
+# --- compliance -------------------------------------------------------------------------------------------
+COMPLIANCE_COLUMNS = ["device", "group", "platform", "rule", "problem", "section", "line", "since"]
+
+
+def compliance_table(session: Session, *, groups: Sequence[str] = (), rules: Sequence[str] = ()) -> pd.DataFrame:
+    """One row per offending line of every device that breaks a compliance rule (``storage.index.compliance``:
+    what ``jobs.compliance`` found in the newest version's masked view): ``problem`` is ``missing`` (a line
+    the rule asks for) or ``forbidden`` (a line it forbids), ``section`` the configuration section ("" = the
+    whole configuration). ``groups``: only devices of these storage groups."""
+    from storage.index.compliance import violations
+
+    rows = []
+    for found in violations(session, rules=list(rules)):
+        if groups and found["group"] not in groups:
+            continue
+        for item in found["lines"] or [{"line": "", "problem": "", "section": ""}]:
+            rows.append({"device": found["device"], "group": found["group"], "platform": found["platform"],
+                         "rule": found["rule"], "problem": item["problem"], "section": item["section"],
+                         "line": item["line"], "since": pd.Timestamp(found["since"])})
+    return pd.DataFrame(rows, columns=COMPLIANCE_COLUMNS)
+
+
+def compliance_summary(session: Session) -> dict[str, int]:
+    """``{"checked": devices checked, "violating": devices breaking at least one rule}``."""
+    from storage.index.compliance import standing_counts
+
+    return standing_counts(session)

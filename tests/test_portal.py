@@ -637,6 +637,42 @@ def test_health(portal_env):
     assert {m.label for m in at.metric} >= {"Workers", "Jobs queued", "Stale devices"}
 
 
+def test_compliance_lists_the_failing_devices_and_their_lines(portal_env):
+    """The rules checked on the index's newest versions (``jobs.compliance``), then the page: the devices that
+    break a rule, one row per offending line, with its section; a broken rules file is one readable error."""
+    from redis import Redis
+
+    from jobs.compliance.checker import Checker
+    from storage.index.db import connect
+
+    settings, names, busy = portal_env["settings"], portal_env["names"], portal_env["busy"]
+    rules = settings.compliance_rules
+    rules.write_text("rules:\n"
+                     "  - name: second-route\n    must_contain: ['ip route 10.1.0.0 255.255.0.0 192.0.2.1']\n"
+                     "  - name: loopback-moved\n    section: '^interface Loopback'\n"
+                     "    must_not_contain: [{regex: '^ip address 10\\.255\\.0\\.1 '}]\n")
+    try:
+        report = Checker(connect(settings.database_url), Redis.from_url(settings.redis_url), rules).check()
+        assert report.unreadable == [f"{portal_env['broken']}: " + report.unreadable[0].split(": ", 1)[1]]
+        at = ok(page("victor", "views/compliance.py"))
+        frame = at.dataframe(key="compliance_table").value
+        expected = sorted(n for n in names if n not in (busy, portal_env["broken"]))
+        assert sorted(set(frame[frame["rule"] == "second-route"]["device"])) == expected
+        moved = frame[frame["rule"] == "loopback-moved"]
+        assert sorted(moved["device"]) == expected
+        assert set(moved["section"]) == {"interface Loopback0"} and set(moved["problem"]) == {"forbidden"}
+        assert set(moved["line"]) == {"ip address 10.255.0.1 255.255.255.255"}
+        assert {m.label: m.value for m in at.metric}["Breaking a rule"] == str(len(expected))
+        at.multiselect(key="compliance_rules").set_value(["second-route"]).run()
+        assert set(ok(at).dataframe(key="compliance_table").value["rule"]) == {"second-route"}
+        rules.write_text("rules: [\n")
+        at = page("victor", "views/compliance.py")
+        assert not at.exception
+        assert any(str(rules) in e.value and "not valid YAML" in e.value for e in at.error)
+    finally:
+        rules.unlink()
+
+
 def test_health_hides_credentials_when_redis_is_down(portal_env, monkeypatch):
     from cli.services import free_port
 

@@ -287,6 +287,16 @@ def inventory_names(path: Path | str, settings: Settings | None = None, *, fresh
         return {host.name for host in opened.manager.get_hosts()}
 
 
+def inventory_groups(path: Path | str, settings: Settings | None = None, *, fresh_within: float | None = None
+                     ) -> dict[str, tuple[str, ...]]:
+    """Each host's groups (every one it is in, ``all`` and ``ungrouped`` left out), by host name; no host's
+    variables are worked out. Raises :class:`InventoryError`."""
+    opened = open_inventory(path, settings, fresh_within=fresh_within)
+    with opened.lock:
+        return {host.name: tuple(sorted(g.name for g in host.get_groups() if g.name not in _IMPLICIT))
+                for host in opened.manager.get_hosts()}
+
+
 def _forget_vars_files() -> None:
     """Ansible's ``host_group_vars`` plugin remembers, per process, which ``group_vars``/``host_vars`` files
     exist; a new parse must look again (a file may have been added since)."""

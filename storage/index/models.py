@@ -154,6 +154,30 @@ class SearchText(Base):
     updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
 
 
+class ComplianceResult(Base):
+    """A device's standing against one compliance rule, as of the version last checked (``jobs.compliance``
+    evaluates, ``storage.index.compliance`` reads and writes). One row per (device, rule the device is in scope
+    of); ``lines`` is a JSON list of what breaks the rule (masked): ``{"line", "problem": "missing" |
+    "forbidden", "section"}``. ``published`` is the standing last announced on ``compliance:changed``
+    (``violated`` / ``resolved``; "" never), so an announcement lost with a process is made by the next check."""
+
+    __tablename__ = "compliance_results"
+    __table_args__ = (UniqueConstraint("device_id", "rule", name="uq_compliance_device_rule"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    device_id: Mapped[int] = mapped_column(ForeignKey("devices.id"), index=True)
+    rule: Mapped[str] = mapped_column(String(255))
+    version_id: Mapped[int] = mapped_column(Integer)
+    violated: Mapped[bool] = mapped_column(Boolean, index=True)
+    lines: Mapped[str] = mapped_column(Text, default="[]")
+    checked_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    #: since when the device has been in this standing (violated or not)
+    since: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    published: Mapped[str] = mapped_column(String(16), default="")
+
+    device: Mapped[Device] = relationship()
+
+
 class Schedule(Base):
     """A recurring backup of one inventory group ("" = every device) on a 5-field cron expression.
 
