@@ -15,7 +15,7 @@ if str(ROOT) not in sys.path:  # `streamlit run portal/app.py` puts only portal/
 
 import streamlit as st  # noqa: E402
 
-from portal import ui  # noqa: E402
+from portal import links, ui  # noqa: E402
 
 st.set_page_config(page_title="DeviceVault", page_icon=":material/inventory_2:", layout="wide")
 
@@ -43,6 +43,7 @@ if user is None:
 pages = [st.Page(VIEWS / file, title=title, icon=icon, url_path=url, default=i == 0)
          for i, (file, title, icon, url) in enumerate(PAGES)]
 current = st.navigation(pages, position="hidden")
+links.arrive(current.url_path)  # a URL is taken as a link only on arriving at its page (portal.links)
 ui.sidebar(user)
 with st.sidebar:  # every page is registered (a link to a page of another role says so on that page);
     for page in pages:  # the menu lists those of the user's role

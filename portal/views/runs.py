@@ -18,7 +18,7 @@ import math
 
 import streamlit as st
 
-from portal import queries, ui
+from portal import links, queries, ui
 from storage.index.statuses import DeviceStatus, RunStatus
 
 SCOPES = ["one device", "one group", "every device"]
@@ -58,11 +58,11 @@ def _url_to_trigger(hosts: dict, groups: list[str]) -> None:
     """A link's prepared backup (?scope=..., device=..., group=...) into the form, once per link."""
     params = st.query_params
     link = (params.get("scope"), params.get("device"), params.get("group"))
-    # a link this page wrote itself is not a new link: the browser may still send the URL of the form's
-    # previous state with the next click (seen under load: the Start button then backed up the old device)
-    if not link[0] or link in st.session_state.setdefault("_runs_links_written", set()):
+    # only on arriving at the page (portal.links): the browser may still send the URL of the form's previous
+    # state with the next click (seen under load: the Start button then backed up the old device)
+    if not link[0] or not links.arriving() or link == st.session_state.get("_runs_link"):
         return
-    st.session_state["_runs_links_written"].add(link)
+    st.session_state["_runs_link"] = link
     if link[0] in URL_SCOPES:
         st.session_state["runs_scope"] = URL_SCOPES[link[0]]
     if link[1] in hosts:
@@ -81,7 +81,7 @@ def _trigger_to_url(scope: str, device: str | None, group: str | None) -> None:
             st.query_params[key] = value
         else:
             st.query_params.pop(key, None)
-    st.session_state.setdefault("_runs_links_written", set()).add((params["scope"], params["device"], params["group"]))
+    st.session_state["_runs_link"] = (params["scope"], params["device"], params["group"])
 
 
 def _trigger(s, user) -> None:
