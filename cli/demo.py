@@ -1,7 +1,7 @@
 """``devicevault demo``: everything on one machine, from nothing, with the embedded defaults.
 
 Starts a real redis-server (if none answers at the configured URL), the simulated lab, two workers, the
-index consumer and the scheduler in the background, backs up every lab device and prints a per-device summary. The
+index consumer, the notifier and the scheduler in the background, backs up every lab device and prints a per-device summary. The
 processes keep running so you can look around (``devicevault devices``, ``diff``, ``lab change``…);
 ``devicevault demo --stop`` stops them.
 """
@@ -45,6 +45,7 @@ def start_services(settings: Settings, echo=print, portal_port: int = 8501) -> N
     for name, args in (("worker-1", ["worker", "--name", f"demo-worker-1-{os.getpid()}"]),
                        ("worker-2", ["worker", "--name", f"demo-worker-2-{os.getpid()}"]),
                        ("consumer", ["consumer", "--name", "demo-consumer"]),
+                       ("notifier", ["notifier", "--name", "demo-notifier"]),
                        ("scheduler", ["scheduler"])):
         pidfile = _pidfile(settings, name)
         if _alive(pidfile):
@@ -82,7 +83,7 @@ def stop_services(settings: Settings, echo=print) -> None:
     from lab import commands as lab
 
     stopping = {}
-    for name in ("worker-1", "worker-2", "consumer", "scheduler", "portal"):
+    for name in ("worker-1", "worker-2", "consumer", "notifier", "scheduler", "portal"):
         pidfile = _pidfile(settings, name)
         if _alive(pidfile):
             stopping[name] = int(pidfile.read_text())

@@ -23,6 +23,7 @@ from storage.index.models import CopyStatus
 from .common import (Fail, Main, daemon_logging, emit, guard, index_sessions, load_settings, redis_client,
                      storage_layout, table)
 from .compliance import compliance
+from .notify import notifier, notify
 from .operations import hygiene, status, up
 from .portal import portal, users
 from .schedule import schedule, scheduler
@@ -592,7 +593,7 @@ def pending(as_json) -> None:
 
 
 # the commands of the sub-modules (they share this module's helpers through cli/common.py)
-for command in (status, hygiene, up, schedule, scheduler, portal, users, dlq, export, compliance):
+for command in (status, hygiene, up, schedule, scheduler, portal, users, dlq, export, compliance, notifier, notify):
     main.add_command(command)
 
 if __name__ == "__main__":  # pragma: no cover

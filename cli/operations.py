@@ -52,6 +52,11 @@ def status(as_json) -> None:
         table(data[key], columns)
     click.echo("== storage outbox (copies waiting for their target): "
                + (", ".join(f"{t} {n}" for t, n in data["outbox"].items()) or "none"))
+    notes = data["notifications"]
+    click.echo(f"== notifications (deliveries): {notes['queued']} queued, {notes['retrying']} failing and retried, "
+               f"{notes['dead']} dead (failed every try)")
+    if notes["failures"]:
+        table(notes["failures"], ["status", "rule", "channel", "tries", "error"])
 
 
 @click.command()
@@ -97,7 +102,7 @@ def hygiene(as_json, grace) -> None:
               help="Address the portal listens on (0.0.0.0: every interface; put a TLS reverse proxy in front).")
 def up(workers, portal, portal_port, portal_address) -> None:
     """Run everything a small installation needs on this machine: Redis (if none answers), worker(s), the
-    scheduler, the index consumer and the portal. Ctrl-C (or SIGTERM) stops them all cleanly."""
+    scheduler, the index consumer, the notifier and the portal. Ctrl-C (or SIGTERM) stops them all cleanly."""
     from jobs.settings import PORTAL_APP
 
     from .services import Process, ensure_redis
@@ -111,7 +116,7 @@ def up(workers, portal, portal_port, portal_address) -> None:
     redis_server = ensure_redis(settings, lambda line: click.echo(line, err=True))
     plan = [(f"worker-{i}", ["worker", "--name", f"{os.uname().nodename}-worker-{i}-{os.getpid()}"])
             for i in range(1, workers + 1)]
-    plan += [("scheduler", ["scheduler"]), ("consumer", ["consumer"])]
+    plan += [("scheduler", ["scheduler"]), ("consumer", ["consumer"]), ("notifier", ["notifier"])]
     if portal and PORTAL_APP.exists():
         plan.append(("portal", ["portal", "--port", str(portal_port), "--address", portal_address]))
     stopping: list[int] = []

@@ -82,6 +82,9 @@ max_output_mb                 DEVICEVAULT_MAX_OUTPUT_MB        ``64`` (the fetch
 inventory_reuse               DEVICEVAULT_INVENTORY_REUSE      ``300`` seconds a process reuses an inventory it parsed,
                                                                while none of its files changed (0: parse every time;
                                                                a dynamic inventory is read again after this time)
+notifications_file            DEVICEVAULT_NOTIFICATIONS        ``<home>/notifications.yml``: the notification rules
+                                                               (channels, rules; see ``jobs/notify/rules.py``);
+                                                               no file: nothing is sent
 vault_password_file           DEVICEVAULT_VAULT_PASSWORD_FILE  Ansible's own ``ANSIBLE_VAULT_PASSWORD_FILE``, then
                                                                ``ANSIBLE_VAULT_IDENTITY_LIST``; else none. The file
                                                                (or executable script) holding the password of
@@ -311,6 +314,7 @@ class Settings:
     max_output_mb: float | None = None
     #: vault password files, ``[label@]path`` comma separated (absolute paths; see :meth:`vault_ids`)
     vault_password_file: str | None = None
+    notifications_file: Path | None = None
     target_env: dict[str, str] = field(default_factory=dict, compare=False)
 
     @property
@@ -376,6 +380,7 @@ class Settings:
             vault_password_file=_vault_password_file(
                 pick("vault_password_file", None)
                 or ",".join(v for v in (env.get("ANSIBLE_VAULT_IDENTITY_LIST"), env.get("ANSIBLE_VAULT_PASSWORD_FILE")) if v)),
+            notifications_file=Path(pick("notifications", home / "notifications.yml")).absolute(),
             target_env={k: v for k, v in env.items() if _TARGET_ENV.match(k) and v != ""},
         )
 

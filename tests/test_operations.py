@@ -357,7 +357,7 @@ def test_worker_logs_are_json_lines_without_credentials(ops):
         assert "lab-admin" not in text and "lab-enable" not in text
 
 
-def test_up_runs_worker_scheduler_and_consumer_and_stops_on_ctrl_c(ops, tmp_path):
+def test_up_runs_worker_scheduler_consumer_and_notifier_and_stops_on_ctrl_c(ops, tmp_path):
     from redis import Redis
     from jobs.queues import Worker
 
@@ -373,7 +373,7 @@ def test_up_runs_worker_scheduler_and_consumer_and_stops_on_ctrl_c(ops, tmp_path
             time.sleep(0.5)
         assert len(Worker.all(connection=redis)) == 1
         time.sleep(2)
-        for name in ("scheduler", "consumer"):
+        for name in ("scheduler", "consumer", "notifier"):
             log = (tmp_path / "logs" / f"{name}.log")
             assert log.exists(), name
         up.send_signal(signal.SIGINT)

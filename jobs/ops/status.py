@@ -76,7 +76,10 @@ def gather_status(settings: Settings) -> dict[str, Any]:
         ]
         runs = list_runs(session, 5)
         devices = health.counts(session)  # the portal's dashboard counts the same way
-    return {"devices": devices, "queues": queues, "workers": workers, "streams": streams, "outbox": outbox, "stale": stale,
+    from jobs.notify.queue import summary as notification_summary
+
+    notifications = notification_summary(redis)
+    return {"devices": devices, "notifications": notifications, "queues": queues, "workers": workers, "streams": streams, "outbox": outbox, "stale": stale,
             "unsaved": unsaved, "runs": runs, "warnings": redis_warnings(settings.redis_url)}
 
 

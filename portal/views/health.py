@@ -83,6 +83,14 @@ def render(user) -> None:
     _table("Storage outbox (copies waiting per target)",
            [{"target": t, "waiting": n} for t, n in outbox.items()] if isinstance(outbox, dict) else outbox,
            "health_outbox")
+    notes = status.get("notifications") or {}
+    st.subheader("Notifications")
+    if notes.get("dead") or notes.get("retrying"):
+        st.error(f"Notification failures: {notes.get('dead', 0)} delivery(ies) dead (failed every try), "
+                 f"{notes.get('retrying', 0)} failing and retried. `devicevault notify failures` lists them.")
+    else:
+        st.caption(f"{notes.get('queued', 0)} delivery(ies) queued, none failing.")
+    _table("Failing notification deliveries", notes.get("failures", []), "health_notifications")
     _table("Stale devices", status.get("stale", []), "health_stale")
     _table("Last runs", status.get("runs", []), "health_runs")
 

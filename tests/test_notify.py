@@ -1,0 +1,318 @@
+"""Notifications (issue 16, item 1) end to end: a real lab, real Redis, a worker, the index consumer and the
+notifier as processes; a real HTTP receiver (a thread here that checks every HMAC-SHA256 signature) and a real
+SMTP server (aiosmtpd, STARTTLS with a certificate made here, and a login). One module fixture; the tests run in
+file order on it.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import email
+import hashlib
+import hmac
+import json
+import ssl
+import threading
+from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import pytest
+
+from cli.services import free_port
+from tests.conftest import wait_for
+
+HOOK_SECRET = "hook-secret-7Hq2x9"
+SMTP_PASSWORD = "smtp-password-K3v8r"
+
+
+class Receiver:
+    """A webhook receiver: accepts a POST only with a valid signature; can be stopped and started again on
+    its port (a receiver that is down for a while)."""
+
+    def __init__(self, port: int, secret: str):
+        self.port, self.secret = port, secret.encode()
+        self.got: list[tuple[str, dict]] = []  # (X-DeviceVault-Delivery, body)
+        self.bad: list[bytes] = []
+        self.lock = threading.Lock()
+        self.server: ThreadingHTTPServer | None = None
+
+    def start(self) -> "Receiver":
+        receiver = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self):  # noqa: N802 - http.server's name
+                body = self.rfile.read(int(self.headers["Content-Length"]))
+                expected = "sha256=" + hmac.new(receiver.secret, body, hashlib.sha256).hexdigest()
+                ok = hmac.compare_digest(expected, self.headers.get("X-DeviceVault-Signature", ""))
+                with receiver.lock:
+                    if ok:
+                        receiver.got.append((self.headers["X-DeviceVault-Delivery"], json.loads(body)))
+                    else:
+                        receiver.bad.append(body)
+                self.send_response(200 if ok else 401)
+                self.end_headers()
+
+            def log_message(self, *args):
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", self.port), Handler)
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+        return self
+
+    def stop(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+    def events(self, kind: str, device: str | None = None) -> list[dict]:
+        with self.lock:
+            return [b for _, b in self.got if b.get("kind") == kind and (device is None or b.get("device") == device)]
+
+
+class Mailbox:
+    """aiosmtpd's handler: keeps every message received."""
+
+    def __init__(self):
+        self.messages: list[email.message.Message] = []
+
+    async def handle_DATA(self, server, session, envelope):  # noqa: N802 - aiosmtpd's name
+        self.messages.append(email.message_from_bytes(envelope.content))
+        return "250 OK"
+
+    def versions(self, device: str | None = None) -> list[email.message.Message]:
+        return [m for m in self.messages if "new configuration version" in m["Subject"]
+                and (device is None or device in m["Subject"])]
+
+
+def _certificate(directory) -> tuple[str, str]:
+    """A self-signed certificate for 127.0.0.1 (it is its own CA): (cert file, key file)."""
+    import ipaddress
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")])
+    now = dt.datetime.now(dt.timezone.utc)
+    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
+            .serial_number(x509.random_serial_number()).not_valid_before(now - dt.timedelta(minutes=5))
+            .not_valid_after(now + dt.timedelta(days=1))
+            .add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), False)
+            .add_extension(x509.BasicConstraints(ca=True, path_length=None), True)
+            .sign(key, hashes.SHA256()))
+    cert_file, key_file = directory / "smtp.crt", directory / "smtp.key"
+    cert_file.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_file.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                           serialization.NoEncryption()))
+    return str(cert_file), str(key_file)
+
+
+@pytest.fixture(scope="module")
+def dv(tmp_path_factory, redis_server):
+    from aiosmtpd.controller import Controller
+    from aiosmtpd.smtp import AuthResult
+    from redis import Redis
+
+    from lab.generate_inventory import generate_inventory
+    from lab.testing import start_lab, stop_lab
+    from tests.conftest import DeviceVault
+
+    home = tmp_path_factory.mktemp("notify")
+    inventory = home / "inventory"
+    hosts = generate_inventory(count=2, out=inventory, port=free_port(), base="127.0.71.0", platforms=["ios", "eos"])
+    redis_url = redis_server.url.rsplit("/", 1)[0] + "/1"
+    Redis.from_url(redis_url).flushdb()
+    receiver = Receiver(free_port(), HOOK_SECRET).start()
+    mailbox = Mailbox()
+    cert, key = _certificate(home)
+    tls = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    tls.load_cert_chain(cert, key)
+
+    def login(server, session, envelope, mechanism, auth_data):
+        return AuthResult(success=auth_data.login == b"devicevault" and auth_data.password == SMTP_PASSWORD.encode())
+
+    smtp = Controller(mailbox, hostname="127.0.0.1", port=free_port(), tls_context=tls, require_starttls=True,
+                      auth_required=True, authenticator=login)
+    smtp.start()
+    rules = home / "notifications.yml"
+    rules.write_text(f"""
+sweep_interval: 1
+channels:
+  hook: {{type: webhook, url: "http://127.0.0.1:{receiver.port}/hook", secret_env: DV_TEST_HOOK_SECRET,
+          retry_base: 0.5, retry_max: 1, max_tries: 100}}
+  mail: {{type: email, host: 127.0.0.1, port: {smtp.port}, starttls: true, ca_file: "{cert}",
+          username: devicevault, password_env: DV_TEST_SMTP_PASSWORD, from: devicevault@example.com,
+          to: [neteng@example.com], retry_base: 0.5}}
+  broken: {{type: webhook, url: "http://127.0.0.1:{free_port()}/nobody", max_tries: 2, retry_base: 0.2}}
+rules:
+  - name: changes
+    events: [version, failed, recovered]
+    channels: [hook, mail]
+  - name: runs
+    events: [run_finished]
+    channels: [broken]
+""")
+    env = {
+        "DEVICEVAULT_HOME": str(home),
+        "DEVICEVAULT_REDIS_URL": redis_url,
+        "DEVICEVAULT_INVENTORY": str(inventory),
+        "DEVICEVAULT_DEVICE_TIMEOUT": "5",
+        "DEVICEVAULT_JOB_TIMEOUT": "60",
+        "DEVICEVAULT_LOCK_MARGIN": "10",
+        "DEVICEVAULT_COLLECT_RETRIES": "0",
+        "DV_TEST_HOOK_SECRET": HOOK_SECRET,
+        "DV_TEST_SMTP_PASSWORD": SMTP_PASSWORD,
+    }
+    tool = DeviceVault(env, home)
+    tool.hosts, tool.receiver, tool.mailbox, tool.redis = hosts, receiver, mailbox, Redis.from_url(redis_url)
+    start_lab(inventory, home / "lab")
+    processes = [
+        tool.process("worker", "--queue", "collector", "--queue", "storage.git", "--queue", "storage.fs",
+                     "--name", f"notify-worker-{free_port()}", name="worker"),
+        tool.process("consumer", "--name", "indexer-notify", "--claim-idle", "1", name="consumer"),
+        tool.process("notifier", "--name", "notifier-test", "--claim-idle", "1", name="notifier"),
+    ]
+    for proc in processes:
+        proc.start()
+    try:
+        tool("backup", "--wait")  # first versions: not notified (first_versions is off)
+        yield tool
+    finally:
+        with ThreadPoolExecutor(len(processes)) as pool:  # they stop together, not one after another
+            list(pool.map(lambda proc: proc.stop(), processes))
+        stop_lab(home / "lab")
+        smtp.stop()
+        receiver.stop()
+
+
+def _settled(dv) -> bool:
+    """The notifier has handled every message of its streams and nothing is due."""
+    from jobs.notify.notifier import STREAMS
+    from jobs.notify.queue import DUE
+    from jobs.streams.group import stream_status
+
+    rows = [r for r in stream_status(dv.redis, STREAMS) if r["group"] == "notifier"]
+    return (len(rows) == len(STREAMS) and all(r["pending"] == 0 and r["lag"] == 0 for r in rows)
+            and dv.redis.zcard(DUE) == 0)
+
+
+def _cli(dv, *args: str):
+    """``devicevault ARGS`` in this process (click's runner, the module's environment): a backup or a look at
+    the queue without a new interpreter each time."""
+    from click.testing import CliRunner
+
+    from cli.main import main
+
+    return CliRunner(env=dv.env).invoke(main, list(args), catch_exceptions=False)
+
+
+def _backup(dv, *hosts: str) -> None:
+    args = [a for h in hosts for a in ("--host", h)]
+    result = _cli(dv, "backup", "--wait", *args)
+    assert result.exit_code in (0, 1), result.output
+
+
+def test_a_change_on_two_devices_sends_two_signed_webhooks_and_two_mails_with_the_diff(dv):
+    from lab.control import LabControl
+
+    assert dv.receiver.events("version") == [] and dv.mailbox.versions() == []  # first versions: not notified
+    lab = LabControl(dv.home / "lab")
+    changed = dv.hosts
+    for host in changed:
+        lab.change(host)
+    _backup(dv)
+    wait_for(lambda: len(dv.receiver.events("version")) >= 2 and len(dv.mailbox.versions()) >= 2,
+             "two webhook deliveries and two mails", timeout=60)
+    wait_for(lambda: _settled(dv), "the notifier to settle")
+    hooks = dv.receiver.events("version")
+    assert sorted(h["device"] for h in hooks) == sorted(changed)
+    assert dv.receiver.bad == []  # every body carried a valid signature
+    for hook in hooks:
+        assert hook["diff"].startswith(f"--- {hook['device']} v1\n+++ {hook['device']} v2\n"), hook["diff"]
+        assert hook["data"]["number"] == 2 and hook["data"]["added"] + hook["data"]["removed"] > 0
+    mails = dv.mailbox.versions()
+    assert sorted(next(h for h in changed if h in m["Subject"]) for m in mails) == sorted(changed)
+    for mail in mails:
+        body = mail.get_payload(decode=True).decode()
+        device = next(h for h in changed if h in mail["Subject"])
+        assert f"+++ {device} v2" in body and "\n@@ " in body, body
+        assert mail["To"] == "neteng@example.com"
+
+
+def test_a_receiver_down_during_three_failed_runs_gets_one_failure_one_recovery_and_every_change_once(dv):
+    """While the receiver is down a device fails three runs in a row and another one changes; once the
+    receiver is back it gets each notification once: one failure, one recovery, the change."""
+    from lab.control import LabControl
+
+    from jobs.notify.queue import RETRYING
+
+    failing, changing = dv.hosts
+    lab = LabControl(dv.home / "lab")
+    before = len(dv.receiver.got)
+    dv.receiver.stop()
+    lab.set_fault(failing, "auth_fail")
+    try:
+        lab.change(changing)
+        _backup(dv, failing, changing)
+        wait_for(lambda: dv.redis.zcard(RETRYING) >= 2, "failed deliveries to the receiver that is down")
+        failures = json.loads(_cli(dv, "notify", "failures", "--json").stdout)
+        assert any(f["channel"] == "hook" and f["status"] == "retrying" and "cannot be reached" in f["error"]
+                   for f in failures["failures"]), failures
+        _backup(dv, failing)
+        assert len(dv.receiver.got) == before
+        dv.receiver.start()
+        _backup(dv, failing)
+    finally:
+        lab.set_fault(failing, "none")
+    _backup(dv, failing)
+    third = lambda: [e for e in dv.receiver.events("version", changing) if e["data"]["number"] == 3]  # noqa: E731
+    wait_for(lambda: dv.receiver.events("recovered", failing) and third(), "the notifications once the receiver is back")
+    wait_for(lambda: _settled(dv), "the notifier to settle")
+    failed = dv.receiver.events("failed", failing)
+    assert len(failed) == 1, failed
+    assert "authentication failed" in failed[0]["data"]["error"] and failed[0]["title"] == f"{failing}: backup failed"
+    assert len(dv.receiver.events("recovered", failing)) == 1
+    assert len(third()) == 1 and len(dv.mailbox.versions(changing)) == 2
+    mails = [m for m in dv.mailbox.messages if m["Subject"] == f"[DeviceVault] {failing}: backup failed"]
+    assert len(mails) == 1
+    deliveries = Counter(key for key, _ in dv.receiver.got)
+    assert all(n == 1 for n in deliveries.values()), deliveries
+
+
+def test_status_shows_dead_deliveries_and_notify_test_sends_a_sample(dv):
+    status = json.loads(_cli(dv, "status", "--json").stdout)
+    notes = status["notifications"]
+    assert notes["dead"] >= 1, notes  # the run summaries to a receiver nobody runs: dead after 2 tries
+    dead = [f for f in notes["failures"] if f["status"] == "dead"]
+    assert dead and all(f["channel"] == "broken" and f["tries"] == 2 for f in dead), dead
+    sent = _cli(dv, "notify", "test", "changes")
+    assert sent.exit_code == 0 and "hook: sent" in sent.stdout and "mail: sent" in sent.stdout, sent.output
+    assert any(b["data"].get("sample") for _, b in dv.receiver.got)
+    broken = _cli(dv, "notify", "test", "runs")
+    assert broken.exit_code == 1 and "broken: failed" in broken.stderr and "cannot be reached" in broken.stderr
+    unknown = _cli(dv, "notify", "test", "nope")
+    assert unknown.exit_code == 1 and "no rule 'nope'" in unknown.stderr
+
+
+def test_secrets_never_leave_and_a_broken_rules_file_is_one_line(dv):
+    from tests.conftest import redis_blobs
+
+    for log in (dv.home / "logs").glob("*.log"):
+        text = log.read_text(errors="replace")
+        assert HOOK_SECRET not in text and SMTP_PASSWORD not in text, log
+    blobs = redis_blobs(dv.env["DEVICEVAULT_REDIS_URL"])
+    assert not any(HOOK_SECRET.encode() in b or SMTP_PASSWORD.encode() in b for b in blobs)
+    bad = dv.home / "bad-notifications.yml"
+    bad.write_text("channels:\n  hook: {type: webhook, url_env: DV_NOT_SET}\nrules: []\n")
+    proc = subprocess_env(dv, {"DEVICEVAULT_NOTIFICATIONS": str(bad)}, "notifier", "--idle-exit", "1")
+    assert proc.returncode != 0
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and str(bad) in lines[0] and "DV_NOT_SET" in lines[0] and "is not set" in lines[0], proc.stderr
+
+
+def subprocess_env(dv, extra: dict[str, str], *args: str):
+    from tests.conftest import DeviceVault
+
+    return DeviceVault({**dv.env, **extra}, dv.home)(*args, check=False)
