@@ -351,16 +351,18 @@ def demo(stop, timeout, portal_port) -> None:
 @main.command()
 @click.option("--json", "as_json", is_flag=True)
 @click.option("--unsaved", "unsaved_only", is_flag=True, help="only devices whose running config is not saved")
+@click.option("--all", "show_all", is_flag=True, help="retired devices too (gone from the inventory; DEVICEVAULT_RETIRE_AFTER)")
 @guard
-def devices(as_json, unsaved_only) -> None:
+def devices(as_json, unsaved_only, show_all) -> None:
     """Devices in the index with their health (the portal's status: failed, never backed up, stale, unsaved,
     changed, ok), the last run's outcome (STATUS) and number of versions. UNSAVED is "yes" when the
     running configuration differed from the startup configuration at the newest backup ("-": the
-    platform has no startup configuration)."""
+    platform has no startup configuration). Retired devices (gone from the inventory for longer than
+    DEVICEVAULT_RETIRE_AFTER) are left out; --all lists them too, with health "retired"."""
     from storage.index.queries import list_devices
 
     with index_sessions(load_settings())() as session:
-        rows = list_devices(session)
+        rows = list_devices(session, include_retired=show_all)
     if unsaved_only:
         rows = [r for r in rows if r["unsaved"]]
     if not as_json:

@@ -76,6 +76,8 @@ def hygiene(as_json, grace) -> None:
     data = {
         "hygiene": [f.as_dict() for f in report["hygiene"]],
         "stale": [s.device for s in report["stale"]],
+        "retired": report["retired"].retired if report.get("retired") else [],
+        "returned": report["retired"].returned if report.get("retired") else [],
         "trimmed": report["trimmed"],
         "pruned": report["pruned"],
         "maintained": report["maintained"],
@@ -86,6 +88,10 @@ def hygiene(as_json, grace) -> None:
     else:
         table(data["hygiene"], ["kind", "queue", "job_id", "action", "reason"])
         click.echo(f"stale devices: {len(data['stale'])}; trimmed: {data['trimmed'] or 'nothing'}")
+        for name in data["retired"]:
+            click.echo(f"retired (missing from the inventory for {settings.retire_after:g} h or more): {name}")
+        for name in data["returned"]:
+            click.echo(f"back in the inventory, no longer retired: {name}")
         for target, done in data["maintained"].items():
             click.echo(f"storage maintenance on {target}: {'ran' if done.get('ran') else done.get('skipped', 'nothing to do')}")
         for error in data["errors"]:

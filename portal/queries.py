@@ -121,7 +121,7 @@ def activity_per_day(session: Session, *, days: int = 30, now: datetime | None =
 def recently_changed(session: Session, limit: int = 10) -> pd.DataFrame:
     rows = session.execute(
         select(Device.name, Device.group_name, Device.platform, Device.last_change_at)
-        .where(Device.last_change_at.is_not(None))
+        .where(Device.last_change_at.is_not(None), health.active())
         .order_by(Device.last_change_at.desc())
         .limit(limit)
     ).all()
@@ -134,7 +134,7 @@ def recently_changed(session: Session, limit: int = 10) -> pd.DataFrame:
 def failing_devices(session: Session, limit: int = 100) -> pd.DataFrame:
     rows = session.execute(
         select(Device.name, Device.group_name, Device.last_attempt_at, Device.last_success_at, Device.last_error)
-        .where(Device.last_status == DeviceStatus.FAILED.value)
+        .where(Device.last_status == DeviceStatus.FAILED.value, health.active())
         .order_by(Device.last_attempt_at.desc())
         .limit(limit)
     ).all()
@@ -187,7 +187,7 @@ def devices_table(
     the devices whose running configuration was not saved at their newest backup. The version count is
     computed for the page's devices only, except when sorting by it.
     """
-    where = []
+    where = [health.active()]  # retired devices (jobs.ops.retire) are hidden here; their own page still shows them
     if name:
         where.append(Device.name.icontains(name.strip(), autoescape=True))
     if groups:
@@ -264,7 +264,7 @@ def device_info(session: Session, name: str) -> DeviceInfo:
     return DeviceInfo(d.id, d.name, d.group_name, d.platform, d.last_status or "never", aware(d.last_attempt_at),
                       aware(d.last_success_at), aware(d.last_change_at), d.last_error or "", aware(d.stale_since),
                       d.unsaved, aware(d.unsaved_since),
-                      health.health_of(d.last_status, d.last_success_at, d.stale_since, d.unsaved).value)
+                      health.health_of(d.last_status, d.last_success_at, d.stale_since, d.unsaved, d.retired_at).value)
 
 
 @dataclass(frozen=True)

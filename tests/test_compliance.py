@@ -96,8 +96,8 @@ def test_a_rule_lists_exactly_the_ios_devices_without_the_line(cv):
     # the same on demand, and an EOS device (which has no such line) is outside the rule's group
     checked = _violators(cv, "--check")
     assert [r["device"] for r in checked["password-encryption"]] == ["ams-ios-02"]
-    assert cv("compliance", "--group", "ios", check=False).returncode == 1
-    assert "ams-ios-02" in cv("compliance", check=False).stdout
+    listing = cv("compliance", "--group", "ios", check=False)
+    assert listing.returncode == 1 and "ams-ios-02" in listing.stdout and "missing: service" in listing.stdout
     assert _violators(cv, "--group", "eos") == {}
 
 
@@ -154,3 +154,55 @@ def test_a_malformed_rules_file_is_one_line_naming_it(cv):
         assert proc.returncode == 1 and "not valid YAML" in proc.stderr and str(rules) in proc.stderr
     finally:
         rules.write_text(good)
+
+
+# --- retired devices --------------------------------------------------------------------------------------
+def _set_inventory_without(cv, host: str | None) -> None:
+    """Rewrite the inventory's hosts file with ``host`` left out (None: the original file)."""
+    import yaml
+
+    path = Path(cv.env["DEVICEVAULT_INVENTORY"]) / "hosts.yml"
+    original = path.with_suffix(".orig")
+    if not original.exists():
+        original.write_text(path.read_text())
+    document = yaml.safe_load(original.read_text())
+    if host is not None:
+        for group in document["all"]["children"].values():
+            (group.get("hosts") or {}).pop(host, None)
+    path.write_text(yaml.safe_dump(document))
+
+
+def _age_absence(cv, host: str, hours: float) -> None:
+    """Moves the device's absence *hours* into the past in the index: time passing, without a sleep."""
+    import sqlite3
+    from datetime import datetime, timedelta
+
+    with sqlite3.connect(cv.home / "index.sqlite") as db:
+        (since,) = db.execute("SELECT absent_since FROM devices WHERE name = ?", (host,)).fetchone()
+        assert since is not None, f"{host} is not marked absent"
+        old = datetime.fromisoformat(since) - timedelta(hours=hours)
+        db.execute("UPDATE devices SET absent_since = ? WHERE name = ?", (old.isoformat(sep=" "), host))
+
+
+def test_a_device_removed_from_the_inventory_is_retired_after_the_grace_period_and_comes_back(cv):
+    names = lambda *args: {d["name"]: d for d in cv.json("devices", *args)}  # noqa: E731
+    versions = names()[EOS]["versions"]
+    assert versions >= 1
+    _set_inventory_without(cv, EOS)
+    try:
+        cv("hygiene")
+        assert EOS in names() and names()[EOS]["health"] != "retired"  # missing, within the grace period (168 h)
+        _age_absence(cv, EOS, 169)
+        assert f"retired (missing from the inventory for 168 h or more): {EOS}" in cv("hygiene").stdout
+        assert EOS not in names()
+        retired = names("--all")[EOS]
+        assert retired["health"] == "retired" and retired["versions"] == versions and retired["retired_at"]
+        assert len(cv.json("versions", EOS)) == versions  # its history is kept
+        status = cv.json("status")
+        assert status["devices"]["total"] == 3 and status["devices"]["retired"] == 1
+        assert EOS not in [s["device"] for s in status["stale"]]
+    finally:
+        _set_inventory_without(cv, None)
+    assert f"back in the inventory, no longer retired: {EOS}" in cv("hygiene").stdout
+    back = names()[EOS]
+    assert back["health"] != "retired" and back["versions"] == versions and back["retired_at"] is None

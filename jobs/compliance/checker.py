@@ -179,10 +179,9 @@ class Checker:
 
 def _retired_ids(session: Session) -> set[int]:
     """Devices hidden as retired (``jobs.ops.retire``): not checked, not listed."""
-    column = getattr(Device, "retired_at", None)
-    if column is None:
-        return set()
-    return set(session.scalars(select(Device.id).where(column.is_not(None))))
+    from storage.index.health import active
+
+    return set(session.scalars(select(Device.id).where(~active())))
 
 
 def event_fields(item: results.Announcement) -> dict[str, str]:

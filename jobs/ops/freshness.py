@@ -6,6 +6,9 @@ removed from every schedule), :func:`mark_stale` sets ``devices.stale_since`` an
 succeeds again. Inventory hosts never seen by the index are added to it, so a device that was never
 backed up is stale too once its age (counted from when DeviceVault first saw it) is over.
 
+A retired device (``jobs.ops.retire``: gone from the inventory for longer than its grace period) is never
+stale.
+
 This is the only staleness rule: everything else (``devicevault status``, the portal) reads the mark through
 :func:`is_stale`, so the per-host age holds everywhere. The mark is as fresh as the last maintenance pass
 (``devicevault scheduler`` runs one every minute; ``devicevault hygiene`` runs one now).
@@ -54,6 +57,9 @@ def mark_stale(
             for host in inventory.values():
                 get_or_create_device(session, host.name, group=host.group, platform=host.platform)
         for device in session.scalars(select(Device)):
+            if device.retired_at is not None:  # retired (jobs.ops.retire): not stale, whatever its age
+                device.stale_since = None
+                continue
             host = (inventory or {}).get(device.name)
             hours = (host.max_age if host and host.max_age else 0.0) or settings.max_age
             reference = aware(device.last_success_at) or aware(device.first_seen) or now

@@ -1,5 +1,5 @@
 """One maintenance pass, run periodically by ``devicevault scheduler`` (and on demand by
-``devicevault hygiene``): queue hygiene, freshness, stream trimming, and at most once an hour (across
+``devicevault hygiene``): queue hygiene, retired devices (``jobs.ops.retire``), freshness, stream trimming, and at most once an hour (across
 every scheduler, through a Redis key each) storage retention and storage maintenance: every target whose
 backend has a ``maintain()`` (git: pack loose objects and small packs, see storage/git.py) gets it; a
 target whose store lock is busy is skipped and the key dropped, so the next pass tries again.
@@ -42,9 +42,10 @@ def maintain_storage(layout: Any) -> tuple[dict[str, dict[str, Any]], list[str]]
 
 
 def run_maintenance(redis: Redis, settings: Settings, *, grace: float = 60.0) -> dict[str, Any]:
-    """Returns ``{"hygiene": [Finding...], "stale": [Staleness...], "trimmed": {stream: n}, "pruned": [...],
+    """Returns ``{"hygiene": [Finding...], "retired": Retirement | None, "stale": [Staleness...], "trimmed": {stream: n}, "pruned": [...],
     "maintained": {target: what its maintain() did}, "errors": [...]}``."""
-    report: dict[str, Any] = {"hygiene": [], "stale": [], "trimmed": {}, "pruned": [], "maintained": {}, "errors": []}
+    report: dict[str, Any] = {"hygiene": [], "retired": None, "stale": [], "trimmed": {}, "pruned": [], "maintained": {},
+                              "errors": []}
     try:
         from jobs.ops.hygiene import check_queues
 
@@ -63,7 +64,12 @@ def run_maintenance(redis: Redis, settings: Settings, *, grace: float = 60.0) ->
         except Exception as exc:  # noqa: BLE001 - freshness of what the index knows still counts
             inventory = None
             report["errors"].append(f"freshness: inventory: {exc}")
-        report["stale"] = mark_stale(connect(settings.database_url, settings.index_wait), settings, inventory)
+        sessions = connect(settings.database_url, settings.index_wait)
+        if inventory is not None:  # an inventory that cannot be read retires nothing
+            from jobs.ops.retire import mark_retired
+
+            report["retired"] = mark_retired(sessions, inventory, settings.retire_after)
+        report["stale"] = mark_stale(sessions, settings, inventory)
     except Exception as exc:  # noqa: BLE001
         log.exception("freshness check failed")
         report["errors"].append(f"freshness: {exc}")

@@ -67,12 +67,12 @@ def gather_status(settings: Settings) -> dict[str, Any]:
             {"device": d.name, "group": d.group_name,
              "last_success": aware(d.last_success_at).isoformat() if d.last_success_at else "never",
              "stale_since": aware(d.stale_since).isoformat()}
-            for d in session.scalars(select(Device).where(is_stale()).order_by(Device.name))
+            for d in session.scalars(select(Device).where(is_stale(), health.active()).order_by(Device.name))
         ]
         unsaved = [
             {"device": d.name, "group": d.group_name, "platform": d.platform,
              "unsaved_since": aware(d.unsaved_since).isoformat() if d.unsaved_since else ""}
-            for d in session.scalars(select(Device).where(Device.unsaved.is_(True)).order_by(Device.name))
+            for d in session.scalars(select(Device).where(Device.unsaved.is_(True), health.active()).order_by(Device.name))
         ]
         runs = list_runs(session, 5)
         devices = health.counts(session)  # the portal's dashboard counts the same way

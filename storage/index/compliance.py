@@ -15,6 +15,7 @@ from typing import Iterable, Iterator, Sequence
 from sqlalchemy import delete, select
 from sqlalchemy.orm import Session
 
+from .health import active
 from .models import ComplianceResult, Device, SearchText, aware
 
 VIOLATED = "violated"
@@ -92,7 +93,7 @@ def violations(session: Session, *, devices: Sequence[str] | None = None, rules:
     ``devices``: only these (None: all)."""
     query = (select(ComplianceResult, Device.name, Device.group_name, Device.platform)
              .join(Device, Device.id == ComplianceResult.device_id)
-             .where(ComplianceResult.violated.is_(True))
+             .where(ComplianceResult.violated.is_(True), active())  # retired devices are not listed
              .order_by(Device.name, ComplianceResult.rule))
     if devices is not None:
         query = query.where(Device.name.in_(list(devices)))
@@ -108,9 +109,10 @@ def standing_counts(session: Session) -> dict[str, int]:
     """``{"checked": devices with a result, "violating": devices breaking at least one rule}``."""
     from sqlalchemy import func
 
-    checked = session.scalar(select(func.count(func.distinct(ComplianceResult.device_id)))) or 0
-    violating = session.scalar(select(func.count(func.distinct(ComplianceResult.device_id)))
-                               .where(ComplianceResult.violated.is_(True))) or 0
+    devices = (select(func.count(func.distinct(ComplianceResult.device_id)))
+               .join(Device, Device.id == ComplianceResult.device_id).where(active()))
+    checked = session.scalar(devices) or 0
+    violating = session.scalar(devices.where(ComplianceResult.violated.is_(True))) or 0
     return {"checked": int(checked), "violating": int(violating)}
 
 

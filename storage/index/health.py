@@ -6,6 +6,11 @@ Six words (:class:`~storage.index.statuses.Health`): ``failed`` (its last backup
 running configuration differed from the startup one at its newest backup), ``changed`` (its last backup
 made a new version) and ``ok`` (its last backup found the configuration unchanged).
 
+A seventh word, ``retired`` (:func:`active` is its opposite), stands apart: a device gone from the inventory
+for longer than the grace period (``jobs.ops.retire`` sets the mark) shows it, is not failed or stale, and
+is left out of the default listings, the counts and the alerts (``devicevault devices --all`` and the
+portal's device page still show it, with its history).
+
 A device can be in several at once (failed and stale): each word is a *condition* (:func:`condition`, what
 the filters and the counts use), and a device *shows* the most urgent of its conditions, in the order above
 (:func:`health_of` in Python, :func:`health_column` in SQL: the same rule, tested against each other).
@@ -25,9 +30,16 @@ from .statuses import DeviceStatus, Health
 ORDER = (Health.FAILED, Health.NEVER, Health.STALE, Health.UNSAVED, Health.CHANGED, Health.OK)
 
 
+def active():
+    """SQL condition: the device is not retired (what the default listings, counts and alerts show)."""
+    return Device.retired_at.is_(None)
+
+
 def health_of(last_status: str | None, last_success: datetime | None, stale_since: datetime | None,
-              unsaved: bool | None) -> Health:
+              unsaved: bool | None, retired_at: datetime | None = None) -> Health:
     """The word a device shows (module docstring)."""
+    if retired_at is not None:
+        return Health.RETIRED
     if last_status == DeviceStatus.FAILED:
         return Health.FAILED
     if last_success is None:
@@ -44,6 +56,8 @@ def health_of(last_status: str | None, last_success: datetime | None, stale_sinc
 def condition(word: str):
     """SQL condition: the device is ``word`` (one of :class:`Health`'s values), whatever else it is too."""
     word = Health(word)
+    if word is Health.RETIRED:
+        return Device.retired_at.is_not(None)
     if word is Health.FAILED:
         return Device.last_status == DeviceStatus.FAILED.value
     if word is Health.NEVER:
@@ -60,6 +74,7 @@ def condition(word: str):
 def health_column():
     """SQL expression: the word each device shows (:func:`health_of`'s rule)."""
     return case(
+        (condition(Health.RETIRED), Health.RETIRED.value),
         (condition(Health.FAILED), Health.FAILED.value),
         (condition(Health.NEVER), Health.NEVER.value),
         (condition(Health.STALE), Health.STALE.value),
@@ -77,11 +92,15 @@ def rank_column():
 
 
 def counts(session: Session) -> dict[str, int]:
-    """Devices per condition (a device counts under each of its conditions), and ``total``: one query."""
+    """Devices per condition (a device counts under each of its conditions), and ``total``, retired devices
+    left out of all of them; ``retired``: how many are retired. One query."""
     words = [Health.OK, Health.CHANGED, Health.FAILED, Health.STALE, Health.UNSAVED, Health.NEVER]
-    row = session.execute(select(func.count(Device.id),
-                                 *[func.sum(case((condition(w), 1), else_=0)) for w in words])).one()
-    return {"total": int(row[0] or 0), **{w.value: int(n or 0) for w, n in zip(words, row[1:])}}
+    live = active()
+    row = session.execute(select(func.sum(case((live, 1), else_=0)),
+                                 *[func.sum(case((live & condition(w), 1), else_=0)) for w in words],
+                                 func.sum(case((condition(Health.RETIRED), 1), else_=0)))).one()
+    return {"total": int(row[0] or 0), **{w.value: int(n or 0) for w, n in zip(words, row[1:-1])},
+            Health.RETIRED.value: int(row[-1] or 0)}
 
 
 def ago(when: datetime | None, now: datetime | None = None) -> str:

@@ -48,6 +48,10 @@ class Device(Base):
     #: platform), as of the newest backup; since when
     unsaved: Mapped[bool | None] = mapped_column(Boolean, nullable=True)
     unsaved_since: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    #: since when the device has been missing from the inventory (None = in it), and when it was retired for
+    #: it (None = not retired): ``jobs.ops.retire`` sets and clears both
+    absent_since: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    retired_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True, index=True)
 
     versions: Mapped[list["Version"]] = relationship(back_populates="device", order_by="Version.id")
 

@@ -41,10 +41,14 @@ class VersionInfo:
         }
 
 
-def list_devices(session: Session) -> list[dict]:
+def list_devices(session: Session, *, include_retired: bool = False) -> list[dict]:
+    """Every device (retired ones only with ``include_retired``: ``storage.index.health.active``)."""
+    from .health import active
+
     counts = dict(session.execute(select(Version.device_id, func.count()).group_by(Version.device_id)).all())
     rows = []
-    for d in session.scalars(select(Device).order_by(Device.name)):
+    query = select(Device).order_by(Device.name)
+    for d in session.scalars(query if include_retired else query.where(active())):
         rows.append(
             {
                 "name": d.name,
@@ -52,7 +56,7 @@ def list_devices(session: Session) -> list[dict]:
                 "platform": d.platform,
                 "status": d.last_status,  # the last run's outcome
                 # at a glance, the portal's word (storage.index.health): failed, never backed up, stale, ...
-                "health": health_of(d.last_status, d.last_success_at, d.stale_since, d.unsaved).value,
+                "health": health_of(d.last_status, d.last_success_at, d.stale_since, d.unsaved, d.retired_at).value,
                 "last_attempt": _iso(d.last_attempt_at),
                 "last_success": _iso(d.last_success_at),
                 "last_change": _iso(d.last_change_at),
@@ -61,6 +65,7 @@ def list_devices(session: Session) -> list[dict]:
                 # running != startup at the newest backup; None when unknown (no startup on the platform)
                 "unsaved": d.unsaved,
                 "unsaved_since": _iso(d.unsaved_since),
+                "retired_at": _iso(d.retired_at),  # gone from the inventory (jobs.ops.retire); None: not retired
             }
         )
     return rows

@@ -80,6 +80,9 @@ class Health(str, Enum):
     UNSAVED = "unsaved"  # running configuration differs from the startup one at its newest backup
     CHANGED = "changed"  # its last backup made a new version
     OK = "ok"  # its last backup found the configuration unchanged
+    #: gone from the inventory for longer than the grace period (jobs.ops.retire): hidden from the default
+    #: listings, counts and alerts, its history kept; shown only where retired devices are asked for
+    RETIRED = "retired"
 
     def __str__(self) -> str:
         return self.value
