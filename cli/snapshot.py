@@ -3,7 +3,7 @@
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
+from datetime import datetime
 from pathlib import Path
 
 import click
@@ -12,12 +12,13 @@ from .common import guard, index_sessions, load_settings, storage_layout
 
 
 def _moment(text: str) -> datetime:
-    """An ISO 8601 time (``2026-11-30T03:00``, ``2026-11-30 03:00:00+01:00``); without a zone it is UTC."""
+    """An ISO 8601 time (``storage.snapshot.parse_moment``); without a zone it is UTC."""
+    from storage.snapshot import SnapshotError, parse_moment
+
     try:
-        value = datetime.fromisoformat(text.strip())
-    except ValueError:
-        raise click.BadParameter(f"{text!r} is not an ISO 8601 time such as 2026-11-30T03:00") from None
-    return value.replace(tzinfo=timezone.utc) if value.tzinfo is None else value.astimezone(timezone.utc)
+        return parse_moment(text)
+    except SnapshotError as exc:
+        raise click.BadParameter(str(exc)) from None
 
 
 @click.command("export")

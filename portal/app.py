@@ -28,6 +28,7 @@ PAGES = [
     ("search.py", "Search", ":material/search:", "search"),
     ("compliance.py", "Compliance", ":material/rule:", "compliance"),
     ("runs.py", "Runs", ":material/play_circle:", "runs"),
+    ("snapshot.py", "Export", ":material/archive:", "export"),
     ("health.py", "Health", ":material/monitor_heart:", "health"),
     ("users.py", "Users", ":material/group:", "users"),
 ]

@@ -338,6 +338,14 @@ def runs_table(session: Session, *, limit: int = 20, offset: int = 0) -> pd.Data
     return frame
 
 
+def finished_runs(session: Session, limit: int = 200) -> list[tuple[str, datetime, str]]:
+    """The newest finished runs, newest first: ``(run id, finished at, selector)`` (what a snapshot of a run
+    can be made of: ``storage.snapshot.run_moment``)."""
+    rows = session.execute(select(Run.id, Run.finished_at, Run.selector).where(Run.finished_at.is_not(None))
+                           .order_by(Run.finished_at.desc()).limit(limit)).all()
+    return [(run_id, aware(finished), selector) for run_id, finished, selector in rows]
+
+
 @dataclass(frozen=True)
 class RunState:
     run_id: str

@@ -55,6 +55,18 @@ class SnapshotEntry:
         return f"{encode_component(self.group or 'ungrouped')}/{encode_component(self.device)}.cfg"
 
 
+def parse_moment(text: str) -> datetime:
+    """An ISO 8601 time (``2026-11-30T03:00``, ``2026-11-30 03:00:00+01:00``), in UTC; without a zone it is
+    UTC. Raises :class:`SnapshotError`."""
+    from datetime import timezone
+
+    try:
+        value = datetime.fromisoformat(text.strip())
+    except ValueError:
+        raise SnapshotError(f"{text!r} is not an ISO 8601 time such as 2026-11-30T03:00") from None
+    return value.replace(tzinfo=timezone.utc) if value.tzinfo is None else value.astimezone(timezone.utc)
+
+
 def run_moment(session: Session, run_id: str) -> datetime:
     """The end of run ``run_id``: the moment ``--run`` stands for."""
     run = session.get(Run, run_id)

@@ -673,6 +673,39 @@ def test_compliance_lists_the_failing_devices_and_their_lines(portal_env):
         rules.unlink()
 
 
+def test_export_downloads_the_network_as_it_was_at_a_time_or_a_run(portal_env):
+    """The portal's Export page makes the archive of ``devicevault export`` (streamed to a temporary file, then
+    offered for download) for a time or a finished run, and it verifies."""
+    from pathlib import Path
+
+    from storage.snapshot import verify_snapshot
+
+    names, busy, broken = portal_env["names"], portal_env["busy"], portal_env["broken"]
+    at = ok(page("victor", "views/snapshot.py"))
+    at.text_input(key="snapshot_at").input((NOW - timedelta(days=1)).strftime("%Y-%m-%dT%H:%M")).run()
+    at = ok(at.button(key="snapshot_prepare").click().run())
+    prepared = at.session_state["snapshot_file"]
+    assert any(f"{len(names)} device(s) as at" in m.value for m in at.success)
+    assert at.get("download_button")  # offered for download
+    manifest = verify_snapshot(Path(prepared["path"]))
+    assert {d["device"]: d["version"] for d in manifest["devices"]} == {n: 2 if n == busy else 1 for n in names}
+    # a finished run: as it left the network (the broken device's only copy is gone: named, not exported)
+    at.radio(key="snapshot_mode").set_value("as a run left it").run()
+    (choice,) = [o for o in at.selectbox(key="snapshot_run").options if "run-broken" in o]
+    at.selectbox(key="snapshot_run").set_value(choice).run()
+    at = ok(at.button(key="snapshot_prepare").click().run())
+    assert not Path(prepared["path"]).exists()  # the previous archive is removed
+    second = at.session_state["snapshot_file"]
+    assert [u["device"] for u in second["unreadable"]] == [broken]
+    assert any(broken in w.value and "no copy could be read" in w.value for w in at.warning)
+    assert {d["device"] for d in verify_snapshot(Path(second["path"]))["devices"]} == set(names) - {broken}
+    at.radio(key="snapshot_mode").set_value("at a time").run()
+    at.text_input(key="snapshot_at").input("yesterday").run()
+    at = at.button(key="snapshot_prepare").click().run()
+    assert any("not an ISO 8601 time" in e.value for e in at.error)
+    Path(second["path"]).unlink()
+
+
 def test_health_hides_credentials_when_redis_is_down(portal_env, monkeypatch):
     from cli.services import free_port
 
