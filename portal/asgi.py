@@ -1,5 +1,6 @@
 """The portal as Streamlit's own ASGI app (``st.App``), served by ``devicevault portal`` (``streamlit run
-portal/asgi.py``): ``portal/app.py`` plus the two routes of the session cookie (``portal.sessions``)."""
+portal/asgi.py``): ``portal/app.py`` plus the two routes of the session cookie (``portal.sessions``) and the streamed downloads
+(``portal.downloads``)."""
 
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ from starlette.requests import Request  # noqa: E402
 from starlette.responses import Response  # noqa: E402
 from starlette.routing import Route  # noqa: E402
 
-from portal import sessions  # noqa: E402
+from portal import downloads, sessions  # noqa: E402
 
 
 def _key() -> bytes:
@@ -49,4 +50,5 @@ async def logout(request: Request) -> Response:
 
 
 app = st.App("app.py", routes=[Route(sessions.SESSION_PATH, session_cookie, methods=["POST"]),
-                               Route(sessions.LOGOUT_PATH, logout, methods=["POST"])])
+                               Route(sessions.LOGOUT_PATH, logout, methods=["POST"]),
+                               Route(downloads.EXPORT_PATH + "/{token}", downloads.export_route, methods=["GET"])])

@@ -430,16 +430,3 @@ def _line_finder(query: str, *, regex: bool, case_sensitive: bool) -> Callable[[
 
     return lambda text, count: lines_of(text, count, regex_starts(text))
 
-
-# --- snapshots --------------------------------------------------------------------------------------------
-def make_snapshot(sessions, open_backend: Callable[[str], object], out, *, at=None, run_id: str = "",
-                  groups: Sequence[str] = ()) -> dict:
-    """The archive of ``devicevault export`` (``storage.snapshot``) written to the file ``out``: every device
-    (of ``groups``) as it was at ``at`` (a datetime) or when run ``run_id`` finished, one configuration in
-    memory at a time. Returns the manifest. Raises ``storage.snapshot.SnapshotError``."""
-    from storage.snapshot import run_moment, versions_at, write_snapshot
-
-    with sessions() as session:
-        moment = run_moment(session, run_id) if run_id else at
-        entries = list(versions_at(session, moment, groups))
-    return write_snapshot(entries, out, open_backend, at=moment, run_id=run_id)

@@ -346,6 +346,14 @@ def finished_runs(session: Session, limit: int = 200) -> list[tuple[str, datetim
     return [(run_id, aware(finished), selector) for run_id, finished, selector in rows]
 
 
+def snapshot_size(session: Session, at: datetime, groups: Sequence[str] = ()) -> int:
+    """How many devices a snapshot at ``at`` (of ``groups``) holds: those with a version at or before it."""
+    query = select(func.count(func.distinct(Version.device_id))).where(Version.created_at <= at)
+    if groups:
+        query = query.join(Device, Device.id == Version.device_id).where(Device.group_name.in_(list(groups)))
+    return int(session.scalar(query) or 0)
+
+
 @dataclass(frozen=True)
 class RunState:
     run_id: str

@@ -98,31 +98,75 @@ def versions_at(session: Session, at: datetime, groups: Iterable[str] = ()) -> I
                             copies=tuple((c.backend, c.ref, c.status) for c in version.copies))
 
 
+def _fill(archive: tarfile.TarFile, entries: Iterable[SnapshotEntry], open_backend: Callable[[str], object],
+          manifest: dict, progress: Callable[[SnapshotEntry], None] | None) -> Iterator[None]:
+    """Add each entry's configuration to ``archive`` (one in memory at a time), then the manifest; yields after
+    each entry (a streamed archive hands on what was written so far)."""
+    for entry in entries:
+        try:
+            content, _ = read_first(entry.copies, entry.sha256, open_backend)
+        except StorageError as exc:
+            manifest["unreadable"].append({"device": entry.device, "version": entry.number, "error": str(exc)})
+        else:
+            _add(archive, entry.path, content, entry.created_at.timestamp())
+            manifest["devices"].append({
+                "device": entry.device, "group": entry.group, "path": entry.path, "version": entry.number,
+                "sha256": entry.sha256, "created_at": entry.created_at.isoformat(), "author": entry.author,
+                "run_id": entry.run_id})
+        if progress is not None:
+            progress(entry)
+        yield
+    _add(archive, MANIFEST, json.dumps(manifest, indent=1).encode(), time.time())
+
+
+def _manifest(at: datetime, run_id: str) -> dict:
+    return {"format": FORMAT, "at": at.isoformat(), "run_id": run_id,
+            "created_at": datetime.now(at.tzinfo).isoformat(), "devices": [], "unreadable": []}
+
+
 def write_snapshot(entries: Iterable[SnapshotEntry], out: Path, open_backend: Callable[[str], object], *,
                    at: datetime, run_id: str = "", progress: Callable[[SnapshotEntry], None] | None = None
                    ) -> dict:
     """Stream ``entries`` into the archive ``out`` (written to ``out.partial`` first, then renamed: a snapshot
     cut short never looks whole). Returns the manifest."""
-    manifest = {"format": FORMAT, "at": at.isoformat(), "run_id": run_id,
-                "created_at": datetime.now(at.tzinfo).isoformat(), "devices": [], "unreadable": []}
+    manifest = _manifest(at, run_id)
     partial = out.with_name(out.name + ".partial")
     with tarfile.open(partial, "w:gz") as archive:
-        for entry in entries:
-            try:
-                content, _ = read_first(entry.copies, entry.sha256, open_backend)
-            except StorageError as exc:
-                manifest["unreadable"].append({"device": entry.device, "version": entry.number, "error": str(exc)})
-            else:
-                _add(archive, entry.path, content, entry.created_at.timestamp())
-                manifest["devices"].append({
-                    "device": entry.device, "group": entry.group, "path": entry.path, "version": entry.number,
-                    "sha256": entry.sha256, "created_at": entry.created_at.isoformat(), "author": entry.author,
-                    "run_id": entry.run_id})
-            if progress is not None:
-                progress(entry)
-        _add(archive, MANIFEST, json.dumps(manifest, indent=1).encode(), time.time())
+        for _ in _fill(archive, entries, open_backend, manifest, progress):
+            pass
     partial.replace(out)
     return manifest
+
+
+class _Chunks(io.RawIOBase):
+    """A write-only sink keeping what was written until :meth:`drain` hands it on."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._parts: list[bytes] = []
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, data) -> int:
+        self._parts.append(bytes(data))
+        return len(data)
+
+    def drain(self) -> Iterator[bytes]:
+        parts, self._parts = self._parts, []
+        if parts:
+            yield b"".join(parts)
+
+
+def stream_snapshot(entries: Iterable[SnapshotEntry], open_backend: Callable[[str], object], *, at: datetime,
+                    run_id: str = "") -> Iterator[bytes]:
+    """The same archive as :func:`write_snapshot`, as chunks of bytes made while they are read (an HTTP
+    response): one configuration in memory at a time, no file."""
+    sink = _Chunks()
+    with tarfile.open(fileobj=sink, mode="w|gz") as archive:
+        for _ in _fill(archive, entries, open_backend, _manifest(at, run_id), None):
+            yield from sink.drain()
+    yield from sink.drain()
 
 
 def _add(archive: tarfile.TarFile, name: str, content: bytes, mtime: float) -> None:

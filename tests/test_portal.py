@@ -673,37 +673,73 @@ def test_compliance_lists_the_failing_devices_and_their_lines(portal_env):
         rules.unlink()
 
 
-def test_export_downloads_the_network_as_it_was_at_a_time_or_a_run(portal_env):
-    """The portal's Export page makes the archive of ``devicevault export`` (streamed to a temporary file, then
-    offered for download) for a time or a finished run, and it verifies."""
-    from pathlib import Path
+def _download(url: str, cookie: str = "") -> tuple[int, bytes]:
+    """GET ``url`` from the portal's streamed download route (``portal.downloads``, a route of the portal's
+    ASGI app), as Starlette serves it: (status, body)."""
+    import asyncio
 
+    from starlette.requests import Request
+
+    from portal.downloads import EXPORT_PATH, export_route
+
+    assert url.startswith(EXPORT_PATH + "/")
+    scope = {"type": "http", "method": "GET", "path": url, "query_string": b"", "scheme": "http",
+             "headers": [(b"cookie", cookie.encode())] if cookie else [],
+             "path_params": {"token": url.rsplit("/", 1)[1]}}
+
+    async def get() -> tuple[int, bytes]:
+        response = await export_route(Request(scope))
+        if not hasattr(response, "body_iterator"):
+            return response.status_code, response.body
+        return response.status_code, b"".join([chunk async for chunk in response.body_iterator])
+
+    return asyncio.run(get())
+
+
+def test_export_downloads_the_network_as_it_was_at_a_time_or_a_run(portal_env, tmp_path):
+    """The portal's Export page offers the archive of ``devicevault export`` for a time or a finished run, as a
+    one-time link whose route streams it; it verifies."""
     from storage.snapshot import verify_snapshot
 
     names, busy, broken = portal_env["names"], portal_env["busy"], portal_env["broken"]
     at = ok(page("victor", "views/snapshot.py"))
     at.text_input(key="snapshot_at").input((NOW - timedelta(days=1)).strftime("%Y-%m-%dT%H:%M")).run()
     at = ok(at.button(key="snapshot_prepare").click().run())
-    prepared = at.session_state["snapshot_file"]
+    offer = at.session_state["snapshot_offer"]
+    assert offer["devices"] == len(names)
     assert any(f"{len(names)} device(s) as at" in m.value for m in at.success)
-    assert at.get("download_button")  # offered for download
-    manifest = verify_snapshot(Path(prepared["path"]))
+    status, body = _download(offer["url"])
+    assert status == 200
+    (tmp_path / "at.tar.gz").write_bytes(body)
+    manifest = verify_snapshot(tmp_path / "at.tar.gz")
     assert {d["device"]: d["version"] for d in manifest["devices"]} == {n: 2 if n == busy else 1 for n in names}
-    # a finished run: as it left the network (the broken device's only copy is gone: named, not exported)
+    assert _download(offer["url"])[0] == 403  # once only
+    # a finished run: as it left the network (the broken device's only copy is gone: named in the manifest)
     at.radio(key="snapshot_mode").set_value("as a run left it").run()
     (choice,) = [o for o in at.selectbox(key="snapshot_run").options if "run-broken" in o]
     at.selectbox(key="snapshot_run").set_value(choice).run()
     at = ok(at.button(key="snapshot_prepare").click().run())
-    assert not Path(prepared["path"]).exists()  # the previous archive is removed
-    second = at.session_state["snapshot_file"]
-    assert [u["device"] for u in second["unreadable"]] == [broken]
-    assert any(broken in w.value and "no copy could be read" in w.value for w in at.warning)
-    assert {d["device"] for d in verify_snapshot(Path(second["path"]))["devices"]} == set(names) - {broken}
+    status, body = _download(at.session_state["snapshot_offer"]["url"])
+    (tmp_path / "run.tar.gz").write_bytes(body)
+    manifest = verify_snapshot(tmp_path / "run.tar.gz")
+    assert manifest["run_id"] == "run-broken" and [u["device"] for u in manifest["unreadable"]] == [broken]
+    assert {d["device"] for d in manifest["devices"]} == set(names) - {broken}
     at.radio(key="snapshot_mode").set_value("at a time").run()
     at.text_input(key="snapshot_at").input("yesterday").run()
     at = at.button(key="snapshot_prepare").click().run()
     assert any("not an ISO 8601 time" in e.value for e in at.error)
-    Path(second["path"]).unlink()
+    assert "snapshot_offer" not in at.session_state
+
+
+def test_a_download_offered_to_one_session_is_refused_to_another():
+    from portal import downloads, sessions
+
+    token = downloads.OFFERS.offer(downloads.ExportOffer(at=NOW.isoformat(), run_id="", groups=(),
+                                                         file_name="x.tar.gz", user="victor", sid="session-a"))
+    assert downloads.OFFERS.take(token, None) is None and downloads.OFFERS.take(token, "session-b") is None
+    assert downloads.OFFERS.take(token, "session-a") is not None
+    assert downloads.OFFERS.take(token, "session-a") is None  # once
+    assert sessions.unsign("forged.value", b"k") is None
 
 
 def test_health_hides_credentials_when_redis_is_down(portal_env, monkeypatch):
