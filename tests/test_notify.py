@@ -34,6 +34,7 @@ class Receiver:
         self.port, self.secret = port, secret.encode()
         self.got: list[tuple[str, dict]] = []  # (X-DeviceVault-Delivery, body)
         self.bad: list[bytes] = []
+        self.chat: list[tuple[str, dict]] = []  # (path, body) of the Slack and Teams posts
         self.lock = threading.Lock()
         self.server: ThreadingHTTPServer | None = None
 
@@ -43,6 +44,12 @@ class Receiver:
         class Handler(BaseHTTPRequestHandler):
             def do_POST(self):  # noqa: N802 - http.server's name
                 body = self.rfile.read(int(self.headers["Content-Length"]))
+                if self.path in ("/slack", "/teams"):  # chat formats: no signature
+                    with receiver.lock:
+                        receiver.chat.append((self.path, json.loads(body)))
+                    self.send_response(200)
+                    self.end_headers()
+                    return
                 expected = "sha256=" + hmac.new(receiver.secret, body, hashlib.sha256).hexdigest()
                 ok = hmac.compare_digest(expected, self.headers.get("X-DeviceVault-Signature", ""))
                 with receiver.lock:
@@ -80,8 +87,12 @@ class Mailbox:
         return "250 OK"
 
     def versions(self, device: str | None = None) -> list[email.message.Message]:
+        """The one-per-event mails about new versions (not the digests)."""
         return [m for m in self.messages if "new configuration version" in m["Subject"]
-                and (device is None or device in m["Subject"])]
+                and m["To"] == "neteng@example.com" and (device is None or device in m["Subject"])]
+
+    def digests(self, run_id: str) -> list[email.message.Message]:
+        return [m for m in self.messages if m["To"] == "digest@example.com" and run_id in m["Subject"]]
 
 
 def _certificate(directory) -> tuple[str, str]:
@@ -137,19 +148,37 @@ def dv(tmp_path_factory, redis_server):
                       auth_required=True, authenticator=login)
     smtp.start()
     rules = home / "notifications.yml"
+    (home / "compliance.yml").write_text(
+        "rules:\n  - name: password-encryption\n    platforms: [ios]\n"
+        "    must_contain: [service password-encryption]\n")
     rules.write_text(f"""
 sweep_interval: 1
+digest_delay: 2
 channels:
   hook: {{type: webhook, url: "http://127.0.0.1:{receiver.port}/hook", secret_env: DV_TEST_HOOK_SECRET,
           retry_base: 0.5, retry_max: 1, max_tries: 100}}
   mail: {{type: email, host: 127.0.0.1, port: {smtp.port}, starttls: true, ca_file: "{cert}",
           username: devicevault, password_env: DV_TEST_SMTP_PASSWORD, from: devicevault@example.com,
           to: [neteng@example.com], retry_base: 0.5}}
+  digest-mail: {{type: email, host: 127.0.0.1, port: {smtp.port}, starttls: true, ca_file: "{cert}",
+          username: devicevault, password_env: DV_TEST_SMTP_PASSWORD, from: devicevault@example.com,
+          to: [digest@example.com], digest: true}}
   broken: {{type: webhook, url: "http://127.0.0.1:{free_port()}/nobody", max_tries: 2, retry_base: 0.2}}
+  slack: {{type: slack, url_env: DV_TEST_SLACK_URL}}
+  teams: {{type: teams, url: "http://127.0.0.1:{receiver.port}/teams"}}
 rules:
   - name: changes
     events: [version, failed, recovered]
     channels: [hook, mail]
+  - name: health
+    events: [stale, unsaved, compliance, dead_letter]
+    channels: [hook]
+  - name: digest
+    events: [version, failed, recovered, run_finished]
+    channels: [digest-mail]
+  - name: chat
+    events: [run_finished, compliance]
+    channels: [slack, teams]
   - name: runs
     events: [run_finished]
     channels: [broken]
@@ -164,6 +193,7 @@ rules:
         "DEVICEVAULT_COLLECT_RETRIES": "0",
         "DV_TEST_HOOK_SECRET": HOOK_SECRET,
         "DV_TEST_SMTP_PASSWORD": SMTP_PASSWORD,
+        "DV_TEST_SLACK_URL": f"http://127.0.0.1:{receiver.port}/slack",
     }
     tool = DeviceVault(env, home)
     tool.hosts, tool.receiver, tool.mailbox, tool.redis = hosts, receiver, mailbox, Redis.from_url(redis_url)
@@ -239,6 +269,21 @@ def test_a_change_on_two_devices_sends_two_signed_webhooks_and_two_mails_with_th
         device = next(h for h in changed if h in mail["Subject"])
         assert f"+++ {device} v2" in body and "\n@@ " in body, body
         assert mail["To"] == "neteng@example.com"
+    run_id = hooks[0]["run_id"]
+    digest = wait_for(lambda: dv.mailbox.digests(run_id), "the run's digest mail")
+    wait_for(lambda: _settled(dv), "the notifier to settle")
+    assert len(dv.mailbox.digests(run_id)) == 1
+    body = digest[0].get_payload(decode=True).decode()
+    assert body.startswith(f"run {run_id} finished: 2 changed"), body
+    assert all(f"+++ {device} v2" in body for device in changed), body
+    chat = [(path, b) for path, b in dv.receiver.chat if run_id in json.dumps(b)]
+    slack = [b for path, b in chat if path == "/slack"]
+    teams = [b for path, b in chat if path == "/teams"]
+    assert len(slack) == len(teams) == 1, chat
+    assert slack[0]["text"].startswith(f"run {run_id} finished: 2 changed")
+    card = teams[0]["attachments"][0]
+    assert card["contentType"] == "application/vnd.microsoft.card.adaptive"
+    assert card["content"]["body"][0]["text"] == f"run {run_id} finished: 2 changed"
 
 
 def test_a_receiver_down_during_three_failed_runs_gets_one_failure_one_recovery_and_every_change_once(dv):
@@ -281,12 +326,55 @@ def test_a_receiver_down_during_three_failed_runs_gets_one_failure_one_recovery_
     assert all(n == 1 for n in deliveries.values()), deliveries
 
 
+def test_a_device_that_loses_a_required_line_raises_a_compliance_notification(dv):
+    from lab.control import LabControl
+
+    ios = next(h for h in dv.hosts if "ios" in h)
+    assert dv.receiver.events("compliance") == []  # every device complied so far
+    assert LabControl(dv.home / "lab").remove_lines(ios, r"^service password-encryption$")
+    _backup(dv, ios)
+    hook = wait_for(lambda: dv.receiver.events("compliance", ios), "the violation notification")
+    assert hook[0]["data"]["rule"] == "password-encryption" and hook[0]["data"]["state"] == "violated"
+    assert "service password-encryption" in hook[0]["text"]
+    wait_for(lambda: any(path == "/slack" and "compliance rule password-encryption" in b["text"]
+                         for path, b in dv.receiver.chat), "the violation on Slack")
+
+
+def test_stale_and_unsaved_devices_and_dead_letters_are_notified_once(dv):
+    """Asked of the index's health words and the dead-letter streams by the notifier's sweep."""
+    from datetime import datetime, timedelta, timezone
+
+    from jobs.ops.freshness import mark_stale
+    from jobs.streams.events import VERSIONS_CREATED_STREAM
+    from storage.index.db import connect
+
+    sessions = connect(dv.settings.database_url)
+    later = datetime.now(timezone.utc) + timedelta(days=30)
+    assert {s.device for s in mark_stale(sessions, dv.settings, None, now=later)} == set(dv.hosts)
+    try:
+        wait_for(lambda: {e["device"] for e in dv.receiver.events("stale")} == set(dv.hosts), "stale notifications")
+    finally:
+        mark_stale(sessions, dv.settings, None)  # fresh again
+    unsaved = wait_for(lambda: dv.receiver.events("unsaved"), "unsaved notifications")  # the lab's changes are unsaved
+    assert {e["device"] for e in unsaved} <= set(dv.hosts)
+    dv.redis.xadd(VERSIONS_CREATED_STREAM, {"version_id": "not-a-number", "device": "nowhere"})
+    dead = wait_for(lambda: [e for e in dv.receiver.events("dead_letter") if e["data"]["stream"] == VERSIONS_CREATED_STREAM],
+                    "the dead letter notification")
+    assert "malformed" in dead[0]["text"]
+    wait_for(lambda: _settled(dv), "the notifier to settle")
+    stale = Counter(e["device"] for e in dv.receiver.events("stale"))
+    assert stale == Counter(dv.hosts)  # once per incident, though every sweep sees them
+    assert len(dv.receiver.events("unsaved")) == len(unsaved)
+
+
 def test_status_shows_dead_deliveries_and_notify_test_sends_a_sample(dv):
     status = json.loads(_cli(dv, "status", "--json").stdout)
     notes = status["notifications"]
     assert notes["dead"] >= 1, notes  # the run summaries to a receiver nobody runs: dead after 2 tries
     dead = [f for f in notes["failures"] if f["status"] == "dead"]
     assert dead and all(f["channel"] == "broken" and f["tries"] == 2 for f in dead), dead
+    text = _cli(dv, "status").stdout
+    assert "== notifications (deliveries):" in text and f"{notes['dead']} dead" in text
     sent = _cli(dv, "notify", "test", "changes")
     assert sent.exit_code == 0 and "hook: sent" in sent.stdout and "mail: sent" in sent.stdout, sent.output
     assert any(b["data"].get("sample") for _, b in dv.receiver.got)

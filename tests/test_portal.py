@@ -637,6 +637,28 @@ def test_health(portal_env):
     assert {m.label for m in at.metric} >= {"Workers", "Jobs queued", "Stale devices"}
 
 
+def test_health_shows_notification_failures(portal_env):
+    """A delivery that failed every try (``jobs.notify.queue``, in the portal's Redis) is an error on the page
+    and a row of its failing deliveries."""
+    from redis import Redis
+
+    from jobs.notify import queue
+
+    redis = Redis.from_url(portal_env["settings"].redis_url)
+    key = queue.delivery_key("version:1", "changes", "hook")
+    queue.enqueue(redis, key, "changes", "hook", [{"id": "version:1", "kind": "version", "title": "r1: new"}])
+    queue.failed(redis, key, "channel hook: http://127.0.0.1:9 cannot be reached: refused", max_tries=1, base=1,
+                 cap=1)
+    try:
+        at = page("victor", "views/health.py")
+        assert not at.exception, at.exception
+        assert any("Notification failures: 1 delivery(ies) dead" in e.value for e in at.error)
+        failing = next(d.value for d in at.dataframe if "channel" in d.value.columns)
+        assert list(zip(failing["rule"], failing["channel"], failing["status"])) == [("changes", "hook", "dead")]
+    finally:
+        redis.delete(queue.PREFIX + key, queue.DEAD, queue.DUE, queue.RETRYING)
+
+
 def test_compliance_lists_the_failing_devices_and_their_lines(portal_env):
     """The rules checked on the index's newest versions (``jobs.compliance``), then the page: the devices that
     break a rule, one row per offending line, with its section; a broken rules file is one readable error."""

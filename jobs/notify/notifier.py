@@ -16,7 +16,6 @@ backoff, dead after its ``max_tries``; quiet hours and rate limits only move a d
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import threading
@@ -107,11 +106,13 @@ def route(redis: Redis, rules: Rules, events: list[Event], *, now: float | None 
                 continue
             for channel in rule.channels:
                 config = rules.channels[channel]
+                if config.options.get("digest") and event.kind == EventKind.RUN_FINISHED:
+                    continue  # a digest channel gets the summary at the head of the run's digest
                 if config.options.get("digest") and event.kind in DIGESTED and event.run_id:
-                    digest = f"{DIGEST_PREFIX}{rule.name}:{channel}:{event.run_id}"
-                    redis.hset(digest, event.id, json.dumps(event.as_dict()))
-                    redis.expire(digest, queue.KEEP)
-                    continue
+                    held = queue.hold_for_digest(redis, _digest_key(event.run_id, rule.name, channel),
+                                                 _digest(event.run_id, rule.name, channel), event.as_dict())
+                    if held:
+                        continue  # else: the run's digest went already; this one goes on its own
                 key = queue.delivery_key(event.id, rule.name, channel)
                 if redis.exists(queue.PREFIX + key):
                     continue
@@ -120,6 +121,15 @@ def route(redis: Redis, rules: Rules, events: list[Event], *, now: float | None 
         if event.kind == EventKind.RUN_FINISHED:
             queued += _queue_digests(redis, rules, event, now)
     return queued
+
+
+def _digest_key(run_id: str, rule: str, channel: str) -> str:
+    return queue.delivery_key(f"digest:{run_id}", rule, channel)
+
+
+def _digest(run_id: str, rule: str, channel: str) -> str:
+    """The hash holding the events of a run's digest until it is sent."""
+    return f"{DIGEST_PREFIX}{rule}:{channel}:{run_id}"
 
 
 def _queue_digests(redis: Redis, rules: Rules, finished: Event, now: float) -> int:
@@ -131,9 +141,8 @@ def _queue_digests(redis: Redis, rules: Rules, finished: Event, now: float) -> i
             if not rules.channels[channel].options.get("digest"):
                 continue
             head = [finished.as_dict()] if EventKind.RUN_FINISHED in rule.events else []
-            key = queue.delivery_key(f"digest:{finished.run_id}", rule.name, channel)
-            digest = f"{DIGEST_PREFIX}{rule.name}:{channel}:{finished.run_id}"
-            if queue.enqueue(redis, key, rule.name, channel, head, digest=digest,
+            key = _digest_key(finished.run_id, rule.name, channel)
+            if queue.enqueue(redis, key, rule.name, channel, head, digest=_digest(finished.run_id, rule.name, channel),
                              due=max(now + rules.digest_delay, _due(redis, rule, key, now))):
                 queued += 1
     return queued
@@ -239,8 +248,8 @@ class Pump:
             return "dropped"
         events = list(delivery.events)
         if delivery.digest:
-            held = [json.loads(v) for v in self.redis.hgetall(delivery.digest).values()]
-            events += sorted(held, key=lambda e: (e.get("device", ""), e.get("at", ""), e.get("id", "")))
+            events = queue.freeze_digest(self.redis, key, delivery.digest)
+            events.sort(key=lambda e: (e["kind"] != EventKind.RUN_FINISHED, e.get("device", ""), e.get("at", "")))
             if not events:
                 queue.sent(self.redis, key)  # an empty digest: nothing to say
                 return "sent"
@@ -257,8 +266,6 @@ class Pump:
                 delivery.tries + 1, error, "; dead" if status == queue.Status.DEAD else "; tried again later")
             return status
         queue.sent(self.redis, key)
-        if delivery.digest:
-            self.redis.delete(delivery.digest)
         self.sent += 1
         log.info("delivery %s sent to %s", key, config.name)
         return "sent"

@@ -56,6 +56,28 @@ return keys
 """
 
 
+# a run's digest: an event joins it while the digest has not been sent (else it goes on its own: 0)
+_HOLD = """
+if redis.call('HGET', KEYS[1], 'frozen') == '1' then return 0 end
+redis.call('HSET', KEYS[2], ARGV[1], ARGV[2])
+redis.call('EXPIRE', KEYS[2], ARGV[3])
+return 1
+"""
+
+# the first try of a digest takes the events held so far into the delivery, at once with closing it
+_FREEZE = """
+if redis.call('HGET', KEYS[1], 'frozen') ~= '1' then
+  local events = cjson.decode(redis.call('HGET', KEYS[1], 'events'))
+  local merged = {}
+  for _, e in ipairs(events) do table.insert(merged, e) end
+  for _, v in ipairs(redis.call('HVALS', KEYS[2])) do table.insert(merged, cjson.decode(v)) end
+  redis.call('HSET', KEYS[1], 'events', cjson.encode(merged), 'frozen', '1')
+  redis.call('DEL', KEYS[2])
+end
+return redis.call('HGET', KEYS[1], 'events')
+"""
+
+
 @dataclass(frozen=True)
 class Delivery:
     key: str
@@ -83,6 +105,19 @@ def enqueue(redis: Redis, key: str, rule: str, channel: str, events: list[dict],
     for name, value in fields.items():
         args += [name, value]
     return bool(redis.eval(_ENQUEUE, 2, PREFIX + key, DUE, *args))
+
+
+def hold_for_digest(redis: Redis, digest_key: str, digest: str, event: dict) -> bool:
+    """Put ``event`` into the run digest ``digest`` (a hash), unless the digest delivery ``digest_key`` has been
+    sent (or is being sent): then False, and the event needs a delivery of its own."""
+    return bool(redis.eval(_HOLD, 2, PREFIX + digest_key, digest, event["id"], json.dumps(event), KEEP))
+
+
+def freeze_digest(redis: Redis, key: str, digest: str) -> list[dict]:
+    """The events of the digest delivery ``key``: on its first try those held in ``digest`` join it, and later
+    events go on their own (:func:`hold_for_digest`); every retry sends the same mail."""
+    events = json.loads(redis.eval(_FREEZE, 2, PREFIX + key, digest) or "[]")
+    return events if isinstance(events, list) else []  # Lua's cjson writes an empty list as {}
 
 
 def claim_due(redis: Redis, *, limit: int = 50, lease: float = LEASE, now: float | None = None) -> list[str]:
