@@ -120,6 +120,66 @@ def _certificate(directory) -> tuple[str, str]:
     return str(cert_file), str(key_file)
 
 
+RULES = """
+channels:
+  hook: {type: webhook, url: "http://127.0.0.1:9/hook", secret_env: DV_SECRET}
+rules:
+  - {name: night, events: [failed], channels: [hook], quiet_hours: "22:00-06:00"}
+  - {name: few, events: [failed], channels: [hook], rate_limit: 2/hour, groups: [core], devices: ["r*"]}
+"""
+
+
+def test_quiet_hours_and_rate_limits_only_move_a_delivery_and_a_repeat_is_not_queued(redis_server):
+    """``route`` on the real Redis (database 1, emptied; before the module's DeviceVault starts there)."""
+    from redis import Redis
+
+    from jobs.notify import queue
+    from jobs.notify.events import Event
+    from jobs.notify.notifier import route
+    from jobs.notify.rules import EventKind, parse_rules
+
+    redis = Redis.from_url(redis_server.url.rsplit("/", 1)[0] + "/1")
+    redis.flushdb()
+    rules = parse_rules(RULES, env={"DV_SECRET": "s3cret-value"})
+    night = dt.datetime(2026, 11, 30, 23, 30, tzinfo=dt.timezone.utc).timestamp()
+    events = [Event(id=f"failed:r{i}:t", kind=EventKind.FAILED, title="x", device=f"r{i}", group="core")
+              for i in range(3)]
+    assert route(redis, rules, events, now=night) == 6  # 3 events x 2 rules
+    assert route(redis, rules, events, now=night) == 0  # the same events again: nothing new
+    due = {k.decode(): score for k, score in redis.zrange(queue.DUE, 0, -1, withscores=True)}
+    six = dt.datetime(2026, 12, 1, 6, 0, tzinfo=dt.timezone.utc).timestamp()
+    assert [due[f"failed:r{i}:t|night|hook"] for i in range(3)] == [six] * 3  # after the quiet hours
+    hour = (night // 3600) * 3600
+    assert [due[f"failed:r{i}:t|few|hook"] for i in range(3)] == [night, night, hour + 3600]  # 2 per hour
+    other = Event(id="failed:x1:t", kind=EventKind.FAILED, title="x", device="x1", group="core")
+    assert route(redis, rules, [other], now=night) == 1  # only 'night': 'few' wants devices r*
+    assert rules.mask("token s3cret-value") == "token REDACTED"
+    redis.flushdb()
+
+
+@pytest.mark.parametrize("text, cause", [
+    ("channels: [", "not valid YAML: line 1"),
+    ("rules: [{name: a, events: [nope], channels: [x]}]", "rule 'a': unknown event 'nope'"),
+    ("channels: {x: {type: webhook, url: 'http://h'}}\nrules: [{name: a, events: [failed], channels: [y]}]",
+     "rule 'a': no channel 'y' in channels"),
+    ("channels: {x: {type: fax}}", "channel 'x': unknown type 'fax'"),
+    ("channels: {x: {type: email, host: h, from: a@b, to: [c@d], password_env: DV_NOPE}}",
+     "the environment variable DV_NOPE (password_env) is not set"),
+    ("channels: {x: {type: webhook, url: 'http://h'}}\n"
+     "rules: [{name: a, events: [failed], channels: [x], quiet_hours: '22-6'}]", "quiet_hours: '22' is not a time"),
+    ("channels: {x: {type: webhook, url: 'http://h'}}\n"
+     "rules: [{name: a, events: [failed], channels: [x], rate_limit: lots}]", "rate_limit must be COUNT/"),
+])
+def test_a_rules_file_that_cannot_be_used_is_one_line_naming_the_file_and_the_cause(tmp_path, text, cause):
+    from jobs.notify.rules import RulesError, load_rules
+
+    path = tmp_path / "notifications.yml"
+    path.write_text(text)
+    with pytest.raises(RulesError) as error:
+        load_rules(path, env={})
+    assert str(error.value).startswith(f"{path}: ") and cause in str(error.value) and "\n" not in str(error.value)
+
+
 @pytest.fixture(scope="module")
 def dv(tmp_path_factory, redis_server):
     from aiosmtpd.controller import Controller
