@@ -494,6 +494,34 @@ def diff(host, a, b, context_lines, raw) -> None:
     _print_text(patch, raw)
 
 
+@main.command(context_settings={"ignore_unknown_options": True})
+@click.argument("host")
+@click.argument("version")
+@click.option("--dry-run", is_flag=True, help="Only show the difference between the device now and VERSION.")
+@click.option("--json", "as_json", is_flag=True)
+@guard
+def restore(host, version, dry_run, as_json) -> None:
+    """Put VERSION of HOST back on the device (a number, -1 = newest, or a sha256 prefix): read the device now,
+    show the difference, push the version with the platform file's restore commands (a full replace or a
+    merge), back the device up and say whether it now matches. Refused where the platform has no restore
+    mechanism, or where the version's secrets were masked and no raw copy was kept. Exit status 1 when the
+    device does not match afterwards."""
+    from jobs.collect.restore import RestoreStatus, restore as run_restore
+
+    settings = load_settings()
+    result = run_restore(redis_client(settings), settings, host, version, dry_run=dry_run, requested_by="cli")
+    if as_json:
+        click.echo(json.dumps(result.as_dict(), indent=2))
+    else:
+        _print_text(result.diff, False)
+        if result.remaining:
+            click.echo("still different after the restore:")
+            _print_text(result.remaining, False)
+        click.echo(result.summary())
+    if result.status in (RestoreStatus.DIFFERS, RestoreStatus.UNCHECKED):
+        sys.exit(1)
+
+
 @main.command("search-index")
 @click.option("--json", "as_json", is_flag=True)
 @guard

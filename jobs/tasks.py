@@ -62,6 +62,16 @@ def collect_batch(run_id: str, hosts: list[str], inventory: str, attempt: int = 
     return {str(r.device): str(r.status.value) for r in results}  # JSON: plain str keys and values
 
 
+def restore_version(host: str, selector: str, inventory: str, requested_by: str = "") -> dict:
+    """Restore version ``selector`` of ``host`` (``jobs.collect.restore``: push, then a backup in this job);
+    returns the masked result (``RestoreResult.as_dict``, with a one-line ``summary``). A refusal or a failure
+    is the job's failure, its message one line naming the device."""
+    from jobs.collect.restore import restore
+
+    result = restore(_connection(), Settings.load(), host, selector, inventory=inventory, requested_by=requested_by)
+    return dict(result.as_dict(), summary=result.summary())
+
+
 def store_batch(target: str, item_ids: list[str]) -> dict[str, str]:
     """Store outbox items on one target. Returns ``device`` -> status."""
     redis = _connection()

@@ -17,6 +17,7 @@ from pathlib import Path
 import asyncssh
 
 from . import state as S
+from .apply import apply_config
 from .control import new_device_state
 from .inventory import Device, load_inventory
 from .personality import Personality, personality_for
@@ -57,16 +58,26 @@ class Session:
             await asyncio.sleep(0.1)
 
     async def readline(self, echo=True) -> str | None:
-        buf = []
+        """One line typed by the client, echoed. Reads what has arrived at once (a pasted configuration
+        comes in large chunks) and echoes it in one write per chunk."""
+        buf: list[str] = []
+        shown: list[str] = []
         while True:
-            ch = await self.proc.stdin.read(1)
-            if not ch:
-                return None
+            if not self._pending:
+                if shown:
+                    self.proc.stdout.write("".join(shown))
+                    shown = []
+                self._pending = await self.proc.stdin.read(4096)
+                if not self._pending:
+                    return None
+            ch, self._pending = self._pending[0], self._pending[1:]
             if ch == "\n" and self._last_cr:
                 self._last_cr = False
                 continue
             self._last_cr = ch == "\r"
             if ch in "\r\n":
+                if shown:
+                    self.proc.stdout.write("".join(shown))
                 if echo:
                     self.write("\n")
                 return "".join(buf)
@@ -77,13 +88,20 @@ class Session:
             if ch == "\x03":
                 buf = []
                 continue
+            if ch == "\x04":                 # Ctrl-D: ends a pasted configuration (Junos load ... terminal)
+                if shown:
+                    self.proc.stdout.write("".join(shown))
+                return "".join(buf) + ch
             if ord(ch) < 32 and ch != "\t":
                 continue
             buf.append(ch)
             if echo:
-                self.proc.stdout.write(ch)
+                shown.append(ch)
 
     _last_cr = False
+    _pending = ""
+    #: a configuration being typed in (``action: capture``): {spec, args, lines}
+    capture: dict | None = None
 
     async def run(self):
         proc = self.proc
@@ -108,6 +126,13 @@ class Session:
             if mode == "hang":
                 await self._swallow()
                 return
+            if self.capture is not None:        # lines typed into a file, a session or a candidate
+                prompt = self._captured(line, st)
+                if prompt is not None:
+                    self.write(prompt)
+                    continue
+                self.write(self.prompt(self.st()))
+                continue
             out, close = await self.execute(line.strip(), st)
             if close == "drop":
                 return
@@ -116,6 +141,9 @@ class Session:
                 self.write(out.rstrip("\n") + "\n")
             if close:
                 break
+            if self.capture is not None:        # a capture just started: its own prompt (or none)
+                self.write(self.p.render(self.capture["spec"].get("prompt"), self.capture["ctx"]))
+                continue
             self.write(self.prompt(self.st()))
         proc.exit(0)
 
@@ -152,6 +180,13 @@ class Session:
         action = spec.get("action")
         if action == "enable":
             return await self._enable(st, spec), None
+        if action == "capture":
+            return self._start_capture(spec, ctx), None
+        if action == "apply":
+            out = self._apply_file(spec, ctx)
+            if spec.get("to"):
+                self.level = self.p.render(spec["to"], ctx)
+            return out, None
         if action == "set_level":
             self.level = spec["to"]
         elif action == "exit":
@@ -177,6 +212,54 @@ class Session:
                 return "", "drop"
             return out, None
         return self.p.render(spec.get("output"), ctx), None
+
+    def _start_capture(self, spec: dict, ctx: dict) -> str:
+        self.capture = {"spec": spec, "ctx": ctx, "lines": []}
+        return self.p.render(spec.get("output"), ctx)
+
+    def _captured(self, line: str, st) -> str | None:
+        """One line typed while capturing: kept, or (matching ``until``) the end: the text is stored as the
+        file ``file`` of the device state, or applied at once (``apply``). Returns the prompt to print while
+        still capturing (None when it ended; '' when the device prints none)."""
+        cap = self.capture
+        spec, ctx = cap["spec"], cap["ctx"]
+        end = line.endswith("\x04") and "\x04" or None
+        if end:
+            line = line[:-1]
+        if end is None and re.fullmatch(spec["until"], line.strip()):
+            end = line.strip()
+        elif end is not None and line:
+            cap["lines"].append(line)
+        if end is None:
+            if not any(re.fullmatch(d, line.strip()) for d in spec.get("drop") or ()):
+                cap["lines"].append(line)
+            return self.p.render(spec.get("prompt"), ctx)
+        self.capture = None
+        text = "\n".join(cap["lines"]) + "\n"
+        with S.modify(self.lab.state_dir, self.dev.name) as wst:
+            if spec.get("apply"):
+                apply_config(wst, self.p, text, spec["apply"], self.user)
+            else:
+                wst.setdefault("files", {})[self.p.render(spec["file"], ctx)] = text
+        if spec.get("to"):
+            self.level = spec["to"]
+        done = self.p.render(spec.get("done"), ctx)
+        if done:
+            self.write(done.rstrip("\n") + "\n")
+        return None
+
+    def _apply_file(self, spec: dict, ctx: dict) -> str:
+        """``action: apply``: the device file ``file`` becomes the running configuration (``how``)."""
+        name = self.p.render(spec["file"], ctx)
+        with S.modify(self.lab.state_dir, self.dev.name) as wst:
+            text = (wst.get("files") or {}).get(name)
+            if text is None:
+                return self.p.render(spec.get("missing") or "%Error opening {{ file }} (No such file or directory)",
+                                     {**ctx, "file": name})
+            apply_config(wst, self.p, text, spec.get("how", "replace"), self.user)
+            if spec.get("remove"):
+                wst["files"].pop(name, None)
+        return self.p.render(spec.get("output"), ctx)
 
     def _answered_by_fault(self, line: str, fault: dict) -> bool:
         """Whether the ``answer`` fault answers ``line``: it matches the fault's ``commands`` regex, or (none

@@ -4,6 +4,7 @@ that run on both SQLite and PostgreSQL (``index_url``)."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import subprocess
@@ -94,6 +95,24 @@ class DeviceVault:
         from jobs.settings import Settings
 
         return Settings.load(env=self.env)
+
+
+@contextlib.contextmanager
+def serving(tool: DeviceVault, inventory: Path, name: str, personalities_dir: Path | None = None):
+    """The lab of ``inventory`` (state under ``tool.home / "lab"``), one worker serving every queue and the
+    index consumer, as processes, for as long as the block runs (a module fixture's ``yield`` inside it)."""
+    from lab.testing import start_lab, stop_lab
+
+    start_lab(inventory, tool.home / "lab", personalities_dir=personalities_dir)
+    procs = []
+    try:
+        procs.append(tool.process("worker", "--name", f"{name}-{free_port()}", name="worker").start())
+        procs.append(tool.process("consumer", "--name", f"{name}-indexer", "--claim-idle", "2", name="consumer").start())
+        yield tool
+    finally:
+        for proc in procs:
+            proc.stop()
+        stop_lab(tool.home / "lab")
 
 
 def wait_for(condition, what: str, timeout: float = 60, interval: float = 0.2):

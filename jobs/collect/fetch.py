@@ -220,6 +220,87 @@ def _batch_inventory(inventory: Path | str, hosts: list[str], settings: Settings
     return written or Path(inventory).absolute()
 
 
+def _run(workdir: Path, playbook: str, inventory: Path | str, hosts: list[str], settings: Settings, extravars: dict,
+         handle, **options):
+    """One ansible-runner run of ``playbook`` for ``hosts`` in the private directory ``workdir``: the batch's
+    own inventory, DeviceVault's environment, the job's time limit, and nothing written to an artifact
+    directory (``handle`` sees every event and keeps none)."""
+    import ansible_runner
+
+    return ansible_runner.run(
+        private_data_dir=str(workdir),
+        project_dir=str(PLAYBOOKS_DIR),
+        playbook=playbook,
+        inventory=str(_batch_inventory(inventory, hosts, settings, workdir / "inventory")),
+        limit=",".join(hosts),
+        extravars=extravars,
+        envvars=runner_env(settings, workdir),
+        timeout=settings.job_timeout,
+        quiet=True,
+        event_handler=handle,
+        suppress_env_files=True,
+        **options,
+    )
+
+
+@dataclass
+class PushOutcome:
+    """What :func:`push_config` did: ``sent`` configuration lines, or ``error`` (the device named)."""
+
+    host: str
+    sent: int = 0
+    error: errors.DeviceError | None = None
+
+
+RESTORE_TASK = "Restore configuration"
+
+
+def push_config(host: str, config: str, *, inventory: Path | str, settings: Settings,
+                redactor: Redactor | None = None) -> PushOutcome:
+    """Put ``config`` on ``host`` with its platform file's ``restore`` commands: ``playbooks/restore.yml``
+    (the collection's ``devicevault.network.restore`` action over the host's ``network_cli`` connection, the
+    inventory's credentials) through ansible-runner, like :func:`fetch_configs`. The text goes to the task
+    as a file in the runner's private directory (mode 0600), never as an argument, and nothing of the run
+    is written to an artifact directory."""
+    redactor = redactor or Redactor()
+    outcome = PushOutcome(host=host)
+    failures: list[str] = []
+    general: list[str] = []
+    sweep_runner_dirs()
+    workdir = Path(tempfile.mkdtemp(prefix=f"{RUNNER_PREFIX}{os.getpid()}-"))
+
+    def handle(event: dict) -> bool:
+        data = event.get("event_data") or {}
+        if data.get("task") == RESTORE_TASK and event.get("event") == "runner_on_ok":
+            outcome.sent = int((data.get("res") or {}).get("sent") or 0)
+        elif data.get("task") == RESTORE_TASK and event.get("event") in ("runner_on_failed", "runner_on_unreachable"):
+            failures.append(_failure_message(data.get("res") or {}) or "failed")
+        elif event.get("stdout"):
+            general.append(event["stdout"])
+        return False
+
+    try:
+        (workdir / "env").mkdir()
+        config_file = workdir / "restore.cfg"
+        fd = os.open(config_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w", encoding="utf-8", errors="surrogateescape") as fh:
+            fh.write(config)
+        extravars = {k: v for k, v in _extravars(settings, workdir / RESULTS_FILE).items()
+                     if k == "devicevault_platforms_dir"}
+        extravars["devicevault_restore_file"] = str(config_file)
+        status = _run(workdir, "restore.yml", inventory, [host], settings, extravars, handle).status
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+    if failures:
+        error = classify(host, failures[0])
+        outcome.error = type(error)(host, redactor.redact(error.cause))
+    elif status != "successful":
+        tail = [line for line in "".join(general).splitlines() if line.strip()][-3:]
+        outcome.error = errors.FetchInterrupted(
+            host, f"the restore playbook ended ({status})" + (": " + redactor.redact(" | ".join(tail)) if tail else ""))
+    return outcome
+
+
 def fetch_configs(
     hosts: Iterable[str],
     *,
@@ -239,8 +320,6 @@ def fetch_configs(
     function returns). The returned outcomes still include those hosts; hosts with no result before the
     batch ended (a killed playbook, the job's hard limit) are never handed on, only returned.
     """
-    import ansible_runner
-
     hosts = list(dict.fromkeys(hosts))
     outcomes = {h: FetchOutcome(host=h) for h in hosts}
     if not hosts:
@@ -265,22 +344,9 @@ def fetch_configs(
         (workdir / "env").mkdir()
         if tail is not None:
             tail.start()
-        result = ansible_runner.run(
-            private_data_dir=str(workdir),
-            project_dir=str(PLAYBOOKS_DIR),
-            playbook="backup.yml",
-            inventory=str(_batch_inventory(inventory, hosts, settings, workdir / "inventory")),
-            limit=",".join(hosts),
-            forks=min(settings.forks, len(hosts)),
-            extravars=_extravars(settings, results),
-            skip_tags="per_host",  # one result per device comes from the results file, not per-host tasks
-            envvars=runner_env(settings, workdir),
-            timeout=settings.job_timeout,
-            quiet=True,
-            event_handler=handle,
-            suppress_env_files=True,
-        )
-        status = result.status
+        # one result per device comes from the results file, not from the per-host tasks
+        status = _run(workdir, "backup.yml", inventory, hosts, settings, _extravars(settings, results), handle,
+                      forks=min(settings.forks, len(hosts)), skip_tags="per_host").status
         found = read_results(results)
     finally:
         if tail is not None:

@@ -1,5 +1,9 @@
 """Start a backup run: choose hosts, announce the run on ``device:results`` (the index consumer records it), enqueue
-one collection job per batch."""
+one collection job per batch. Also where a restore is queued (the portal's), on the same queues.
+
+Jobs are enqueued by their import path (``jobs.tasks.…``), so this module does not import the entry points
+that call back into ``jobs.collect`` (``jobs.tasks.restore_version`` runs ``jobs.collect.restore``, which
+announces its backup here)."""
 
 from __future__ import annotations
 
@@ -14,8 +18,12 @@ from jobs.collect.inventory import load_inventory, select_hosts
 from jobs.deliver.locations import StorageConfigError, StorageLayout
 from jobs.queues import Queue
 from jobs.settings import Settings
-from jobs import tasks
 from jobs.streams.results import DEVICE_RESULTS_STREAM, RunStarted, run_task_id, utcnow
+
+
+#: the RQ entry points this module enqueues (``jobs/tasks.py``)
+COLLECT_TASK = "jobs.tasks.collect_batch"
+RESTORE_TASK = "jobs.tasks.restore_version"
 
 
 @dataclass(frozen=True)
@@ -52,12 +60,7 @@ def start_backup(
             pass
     run_id = run_id or new_run_id()
     selector = ",".join([f"group={g}" for g in groups or []] + [f"host={h}" for h in hosts or []]) or "all"
-    # the run's start goes on device:results before any of its jobs can publish there: the index consumer
-    # writes the run's row from it (the index has one writer), and checks the run's devices against its inventory
-    started = RunStarted(task_id=run_task_id(run_id), run_id=run_id, timestamp=utcnow(), total=len(chosen),
-                         selector=selector, targets=",".join(targets), inventory=str(inventory_path),
-                         requested_by=requested_by)
-    redis.xadd(DEVICE_RESULTS_STREAM, started.to_message())
+    announce_run(redis, run_id, chosen, targets, inventory_path, selector=selector, requested_by=requested_by)
     by_queue: dict[str, list[str]] = {}
     for name in chosen:  # devices bound to a collection group go to that group's queue
         by_queue.setdefault(settings.collector_queue_for(inv[name].collector_group), []).append(name)
@@ -67,7 +70,7 @@ def start_backup(
         for start in range(0, len(names), settings.batch_size):  # at least 1 (Settings)
             batch = names[start : start + settings.batch_size]
             job = queue.enqueue(
-                tasks.collect_batch,
+                COLLECT_TASK,
                 run_id,
                 batch,
                 str(inventory_path),
@@ -78,6 +81,32 @@ def start_backup(
             )
             job_ids.append(job.id)
     return StartedRun(run_id=run_id, hosts=chosen, job_ids=job_ids)
+
+
+def announce_run(redis: Redis, run_id: str, chosen: list[str], targets, inventory_path: Path, *,
+                 selector: str, requested_by: str) -> RunStarted:
+    """Put the run's start on device:results, before any of its devices can publish there: the index consumer
+    writes the run's row from it (the index has one writer), and checks the run's devices against its
+    inventory. Also how a restore announces the backup it takes afterwards (``jobs.collect.restore``)."""
+    started = RunStarted(task_id=run_task_id(run_id), run_id=run_id, timestamp=utcnow(), total=len(chosen),
+                         selector=selector, targets=",".join(targets), inventory=str(inventory_path),
+                         requested_by=requested_by)
+    redis.xadd(DEVICE_RESULTS_STREAM, started.to_message())
+    return started
+
+
+def enqueue_restore(redis: Redis, settings: Settings, host: str, selector: str, *, inventory: Path | str | None = None,
+                    requested_by: str = ""):
+    """Queue a restore of ``host`` (``jobs.collect.restore``) as a job, for the portal: on the collection queue
+    of the device's collection group, where the workers that reach it run. Returns the RQ job; its result
+    is the restore's masked outcome (``RestoreResult.as_dict`` and a ``summary`` line)."""
+    inventory_path = Path(inventory or settings.inventory).absolute()
+    inv = load_inventory(inventory_path, settings, only=[host])
+    (entry,) = select_hosts(inv, hosts=[host])
+    queue = Queue(settings.collector_queue_for(entry.collector_group), connection=redis)
+    return queue.enqueue(RESTORE_TASK, host, str(selector), str(inventory_path), requested_by,
+                         job_timeout=settings.job_timeout, description=f"restore v{selector} of {host}",
+                         meta={"restore": host, "version": str(selector), "requested_by": requested_by})
 
 
 def job_retry(settings: Settings) -> Retry | None:

@@ -8,6 +8,8 @@ and Runs pages link here with it), ``a`` and ``b`` (the two versions of the diff
 index query with LIMIT (10,000 devices are never one list). Operators back the device up from here ("Back up
 now", the Runs page's ``start_backup``), follow it and see the new version or the error; the Runs tab lists
 the device's own results. Contents are read through the storage layout with failover and cached by sha256.
+Operators restore the version shown ("Restore this version…", ``jobs.collect.restore``): the device is read
+now and the difference shown, and only "Confirm restore" queues the restore; viewers see no such button.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from storage.index.statuses import CopyStatus, DeviceStatus
 TIMELINE_PAGE = 50
 PICKER_LIMIT = 50  # names the device picker offers for what is typed
 BACKUP_KEY = "device_backup"  # the run "Back up now" started: {"run_id", "device"}
+RESTORE_KEY = "device_restore"  # a restore being confirmed or followed: {"device", "number", "diff", "mode", "job_id"}
 REFRESH_SECONDS = 1.0
 MODES = {"unified": "unified", "side": "side by side"}
 #: query parameter -> the widget's session key
@@ -140,7 +143,7 @@ def render(user) -> None:
         with timeline_tab:
             _timeline(s, session, versions)
         with show_tab:
-            _show(s, session, info, versions, by_number)
+            _show(s, session, info, versions, by_number, user)
         with runs_tab:
             _runs(session, info)
     _to_url(name)
@@ -380,7 +383,7 @@ def _timeline(s, session, versions) -> None:
                         key="device_timeline_page")
 
 
-def _show(s, session, info, versions, by_number) -> None:
+def _show(s, session, info, versions, by_number, user) -> None:
     n = len(versions)
     numbers = list(range(n, 0, -1))
     if st.session_state.get("device_show_version") not in by_number:
@@ -397,7 +400,83 @@ def _show(s, session, info, versions, by_number) -> None:
                f"copies: {_copies_text(copies)}")
     st.download_button("Download this version", data, file_name=f"{_safe_name(info.name)}_v{number}_{v.sha256[:12]}.cfg",
                        mime="text/plain", key="device_download")
+    _restore(s, user, info, number)
     st.code(content.as_text(data), language=None, line_numbers=True)
+
+
+def _restore(s, user, info, number: int) -> None:
+    """Operators: "Restore this version…" reads the device now and shows what a restore of ``number`` would
+    change (a dry run of ``jobs.collect.restore.restore``); "Confirm restore" queues it
+    (``enqueue_restore``: push, backup, compare, in a job on the device's collection queue) and follows the
+    job to its one-line outcome. A refusal (no restore mechanism, masked secrets without a raw copy) is shown
+    instead of the confirmation. Viewers see none of it."""
+    if not user.can_trigger:
+        return
+    from jobs.errors import BackupError
+    from storage.errors import StorageError
+    from storage.index.queries import NotFound
+
+    pending = st.session_state.get(RESTORE_KEY)
+    if pending and (pending["device"], pending["number"]) != (info.name, number):
+        st.session_state.pop(RESTORE_KEY, None)
+        pending = None
+    if pending is None:
+        if not st.button("Restore this version…", key="device_restore_prepare",
+                         help="Read the device now and show what restoring this version would change"):
+            return
+        from jobs.collect.restore import restore
+
+        with st.spinner(f"Reading {info.name}'s configuration now…"):
+            try:
+                result = restore(ui.redis(s), s, info.name, str(number), dry_run=True, inventory=s.inventory)
+            except (BackupError, NotFound, StorageError, OSError) as exc:
+                st.error(f"Restore of v{number}: {ui.md(ui.mask(str(exc)))}")
+                return
+        pending = {"device": info.name, "number": number, "diff": result.diff, "mode": result.mode}
+        st.session_state[RESTORE_KEY] = pending
+    if not pending.get("job_id"):
+        how = "a full replace" if pending["mode"] == "replace" else "a merge: lines added since the version stay"
+        st.warning(f"Restore v{number} to {ui.md(info.name)} ({how})? The device now, against v{number}:")
+        st.code(ui.mask(pending["diff"]) or "(no difference: nothing would be pushed)", language="diff")
+        c = st.columns(2)
+        if c[0].button("Confirm restore", key="device_restore_confirm", type="primary"):
+            from jobs.collect.runs import enqueue_restore
+
+            try:
+                job = enqueue_restore(ui.redis(s), s, info.name, str(number), inventory=s.inventory,
+                                      requested_by=user.name)
+            except BackupError as exc:
+                st.error(ui.md(ui.mask(str(exc))))
+                return
+            ui.log.info("portal: %s queued a restore of %s v%d (job %s)", user.name, info.name, number, job.id)
+            pending["job_id"] = job.id
+        elif c[1].button("Cancel", key="device_restore_cancel"):
+            st.session_state.pop(RESTORE_KEY, None)
+            st.rerun()
+        else:
+            return
+
+    @st.fragment(run_every=REFRESH_SECONDS)
+    def follow() -> None:
+        from jobs.queues import Job
+
+        job = Job.fetch(pending["job_id"], connection=ui.redis(s))
+        status = job.get_status(refresh=True)
+        if status == "finished":
+            outcome = job.return_value() or {}
+            text = ui.md(ui.mask(str(outcome.get("summary", "restored"))))
+            (st.success if outcome.get("status") in ("matches", "same") else st.warning)(text)
+            if outcome.get("remaining"):
+                st.code(ui.mask(outcome["remaining"]), language="diff")
+        elif status in ("failed", "stopped", "canceled"):
+            result = job.latest_result()
+            lines = [ln for ln in (getattr(result, "exc_string", "") or "").splitlines() if ln.strip()]
+            reason = lines[-1].split(": ", 1)[-1] if lines else status
+            st.error(f"Restore of v{number} failed: {ui.md(ui.mask(reason))}")
+        else:
+            st.info(f"Restoring v{number} to {ui.md(info.name)} (job {job.id[:12]}: {status})…")
+
+    follow()
 
 
 ui.run_page(render)

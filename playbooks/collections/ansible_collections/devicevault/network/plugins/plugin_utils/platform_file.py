@@ -92,6 +92,36 @@ class Terminal:
 
 
 @dataclass(frozen=True)
+class Step:
+    """One line a restore sends: ``newline`` false sends it without a line end (a Ctrl-D); ``wait`` false
+    does not wait for a prompt (the device prints none: it reads input until an end line)."""
+
+    command: str
+    newline: bool = True
+    wait: bool = True
+
+
+#: what a platform's ``restore`` commands do to the running configuration
+RESTORE_MODES = ("replace", "merge")
+
+
+@dataclass(frozen=True)
+class Restore:
+    """The ``restore:`` section: how a stored configuration is put back on the device (DeviceVault's
+    ``restore`` action sends ``begin``, then every configuration line, then ``end``)."""
+
+    mode: str  # replace: the device ends up with exactly the configuration; merge: lines are added/changed
+    begin: tuple = ()  # Steps
+    end: tuple = ()  # Steps
+    #: configuration lines are sent without waiting for a prompt (the device prints none while reading input)
+    stream: bool = False
+    #: lines of the stored configuration that are never sent (device-generated lines, comments)
+    skip: tuple = ()
+    #: output of any step that means it failed (re.MULTILINE), besides the platform's ``errors``
+    errors: tuple = ()
+
+
+@dataclass(frozen=True)
 class Platform:
     name: str
     network_os: str
@@ -106,6 +136,7 @@ class Platform:
     complete: tuple = ()
     errors: tuple = ()
     terminal: Terminal | None = field(default=None, compare=False, hash=False)
+    restore: Restore | None = field(default=None, compare=False, hash=False)
     source: str = field(default="", compare=False)
 
     @property
@@ -420,6 +451,38 @@ def _terminal(path, term):
     )
 
 
+def _steps(path, key, values) -> tuple:
+    if values is None:
+        return ()
+    if not isinstance(values, list):
+        raise PlatformError("%s: restore.%s must be a list of commands" % (path, key))
+    out = []
+    for value in values:
+        if isinstance(value, str) and value:
+            out.append(Step(value))
+        elif isinstance(value, dict) and value.get("command"):
+            out.append(Step(str(value["command"]), bool(value.get("newline", True)), bool(value.get("wait", True))))
+        else:
+            raise PlatformError("%s: each restore.%s entry is a command or {command, newline, wait}: %r"
+                                % (path, key, value))
+    return tuple(out)
+
+
+def _restore(path, data):
+    if data is None:
+        return None
+    if not isinstance(data, dict) or data.get("mode") not in RESTORE_MODES:
+        raise PlatformError("%s: 'restore' must be a mapping with 'mode' one of %s" % (path, ", ".join(RESTORE_MODES)))
+    return Restore(
+        mode=str(data["mode"]),
+        begin=_steps(path, "begin", data.get("begin")),
+        end=_steps(path, "end", data.get("end")),
+        stream=bool(data.get("stream", False)),
+        skip=_compile(path, "restore.skip", data.get("skip")),
+        errors=_compile(path, "restore.errors", data.get("errors"), re.MULTILINE),
+    )
+
+
 def _parse(path) -> Platform:
     try:
         with open(path, encoding="utf-8") as fh:
@@ -442,6 +505,7 @@ def _parse(path) -> Platform:
         complete=_compile(path, "complete", data.get("complete"), re.MULTILINE),
         errors=_compile(path, "errors", data.get("errors"), re.MULTILINE),
         terminal=_terminal(path, data.get("terminal")),
+        restore=_restore(path, data.get("restore")),
         source=path,
     )
     _named(path, "secrets", platform.secrets, "secret")
