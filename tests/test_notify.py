@@ -310,8 +310,7 @@ def test_a_change_on_two_devices_sends_two_signed_webhooks_and_two_mails_with_th
     assert dv.receiver.events("version") == [] and dv.mailbox.versions() == []  # first versions: not notified
     lab = LabControl(dv.home / "lab")
     changed = dv.hosts
-    for host in changed:
-        lab.change(host)
+    added = {host: lab.change(host) for host in changed}
     _backup(dv)
     wait_for(lambda: len(dv.receiver.events("version")) >= 2 and len(dv.mailbox.versions()) >= 2,
              "two webhook deliveries and two mails", timeout=60)
@@ -321,7 +320,10 @@ def test_a_change_on_two_devices_sends_two_signed_webhooks_and_two_mails_with_th
     assert dv.receiver.bad == []  # every body carried a valid signature
     for hook in hooks:
         assert hook["diff"].startswith(f"--- {hook['device']} v1\n+++ {hook['device']} v2\n"), hook["diff"]
-        assert hook["data"]["number"] == 2 and hook["data"]["added"] + hook["data"]["removed"] > 0
+        assert hook["data"]["number"] == 2
+        lines = hook["diff"].splitlines()[2:]
+        assert [line[1:] for line in lines if line.startswith("+")] == added[hook["device"]], hook["diff"]
+        assert not [line for line in lines if line.startswith("-")], hook["diff"]
     mails = dv.mailbox.versions()
     assert sorted(next(h for h in changed if h in m["Subject"]) for m in mails) == sorted(changed)
     for mail in mails:

@@ -108,13 +108,16 @@ def version_event(fields: dict[str, str], sessions: sessionmaker[Session],
 
         wanted = [(version, copies(version))] + ([(previous, copies(previous))] if previous is not None else [])
         shas = {v.id: v.sha256 for v, _ in wanted}
+        # a stored text holds secrets only when they are kept (its view differs); a masked one is not masked
+        # again (the masker is not idempotent: '<secret hidden>' would be cut again)
+        kept = {v.id: bool(v.view_sha256) and v.view_sha256 != v.sha256 for v, _ in wanted}
     platform = fields.get("platform", "")
     texts: dict[int, str] = {}
     for v, found in wanted:
         if v.id == version_id and new_body is not None:
             texts[v.id] = new_body
             continue
-        texts[v.id] = _read(found, shas[v.id], open_backend, platform)
+        texts[v.id] = _read(found, shas[v.id], open_backend, platform if kept[v.id] else None)
     device = fields.get("device", "")
     old = texts[previous.id] if previous is not None else ""
     new = texts[version_id]
@@ -144,7 +147,9 @@ def _line_end(text: str) -> str:
     return text if not text or text.endswith("\n") else text + "\n"
 
 
-def _read(copies: list[tuple[str, str, str]], sha256: str, open_backend, platform: str) -> str:
+def _read(copies: list[tuple[str, str, str]], sha256: str, open_backend, platform: str | None) -> str:
+    """The text of a version from its first good copy; masked with ``platform``'s rules unless None (the
+    stored text is the masked view already)."""
     from jobs.ops.search_index import masked
     from storage.errors import StorageError
     from storage.retrieve import read_first
@@ -153,7 +158,8 @@ def _read(copies: list[tuple[str, str, str]], sha256: str, open_backend, platfor
         content, _ = read_first(copies, sha256, open_backend)
     except StorageError as exc:
         raise NotReady(f"no copy of version {sha256[:12]} can be read yet: {exc}") from None
-    return masked(platform, content.decode("utf-8", errors="replace"))
+    text = content.decode("utf-8", errors="replace")
+    return text if platform is None else masked(platform, text)
 
 
 # --- device results: failed / recovered, run finished -------------------------------------------------------
@@ -179,8 +185,11 @@ def result_events(redis: Redis, record) -> tuple[list[Event], Callable[[], None]
             pipe.execute()
 
         return [], started
-    if not isinstance(record, DeviceResult) or record.status == DeviceStatus.SKIPPED_LOCKED:
+    if not isinstance(record, DeviceResult):
         return [], lambda: None
+    finished = _run_result(redis, record)  # a lock-skipped device counts towards its run's end too
+    if record.status == DeviceStatus.SKIPPED_LOCKED:
+        return [finished] if finished is not None else [], lambda: None
     events: list[Event] = []
     incident = _incident(redis, record.device)
     at = record.timestamp.isoformat()
@@ -204,10 +213,8 @@ def result_events(redis: Redis, record) -> tuple[list[Event], Callable[[], None]
                                  f"(failing since {incident.get('since', '?')}: {incident.get('error', '')}).",
                             data={"failing_since": incident.get("since", ""), "status": record.status.value}, **base))
         state = lambda: redis.hdel(INCIDENTS, record.device)  # noqa: E731
-    finished = _run_result(redis, record)
     if finished is not None:
         events.append(finished)
-
     return events, state
 
 
