@@ -28,9 +28,19 @@ model), ``p`` (the ``facts`` mapping), ``size`` (config size, for config command
         config: running|startup       # print a configuration
         transform: junos_set|routeros_export   # optional config transform
         prefix: 'template'            # printed before a config
-        action: enable|save|set_level|exit    # side effect
-        to: config                    # for set_level
+        action: enable|save|set_level|exit|capture|apply    # side effect
+        to: config                    # for set_level (and the level after capture/apply)
+        # capture: the lines typed next are kept (printing ``prompt`` after each, or nothing) until one
+        # fully matches ``until`` (or a Ctrl-D when ``until`` is "\x04"); ``drop`` lines are not kept; the
+        # text then becomes the device file ``file`` (a template: ``{{ args.file }}``), or with ``apply:
+        # replace|merge`` the running configuration at once; ``done`` is printed at the end
+        # apply: the device file ``file`` becomes the running configuration (``how``: replace|merge;
+        # ``remove``: the file goes; ``missing``: the answer when there is no such file)
         confirm: 'Destination filename [startup-config]? '   # ask, read one line, then act
+    restore:                          # what a pushed configuration becomes (lab/apply.py): pushed lines
+      volatile: {name: 'regex'}       #   matching one become that volatile marker again
+      merge: routeros_terse           #   how a merge merges (lab/apply.py MERGES; default line)
+      last: end                       #   the line the device ends its configuration with itself
     error: 'template'                 # reply to anything unmatched (vars: caret, command)
     denied: 'template'                # optional reply when a command's level is wrong (default: error)
     newline: "\r\n"
