@@ -23,7 +23,7 @@ log = logging.getLogger("devicevault.up")
 @guard
 def status(as_json) -> None:
     """Devices per status, queues and their depth, workers and what they run, stream lag, dead letters, stale
-    and unsaved devices, last runs."""
+    and unsaved devices, last runs, notification deliveries failing or dead."""
     from jobs.ops.status import gather_status
 
     data = gather_status(Settings.load())
