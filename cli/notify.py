@@ -1,5 +1,5 @@
 """``devicevault notifier`` (the process that sends notifications) and ``devicevault notify`` (try a rule, list
-the deliveries that fail). The rules are in ``notifications.yml`` (``jobs/notify/rules.py``)."""
+the deliveries that fail, queue dead ones again). The rules are in ``notifications.yml`` (``jobs/notify/rules.py``)."""
 
 from __future__ import annotations
 
@@ -52,7 +52,7 @@ def notifier(name, idle_exit, claim_idle, max_deliveries) -> None:
 
 @click.group()
 def notify() -> None:
-    """Notification rules (notifications.yml): send a sample, list failing deliveries."""
+    """Notification rules (notifications.yml): send a sample, list failing deliveries, queue dead ones again."""
 
 
 @notify.command("test")
@@ -100,3 +100,21 @@ def notify_failures(as_json) -> None:
         return
     click.echo(f"queued {data['queued']}, retrying {data['retrying']}, dead {data['dead']}")
     table(data["failures"], ["status", "rule", "channel", "tries", "error", "key"])
+
+
+@notify.command("retry")
+@click.argument("keys", nargs=-1)
+@click.option("--all", "all_", is_flag=True, help="Every dead delivery.")
+@guard
+def notify_retry(keys, all_) -> None:
+    """Queue dead deliveries (KEY as 'notify failures' shows it, or --all) again, once their receiver is fixed."""
+    from jobs.notify.queue import dead_keys, retry
+
+    if bool(keys) == all_:
+        raise Fail("give delivery keys or --all")
+    redis = redis_client(load_settings())
+    chosen = dead_keys(redis) if all_ else list(keys)
+    missing = [key for key in chosen if not retry(redis, key)]
+    click.echo(f"{len(chosen) - len(missing)} delivery(ies) queued again")
+    if missing:
+        raise Fail(f"not a dead delivery: {', '.join(missing)}")

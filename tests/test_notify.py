@@ -435,6 +435,11 @@ def test_status_shows_dead_deliveries_and_notify_test_sends_a_sample(dv):
     assert notes["dead"] >= 1, notes  # the run summaries to a receiver nobody runs: dead after 2 tries
     dead = [f for f in notes["failures"] if f["status"] == "dead"]
     assert dead and all(f["channel"] == "broken" and f["tries"] == 2 for f in dead), dead
+    retried = _cli(dv, "notify", "retry", dead[0]["key"])
+    assert retried.exit_code == 0 and "1 delivery(ies) queued again" in retried.stdout
+    wait_for(lambda: json.loads(_cli(dv, "notify", "failures", "--json").stdout)["dead"] == notes["dead"],
+             "the retried delivery to die again (its receiver is still not there)")
+    assert _cli(dv, "notify", "retry", "no-such-key").exit_code == 1
     text = _cli(dv, "status").stdout
     assert "== notifications (deliveries):" in text and f"{notes['dead']} dead" in text
     sent = _cli(dv, "notify", "test", "changes")

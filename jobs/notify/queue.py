@@ -11,7 +11,7 @@ Keys (this module owns them; nothing else writes them):
   pushes them :data:`LEASE` seconds ahead, so a pump that dies mid-send leaves them to be tried again;
 - ``notify:retrying``: deliveries whose last try failed and that will be tried again (key -> when it failed);
 - ``notify:dead``: deliveries that failed ``max_tries`` times (key -> when), shown by ``devicevault status``
-  and the portal's Health page until they expire.
+  and the portal's Health page until they expire or ``devicevault notify retry`` queues them again.
 
 A receiver that is down gets every delivery once it is back (retried with doubling backoff, ``retry_base``
 to ``retry_max``), none twice (a delivery is marked sent in the step that removes it from the queue).
@@ -177,6 +177,25 @@ def failed(redis: Redis, key: str, error: str, *, max_tries: int, base: float, c
         status = Status.QUEUED
     pipe.execute()
     return status
+
+
+def retry(redis: Redis, key: str) -> bool:
+    """Queue a dead delivery again, due now, its tries counted from 0 (its receiver is fixed). False when
+    ``key`` is not a dead delivery."""
+    found = load(redis, key)
+    if found is None or found.status != Status.DEAD:
+        return False
+    pipe = redis.pipeline()
+    pipe.hset(PREFIX + key, mapping={"status": Status.QUEUED, "tries": 0, "error": ""})
+    pipe.persist(PREFIX + key)
+    pipe.zrem(DEAD, key)
+    pipe.zadd(DUE, {key: time.time()})
+    pipe.execute()
+    return True
+
+
+def dead_keys(redis: Redis) -> list[str]:
+    return [k.decode() for k in redis.zrange(DEAD, 0, -1)]
 
 
 def summary(redis: Redis, *, limit: int = 20) -> dict[str, Any]:
