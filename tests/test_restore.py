@@ -20,9 +20,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
-import os
 import subprocess
-import sys
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -129,8 +127,20 @@ def _backup(vault, hosts=BACKED_UP) -> dict[str, dict]:
     return {r["device"]: r for r in json.loads(proc.stdout)["results"]}
 
 
-def _versions(vault, host: str) -> list[dict]:
-    return vault.json("versions", host)
+def _versions(vault, host: str):
+    from storage.index.db import connect
+    from storage.index.queries import device_versions
+
+    with connect(vault.settings.database_url)() as session:
+        return device_versions(session, host)
+
+
+def _runs(vault) -> int:
+    from storage.index.db import connect
+    from storage.index.queries import list_runs
+
+    with connect(vault.settings.database_url)() as session:
+        return len(list_runs(session, limit=1000))
 
 
 def test_versions_to_restore(vault):
@@ -155,13 +165,13 @@ def test_dry_run_shows_the_difference_and_changes_nothing(vault):
     lab = _lab(vault)
     before = lab.state(host)["running"]
     (added,) = lab.state(host)["changes"][-1:]
-    runs = len(vault.json("runs"))
+    runs = _runs(vault)
     proc = vault("restore", host, "1", "--dry-run")
     assert f"-{added}" in proc.stdout.splitlines(), proc.stdout  # the device has it, v1 does not
     assert "dry run, nothing pushed" in proc.stdout
     assert "lab-admin" not in proc.stdout + proc.stderr  # the inventory's password never shows
     assert lab.state(host)["running"] == before
-    assert len(vault.json("runs")) == runs
+    assert _runs(vault) == runs
 
 
 def test_restore_refuses_where_it_is_not_safe(vault):
@@ -196,39 +206,6 @@ def test_host_locks_keep_backups_and_restores_apart(vault):
         assert "a backup or restore of this device is running; try again when it ends" in proc.stderr
 
 
-def test_restore_puts_version_1_back(vault):
-    """IOS (configure replace of a file typed in through tclsh) and EOS (a configuration session) end up
-    matching v1: the restore's own backup records it, the next backup nothing new. RouterOS takes a merge:
-    the removed line comes back, the line added since stays, and it says so."""
-    lab = _lab(vault)
-
-    def restore(host: str) -> subprocess.CompletedProcess:
-        return vault("restore", host, "1", "--json", check=False)
-
-    with ThreadPoolExecutor(3) as pool:
-        done = dict(zip([*REPLACE, MERGE], pool.map(restore, [*REPLACE, MERGE])))
-    for host in REPLACE:
-        proc = done[host]
-        assert proc.returncode == 0, proc.stdout + proc.stderr
-        result = json.loads(proc.stdout)
-        assert (result["status"], result["mode"], result["backup_status"]) == ("matches", "replace", "changed"), result
-        assert "lab-admin" not in proc.stdout + proc.stderr
-        assert lab.state(host)["changes"][-1] not in lab.running_config(host)
-        versions = _versions(vault, host)
-        assert len(versions) == 3 and versions[2]["sha"] == versions[0]["sha"], versions
-    proc = done[MERGE]
-    assert proc.returncode == 1, proc.stdout + proc.stderr
-    result = json.loads(proc.stdout)
-    assert (result["status"], result["mode"]) == ("differs", "merge"), result
-    (added,) = lab.state(MERGE)["changes"][-1:]
-    assert [line for line in result["remaining"].splitlines() if line.startswith(("-/", "+/"))] == [
-        "-/ip route " + added]
-    assert ROUTEROS_LINE in lab.state(MERGE)["running"].split("\n")
-    results = _backup(vault, REPLACE)
-    assert {r["status"] for r in results.values()} == {"unchanged"}, results
-    assert all(len(_versions(vault, h)) == 3 for h in REPLACE)
-
-
 def _page(user: str, device: str):
     from streamlit.testing.v1 import AppTest
 
@@ -242,30 +219,59 @@ def _page(user: str, device: str):
     return at
 
 
-def test_portal_restore_is_for_operators_and_shows_the_difference_first(vault):
-    """Junos (load override + commit): a viewer has no Restore button; an operator sees the device's
-    difference from v1 first, confirms, and the job leaves the device matching v1 (v3 = v1)."""
-    from tests.conftest import wait_for
-
-    host = JUNOS
-    viewer = _page("victor", host)
+def test_a_viewer_cannot_restore_from_the_portal(vault):
+    viewer = _page("victor", JUNOS)
+    assert viewer.selectbox(key="device_show_version").options  # the Version tab is there, without the button
     assert "device_restore_prepare" not in [b.key for b in viewer.button]
     assert "device_restore_confirm" not in [b.key for b in viewer.button]
+    assert "device_restore_prepare" in [b.key for b in _page("oscar", JUNOS).button]
+
+
+def test_restore_puts_version_1_back(vault):
+    """Version 1 goes back on every restorable platform at once. IOS (configure replace of a file typed in
+    through tclsh), EOS (a configuration session), from the CLI, and Junos (load override + commit), from
+    the portal, where an operator sees the device's difference from v1 first and confirms: each ends up
+    matching v1, the restore's own backup records v3 = v1 and the next backup nothing new. RouterOS takes a
+    merge: the removed line comes back, the line added since stays, and the restore says so."""
+    from tests.conftest import wait_for
+
     lab = _lab(vault)
-    (added,) = lab.state(host)["changes"][-1:]
-    at = _page("oscar", host)
+    (junos_added,) = lab.state(JUNOS)["changes"][-1:]
+    at = _page("oscar", JUNOS)
     at.selectbox(key="device_show_version").set_value(1).run()
     at = at.button(key="device_restore_prepare").click().run()
     assert not at.exception and not at.error, [e.value for e in at.error]
-    assert any("Restore v1" in w.value for w in at.warning)
-    assert any(f"-{added}" in c.value.splitlines() for c in at.code), [c.value for c in at.code]
-    at = at.button(key="device_restore_confirm").click().run()
+    assert any("Restore v1" in w.value and "full replace" in w.value for w in at.warning)
+    assert any(f"-{junos_added}" in c.value.splitlines() for c in at.code), [c.value for c in at.code]
+    at = at.button(key="device_restore_confirm").click().run()  # a job: it runs beside the CLI's restores
     assert at.session_state["device_restore"]["job_id"]
 
-    def finished():
-        return any("now matches v1" in s.value for s in at.run().success)
+    def restore(host: str) -> subprocess.CompletedProcess:
+        return vault("restore", host, "1", "--json", check=False)
 
-    wait_for(finished, "the portal's restore job", timeout=120, interval=1)
-    assert added not in lab.running_config(host)
-    versions = _versions(vault, host)
-    assert len(versions) == 3 and versions[2]["sha"] == versions[0]["sha"], versions
+    with ThreadPoolExecutor(3) as pool:
+        done = dict(zip([*REPLACE, MERGE], pool.map(restore, [*REPLACE, MERGE])))
+    for host in REPLACE:
+        proc = done[host]
+        assert proc.returncode == 0, proc.stdout + proc.stderr
+        result = json.loads(proc.stdout)
+        assert (result["status"], result["mode"], result["backup_status"]) == ("matches", "replace", "changed"), result
+        assert "lab-admin" not in proc.stdout + proc.stderr
+    proc = done[MERGE]
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    result = json.loads(proc.stdout)
+    assert (result["status"], result["mode"]) == ("differs", "merge"), result
+    (added,) = lab.state(MERGE)["changes"][-1:]
+    assert [line for line in result["remaining"].splitlines() if line.startswith(("-/", "+/"))] == [
+        "-/ip route " + added]
+    assert ROUTEROS_LINE in lab.state(MERGE)["running"].split("\n")
+    wait_for(lambda: any("now matches v1" in s.value for s in at.run().success), "the portal's restore job",
+             timeout=120, interval=1)
+    assert not at.error, [e.value for e in at.error]
+    for host in [*REPLACE, JUNOS]:
+        assert lab.state(host)["changes"][-1] not in lab.running_config(host)
+        versions = _versions(vault, host)
+        assert len(versions) == 3 and versions[2].sha256 == versions[0].sha256, versions
+    results = _backup(vault, [*REPLACE, JUNOS])
+    assert {r["status"] for r in results.values()} == {"unchanged"}, results
+    assert all(len(_versions(vault, h)) == 3 for h in [*REPLACE, JUNOS])
