@@ -13,6 +13,7 @@ pushed lines the configuration does not have yet.
 """
 from __future__ import annotations
 
+import difflib
 import re
 import time
 
@@ -40,21 +41,27 @@ def _with_markers(lines: list[str], old: list[str], p: Personality) -> list[str]
             seen.add(name)
         elif name is None:
             out.append(line)
-    for index, line in enumerate(old):
-        mo = VOL_RE.fullmatch(line)
-        if mo and mo.group(1) not in seen:
-            out.insert(_place(old, index, out), line)
-            seen.add(mo.group(1))
+    kept = [line for line in old if not (VOL_RE.fullmatch(line) and VOL_RE.fullmatch(line).group(1) in seen)]
+    plain = [line for line in kept if not VOL_RE.fullmatch(line)]
+    places, before = [], 0  # (index in ``out``, marker): where the old configuration had it, by alignment
+    for line in kept:
+        if VOL_RE.fullmatch(line):
+            places.append((_place(plain, before, out), line))
+        else:
+            before += 1
+    for at, line in reversed(places):
+        out.insert(at, line)
     return out
 
 
-def _place(old: list[str], index: int, new: list[str]) -> int:
-    """Where the marker at ``old[index]`` goes in ``new``: before the first distinctive line that followed
-    it (one that occurs once in both), else at the same index."""
-    for line in old[index + 1:]:
-        if len(line.strip()) > 3 and old.count(line) == 1 and new.count(line) == 1:
-            return new.index(line)
-    return min(index, len(new))
+def _place(old: list[str], k: int, new: list[str]) -> int:
+    """The index in ``new`` that corresponds to position ``k`` of ``old`` (lines aligned by difflib)."""
+    for tag, i1, i2, j1, j2 in difflib.SequenceMatcher(None, old, new, autojunk=False).get_opcodes():
+        if i1 <= k < i2:
+            return j1 + (k - i1) if tag == "equal" else j1
+        if k == i2 == len(old):
+            return j2
+    return min(k, len(new))
 
 
 def line_merge(old: list[str], pushed: list[str]) -> list[str]:

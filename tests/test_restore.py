@@ -275,3 +275,47 @@ def test_restore_puts_version_1_back(vault):
     results = _backup(vault, [*REPLACE, JUNOS])
     assert {r["status"] for r in results.values()} == {"unchanged"}, results
     assert all(len(_versions(vault, h)) == 3 for h in [*REPLACE, JUNOS])
+
+
+# --- the parts, without a lab ---------------------------------------------------------------------------
+def test_the_pushed_text_has_no_header_and_its_secrets_back_from_the_raw_copy():
+    from jobs.collect.platforms import get_platform
+    from jobs.collect.restore import RestoreRefused, push_text
+
+    ios = get_platform("ios")
+    version = ("! Cisco IOS XE Software, Version 17.9.4a\n! Processor board ID FOC1\n!\nversion 17.9\n"
+               "enable secret 9 <secret hidden>\nusername a privilege 15 secret 9 <secret hidden>\n"
+               "ntp clock-period <volatile>\nend\n")
+    raw = ("Cisco IOS XE Software, Version 17.9.4a\nProcessor board ID FOC1\nBuilding configuration...\n"
+           "! Last configuration change at 10:00:00 UTC by admin\n!\nversion 17.9\nenable secret 9 $9$one\n"
+           "username a privilege 15 secret 9 $9$two\nntp clock-period 17179001\nend\n"
+           "!\nversion 17.9\nenable secret 9 $9$old-startup\nend\n")
+    assert push_text("r1", 1, ios, version, raw) == (
+        "!\nversion 17.9\nenable secret 9 $9$one\nusername a privilege 15 secret 9 $9$two\n"
+        "ntp clock-period 17179001\nend\n")
+    with pytest.raises(RestoreRefused, match=r"^r1: v1: a masked secret has no original in the raw copy"):
+        push_text("r1", 1, ios, version, raw.replace("username a privilege 15 secret 9 $9$two\n", ""))
+    kept = version.replace("enable secret 9 <secret hidden>", "enable secret 9 $9$kept").replace(
+        "username a privilege 15 secret 9 <secret hidden>\n", "")
+    assert "enable secret 9 $9$kept\n" in push_text("r1", 1, ios, kept, None)  # devicevault_secrets: keep
+
+
+def test_the_lab_applies_a_replace_with_its_own_lines_and_a_routeros_merge():
+    from lab.apply import apply_config
+    from lab.personality import load_personalities
+
+    personalities = load_personalities()
+    state = {"running": "@@VOL:last_commit@@\nversion 1;\nsystem {\n    host-name a;\n}\n"}
+    apply_config(state, personalities["junos"], "version 1;\nsystem {\n    host-name b;\n}\n", "replace", "oscar")
+    assert state["running"] == "@@VOL:last_commit@@\nversion 1;\nsystem {\n    host-name b;\n}\n"
+    assert state["changed_by"] == "oscar"
+    ios = {"running": "!\n@@VOL:last_change@@\nhostname a\n!\n@@VOL:clock_period@@\nntp server 10.0.0.1\nend\n"}
+    apply_config(ios, personalities["ios"], "!\nhostname b\n!\nntp server 10.0.0.1\nend\n", "replace", "oscar")
+    assert ios["running"] == "!\n@@VOL:last_change@@\nhostname b\n!\n@@VOL:clock_period@@\nntp server 10.0.0.1\nend\n"
+    ros = {"running": "/ip route\nadd dst-address=10.0.0.0/8 gateway=lo\n/ip service\nset telnet disabled=no\n"}
+    pushed = ("# software id = X\n/ip route add dst-address=10.0.0.0/8 gateway=lo\n"
+              "/ip route add dst-address=10.1.0.0/16 gateway=lo\n/ip service set telnet disabled=yes\n"
+              "/system identity set name=r1\n")
+    apply_config(ros, personalities["routeros"], pushed, "merge", "oscar")
+    assert ros["running"] == ("/ip route\nadd dst-address=10.0.0.0/8 gateway=lo\nadd dst-address=10.1.0.0/16 gateway=lo\n"
+                              "/ip service\nset telnet disabled=yes\n/system identity\nset name=r1\n")
