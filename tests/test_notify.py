@@ -6,6 +6,7 @@ file order on it.
 
 from __future__ import annotations
 
+import base64
 import datetime as dt
 import email
 import hashlib
@@ -193,6 +194,9 @@ def dv(tmp_path_factory, redis_server):
     home = tmp_path_factory.mktemp("notify")
     inventory = home / "inventory"
     hosts = generate_inventory(count=2, out=inventory, port=free_port(), base="127.0.71.0", platforms=["ios", "eos"])
+    keeper = next(h for h in hosts if "eos" in h)  # its stored texts keep the secrets: the diff masks them
+    (inventory / "host_vars").mkdir()
+    (inventory / "host_vars" / f"{keeper}.yml").write_text("devicevault_secrets: keep\n")
     redis_url = redis_server.url.rsplit("/", 1)[0] + "/1"
     Redis.from_url(redis_url).flushdb()
     receiver = Receiver(free_port(), HOOK_SECRET).start()
@@ -224,8 +228,8 @@ channels:
           username: devicevault, password_env: DV_TEST_SMTP_PASSWORD, from: devicevault@example.com,
           to: [digest@example.com], digest: true}}
   broken: {{type: webhook, url: "http://127.0.0.1:{free_port()}/nobody", max_tries: 2, retry_base: 0.2}}
-  slack: {{type: slack, url_env: DV_TEST_SLACK_URL}}
-  teams: {{type: teams, url: "http://127.0.0.1:{receiver.port}/teams"}}
+  slack: {{type: slack, url_env: DV_TEST_SLACK_URL, retry_base: 0.5, retry_max: 1}}
+  teams: {{type: teams, url: "http://127.0.0.1:{receiver.port}/teams", retry_base: 0.5, retry_max: 1}}
 rules:
   - name: changes
     events: [version, failed, recovered]
@@ -251,11 +255,16 @@ rules:
         "DEVICEVAULT_JOB_TIMEOUT": "60",
         "DEVICEVAULT_LOCK_MARGIN": "10",
         "DEVICEVAULT_COLLECT_RETRIES": "0",
+        # kept secrets need encrypted targets
+        "DEVICEVAULT_ENCRYPTION_KEYS": "k1:" + base64.b64encode(hashlib.sha256(b"notify test key").digest()).decode(),
+        "DEVICEVAULT_GIT_ENCRYPT": "true",
+        "DEVICEVAULT_FS_ENCRYPT": "true",
         "DV_TEST_HOOK_SECRET": HOOK_SECRET,
         "DV_TEST_SMTP_PASSWORD": SMTP_PASSWORD,
         "DV_TEST_SLACK_URL": f"http://127.0.0.1:{receiver.port}/slack",
     }
     tool = DeviceVault(env, home)
+    tool.keeper = keeper
     tool.hosts, tool.receiver, tool.mailbox, tool.redis = hosts, receiver, mailbox, Redis.from_url(redis_url)
     start_lab(inventory, home / "lab")
     processes = [
@@ -324,7 +333,18 @@ def test_a_change_on_two_devices_sends_two_signed_webhooks_and_two_mails_with_th
         lines = hook["diff"].splitlines()[2:]
         assert [line[1:] for line in lines if line.startswith("+")] == added[hook["device"]], hook["diff"]
         assert not [line for line in lines if line.startswith("-")], hook["diff"]
+    from sqlalchemy import select
+
+    from storage.index.db import connect
+    from storage.index.models import Device, Version
+
+    with connect(dv.settings.database_url)() as session:  # the keeper's stored texts do hold its secrets
+        kept = session.scalars(select(Version).join(Device).where(Device.name == dv.keeper)).all()
+        assert kept and all(v.view_sha256 != v.sha256 for v in kept)
+    secrets = [line.split()[-1] for line in lab.running_config(dv.keeper).splitlines() if " sha512 " in line]
+    assert secrets and not [s for s in secrets if any(s in json.dumps(b) for _, b in dv.receiver.got)]
     mails = dv.mailbox.versions()
+    assert not [s for s in secrets if any(s in m.as_string() for m in dv.mailbox.messages)]
     assert sorted(next(h for h in changed if h in m["Subject"]) for m in mails) == sorted(changed)
     for mail in mails:
         body = mail.get_payload(decode=True).decode()
