@@ -1,5 +1,7 @@
 """Notifications: tell people when something changed or broke.
 
+- :mod:`jobs.notify.base`: the package's errors (one base, :class:`~jobs.notify.base.NotifyError`) and a
+  channel's configuration;
 - :mod:`jobs.notify.rules`: the rules file (``notifications.yml``): channels, rules, secrets from the environment;
 - :mod:`jobs.notify.events`: what is notified (:class:`~jobs.notify.events.Event`, derived from DeviceVault's
   streams and the index);
