@@ -155,6 +155,14 @@ def test_quiet_hours_and_rate_limits_only_move_a_delivery_and_a_repeat_is_not_qu
     other = Event(id="failed:x1:t", kind=EventKind.FAILED, title="x", device="x1", group="core")
     assert route(redis, rules, [other], now=night) == 1  # only 'night': 'few' wants devices r*
     assert rules.mask("token s3cret-value") == "token REDACTED"
+    # a run's digest: what joined it is sent with it, once; what comes after it went is sent on its own
+    digest, key = "notify:digest:d:mail:run1", queue.delivery_key("digest:run1", "d", "mail")
+    assert queue.hold_for_digest(redis, key, digest, {"id": "version:1", "kind": "version"})
+    queue.enqueue(redis, key, "d", "mail", [{"id": "run:run1", "kind": "run_finished"}], digest=digest)
+    assert [e["id"] for e in queue.freeze_digest(redis, key, digest)] == ["run:run1", "version:1"]
+    assert [e["id"] for e in queue.freeze_digest(redis, key, digest)] == ["run:run1", "version:1"]  # a retry
+    assert queue.hold_for_digest(redis, key, digest, {"id": "version:1", "kind": "version"})  # a repeat: in it
+    assert not queue.hold_for_digest(redis, key, digest, {"id": "version:2", "kind": "version"})  # too late
     redis.flushdb()
 
 

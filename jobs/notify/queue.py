@@ -56,8 +56,10 @@ return keys
 """
 
 
-# a run's digest: an event joins it while the digest has not been sent (else it goes on its own: 0)
+# a run's digest: an event joins it while the digest has not been sent (else it goes on its own: 0); one
+# that joined it before (a redelivered message) is in it already (1)
 _HOLD = """
+if redis.call('HEXISTS', KEYS[2], ARGV[1]) == 1 then return 1 end
 if redis.call('HGET', KEYS[1], 'frozen') == '1' then return 0 end
 redis.call('HSET', KEYS[2], ARGV[1], ARGV[2])
 redis.call('EXPIRE', KEYS[2], ARGV[3])
@@ -72,7 +74,10 @@ if redis.call('HGET', KEYS[1], 'frozen') ~= '1' then
   for _, e in ipairs(events) do table.insert(merged, e) end
   for _, v in ipairs(redis.call('HVALS', KEYS[2])) do table.insert(merged, cjson.decode(v)) end
   redis.call('HSET', KEYS[1], 'events', cjson.encode(merged), 'frozen', '1')
+  local ids = redis.call('HKEYS', KEYS[2])  -- from now on only which events it holds (repeats are known)
   redis.call('DEL', KEYS[2])
+  for _, id in ipairs(ids) do redis.call('HSET', KEYS[2], id, '1') end
+  redis.call('EXPIRE', KEYS[2], ARGV[1])
 end
 return redis.call('HGET', KEYS[1], 'events')
 """
@@ -108,15 +113,16 @@ def enqueue(redis: Redis, key: str, rule: str, channel: str, events: list[dict],
 
 
 def hold_for_digest(redis: Redis, digest_key: str, digest: str, event: dict) -> bool:
-    """Put ``event`` into the run digest ``digest`` (a hash), unless the digest delivery ``digest_key`` has been
-    sent (or is being sent): then False, and the event needs a delivery of its own."""
+    """Put ``event`` into the run digest ``digest`` (a hash, kept after the digest went so that a repeat is
+    known), unless the digest delivery ``digest_key`` has been sent (or is being sent) without it: then False,
+    and the event needs a delivery of its own."""
     return bool(redis.eval(_HOLD, 2, PREFIX + digest_key, digest, event["id"], json.dumps(event), KEEP))
 
 
 def freeze_digest(redis: Redis, key: str, digest: str) -> list[dict]:
     """The events of the digest delivery ``key``: on its first try those held in ``digest`` join it, and later
     events go on their own (:func:`hold_for_digest`); every retry sends the same mail."""
-    events = json.loads(redis.eval(_FREEZE, 2, PREFIX + key, digest) or "[]")
+    events = json.loads(redis.eval(_FREEZE, 2, PREFIX + key, digest, KEEP) or "[]")
     return events if isinstance(events, list) else []  # Lua's cjson writes an empty list as {}
 
 
