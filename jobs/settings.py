@@ -204,13 +204,18 @@ def _vault_password_file(value: Any) -> str | None:
     return ",".join(str(path) if label == "default" else f"{label}@{path}" for label, path in ids) or None
 
 
-def _number(kind: type, name: str, value: Any) -> Any:
-    """``int(value)`` or ``float(value)``; a value that is not one names its variable."""
+def _number(kind: type, name: str, value: Any, *, least: float | None = None, above: float | None = None,
+            what: str = "") -> Any:
+    """``int(value)`` or ``float(value)``, at least ``least`` or more than ``above`` when given; a value that
+    is not one names its variable and says what it must be (``what``: e.g. "a number of seconds, 0 or more")."""
     try:
-        return kind(str(value).strip())
+        number = kind(str(value).strip())
     except ValueError:
-        what = "a whole number" if kind is int else "a number"
-        raise SettingsError(f"DEVICEVAULT_{name.upper()}={value!r}: must be {what}") from None
+        number = None
+    if number is None or (least is not None and not number >= least) or (above is not None and not number > above):
+        what = what or ("a whole number" if kind is int else "a number")
+        raise SettingsError(f"DEVICEVAULT_{name.upper()}={value!r}: must be {what}")
+    return number
 
 
 def _redis_url(url: str) -> str:
@@ -236,37 +241,17 @@ def _with_password(url: str, password_file: Path) -> str:
 def _at_least(minimum: int, name: str, value: Any) -> int:
     """A whole number >= ``minimum``: hosts per batch and forks need 1 (0 would enqueue empty jobs, a negative
     one nothing); 0 fetch processes means "decided by the fetch"."""
-    try:
-        number = int(str(value).strip())
-    except ValueError:
-        number = minimum - 1
-    if number < minimum:
-        raise SettingsError(f"DEVICEVAULT_{name.upper()}={value!r}: must be a whole number of at least {minimum}")
-    return number
+    return _number(int, name, value, least=minimum, what=f"a whole number of at least {minimum}")
 
 
 def _seconds(name: str, value: Any, unit: str = "seconds") -> float:
     """A number of seconds (or of ``unit``), 0 or more."""
-    try:
-        number = float(str(value).strip())
-    except ValueError:
-        number = -1.0
-    if not number >= 0:
-        raise SettingsError(f"DEVICEVAULT_{name.upper()}={value!r}: must be a number of {unit}, 0 or more")
-    return number
+    return _number(float, name, value, least=0, what=f"a number of {unit}, 0 or more")
 
 
 def _megabytes(name: str, value: Any) -> float | None:
     """A size in MiB, more than 0; None stays None (the default of whoever uses it)."""
-    if value is None:
-        return None
-    try:
-        number = float(str(value).strip())
-    except ValueError:
-        number = 0.0
-    if not number > 0:
-        raise SettingsError(f"DEVICEVAULT_{name.upper()}={value!r}: must be a number of MiB, more than 0")
-    return number
+    return None if value is None else _number(float, name, value, above=0, what="a number of MiB, more than 0")
 
 
 @dataclass(frozen=True)

@@ -21,11 +21,8 @@ whose end could not be recorded stays in RQ's started registry and queue hygiene
 
 from __future__ import annotations
 
-import ctypes
-import ctypes.util
 import logging
 import os
-import signal
 import time
 
 from redis.exceptions import ConnectionError as RedisConnectionError
@@ -40,18 +37,14 @@ REDIS_DOWN = (RedisConnectionError, RedisTimeoutError, ConnectionResetError, Bro
 #: the worker loop's wait after an outage outlasted the connection's own retries: 1 s doubling up to this
 MAX_OUTAGE_WAIT = 30.0
 
-PR_SET_PDEATHSIG = 1
-#: the C library, found once (``find_library`` runs ``ldconfig``: a process per work horse otherwise)
-_LIBC = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
 
 
 def die_with_parent(parent_pid: int) -> None:
     """Have the kernel SIGKILL this process when its parent dies (Linux); if the parent is already gone
-    (it died between the fork and this call), die now."""
-    if _LIBC.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0) != 0:
-        raise OSError(ctypes.get_errno(), "prctl(PR_SET_PDEATHSIG) failed")
-    if os.getppid() != parent_pid:
-        os._exit(1)
+    (it died between the fork and this call), die now: the collection's ``batch_fetch.die_with_parent``."""
+    from jobs.collect.platforms import collection_module
+
+    collection_module("batch_fetch").die_with_parent(parent_pid)
 
 
 def preload() -> None:
@@ -64,6 +57,9 @@ def preload() -> None:
     import ansible_runner  # noqa: F401
 
     import jobs.tasks  # noqa: F401
+    from jobs.collect.platforms import collection_module
+
+    collection_module("batch_fetch")  # die_with_parent, in every work horse
 
 
 def warm_inventory(job) -> None:

@@ -20,6 +20,7 @@ import sys
 import time
 from pathlib import Path
 
+from jobs import processes
 from jobs.settings import SOURCE_ROOT
 
 from .control import LabControl
@@ -33,25 +34,13 @@ def _pidfile(state_dir, pidfile=None) -> Path:
 
 
 def _alive(pid: int) -> bool:
+    """Whether ``pid`` runs (``jobs.processes.alive``), reaping it first if it is our own exited child."""
     try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    try:   # reap if it is our zombie child
-        done, _ = os.waitpid(pid, os.WNOHANG)
-        if done == pid:
+        if os.waitpid(pid, os.WNOHANG)[0] == pid:
             return False
     except ChildProcessError:
         pass
-    try:
-        with open(f"/proc/{pid}/stat") as fh:
-            if fh.read().split(") ", 1)[1].startswith("Z"):
-                return False
-    except OSError:
-        pass
-    return True
+    return processes.alive(pid)
 
 
 def read_pid(state_dir, pidfile=None) -> int | None:

@@ -62,6 +62,7 @@ CLOSE_GRACE = 2.0
 #: the largest reply to one command, in MiB, unless ``DEVICEVAULT_MAX_OUTPUT_MB`` says otherwise
 MAX_OUTPUT_MB = 64
 _PR_SET_PDEATHSIG = 1
+_LIBC = ctypes.CDLL(None, use_errno=True)
 
 
 def max_output_bytes():
@@ -388,12 +389,16 @@ def process_count(requested, forks, devices):
     return max(1, min(wanted, forks, devices))
 
 
-def die_with_parent():
+def die_with_parent(parent=None):
     """Have the kernel SIGKILL this process when the process that started it dies (Linux): the task's
     process goes with a killed ``ansible-playbook`` (the OOM killer, a job's hard limit), and the fetch
-    processes with the task's, so no fetch goes on unseen with no one to read its results."""
-    parent = os.getppid()
-    ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+    processes with the task's, so no fetch goes on unseen with no one to read its results. ``parent``: the
+    starting process's pid as it knew it before the fork (this process then dies at once if that one died
+    in between); None takes the current parent (a process this code did not fork). Also what DeviceVault's
+    RQ worker does in its work horse (``jobs.worker``)."""
+    parent = os.getppid() if parent is None else parent
+    if _LIBC.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0) != 0:
+        raise OSError(ctypes.get_errno(), "prctl(PR_SET_PDEATHSIG) failed")
     if os.getppid() != parent:  # it died before the call
         os._exit(1)
 
@@ -420,11 +425,12 @@ def run_batch(names, prepare, forks, processes, results_path):
         children = {}
         try:
             for share, count in zip(shares, threads):
+                me = os.getpid()
                 pid = os.fork()
                 if pid == 0:  # child
                     code = 0
                     try:
-                        die_with_parent()
+                        die_with_parent(me)
                         _run_threads(share, prepare, count, writer)
                     except BaseException:
                         code = 1
