@@ -119,11 +119,18 @@ class Checker:
         rules = self.rules()
         report = CheckReport()
         wanted = None if device_ids is None else list(device_ids)
+        if not rules.rules:  # nothing to evaluate (the usual case without a rules file): no text read, and no
+            with self.sessions() as session:  # write unless results of rules now gone are left to remove
+                stale = results.has_results(session, wanted)
+            if stale:
+                with self.sessions.begin() as session:
+                    results.remove(session, wanted)
+            return report
         with self.sessions() as session:
             items = list(results.newest_views(session, device_ids=wanted))
             retired = _retired_ids(session)
         items = [i for i in items if i.device_id not in retired]
-        membership = self.groups() if items else {}
+        membership = self.groups() if items and any(rule.groups for rule in rules.rules) else {}
         for start in range(0, len(items), BATCH):
             verdicts = []
             with self.sessions() as session:
@@ -233,7 +240,10 @@ class ComplianceConsumer(StreamConsumer):
             device_id = session.scalar(select(Version.device_id).where(Version.id == version_id))
         if device_id is None:
             raise Malformed(f"version {version_id} is not in the index")
-        return self.checker.check([device_id])
+        report = self.checker.check([device_id])
+        if report.unreadable:  # its text is not at hand yet (copies still pending): retried, then dead-lettered
+            raise LookupError(f"version {version_id} cannot be checked yet: {report.unreadable[0]}")
+        return report
 
 
 def inventory_groups(settings: Any) -> Callable[[], dict[str, Iterable[str]]]:

@@ -45,7 +45,7 @@ def record(session: Session, device_id: int, version_id: int, outcomes: dict[str
            now: datetime) -> None:
     """Store the standing of device ``device_id`` (checked on ``version_id``) against every rule that covers
     it: ``outcomes`` maps each rule's name to what breaks it (``[]``: it complies). Rows of rules that no
-    longer cover the device (or no longer exist) are removed. ``since`` moves only when the standing changes."""
+    longer cover the device (or no longer exist) are removed, without an event. ``since`` moves only when the standing changes."""
     rows = {r.rule: r for r in session.scalars(select(ComplianceResult).where(ComplianceResult.device_id == device_id))}
     for rule, offences in outcomes.items():
         violated = bool(offences)
@@ -60,6 +60,22 @@ def record(session: Session, device_id: int, version_id: int, outcomes: dict[str
     gone = [r.id for name, r in rows.items() if name not in outcomes]
     if gone:
         session.execute(delete(ComplianceResult).where(ComplianceResult.id.in_(gone)))
+
+
+def has_results(session: Session, device_ids: Sequence[int] | None = None) -> bool:
+    """Whether any result is stored (for these devices; None: any device)."""
+    query = select(ComplianceResult.id).limit(1)
+    if device_ids is not None:
+        query = query.where(ComplianceResult.device_id.in_(list(device_ids)))
+    return session.scalar(query) is not None
+
+
+def remove(session: Session, device_ids: Sequence[int] | None = None) -> None:
+    """Forget the results (of these devices; None: all): no rule covers them any more. No event is published."""
+    query = delete(ComplianceResult)
+    if device_ids is not None:
+        query = query.where(ComplianceResult.device_id.in_(list(device_ids)))
+    session.execute(query)
 
 
 def unannounced(session: Session, device_ids: Sequence[int] | None = None) -> list[Announcement]:
