@@ -28,14 +28,17 @@ class ActionModule(ActionBase):
             args.get("platforms_dir") or task_vars.get(platform_file.PLATFORMS_DIR_VAR))
 
     @staticmethod
-    def _refused(platform, output):
+    def _masked(platform, line):
+        """``line`` as a result may show it: a configuration line's secrets masked (the device may echo it)."""
+        masked = normalize.clean_lines(platform, line.strip(), normalize.SecretsMode.MASK)
+        return masked[0] if masked else "(a line the platform file calls noise)"
+
+    def _refused(self, platform, output):
         """The first line of ``output`` that says the device refused a step, masked; else ''."""
         for pattern in platform.errors + platform.restore.errors:
             match = pattern.search(output)
             if match:
-                line = output[output.rfind("\n", 0, match.start()) + 1:].split("\n", 1)[0].strip()
-                masked = normalize.clean_lines(platform, line, normalize.SecretsMode.MASK)
-                return masked[0] if masked else "(a line the platform file calls noise)"
+                return self._masked(platform, output[output.rfind("\n", 0, match.start()) + 1:].split("\n", 1)[0])
         return ""
 
     def run(self, tmp=None, task_vars=None):
@@ -69,11 +72,11 @@ class ActionModule(ActionBase):
         for number, (command, newline, sendonly, part) in enumerate(steps, 1):
             try:
                 out = conn.get(command=command, sendonly=sendonly, newline=newline)
-            except ConnectionError as exc:
-                text = str(exc)
+            except ConnectionError as exc:  # network_cli's own error patterns, a timeout, a closed connection
+                text = str(exc).strip()
+                reason = (self._refused(platform, text) or self._masked(platform, text.splitlines()[0])) if text else "no answer"
                 return {"failed": True, "step": number, "part": part,
-                        "msg": "the device refused step %d (%s): %s" % (number, part,
-                                                                        self._refused(platform, text) or text.splitlines()[0] if text else "no answer")}
+                        "msg": "the device refused step %d (%s): %s" % (number, part, reason)}
             if sendonly:
                 continue
             refused = self._refused(platform, out or "")
