@@ -28,7 +28,8 @@ time of the same page on the baseline index is printed beside it with the ratio.
 (``?device=&a=&b=&mode=``) opened in a new session, the device picker (typing part of a name), six searches
 of the newest configurations (text in nearly every device, in one group, a regex with and without a literal,
 a regex in one group, a rare text; each with the number of lines found) and the comparison of a line across
-devices. The target is every one of them under 2 s on the full index; the exit status is 1 when one misses
+devices. The Health page, the Compliance page (every device checked against two rules, one device in five
+breaking one: about 2,000 rows) and the Export page are rendered too. The target is every one of them under 2 s on the full index; the exit status is 1 when one misses
 it. An index kept with ``--keep`` is migrated to the newest schema before the measurements.
 """
 
@@ -256,6 +257,35 @@ def _counts(db: Path) -> tuple[int, int, str]:
         con.close()
 
 
+#: compliance results: every device checked against two rules; one device in COMPLIANCE_EVERY breaks one
+COMPLIANCE_RULES = ("ntp-server", "no-telnet")
+COMPLIANCE_EVERY = 5
+
+
+def fill_compliance(db: Path) -> None:
+    """Each device's standing against :data:`COMPLIANCE_RULES` (what ``jobs.compliance`` writes), unless the
+    index has some already: the Compliance page then lists about 2,000 devices of 10,000 with their lines."""
+    import json
+
+    con = sqlite3.connect(db)
+    try:
+        if con.execute("SELECT COUNT(*) FROM compliance_results").fetchone()[0]:
+            return
+        now = _stamp(datetime.now(timezone.utc))
+        rows = []
+        for device_id, version_id in con.execute("SELECT device_id, MAX(id) FROM versions GROUP BY device_id"):
+            for n, rule in enumerate(COMPLIANCE_RULES):
+                violated = n == 0 and device_id % COMPLIANCE_EVERY == 0
+                lines = [{"line": NTP_LINE, "problem": "missing", "section": ""}] if violated else []
+                rows.append((device_id, rule, version_id, violated, json.dumps(lines), now, now,
+                             "violated" if violated else "resolved"))
+        con.executemany("INSERT INTO compliance_results (device_id, rule, version_id, violated, lines, checked_at,"
+                        " since, published) VALUES (?, ?, ?, ?, ?, ?, ?, ?)", rows)
+        con.commit()
+    finally:
+        con.close()
+
+
 def prepare(home: Path, devices: int, versions: int, heavy_versions: int) -> dict:
     db = home / "index.sqlite"
     if db.exists() and _counts(db) == (devices, versions, BENCH_VERSION):
@@ -263,6 +293,7 @@ def prepare(home: Path, devices: int, versions: int, heavy_versions: int) -> dic
 
         started = time.perf_counter()
         upgrade(f"sqlite:///{db}")  # newer migrations, before (not during) the measurements
+        fill_compliance(db)
         print(f"  reusing {db} (migrated in {time.perf_counter() - started:.1f} s)", flush=True)
         return {"url": f"sqlite:///{db}", "devices": devices, "versions": versions, "heavy": HEAVY}
     if db.exists():
@@ -271,6 +302,7 @@ def prepare(home: Path, devices: int, versions: int, heavy_versions: int) -> dic
         shutil.rmtree(home)
     started = time.perf_counter()
     made = generate(home, devices, versions, heavy_versions)
+    fill_compliance(db)
     print(f"  generated {made['devices']} devices / {made['versions']} versions in "
           f"{time.perf_counter() - started:.1f} s ({db})", flush=True)
     return made
@@ -320,6 +352,10 @@ def measure(home: Path, made: dict, typical: str) -> dict[str, float]:
     render("Devices filtered: failed")
     render("Runs (cold)", "views/runs.py")
     render("Runs (warm)")
+    render("Health (cold)", "views/health.py", tables=False)
+    render("Compliance (cold)", "views/compliance.py")
+    render("Compliance (warm)")
+    render("Export (page)", "views/snapshot.py", tables=False)
     for name, label in ((made["heavy"], f"Device, {made['heavy']} (cold)"), (typical, "Device, typical (cold)")):
         content.CACHE.clear()
         content._STATS.clear()
@@ -391,8 +427,15 @@ def main(argv: list[str] | None = None) -> int:
     print(f"full: {args.devices} devices, {args.versions} versions", flush=True)
     full = prepare(work / "full", args.devices, args.versions, args.heavy_versions)
     typical = f"{SITES[1]}-{PLATFORMS[1].rsplit('.', 1)[-1]}-00001"
-    base_times = measure(work / "baseline", base, typical)
-    full_times = measure(work / "full", full, typical)
+    from cli.services import RedisServer, free_port
+
+    redis = RedisServer(work / "redis", free_port()).start()  # the Health page reads queues and streams
+    os.environ["DEVICEVAULT_REDIS_URL"] = redis.url
+    try:
+        base_times = measure(work / "baseline", base, typical)
+        full_times = measure(work / "full", full, typical)
+    finally:
+        redis.stop()
     print()
     print(f"load average {' '.join(f'{x:.2f}' for x in os.getloadavg())} ({os.cpu_count()} CPUs)")
     print(f"{'page':<42}{'baseline':>10}{'full':>10}{'ratio':>8}  target < {TARGET_SECONDS:g} s")
@@ -402,9 +445,8 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{label:<42}{base_times.get(label, 0):>10.0f}{seconds:>10.0f}")
             continue
         ratio = seconds / base_times[label] if base_times.get(label) else float("nan")
-        measured = label.startswith(("Devices (", "Device, ", "Device picker", "Search"))
-        verdict = ("ok" if seconds < TARGET_SECONDS else "TOO SLOW") if measured else ""
-        failed |= measured and seconds >= TARGET_SECONDS
+        verdict = "ok" if seconds < TARGET_SECONDS else "TOO SLOW"  # every page, search and link (issue 15)
+        failed |= seconds >= TARGET_SECONDS
         print(f"{label:<42}{base_times[label]:>9.3f}s{seconds:>9.3f}s{ratio:>7.2f}x  {verdict}")
     if not args.keep:
         import shutil
