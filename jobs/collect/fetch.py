@@ -13,7 +13,6 @@ way configurations are fetched can change without touching the rest.
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import re
@@ -111,15 +110,17 @@ class _ResultsTail(threading.Thread):
                 data = handle.read()
         except FileNotFoundError:
             return {}
+        from jobs.collect.platforms import collection_module
+
         self._offset += len(data)
         *lines, self._partial = (self._partial + data).split(b"\n")
         found: dict[str, FetchOutcome] = {}
+        parse = collection_module("batch_fetch").parse_result_line
         for line in lines:
-            try:
-                record = json.loads(line)
-                host = record.pop("host")
-            except (ValueError, KeyError, AttributeError):
-                continue  # a line cut short by a dying process
+            parsed = parse(line)
+            if parsed is None:
+                continue
+            host, record = parsed
             if host in self.hosts and host not in self._seen:
                 self._seen.add(host)
                 found[host] = apply_record(FetchOutcome(host=host), record, self.redactor)

@@ -344,17 +344,24 @@ class ResultWriter:
         os.close(self._fd)
 
 
+def parse_result_line(line):
+    """``(host, result)`` of one line of a results file, or None for a line cut short by a dying process."""
+    try:
+        record = json.loads(line)
+        return record.pop("host"), record
+    except (ValueError, KeyError, AttributeError):
+        return None
+
+
 def read_results(path):
     """``{host: result}`` from a results file (a line cut short by a dying process is skipped)."""
     found = {}
     try:
         with open(path, "rb") as handle:
             for line in handle:
-                try:
-                    record = json.loads(line)
-                except ValueError:
-                    continue
-                found[record.pop("host")] = record
+                parsed = parse_result_line(line)
+                if parsed is not None:
+                    found[parsed[0]] = parsed[1]
     except FileNotFoundError:
         pass
     return found
