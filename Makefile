@@ -32,7 +32,7 @@ demo-stop:
 	$(VENV)/bin/devicevault demo --stop
 
 test: setup
-	$(PY) -m pytest -q -n 2 --dist loadfile --durations=30
+	$(PY) -m pytest -q -rs -n 2 --dist loadfile --durations=30
 
 clean:
 	-$(VENV)/bin/devicevault demo --stop
