@@ -427,6 +427,33 @@ def test_a_batch_of_device_results_is_committed_in_one_transaction(streams, sess
     assert len(commits) == 3 and _count(sessions, Version) == 10
 
 
+def test_versions_published_one_by_one_are_gathered_into_one_storage_job_per_target(
+        streams, sessions, inventory, enqueued):
+    """Collectors publish each device as soon as it is fetched; the consumer's releaser gathers a target's
+    versions for ``gather`` seconds from the first (its own clock here, an explicit argument) before the
+    storage job, and a full chunk goes at once."""
+    write_inventory(inventory, BATCH_HOSTS)
+    now = [1000.0]
+    releaser = Releaser(streams, lease=60, enqueue=lambda target, ids: enqueued.append((target, ids)),
+                        chunk=5, gather=2.0, clock=lambda: now[0])
+    c = Consumer(streams, sessions, name="gather", block_ms=100, inventory=inventory, releaser=releaser)
+    run_id = uuid.uuid4().hex
+    items = [_stage(streams, run_id, h) for h in BATCH_HOSTS]
+    for host in BATCH_HOSTS[:3]:  # three reads of one device each, within the gathering time
+        streams.xadd(DEVICE_RESULTS_STREAM, _device_result(run_id, host).to_message())
+        assert c.poll() == 1
+        now[0] += 0.5
+    assert enqueued == [] and _count(sessions, Version) == 3  # decided and released, not handed to a job yet
+    now[0] += 1.0  # 2.5 s after the first
+    assert c.poll() == 0  # an empty read flushes too
+    assert sorted(enqueued) == [("fs", [i.task_id for i in items[:3]]), ("git", [i.task_id for i in items[:3]])]
+    enqueued.clear()
+    for host in BATCH_HOSTS[3:]:  # five at once fill a chunk: no waiting
+        streams.xadd(DEVICE_RESULTS_STREAM, _device_result(run_id, host).to_message())
+    assert c.poll() == 5
+    assert sorted(enqueued) == [("fs", [i.task_id for i in items[3:]]), ("git", [i.task_id for i in items[3:]])]
+
+
 @pytest.mark.parametrize("poison", ["malformed", "refused-by-the-index"])
 def test_a_batch_with_one_poisoned_message_commits_the_others_and_dead_letters_only_it(
         streams, sessions, consumer, inventory, commits, poison):
