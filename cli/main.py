@@ -393,9 +393,12 @@ def run(run_id, as_json) -> None:
     from storage.index.queries import get_run, run_results
 
     with index_sessions(load_settings())() as session:
-        get_run(session, run_id)  # an unknown run: one line, exit 1
+        pruned = get_run(session, run_id).pruned()  # an unknown run: one line, exit 1
         rows = run_results(session, run_id)
     emit(rows, ["device", "platform", "status", "duration", "error"], as_json)
+    if not as_json and any(pruned.values()):
+        click.echo("older results removed by index retention (prune-index): "
+                   + ", ".join(f"{n} {status}" for status, n in pruned.items() if n))
 
 
 @main.command()
@@ -601,6 +604,34 @@ def prune(dry_run, targets, as_json) -> None:
     emit([r.as_dict() for r in removed], ["device", "target", "created_at", "ref"], as_json)
     if not as_json:
         click.echo(f"{'would remove' if dry_run else 'removed'} {len(removed)} copy(ies)")
+
+
+@main.command("prune-index")
+@click.option("--dry-run", is_flag=True, help="Only count what would be removed.")
+@click.option("--days", type=click.FloatRange(min=0), default=None,
+              help="Keep this many days instead of DEVICEVAULT_RESULT_RETENTION_DAYS (0: keep everything).")
+@click.option("--json", "as_json", is_flag=True)
+@guard
+def prune_index(dry_run, days, as_json) -> None:
+    """Index retention: remove device results and runs older than DEVICEVAULT_RESULT_RETENTION_DAYS (90), except
+    results that made a version and each device's latest result and latest success (storage/index/retention.py;
+    the scheduler's maintenance pass does this hourly)."""
+    from storage.index.retention import prune_index as apply_index_retention
+
+    settings = load_settings()
+    done = apply_index_retention(index_sessions(settings), settings.result_retention_days if days is None else days,
+                                 dry_run=dry_run)
+    if as_json:
+        click.echo(json.dumps(done.as_dict(), indent=2))
+        return
+    if done.cutoff is None:
+        click.echo("index retention is off (0 days): nothing removed")
+        return
+    verb = "would remove" if dry_run else "removed"
+    by_status = ", ".join(f"{n} {status}" for status, n in sorted(done.results.items())) or "none"
+    click.echo(f"{verb} {done.removed} device result(s) of runs started before {done.cutoff:%Y-%m-%d %H:%M} UTC "
+               f"({by_status}) and {done.runs} run(s); results that made a version and each device's latest "
+               "result and latest success are kept")
 
 
 @main.command()

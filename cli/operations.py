@@ -64,7 +64,7 @@ def status(as_json) -> None:
 @click.option("--grace", default=60.0, show_default=True, help="Seconds a queued job may be missing from its queue.")
 def hygiene(as_json, grace) -> None:
     """One maintenance pass now: lost/abandoned/orphaned jobs, stale devices, stream trimming (and, when due,
-    retention and storage maintenance)."""
+    storage retention, index retention and storage maintenance)."""
     from redis import Redis
 
     from jobs.ops.maintenance import run_maintenance
@@ -80,6 +80,7 @@ def hygiene(as_json, grace) -> None:
         "returned": report["retired"].returned if report.get("retired") else [],
         "trimmed": report["trimmed"],
         "pruned": report["pruned"],
+        "index_pruned": report["index_pruned"].as_dict() if report.get("index_pruned") else None,
         "maintained": report["maintained"],
         "errors": report["errors"],
     }
@@ -92,6 +93,10 @@ def hygiene(as_json, grace) -> None:
             click.echo(f"retired (missing from the inventory for {settings.retire_after:g} h or more): {name}")
         for name in data["returned"]:
             click.echo(f"back in the inventory, no longer retired: {name}")
+        if data["index_pruned"]:
+            done = data["index_pruned"]
+            click.echo(f"index retention ({done['days']:g} days): {done['results']} device result(s), {done['runs']} "
+                       f"run(s) removed" + ("" if done["complete"] else "; more at the next pass"))
         for target, done in data["maintained"].items():
             click.echo(f"storage maintenance on {target}: {'ran' if done.get('ran') else done.get('skipped', 'nothing to do')}")
         for error in data["errors"]:

@@ -59,6 +59,10 @@ max_age                       DEVICEVAULT_MAX_AGE              ``24`` hours with
 retire_after                  DEVICEVAULT_RETIRE_AFTER         ``168`` hours (a week) a device may be missing from the
                                                                inventory before it is retired (hidden, history kept;
                                                                ``jobs/ops/retire.py``); 0: at the next check
+result_retention_days         DEVICEVAULT_RESULT_RETENTION_DAYS ``90`` days a device result of a finished run is kept in
+                                                               the index (0: forever); results that made a version
+                                                               and each device's latest result and latest success
+                                                               are kept always (``storage/index/retention.py``)
 compliance_rules              DEVICEVAULT_COMPLIANCE_RULES     ``<home>/compliance.yml`` (no file: no rules; the format:
                                                                ``jobs/compliance/rules.py``)
 users_file                    DEVICEVAULT_USERS_FILE           ``<home>/users.yml``: portal users (hashed passwords,
@@ -281,6 +285,7 @@ class Settings:
     collect_retry_base: float = 30.0
     max_age: float = 24.0
     retire_after: float = 168.0
+    result_retention_days: float = 90.0
     compliance_rules: Path | None = None
     log_format: str = "json"
     users_file: Path | None = None
@@ -351,6 +356,7 @@ class Settings:
             collect_retry_base=_number(float, "collect_retry_base", pick("collect_retry_base", 30.0)),
             max_age=_number(float, "max_age", pick("max_age", 24.0)),
             retire_after=_seconds("retire_after", pick("retire_after", 168.0), "hours"),
+            result_retention_days=_seconds("result_retention_days", pick("result_retention_days", 90.0), "days"),
             compliance_rules=Path(pick("compliance_rules", home / "compliance.yml")).absolute(),
             log_format=str(pick("log_format", "json")),
             users_file=Path(pick("users_file", home / "users.yml")).absolute(),

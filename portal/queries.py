@@ -100,10 +100,13 @@ def activity_per_day(session: Session, *, days: int = 30, now: datetime | None =
     def add(day: str, kind: str, n) -> None:
         counts[(day, kind)] = counts.get((day, kind), 0) + int(n or 0)
 
-    for created, n, f in session.execute(select(Run.created_at, per_run, failed).where(Run.created_at >= since)):
+    # plus the results index retention removed (storage.index.retention keeps their counts on the run)
+    pruned = Run.pruned_unchanged + Run.pruned_failed + Run.pruned_skipped
+    for created, n, f, gone, gone_failed in session.execute(
+            select(Run.created_at, per_run, failed, pruned, Run.pruned_failed).where(Run.created_at >= since)):
         day = aware(created).date().isoformat()
-        add(day, "backups", n)
-        add(day, "failures", f)
+        add(day, "backups", int(n or 0) + int(gone or 0))
+        add(day, "failures", int(f or 0) + int(gone_failed or 0))
     older = aliased(Version)
     first = ~exists().where(older.device_id == Version.device_id, older.id < Version.id)
     vday = func.date(Version.created_at)
@@ -308,19 +311,18 @@ def count_runs(session: Session) -> int:
 
 
 def runs_table(session: Session, *, limit: int = 20, offset: int = 0) -> pd.DataFrame:
-    """The newest runs with the number of devices per outcome."""
-    runs = session.execute(
-        select(Run.id, Run.created_at, Run.finished_at, Run.status, Run.selector, Run.requested_by, Run.total)
-        .order_by(Run.created_at.desc()).offset(offset).limit(limit)
-    ).all()
-    counts: dict[str, dict[str, int]] = {}
+    """The newest runs with the number of devices per outcome (results index retention removed included:
+    ``Run.pruned``)."""
+    found = session.scalars(select(Run).order_by(Run.created_at.desc()).offset(offset).limit(limit)).all()
+    runs = [(r.id, r.created_at, r.finished_at, r.status, r.selector, r.requested_by, r.total) for r in found]
+    counts: dict[str, dict[str, int]] = {r.id: {k: n for k, n in r.pruned().items() if n} for r in found}
     ids = [r[0] for r in runs]
     for part in _chunks(ids):
         for run_id, status, n in session.execute(
             select(DeviceResultRow.run_id, DeviceResultRow.status, func.count())
             .where(DeviceResultRow.run_id.in_(part)).group_by(DeviceResultRow.run_id, DeviceResultRow.status)
         ):
-            counts.setdefault(run_id, {})[status] = n
+            counts.setdefault(run_id, {})[status] = counts.get(run_id, {}).get(status, 0) + n
     rows = []
     for run_id, created, finished, status, selector, who, total in runs:
         c = counts.get(run_id, {})
@@ -376,9 +378,17 @@ def run_state(session: Session, run_id: str, started_hosts: Sequence[str] | None
     if run is None:
         raise NotFound(f"run {run_id!r} is not in the index")
     done = session.scalar(select(func.count(DeviceResultRow.id)).where(DeviceResultRow.run_id == run_id)) or 0
+    done += sum(run.pruned().values())  # results index retention removed (storage.index.retention)
     finished = run.finished_at is not None
     return RunState(run.id, run.status if finished else RunStatus.RUNNING.value, run.total or 0, int(done), finished,
                     run.requested_by or "", run.selector, aware(run.created_at), aware(run.finished_at))
+
+
+def pruned_results(session: Session, run_id: str) -> int:
+    """How many of a run's device results index retention removed (``storage.index.retention``; 0 for a run
+    not in the index)."""
+    run = session.get(Run, run_id)
+    return sum(run.pruned().values()) if run is not None else 0
 
 
 RUN_DEVICE_COLUMNS = ["device", "group", "status", "duration s", "error", "sha"]

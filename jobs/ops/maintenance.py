@@ -1,8 +1,13 @@
 """One maintenance pass, run periodically by ``devicevault scheduler`` (and on demand by
 ``devicevault hygiene``): queue hygiene, retired devices (``jobs.ops.retire``), freshness, stream trimming, and at most once an hour (across
-every scheduler, through a Redis key each) storage retention and storage maintenance: every target whose
-backend has a ``maintain()`` (git: pack loose objects and small packs, see storage/git.py) gets it; a
+every scheduler, through a Redis key each) storage retention, index retention and storage maintenance: every
+target whose backend has a ``maintain()`` (git: pack loose objects and small packs, see storage/git.py) gets it; a
 target whose store lock is busy is skipped and the key dropped, so the next pass tries again.
+
+Index retention (``storage.index.retention``: old device results and runs, ``DEVICEVAULT_RESULT_RETENTION_DAYS``)
+removes at most :data:`INDEX_PRUNE_ROWS` rows per pass, in short transactions; when more is left the key is
+dropped, so the next pass (a minute later) goes on: a first prune of a year of results catches up over a few
+passes without holding up the others.
 
 Each part runs on its own: one failing (say, the index is locked) does not stop the others; its error is
 logged and returned.
@@ -21,6 +26,9 @@ log = logging.getLogger(__name__)
 
 PRUNE_KEY = "devicevault:maintenance:pruned"
 PRUNE_EVERY = 3600  # seconds between two automatic retention passes
+INDEX_PRUNE_KEY = "devicevault:maintenance:index-pruned"
+INDEX_PRUNE_EVERY = 3600  # seconds between two index retention passes (sooner while one left work over)
+INDEX_PRUNE_ROWS = 100_000  # rows one pass removes at most (50 transactions of 2,000)
 MAINTAIN_KEY = "devicevault:maintenance:storage"
 MAINTAIN_EVERY = 3600  # seconds between two storage maintenance passes (git repack)
 
@@ -43,9 +51,9 @@ def maintain_storage(layout: Any) -> tuple[dict[str, dict[str, Any]], list[str]]
 
 def run_maintenance(redis: Redis, settings: Settings, *, grace: float = 60.0) -> dict[str, Any]:
     """Returns ``{"hygiene": [Finding...], "retired": Retirement | None, "stale": [Staleness...], "trimmed": {stream: n}, "pruned": [...],
-    "maintained": {target: what its maintain() did}, "errors": [...]}``."""
-    report: dict[str, Any] = {"hygiene": [], "retired": None, "stale": [], "trimmed": {}, "pruned": [], "maintained": {},
-                              "errors": []}
+    "index_pruned": IndexPruning | None, "maintained": {target: what its maintain() did}, "errors": [...]}``."""
+    report: dict[str, Any] = {"hygiene": [], "retired": None, "stale": [], "trimmed": {}, "pruned": [],
+                              "index_pruned": None, "maintained": {}, "errors": []}
     try:
         from jobs.ops.hygiene import check_queues
 
@@ -93,6 +101,22 @@ def run_maintenance(redis: Redis, settings: Settings, *, grace: float = 60.0) ->
     except Exception as exc:  # noqa: BLE001
         log.exception("retention failed")
         report["errors"].append(f"retention: {exc}")
+    try:
+        if settings.result_retention_days > 0 and redis.set(INDEX_PRUNE_KEY, "1", nx=True, ex=INDEX_PRUNE_EVERY):
+            from storage.index.db import connect
+            from storage.index.retention import prune_index
+
+            done = prune_index(connect(settings.database_url, settings.index_wait), settings.result_retention_days,
+                               max_rows=INDEX_PRUNE_ROWS)
+            report["index_pruned"] = done
+            if done.removed or done.runs:
+                log.info("index retention (%g days): %d device result(s) and %d run(s) removed%s", done.days,
+                         done.removed, done.runs, "" if done.complete else "; more next pass")
+            if not done.complete:
+                redis.delete(INDEX_PRUNE_KEY)  # more is left: the next pass goes on
+    except Exception as exc:  # noqa: BLE001
+        log.exception("index retention failed")
+        report["errors"].append(f"index retention: {exc}")
     try:
         if redis.set(MAINTAIN_KEY, "1", nx=True, ex=MAINTAIN_EVERY):
             from jobs.deliver.locations import StorageLayout

@@ -209,7 +209,11 @@ def _history(s) -> None:
     run_id = runs.iloc[rows[0]]["run"]
     with ui.sessions(s)() as session:
         devices = queries.run_devices(session, run_id)
+        pruned = queries.pruned_results(session, run_id)
     st.markdown(f"**Run {run_id}**: {runs.iloc[rows[0]]['status']}, {len(devices)} device(s)")
+    if pruned:
+        st.caption(f"{pruned} older result(s) of this run that made no version were removed by index retention "
+                   "(DEVICEVAULT_RESULT_RETENTION_DAYS); the counts above still include them.")
     st.dataframe(devices.assign(error=devices["error"].map(ui.mask)), hide_index=True, width="stretch",
                  key="runs_detail", column_config={"error": st.column_config.TextColumn(width="large")})
     ui.errors_in_full(devices, key="runs_detail_errors")

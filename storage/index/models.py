@@ -2,12 +2,15 @@
 
 A *version* is one distinct configuration of one device (as normalised: volatile lines removed), created by
 the run that first saw it. Each version is kept on one or more storage targets; each target's copy is a
-*copy* row (backend, ref, status). ``device_results`` holds the outcome of every device in every run.
+*copy* row (backend, ref, status). ``device_results`` holds the outcome of every device in every run, less what
+index retention removed (``storage.index.retention``: old results that made no version; their counts stay on
+the run).
 """
 
 from __future__ import annotations
 
 from datetime import datetime, timezone
+from typing import ClassVar
 
 from .statuses import CopyStatus, DeviceStatus, RunStatus  # noqa: F401 - the index's vocabulary
 from sqlalchemy import Boolean, DateTime, Float, ForeignKey, Index, Integer, String, Text, UniqueConstraint
@@ -69,8 +72,22 @@ class Run(Base):
     targets: Mapped[str] = mapped_column(String(255), default="")
     #: the Ansible inventory the run was started with ("" for runs the index learnt of from a device result)
     inventory: Mapped[str] = mapped_column(String(1024), default="", server_default="")
+    #: the run's device results removed by index retention (``storage.index.retention``), per outcome: the
+    #: run's counts are the rows left plus these (a ``changed`` result is never removed; migration 0012)
+    pruned_unchanged: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    pruned_failed: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    pruned_skipped: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
 
     results: Mapped[list["DeviceResultRow"]] = relationship(back_populates="run")
+
+    #: the counter of each status a pruned result can have (``device_results.status`` -> column)
+    PRUNED_COLUMNS: ClassVar[dict[str, str]] = {DeviceStatus.UNCHANGED.value: "pruned_unchanged",
+                                                DeviceStatus.FAILED.value: "pruned_failed",
+                                                DeviceStatus.SKIPPED_LOCKED.value: "pruned_skipped"}
+
+    def pruned(self) -> dict[str, int]:
+        """Results removed by retention, per status (``device_results.status`` values)."""
+        return {status: getattr(self, column) or 0 for status, column in self.PRUNED_COLUMNS.items()}
 
 
 class DeviceResultRow(Base):

@@ -159,6 +159,7 @@ def run_progress(session: Session, run_id: str) -> tuple[int, int, bool]:
     """(results so far, devices in the run, finished?)"""
     run = get_run(session, run_id)
     done = session.scalar(select(func.count(DeviceResultRow.id)).where(DeviceResultRow.run_id == run_id)) or 0
+    done += sum(run.pruned().values())  # results index retention removed (storage.index.retention)
     return done, run.total, run.finished_at is not None
 
 
