@@ -14,7 +14,7 @@ from rq import get_current_job
 from jobs.collect.collector import collect
 from jobs.deliver.locations import StorageLayout
 from jobs.settings import Settings
-from jobs.deliver.store import store_to_target
+from jobs.deliver.store import claim_more, store_to_target
 from jobs.queues import Queue
 
 
@@ -73,8 +73,11 @@ def restore_version(host: str, selector: str, inventory: str, requested_by: str 
 
 
 def store_batch(target: str, item_ids: list[str]) -> dict[str, str]:
-    """Store outbox items on one target. Returns ``device`` -> status."""
+    """Store outbox items on one target, with what became due on it while the job waited in its queue
+    (``jobs.deliver.store.claim_more``). Returns ``device`` -> status."""
     redis = _connection()
     settings = Settings.load()
+    job = get_current_job()
+    item_ids = claim_more(redis, settings, target, item_ids, job.id if job is not None else None)
     outcomes = store_to_target(redis, settings, StorageLayout.load(settings), target, item_ids)
     return {str(o.device): str(o.status.value) for o in outcomes}

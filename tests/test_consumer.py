@@ -454,6 +454,49 @@ def test_versions_published_one_by_one_are_gathered_into_one_storage_job_per_tar
     assert sorted(enqueued) == [("fs", [i.task_id for i in items[3:]]), ("git", [i.task_id for i in items[3:]])]
 
 
+def test_while_a_targets_storage_job_waits_in_its_queue_new_versions_are_left_for_it(
+        streams, sessions, inventory, enqueued):
+    """Busy workers: while the target's last storage job still waits in its RQ queue (a real queue, no worker
+    here), new versions stay due and no other job is enqueued; the job claims them when it starts
+    (``claim_more``, its first step); once it has started, the next versions get a job of their own."""
+    from rq.job import JobStatus
+
+    from jobs.deliver.store import claim_more, job_waiting
+    from jobs.queues import Queue
+    from jobs.settings import Settings
+
+    write_inventory(inventory, BATCH_HOSTS)
+    queue = Queue("storage.test-waiting", connection=streams)
+    queue.empty()
+
+    def enqueue(target, ids):
+        enqueued.append((target, ids))
+        return queue.enqueue("jobs.tasks.store_batch", target, ids)
+
+    releaser = Releaser(streams, lease=60, enqueue=enqueue, waiting=lambda job_id: job_waiting(streams, job_id))
+    c = Consumer(streams, sessions, name="waiting", block_ms=100, inventory=inventory, releaser=releaser)
+    run_id = uuid.uuid4().hex
+    items = [_stage(streams, run_id, h, targets=("git",)) for h in BATCH_HOSTS]
+
+    def publish(hosts):
+        for host in hosts:
+            streams.xadd(DEVICE_RESULTS_STREAM, _device_result(run_id, host, targets="git").to_message())
+        assert c.poll() == len(hosts)
+
+    publish(BATCH_HOSTS[:1])
+    assert enqueued == [("git", [items[0].task_id])]
+    publish(BATCH_HOSTS[1:4])
+    assert c.poll() == 0 and len(enqueued) == 1  # the job still waits: the three are left due for it
+    job = queue.jobs[0]
+    job.set_status(JobStatus.STARTED)  # what a worker does when it takes the job
+    assert claim_more(streams, Settings.load(), "git", [items[0].task_id], job.id) == \
+        [i.task_id for i in items[:4]]
+    assert c.poll() == 0 and len(enqueued) == 1  # nothing is due any more: no job for nothing
+    publish(BATCH_HOSTS[4:5])
+    assert enqueued[1:] == [("git", [items[4].task_id])]  # the first job has started: a job of its own
+    queue.empty()
+
+
 @pytest.mark.parametrize("poison", ["malformed", "refused-by-the-index"])
 def test_a_batch_with_one_poisoned_message_commits_the_others_and_dead_letters_only_it(
         streams, sessions, consumer, inventory, commits, poison):

@@ -22,6 +22,9 @@ Keys
                                     acknowledged)
 ``storage:outbox:lease:<target>``   hash   item id -> ``<claimed at>|<job id>``: who holds its lease (the job
                                     id is empty until the job is enqueued, :func:`hold`)
+``storage:outbox:waiting:<target>`` string the id of the newest storage job enqueued for the target by the
+                                    consumer (:func:`note_waiting`); while that job still waits in its queue,
+                                    new versions are left due for it: it claims what is due when it starts
 
 Due times are *leases*: handing an item to a job pushes its due time ``lease`` seconds ahead, so if that
 job is lost (worker killed, job deleted) the item becomes due again by itself. A failed attempt sets the
@@ -79,6 +82,10 @@ def _tries(target: str) -> str:
 
 def _errors(target: str) -> str:
     return f"storage:outbox:error:{target}"
+
+
+def _waiting(target: str) -> str:
+    return f"storage:outbox:waiting:{target}"
 
 
 def _leases(target: str) -> str:
@@ -253,6 +260,19 @@ def hold(redis: Redis, target: str, item_ids: list[str], job_id: str) -> None:
     still without a holder: a fast job may already have landed or failed an item, which ends its lease)."""
     if item_ids:
         redis.eval(_HOLD, 1, _leases(target), job_id, *item_ids)
+
+
+def note_waiting(redis: Redis, target: str, job_id: str, ttl: float) -> None:
+    """Record ``job_id`` as the storage job enqueued for ``target`` that has not started yet (see
+    :func:`waiting_job`); forgotten after ``ttl`` seconds whatever happens to the job."""
+    redis.set(_waiting(target), job_id, ex=max(1, int(ttl)))
+
+
+def waiting_job(redis: Redis, target: str) -> str | None:
+    """The id :func:`note_waiting` recorded for ``target``, if any (whether the job still waits in its queue
+    is the caller's question: RQ knows)."""
+    value = redis.get(_waiting(target))
+    return value.decode() if isinstance(value, bytes) else value
 
 
 def leases(redis: Redis, target: str) -> dict[str, tuple[float, str, str]]:

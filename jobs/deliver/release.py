@@ -10,7 +10,9 @@ acknowledgement and the message is then handled again (and the decision returned
    enqueues one storage job per target and chunk (:meth:`Releaser.flush`). A target's versions are gathered
    for up to :data:`GATHER_SECONDS` after the first of them (or until a chunk is full) before its job is
    enqueued: collectors publish each device as soon as it is fetched, so without the gathering a batch of 50
-   devices would become a storage job (an RQ work horse, a ``git fast-import``) per few devices. If the
+   devices would become a storage job (an RQ work horse, a ``git fast-import``) per few devices. And while
+   the target's last job still waits in its queue (busy workers), no other is enqueued: the versions stay
+   due, and that job claims them when it starts (``jobs.deliver.store.claim_more``). If the
    consumer dies after the release and before the enqueue, the items are due already and the workers'
    retry pump hands them to a job within ``DEVICEVAULT_RETRY_POLL``;
 2. not a new version: the staged candidate is discarded;
@@ -49,13 +51,15 @@ class Releaser:
     ``gather`` seconds (0: at every :meth:`flush`; the consumer's is :data:`GATHER_SECONDS`)."""
 
     def __init__(self, redis: Redis, lease: float, enqueue: Enqueue | None, *, chunk: int = 50,
-                 gather: float = 0.0, clock: Callable[[], float] = time.monotonic):
+                 gather: float = 0.0, clock: Callable[[], float] = time.monotonic,
+                 waiting: Callable[[str], bool] | None = None):
         self.redis = redis
         self.lease = lease
         self.enqueue = enqueue
         self.chunk = max(1, chunk)
         self.gather = max(0.0, gather)
         self.clock = clock
+        self.waiting = waiting  # job id -> does that storage job still wait in its queue (None: never asked)
         self._targets: dict[str, list] = {}  # target -> [when its first waiting version was released, how many]
 
     @classmethod
@@ -63,7 +67,7 @@ class Releaser:
         """Storage jobs go to ``storage.<type>`` queues of the settings' storage layout, through
         ``jobs.tasks.enqueue_store``; the lease is the storage jobs' (``jobs.deliver.store.lease_seconds``)."""
         from jobs.deliver.locations import StorageLayout
-        from jobs.deliver.store import lease_seconds
+        from jobs.deliver.store import job_waiting, lease_seconds
         from jobs.settings import Settings
         from jobs.tasks import enqueue_store
 
@@ -71,7 +75,7 @@ class Releaser:
         layout = StorageLayout.load(settings)
         return cls(redis, lease_seconds(settings),
                    lambda target, ids: enqueue_store(redis, settings, layout, target, ids), chunk=settings.batch_size,
-                   gather=GATHER_SECONDS)
+                   gather=GATHER_SECONDS, waiting=lambda job_id: job_waiting(redis, job_id))
 
     def after_commit(self, decision: Any) -> None:
         """The steps for one committed :class:`storage.index.records.Decision`."""
@@ -110,6 +114,11 @@ class Releaser:
         if self.enqueue is None:
             return
         for target in sorted(targets):
+            if self.waiting is not None and (job_id := outbox.waiting_job(self.redis, target)) \
+                    and self.waiting(job_id):  # it claims what is due when it starts; asked again next time
+                self._targets.setdefault(target, [now - self.gather, 0])
+                continue
+            last = None
             while ids := outbox.claim_due(self.redis, target, self.lease, limit=self.chunk):
                 try:
                     job = self.enqueue(target, ids)
@@ -121,6 +130,12 @@ class Releaser:
                 try:
                     if isinstance(job_id, str) and job_id:
                         outbox.hold(self.redis, target, ids, job_id)
+                        last = job_id
                 except Exception as exc:  # noqa: BLE001 - an unrecorded claim is freed after outbox.HOLD_GRACE
                     log.warning("could not record the storage job holding %d version(s) on %s: %s",
                                 len(ids), target, exc)
+            if last and self.waiting is not None:
+                try:
+                    outbox.note_waiting(self.redis, target, last, self.lease)
+                except Exception as exc:  # noqa: BLE001 - without it the next flush just enqueues another job
+                    log.warning("could not record the storage job waiting on %s: %s", target, exc)

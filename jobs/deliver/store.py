@@ -78,6 +78,32 @@ def storage_job_alive(redis: Redis, job_id: str) -> bool:
     return worker is not None and not processes.worker_process_dead(worker)
 
 
+def job_waiting(redis: Redis, job_id: str) -> bool:
+    """Whether the storage job ``job_id`` still waits in its queue (not started, not ended, not gone)."""
+    from rq.exceptions import NoSuchJobError
+    from rq.job import JobStatus
+
+    from jobs.queues import Job
+
+    try:
+        return Job.fetch(job_id, connection=redis).get_status(refresh=False) == JobStatus.QUEUED
+    except NoSuchJobError:
+        return False
+
+
+def claim_more(redis: Redis, settings: Settings, target: str, item_ids: list[str], job_id: str | None) -> list[str]:
+    """What storage job ``job_id`` stores: ``item_ids``, plus what became due on ``target`` since it was
+    enqueued, up to ``DEVICEVAULT_BATCH_SIZE`` items in all, leased to it like the rest (while a job waits
+    in its queue the consumer enqueues no other for its target: ``jobs.deliver.release``)."""
+    room = settings.batch_size - len(item_ids)
+    if job_id is None or room <= 0:
+        return list(item_ids)
+    more = [i for i in outbox.claim_due(redis, target, lease_seconds(settings), limit=room) if i not in item_ids]
+    if more:
+        outbox.hold(redis, target, more, job_id)
+    return list(item_ids) + more
+
+
 def requeue_due(redis: Redis, settings: Settings, layout: StorageLayout, enqueue: Enqueue,
                 types: list[str] | None = None) -> dict[str, int]:
     """Hand every due copy (a retry whose backoff is over, or a copy whose job was lost) to a new job.
