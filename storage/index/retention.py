@@ -30,7 +30,11 @@ and failures per day) and ``backup --wait``'s progress read the same before and 
 Work is done in batches of :data:`BATCH` rows by primary key, each in its own short transaction (no long
 lock on SQLite, no giant transaction on PostgreSQL); the rows of a batch are deleted and their run's counts
 raised in the same transaction, so a prune cut short anywhere leaves a consistent index and the next one
-goes on. ``max_rows`` bounds one call (the maintenance pass takes a share per pass and comes back).
+goes on. ``max_rows`` bounds one call (the maintenance pass takes a share per pass and comes back). A pass
+reads only the old runs that still hold a result of a status that may go (``unchanged``, ``failed``,
+``skipped_locked``) and only those rows (the index on ``run_id, status``): the ``changed`` results kept for
+good are never read again, so a pass costs what there is to remove plus the few rows kept as a device's latest,
+not the index's whole history.
 Results before runs: ``device_results.run_id`` is a foreign key, valid on SQLite and PostgreSQL throughout.
 """
 
@@ -92,10 +96,16 @@ def _old_runs(cutoff: datetime):
     return and_(Run.created_at < cutoff, Run.finished_at.is_not(None))
 
 
+def _candidates():
+    """SQL condition on a result: a status retention may remove (``run_id`` and ``status`` together: one range of
+    the index ``ix_device_results_run_status`` per run, so the rows kept for good, ``changed``, are never read)."""
+    return DeviceResultRow.status.in_(list(COUNTERS))
+
+
 def _prunable(run_ids: list[str]):
     return (select(DeviceResultRow.id, DeviceResultRow.run_id, DeviceResultRow.status)
             .join(Device, Device.id == DeviceResultRow.device_id)
-            .where(DeviceResultRow.run_id.in_(run_ids), not_(_kept())))
+            .where(DeviceResultRow.run_id.in_(run_ids), _candidates(), not_(_kept())))
 
 
 def _unreferenced_runs(cutoff: datetime, *, dry_run: bool):
@@ -136,8 +146,10 @@ def prune_index(
             yield size
         report.complete = False
 
-    with sessions() as session:
-        old = list(session.scalars(select(Run.id).where(_old_runs(cutoff)).order_by(Run.created_at, Run.id)))
+    with sessions() as session:  # old runs that still hold a result of a status that may go (one index probe each)
+        candidates = exists().where(DeviceResultRow.run_id == Run.id, _candidates())
+        old = list(session.scalars(select(Run.id).where(_old_runs(cutoff), candidates)
+                                   .order_by(Run.created_at, Run.id)))
     for start in range(0, len(old), RUNS_PER_QUERY):
         part = old[start:start + RUNS_PER_QUERY]
         if dry_run:
