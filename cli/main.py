@@ -613,7 +613,7 @@ def prune(dry_run, targets, as_json) -> None:
 @click.option("--json", "as_json", is_flag=True)
 @guard
 def prune_index(dry_run, days, as_json) -> None:
-    """Index retention: remove device results and runs older than DEVICEVAULT_RESULT_RETENTION_DAYS (90), except
+    """Index retention: remove device results and runs older than DEVICEVAULT_RESULT_RETENTION_DAYS, except
     results that made a version and each device's latest result and latest success (storage/index/retention.py;
     the scheduler's maintenance pass does this hourly)."""
     from storage.index.retention import prune_index as apply_index_retention
