@@ -4,8 +4,7 @@ row per device per run: 600,000 rows a day at 100,000 devices backed up every 4 
 The one rule, applied by :func:`prune_index` (the maintenance pass, ``jobs.ops.maintenance``, hourly; and
 ``devicevault prune-index [--dry-run]``). With ``DEVICEVAULT_RESULT_RETENTION_DAYS`` = N (``jobs.settings``:
 default 90, the dashboard's longest chart and a quarter of history on the device page; 0 keeps everything), a
-device result of a *finished* run started more than N days ago
-is removed, **except**:
+device result of a *finished* run started more than N days ago is removed, **except**:
 
 - a result that made a version (status ``changed``, or a version of that device in that run): versions are
   never pruned ("keeps every version, never loses one"), and their result names the run and the outcome a
@@ -15,7 +14,8 @@ is removed, **except**:
   ``last_attempt_at`` / ``last_success_at`` were taken from (a result at or after them). Health
   (``storage.index.health``: failed, never backed up, stale, unsaved, changed, ok), the freshness check, the
   notifier's sweeps and compliance read the device row and versions, never old results, so they read the same
-  after a prune; the rows are kept so the device page still shows the outcome the health word stands for;
+  after a prune; the rows are kept so the device page still shows the outcome the health word stands for (a
+  device never attempted, only ever skipped for a busy lock, keeps its results);
 - every result of a run that has not finished (``records.refresh_run`` counts them to finish it).
 
 A run goes once it is older than N days, finished, and nothing names it any more: no result left, no version
@@ -36,6 +36,11 @@ reads only the old runs that still hold a result of a status that may go (``unch
 good are never read again, so a pass costs what there is to remove plus the few rows kept as a device's latest,
 not the index's whole history.
 Results before runs: ``device_results.run_id`` is a foreign key, valid on SQLite and PostgreSQL throughout.
+
+A removed result no longer makes its stream message idempotent (``records.apply_device_result`` looks the task
+id up). Processed messages are trimmed from the streams long before N days, so only a message replayed from
+the dead letters (``devicevault dlq replay``) more than N days after it was first recorded could be recorded a
+second time.
 """
 
 from __future__ import annotations
