@@ -12,7 +12,8 @@ devices: tests use 127.0.30-99, ``bench.fetch`` 127.0.160-169, ``bench.gitcount`
 What it measures, inside one *meter* process (``python -m bench.e2e --meter``, driven over a pipe) that made
 itself a child subreaper (``prctl(PR_SET_CHILD_SUBREAPER)``, as ``bench.fetch``'s wrapper does):
 
-1. **baseline**: plain ``ansible-playbook -f 50`` with, per platform, one play over the platform's inventory
+1. **baseline** (measured after DeviceVault's passes, whose figures it would otherwise weigh on with the load
+   its hundreds of ``ansible-connection`` processes leave behind; printed first): plain ``ansible-playbook -f 50`` with, per platform, one play over the platform's inventory
    group running the platform's ``<os>_command`` module with the configuration command only
    (``bench.fetch.playbooks``: the baseline of ``bench.fetch`` and ../shared/FINDINGS.md), over the same
    devices. The plays run one after another (so its wall time holds twelve play start-ups and tails). Where
@@ -507,47 +508,6 @@ def main(argv: list[str] | None = None) -> int:
     meter = MeterClient(run_dir / "meter.log")
     rows, by_pass, problems = [], {}, []
     try:
-        if not args.no_baseline:
-            env = {k: v for k, v in ansible_env().items() if os.environ.get(k) != v}
-            info: dict = {}
-
-            def baseline(limit: list[str], name: str) -> tuple[dict, list[str]]:
-                out = run_dir / f"{name}.out"
-                argv = [ANSIBLE_PLAYBOOK, "-f", str(FORKS), "-i", str(inventory), "--limit", ",".join(limit),
-                        str(run_dir / "baseline.yml")]
-                lab_before = cpu_seconds(lab_pid)
-                stats = meter("run", argv=argv, env=env, out=str(out), linger=args.linger)
-                stats["lab_cpu"] = cpu_seconds(lab_pid) - lab_before
-                answers = baseline_answers(out.read_text(errors="replace"), limit)
-                found = []
-                for platform, (p, commands, _) in info.items():
-                    mine = [h for h in by_platform[platform] if h in limit]
-                    found += check(name, {h: answers[h] for h in mine}, mine, commands, p)
-                return stats, found
-
-            # warm-up, one device per platform; a vendor module that does not work over network_cli (bigip_command
-            # wants its REST provider) is replaced by the generic ansible.netcommon.cli_command
-            generic: set[str] = set()
-            for _ in range(2):
-                text, info = baseline_playbook(by_platform, generic)
-                (run_dir / "baseline.yml").write_text(text)
-                _, found = baseline([hs[0] for hs in by_platform.values()], "warm-up")
-                failing = {platform for platform, hs in by_platform.items() if any(f": {hs[0]}: " in p for p in found)}
-                if not failing or failing <= generic:
-                    break
-                generic |= failing
-            if found:
-                print("\n".join(found), file=sys.stderr)
-                return 1
-            modules = collections.Counter(module for _, _, module in info.values())
-            stats, found = baseline(hosts, "baseline")
-            problems += found
-            stats.update(label="baseline (ansible-playbook)", statuses=f"{n - len(found)}/{n} answered",
-                         modules=", ".join(f"{m} x{c}" for m, c in modules.items()), baseline=True)
-            rows.append(stats)
-            print(f"  baseline: {stats['wall']:.1f} s, {stats['cpu']:.1f} CPU-s, {n - len(found)}/{n} devices answered",
-                  flush=True)
-
         env = {"PATH": f"{counter.bin}{os.pathsep}{os.environ.get('PATH', '')}", "LC_ALL": "C.UTF-8",
                "LANG": "C.UTF-8", "PYTHONPATH": str(ROOT), "DEVICEVAULT_HOME": str(home),
                "DEVICEVAULT_REDIS_URL": redis.url, "DEVICEVAULT_INVENTORY": str(inventory),
@@ -588,6 +548,48 @@ def main(argv: list[str] | None = None) -> int:
             by_pass[name] = stats
             print(f"  {name}: {stats['wall']:.1f} s, {stats['cpu']:.1f} CPU-s, {dict(sorted(statuses.items()))},"
                   f" {stats['started']} processes started, {stats['git']} git", flush=True)
+        # the baseline after DeviceVault's passes: its hundreds of ansible-connection processes leave load
+        # behind them that would slow the passes measured after it
+        if not args.no_baseline:
+            base_env = {k: v for k, v in ansible_env().items() if os.environ.get(k) != v}
+            info: dict = {}
+
+            def baseline(limit: list[str], name: str) -> tuple[dict, list[str]]:
+                out = run_dir / f"{name}.out"
+                argv = [ANSIBLE_PLAYBOOK, "-f", str(FORKS), "-i", str(inventory), "--limit", ",".join(limit),
+                        str(run_dir / "baseline.yml")]
+                lab_before = cpu_seconds(lab_pid)
+                stats = meter("run", argv=argv, env=base_env, out=str(out), linger=args.linger)
+                stats["lab_cpu"] = cpu_seconds(lab_pid) - lab_before
+                answers = baseline_answers(out.read_text(errors="replace"), limit)
+                found = []
+                for platform, (p, commands, _) in info.items():
+                    mine = [h for h in by_platform[platform] if h in limit]
+                    found += check(name, {h: answers[h] for h in mine}, mine, commands, p)
+                return stats, found
+
+            # warm-up, one device per platform; a vendor module that does not work over network_cli (bigip_command
+            # wants its REST provider) is replaced by the generic ansible.netcommon.cli_command
+            generic: set[str] = set()
+            for _ in range(2):
+                text, info = baseline_playbook(by_platform, generic)
+                (run_dir / "baseline.yml").write_text(text)
+                _, found = baseline([hs[0] for hs in by_platform.values()], "warm-up")
+                failing = {platform for platform, hs in by_platform.items() if any(f": {hs[0]}: " in p for p in found)}
+                if not failing or failing <= generic:
+                    break
+                generic |= failing
+            if found:
+                print("\n".join(found), file=sys.stderr)
+                return 1
+            modules = collections.Counter(module for _, _, module in info.values())
+            stats, found = baseline(hosts, "baseline")
+            problems += found
+            stats.update(label="baseline (ansible-playbook)", statuses=f"{n - len(found)}/{n} answered",
+                         modules=", ".join(f"{m} x{c}" for m, c in modules.items()), baseline=True)
+            rows.insert(0, stats)
+            print(f"  baseline: {stats['wall']:.1f} s, {stats['cpu']:.1f} CPU-s, {n - len(found)}/{n} devices answered",
+                  flush=True)
     finally:
         meter.close()
         stop_lab(lab_state)
