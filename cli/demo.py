@@ -1,9 +1,9 @@
 """``devicevault demo``: everything on one machine, from nothing, with the embedded defaults.
 
-Starts a real redis-server (if none answers at the configured URL), the simulated lab, two workers, the
-index consumer, the notifier and the scheduler in the background, backs up every lab device and prints a per-device summary. The
-processes keep running so you can look around (``devicevault devices``, ``diff``, ``lab change``…);
-``devicevault demo --stop`` stops them.
+Starts a real redis-server (if none answers at the configured URL), the simulated lab, the workers
+(``DEVICEVAULT_WORKERS``), the index consumer, the notifier and the scheduler in the background, backs up every
+lab device and prints a per-device summary. The processes keep running so you can look around (``devicevault
+devices``, ``diff``, ``lab change``…); ``devicevault demo --stop`` stops them.
 """
 
 from __future__ import annotations
@@ -42,11 +42,12 @@ def start_services(settings: Settings, echo=print, portal_port: int = 8501) -> N
     ensure_redis(settings, echo)
     pid = lab.up(settings.inventory, settings.home / "lab", daemon=True)
     echo(f"lab up (pid {pid}): devices from {settings.inventory}")
-    for name, args in (("worker-1", ["worker", "--name", f"demo-worker-1-{os.getpid()}"]),
-                       ("worker-2", ["worker", "--name", f"demo-worker-2-{os.getpid()}"]),
-                       ("consumer", ["consumer", "--name", "demo-consumer"]),
-                       ("notifier", ["notifier", "--name", "demo-notifier"]),
-                       ("scheduler", ["scheduler"])):
+    plan = [(f"worker-{i}", ["worker", "--name", f"demo-worker-{i}-{os.getpid()}"])
+            for i in range(1, settings.workers + 1)]
+    plan += [("consumer", ["consumer", "--name", "demo-consumer"]),
+             ("notifier", ["notifier", "--name", "demo-notifier"]),
+             ("scheduler", ["scheduler"])]
+    for name, args in plan:
         pidfile = _pidfile(settings, name)
         if _alive(pidfile):
             continue
@@ -83,7 +84,8 @@ def stop_services(settings: Settings, echo=print) -> None:
     from lab import commands as lab
 
     stopping = {}
-    for name in ("worker-1", "worker-2", "consumer", "notifier", "scheduler", "portal"):
+    workers = sorted(p.stem for p in (settings.home / "run").glob("worker-*.pid"))  # however many were started
+    for name in (*workers, "consumer", "notifier", "scheduler", "portal"):
         pidfile = _pidfile(settings, name)
         if _alive(pidfile):
             stopping[name] = int(pidfile.read_text())

@@ -106,7 +106,8 @@ def hygiene(as_json, grace) -> None:
 
 
 @click.command()
-@click.option("--workers", default=1, show_default=True, help="How many workers (each serves every queue).")
+@click.option("--workers", type=int, default=None,
+              help="How many workers (each serves every queue); default DEVICEVAULT_WORKERS (3 per 2 CPUs).")
 @click.option("--portal/--no-portal", default=True, show_default=True, help="Also run the Streamlit portal, when present.")
 @click.option("--portal-port", default=8501, show_default=True)
 @click.option("--portal-address", default="127.0.0.1", show_default=True,
@@ -118,7 +119,7 @@ def up(workers, portal, portal_port, portal_address) -> None:
 
     from .services import Process, ensure_redis
 
-    settings = Settings.load()
+    settings = Settings.load(workers=workers)
     from jobs.logs import configure_logging
 
     configure_logging(settings)
@@ -126,7 +127,7 @@ def up(workers, portal, portal_port, portal_address) -> None:
     started: list[tuple[str, Process]] = []
     redis_server = ensure_redis(settings, lambda line: click.echo(line, err=True))
     plan = [(f"worker-{i}", ["worker", "--name", f"{os.uname().nodename}-worker-{i}-{os.getpid()}"])
-            for i in range(1, workers + 1)]
+            for i in range(1, settings.workers + 1)]
     plan += [("scheduler", ["scheduler"]), ("consumer", ["consumer"]), ("notifier", ["notifier"])]
     if portal and PORTAL_APP.exists():
         plan.append(("portal", ["portal", "--port", str(portal_port), "--address", portal_address]))

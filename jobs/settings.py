@@ -35,6 +35,9 @@ job_timeout                   DEVICEVAULT_JOB_TIMEOUT          ``900`` seconds (
 lock_margin                   DEVICEVAULT_LOCK_MARGIN          ``60`` seconds added to the job timeout
 batch_size                    DEVICEVAULT_BATCH_SIZE           ``50`` hosts per ansible-runner call
 forks                         DEVICEVAULT_FORKS                ``50``: devices connected at once per batch
+workers                       DEVICEVAULT_WORKERS              worker processes ``devicevault up`` and ``demo`` start (each
+                                                               serves every queue): 3 per 2 CPUs, at least 2 (the fetch
+                                                               mostly waits on devices; ``bench.e2e``)
 fetch_processes               DEVICEVAULT_FETCH_PROCESSES      ``0`` = one process per 8 of ``forks``: processes a
                                                                batch's fetch is spread over (SSH logins within one
                                                                run one at a time; raise for far-away sites)
@@ -296,6 +299,7 @@ class Settings:
     portal_lockout: float = 900.0
     portal_trusted_proxies: tuple[str, ...] = ()
     fetch_processes: int = 0
+    workers: int = 2
     redis_password_file: Path | None = None
     redis_bind: str = "127.0.0.1"
     index_wait: float = 30.0
@@ -338,6 +342,7 @@ class Settings:
             batch_size=_at_least(1, "batch_size", pick("batch_size", 50)),
             forks=_at_least(1, "forks", pick("forks", 50)),
             fetch_processes=_at_least(0, "fetch_processes", pick("fetch_processes", 0)),
+            workers=_at_least(1, "workers", pick("workers", max(2, (os.cpu_count() or 2) * 3 // 2))),
             redis_password_file=redis_password_file,
             redis_bind=str(pick("redis_bind", "127.0.0.1")),
             index_wait=_number(float, "index_wait", pick("index_wait", 30.0)),

@@ -18,6 +18,7 @@ from pathlib import Path
 import pytest
 
 from cli.services import Process, free_port
+from tests.conftest import wait_for
 
 AMS = ["ams-ios-01", "ams-eos-01", "ams-nxos-01"]
 NYC = ["nyc-ios-01", "nyc-eos-01", "nyc-nxos-01"]
@@ -363,19 +364,14 @@ def test_up_runs_worker_scheduler_consumer_and_notifier_and_stops_on_ctrl_c(ops,
 
     url = ops.settings.redis_url.rsplit("/", 1)[0] + "/9"
     env = {**os.environ, "DEVICEVAULT_HOME": str(tmp_path), "DEVICEVAULT_REDIS_URL": url,
-           "DEVICEVAULT_INVENTORY": ops.env["DEVICEVAULT_INVENTORY"], "LC_ALL": "C.UTF-8"}
+           "DEVICEVAULT_INVENTORY": ops.env["DEVICEVAULT_INVENTORY"], "LC_ALL": "C.UTF-8", "DEVICEVAULT_WORKERS": "2"}
     up = subprocess.Popen([sys.executable, "-m", "cli", "up", "--no-portal"], cwd=ROOT, env=env,
                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
     redis = Redis.from_url(url)
     try:
-        deadline = time.monotonic() + 60
-        while not Worker.all(connection=redis) and time.monotonic() < deadline:
-            time.sleep(0.5)
-        assert len(Worker.all(connection=redis)) == 1
-        time.sleep(2)
+        wait_for(lambda: len(Worker.all(connection=redis)) == 2, "the two workers DEVICEVAULT_WORKERS asks for")
         for name in ("scheduler", "consumer", "notifier"):
-            log = (tmp_path / "logs" / f"{name}.log")
-            assert log.exists(), name
+            wait_for((tmp_path / "logs" / f"{name}.log").exists, f"the {name}'s log")
         up.send_signal(signal.SIGINT)
         output = up.communicate(timeout=60)[0].decode()
     finally:
