@@ -465,10 +465,13 @@ def targets(by_pass: dict[str, dict], n: int, batches: int) -> list[str]:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from jobs.settings import Settings
+
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--devices", type=int, default=500)
     parser.add_argument("--passes", default=",".join(PASSES), help="comma separated, of %(default)s")
-    parser.add_argument("--workers", type=int, default=2, help="devicevault worker processes (default %(default)s)")
+    parser.add_argument("--workers", type=int, default=Settings.load().workers,
+                        help="devicevault worker processes (default: DEVICEVAULT_WORKERS's, %(default)s here)")
     parser.add_argument("--batch-size", type=int, help="DEVICEVAULT_BATCH_SIZE (default: DeviceVault's, 50)")
     parser.add_argument("--base", default=DEFAULT_BASE, help="loopback base address of the lab (default %(default)s)")
     parser.add_argument("--linger", type=float, default=10.0,
@@ -482,7 +485,6 @@ def main(argv: list[str] | None = None) -> int:
 
     from bench.gitcount import GitCounter
     from cli.services import RedisServer, free_port
-    from jobs.settings import Settings
     from lab.control import LabControl
     from lab.generate_inventory import generate_inventory
     from lab.testing import ANSIBLE_PLAYBOOK, ansible_env, start_lab, stop_lab
