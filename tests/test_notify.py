@@ -127,6 +127,7 @@ channels:
 rules:
   - {name: night, events: [failed], channels: [hook], quiet_hours: "22:00-06:00"}
   - {name: few, events: [failed], channels: [hook], rate_limit: 2/hour, groups: [core], devices: ["r*"]}
+  - {name: ny, events: [compliance], channels: [hook], quiet_hours: "22:00-06:00", timezone: America/New_York}
 """
 
 
@@ -155,6 +156,13 @@ def test_quiet_hours_and_rate_limits_only_move_a_delivery_and_a_repeat_is_not_qu
     other = Event(id="failed:x1:t", kind=EventKind.FAILED, title="x", device="x1", group="core")
     assert route(redis, rules, [other], now=night) == 1  # only 'night': 'few' wants devices r*
     assert rules.mask("token s3cret-value") == "token REDACTED"
+    # quiet hours on a rule's own clock: 23:30 UTC is 18:30 in New York (not quiet); 04:00 UTC on 2026-11-01
+    # is 00:00 EDT (quiet), and the quiet hours end at 06:00 local, EST by then (summer time ends at 02:00):
+    # 11:00 UTC, not 10:00
+    ny = rules.rules["ny"]
+    assert ny.quiet_until(dt.datetime.fromtimestamp(night, dt.timezone.utc)) is None
+    assert ny.quiet_until(dt.datetime(2026, 11, 1, 4, 0, tzinfo=dt.timezone.utc)) == \
+        dt.datetime(2026, 11, 1, 11, 0, tzinfo=dt.timezone.utc)
     # a run's digest: what joined it is sent with it, once; what comes after it went is sent on its own
     digest, key = "notify:digest:d:mail:run1", queue.delivery_key("digest:run1", "d", "mail")
     assert queue.hold_for_digest(redis, key, digest, {"id": "version:1", "kind": "version"})
@@ -178,6 +186,8 @@ def test_quiet_hours_and_rate_limits_only_move_a_delivery_and_a_repeat_is_not_qu
      "rules: [{name: a, events: [failed], channels: [x], quiet_hours: '22-6'}]", "quiet_hours: '22' is not a time"),
     ("channels: {x: {type: webhook, url: 'http://h'}}\n"
      "rules: [{name: a, events: [failed], channels: [x], rate_limit: lots}]", "rate_limit must be COUNT/"),
+    ("channels: {x: {type: webhook, url: 'http://h'}}\n"
+     "rules: [{name: a, events: [failed], channels: [x], timezone: Mars/Olympus}]", "unknown timezone 'Mars/Olympus'"),
 ])
 def test_a_rules_file_that_cannot_be_used_is_one_line_naming_the_file_and_the_cause(tmp_path, text, cause):
     from jobs.notify.rules import RulesError, load_rules

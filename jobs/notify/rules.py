@@ -13,7 +13,8 @@ is sent. Shape (every key but ``channels`` and ``rules`` optional)::
         events: [version, failed, recovered]
         groups: [core]            # and/or platforms: [...], devices: [r1, "edge-*"] (shell patterns)
         channels: [hook, mail]
-        quiet_hours: "22:00-06:00" # UTC: deliveries wait until the quiet hours end
+        quiet_hours: "22:00-06:00" # deliveries wait until the quiet hours end
+        timezone: Europe/Amsterdam # of the quiet hours (an IANA name; default UTC), summer time included
         rate_limit: 30/hour        # beyond it, deliveries wait for the next hour
 
 Secrets never sit in the file: a channel names the environment variable holding them (``secret_env``,
@@ -31,6 +32,7 @@ from datetime import datetime, time, timedelta, timezone
 from enum import Enum
 from pathlib import Path
 from typing import Any, Mapping
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import yaml
 
@@ -76,6 +78,7 @@ class Rule:
     platforms: tuple[str, ...] = ()
     devices: tuple[str, ...] = ()
     quiet_hours: tuple[time, time] | None = None
+    timezone: str = "UTC"  # the quiet hours' clock (IANA name)
     rate_limit: tuple[int, int] | None = None  # (count, period in seconds)
     first_versions: bool = False  # notify a device's first version too (an initial import: off)
 
@@ -91,17 +94,21 @@ class Rule:
         return not self.devices or any(fnmatch.fnmatchcase(device, p) for p in self.devices)
 
     def quiet_until(self, now: datetime) -> datetime | None:
-        """The end of the quiet hours ``now`` falls in (UTC), None outside them."""
+        """The end of the quiet hours ``now`` falls in (on the rule's ``timezone`` clock), None outside them."""
         if self.quiet_hours is None:
             return None
         start, end = self.quiet_hours
-        now = now.astimezone(timezone.utc)
+        zone = ZoneInfo(self.timezone)
+        now = now.astimezone(zone)
         clock = now.timetz().replace(tzinfo=None)
         inside = start <= clock < end if start < end else (clock >= start or clock < end)
         if not inside:
             return None
-        until = datetime.combine(now.date(), end, tzinfo=timezone.utc)
-        return until if until > now else until + timedelta(days=1)
+        for day in (now.date(), now.date() + timedelta(days=1)):
+            until = datetime.combine(day, end, tzinfo=zone)  # the wall clock's end, whatever its UTC offset
+            if until > now:
+                return until.astimezone(timezone.utc)
+        return None
 
 
 @dataclass
@@ -218,7 +225,7 @@ def _rule(path, index: int, raw: Any, channels: dict[str, ChannelConfig]) -> Rul
     if not _NAME.match(name):
         raise _fail(path, f"{where} needs a name (letters, digits, '.', '_' and '-')")
     unknown = set(raw) - {"name", "events", "channels", "groups", "platforms", "devices", "quiet_hours",
-                          "rate_limit", "first_versions"}
+                          "timezone", "rate_limit", "first_versions"}
     if unknown:
         raise _fail(path, f"{where}: unknown key(s) {', '.join(sorted(unknown))}")
     events = []
@@ -239,8 +246,13 @@ def _rule(path, index: int, raw: Any, channels: dict[str, ChannelConfig]) -> Rul
     if raw.get("quiet_hours"):
         start, sep, end = str(raw["quiet_hours"]).partition("-")
         if not sep:
-            raise _fail(path, f"{where}: quiet_hours must be HH:MM-HH:MM (UTC), not {raw['quiet_hours']!r}")
+            raise _fail(path, f"{where}: quiet_hours must be HH:MM-HH:MM, not {raw['quiet_hours']!r}")
         quiet = (_clock(path, f"{where}: quiet_hours", start), _clock(path, f"{where}: quiet_hours", end))
+    zone = str(raw.get("timezone") or "UTC")
+    try:
+        ZoneInfo(zone)
+    except (ZoneInfoNotFoundError, ValueError):
+        raise _fail(path, f"{where}: unknown timezone {zone!r} (an IANA name such as Europe/Amsterdam)") from None
     rate = None
     if raw.get("rate_limit"):
         m = _RATE.match(str(raw["rate_limit"]))
@@ -251,7 +263,7 @@ def _rule(path, index: int, raw: Any, channels: dict[str, ChannelConfig]) -> Rul
                 groups=_list(path, f"{where}: groups", raw.get("groups")),
                 platforms=_list(path, f"{where}: platforms", raw.get("platforms")),
                 devices=_list(path, f"{where}: devices", raw.get("devices")),
-                quiet_hours=quiet, rate_limit=rate, first_versions=bool(raw.get("first_versions", False)))
+                quiet_hours=quiet, timezone=zone, rate_limit=rate, first_versions=bool(raw.get("first_versions", False)))
 
 
 def parse_rules(text: str, path: Path | None = None, env: Mapping[str, str] | None = None) -> Rules:
