@@ -8,8 +8,9 @@
 - With the ``devicevault.network.devicevault`` callback a plain playbook run is a DeviceVault run: the
   versions a ``devicevault backup`` would make (the same sha256), nothing on a second run, exactly the
   changed devices on a third; the same through ``ansible-runner`` laid out as AWX does (the run names the
-  job and template); host locks shared with DeviceVault's workers; a Redis that cannot be reached fails
-  the playbook's hosts, one line each.
+  job and template, also on the portal's Runs table); host locks shared with DeviceVault's workers; a Redis
+  that cannot be reached fails the playbook's hosts, one line each; every ``-i`` source is read, and a
+  vault password typed at ``--ask-vault-pass`` opens the inventory for DeviceVault too.
 
 The tests share the lab, Redis and the index, and run in file order.
 """
@@ -88,6 +89,21 @@ def _playbook(dv, *args: str, callback: bool = True, env: dict[str, str] | None 
         [str(ANSIBLE_BIN / "ansible-playbook"), "-i", str(inventory or dv.inventory),
          str(ROOT / "playbooks" / "backup.yml"), *args],
         env={**_ansible_env(dv, callback), **(env or {})}, cwd=ROOT, capture_output=True, text=True, timeout=timeout)
+
+
+def _playbook_at_a_terminal(dv, inventory: Path, password: str, *args: str) -> subprocess.CompletedProcess:
+    """``ansible-playbook --ask-vault-pass`` on a terminal (a pty), the vault password typed at its prompt;
+    stdout and stderr are the terminal's output after the prompt."""
+    import pexpect
+
+    child = pexpect.spawn(str(ANSIBLE_BIN / "ansible-playbook"),
+                          ["-i", str(inventory), str(ROOT / "playbooks" / "backup.yml"), "--ask-vault-pass", *args],
+                          env=_ansible_env(dv), cwd=str(ROOT), encoding="utf-8", timeout=300)
+    child.expect("Vault password")
+    child.sendline(password)
+    child.expect(pexpect.EOF)
+    child.close()
+    return subprocess.CompletedProcess(child.args, child.exitstatus, child.before, "")
 
 
 def _run_of(proc: subprocess.CompletedProcess) -> tuple[str, str]:
@@ -275,7 +291,9 @@ def test_playbook_with_the_callback_is_a_devicevault_run(dv):
 
 def test_second_playbook_run_adds_nothing_and_a_third_after_two_changes_adds_two(dv):
     before = _versions(dv)
-    run_id, _ = _run_of(_playbook(dv))
+    proc = _playbook(dv, "-vvvv")  # the callback's own output, at any verbosity, shows no secret either
+    _assert_no_secret(dv, "ansible-playbook -vvvv output with the callback", {"stdout": proc.stdout, "stderr": proc.stderr})
+    run_id, _ = _run_of(proc)
     _finished(dv, run_id)
     assert {r["status"] for r in dv.json("run", run_id)} == {"unchanged"}
     assert _versions(dv) == before
@@ -335,11 +353,27 @@ def test_ansible_runner_laid_out_as_awx_names_the_job_and_keeps_no_secret(dv, tm
     assert source == "awx job 4711 (Nightly config backup) by alice"
     row = _finished(dv, run_id)
     assert row["requested_by"] == source and row["total"] == COUNT
+    from portal import queries  # the portal's Runs page table, from the same index
+    from storage.index.db import connect
+
+    with connect(dv.settings.database_url)() as session:
+        shown = queries.runs_table(session, limit=50)
+    assert shown.set_index("run").loc[run_id, "requested by"] == source
     assert {r["status"] for r in dv.json("run", run_id)} <= {"unchanged", "changed"}
     artifacts = private / "artifacts" / "4711"
     assert (artifacts / "job_events").is_dir() and list((artifacts / "job_events").iterdir())
     _assert_no_secret(dv, "the ansible-runner artifact directory", _files(artifacts))
     _assert_no_secret(dv, "ansible-runner's output", {"stdout": proc.stdout})
+
+
+def test_a_tower_job_is_named_from_its_tower_variables():
+    """Tower passes only the ``tower_*`` twins; without either the source is the user and control host."""
+    from jobs.collect.playbook import run_source
+
+    assert run_source({"tower_job_id": 12, "tower_job_template_name": "Backup", "tower_user_name": "bob"}) == \
+        "awx job 12 (Backup) by bob"
+    assert run_source({"awx_job_id": 7}) == "awx job 7"
+    assert re.fullmatch(r"ansible-playbook \S+@\S+", run_source({"awx_job_template_name": "no job id"}))
 
 
 # ----------------------------------------------------------------------------------- locks, Redis down
@@ -396,9 +430,10 @@ def test_a_worker_job_is_skipped_locked_while_the_playbook_holds_the_device(dv):
 
 
 def test_vaulted_inventories_work_through_the_callback(dv, tmp_path):
-    """A whole-file vaulted group_vars/all.yml (the playbook's --vault-password-file) and an inline !vault
-    login password (Ansible's ANSIBLE_VAULT_PASSWORD_FILE, which DeviceVault's setting falls back to): the
-    devices are backed up, and nothing of the vault's content shows."""
+    """A whole-file vaulted group_vars/all.yml (the playbook's --vault-password-file, then a password typed at
+    its --ask-vault-pass prompt: the callback reads the inventory with the secrets the playbook holds) and an
+    inline !vault login password (Ansible's ANSIBLE_VAULT_PASSWORD_FILE, which DeviceVault's setting falls
+    back to): the devices are backed up, and nothing of the vault's content shows."""
     password = tmp_path / "vault-password"
     password.write_text("native-vault-password\n")
     password.chmod(0o600)
@@ -417,8 +452,12 @@ def test_vaulted_inventories_work_through_the_callback(dv, tmp_path):
                                env=_ansible_env(dv, callback=False)).stdout
     all_vars.write_text(re.sub(r"^ansible_password:.*$", lambda _: encrypted.strip(), all_vars.read_text(), flags=re.M))
     for inventory, args, env in ((whole, ["--vault-password-file", str(password)], {}),
+                                 (whole, ["--ask-vault-pass"], {}),
                                  (inline, [], {"ANSIBLE_VAULT_PASSWORD_FILE": str(password)})):
-        proc = _playbook(dv, *args, inventory=inventory, env=env)
+        if "--ask-vault-pass" in args:
+            proc = _playbook_at_a_terminal(dv, inventory, password.read_text().strip())
+        else:
+            proc = _playbook(dv, *args, inventory=inventory, env=env)
         assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
         run_id, _ = _run_of(proc)
         _finished(dv, run_id)
@@ -452,3 +491,28 @@ def test_without_devicevault_importable_the_playbook_runs_as_plain_ansible(dv, t
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert (proc.stdout + proc.stderr).count("DeviceVault's Python packages cannot be imported") == 1
     assert len(list(out.iterdir())) == COUNT
+
+
+def test_every_inventory_source_reaches_devicevault(dv, tmp_path):
+    """``ansible-playbook -i <lab inventory> -i more.yml``: the callback reads both sources together, as Ansible
+    does. A host only the second one has (another name for the lab's ios device, in a site group of its own,
+    with the first source's group_vars) is backed up into DeviceVault with its group from that source, and the
+    index consumer, which checks each device against its run's inventory, takes it."""
+    from jobs.collect.inventory import load_inventory
+
+    ios = next(h for h in dv.hosts if "-ios-" in h)
+    extra = "zz-extra-ios-01"
+    more = tmp_path / "more" / "more.yml"
+    more.parent.mkdir()
+    more.write_text(yaml.safe_dump({"all": {"children": {
+        "site_extra": {"hosts": {extra: {"ansible_host": load_inventory(dv.inventory)[ios].address}}},
+        "ios": {"hosts": {extra: None}}}}}))
+    proc = _playbook(dv, "-i", str(more))
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    run_id, _ = _run_of(proc)
+    row = _finished(dv, run_id)
+    assert row["status"] == "succeeded" and row["total"] == COUNT + 1, row
+    statuses = {r["device"]: r["status"] for r in dv.json("run", run_id)}
+    assert statuses[extra] == "changed" and set(statuses) == {*dv.hosts, extra}, statuses
+    devices = {d["name"]: d for d in dv.json("devices")}
+    assert devices[extra]["group"] == "site_extra" and devices[extra]["versions"] == 1, devices[extra]

@@ -33,7 +33,8 @@ LAB_BASE = "127.0.176.0"
 #: terminal plugins (ansible-core's list: become, cache, callback, cliconf, connection, ...), so the
 #: terminal plugin devicevault.network.cli is checked by loading it in the playbook run (asa) instead.
 PLUGINS = [("module", "devicevault.network.collect"), ("module", "devicevault.network.collect_batch"),
-           ("cliconf", "devicevault.network.cli"), ("callback", "devicevault.network.devicevault")]
+           ("module", "devicevault.network.restore"), ("cliconf", "devicevault.network.cli"),
+           ("callback", "devicevault.network.devicevault")]
 
 
 def _env(collections: Path, **extra: str) -> dict[str, str]:
@@ -92,6 +93,9 @@ def test_the_installed_collection_is_complete_and_found_only_there(installed):
     assert manifest["version"] == galaxy["version"]
     assert manifest["repository"] and "networking" in manifest["tags"] and manifest["license"]
     assert "ansible.netcommon" in manifest["dependencies"]
+    for spec in (COLLECTION / "platforms").glob("*.yml"):  # every vendor collection a platform file names
+        owner = ".".join(yaml.safe_load(spec.read_text())["network_os"].split(".")[:2])
+        assert owner == "devicevault.network" or owner in manifest["dependencies"], (spec.name, owner)
     assert yaml.safe_load((top / "meta" / "runtime.yml").read_text())["requires_ansible"]
     assert (top / "CHANGELOG.md").is_file()
     shipped = {p.stem for p in (top / "platforms").glob("*.yml")}
@@ -206,3 +210,30 @@ def test_ansible_lint_production_profile_finds_nothing():
                           cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stdout[-6000:] + proc.stderr[-6000:]
     assert "0 failure(s), 0 warning(s)" in proc.stdout + proc.stderr
+
+
+#: the ansible-test sanity tests that read the collection's documentation, imports and metadata (the whole
+#: set, pylint and pep8 included, passes too: about a minute; these are the ones a plugin change breaks)
+SANITY = ["validate-modules", "import", "ansible-doc", "action-plugin-docs", "runtime-metadata", "yamllint"]
+
+
+def test_ansible_test_sanity_offline_finds_nothing(tmp_path):
+    """``ansible-test sanity`` on a copy of the collection in an ``ansible_collections`` tree of its own, its
+    dependencies (ansible.netcommon and what it needs, ansible.utils) beside it as an install puts them,
+    offline and with this Python (no container, no virtual environment to download)."""
+    test = BIN / "ansible-test"
+    if not test.exists():
+        pytest.skip("ansible-test is not installed (ansible-core)")
+    top = tmp_path / "ansible_collections"
+    shutil.copytree(COLLECTION, top / "devicevault" / "network",
+                    ignore=shutil.ignore_patterns("__pycache__", "*.tar.gz", "tests"))
+    (top / "ansible").mkdir()
+    for name in ("netcommon", "utils"):
+        (top / "ansible" / name).symlink_to(VENDOR / "ansible_collections" / "ansible" / name)
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("ANSIBLE_", "DEVICEVAULT_"))}
+    env.update(LC_ALL="C.UTF-8", LANG="C.UTF-8", PATH=f"{BIN}{os.pathsep}{env.get('PATH', '')}")
+    tests = [arg for name in SANITY for arg in ("--test", name)]
+    proc = _run([test, "sanity", "--python", f"{sys.version_info.major}.{sys.version_info.minor}", "--color", "no",
+                 *tests], cwd=top / "devicevault" / "network", env=env, timeout=600, ok=False)
+    assert proc.returncode == 0, proc.stdout[-6000:] + proc.stderr[-6000:]
+    assert "ERROR" not in proc.stdout + proc.stderr

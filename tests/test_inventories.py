@@ -11,6 +11,7 @@ test builds its own inventory of the lab's devices (a copy of the lab's, then va
 
 from __future__ import annotations
 
+import json
 import shutil
 import subprocess
 import sys
@@ -20,7 +21,7 @@ import pytest
 import yaml
 
 from cli.services import free_port
-from tests.conftest import DeviceVault, redis_blobs
+from tests.conftest import DeviceVault, redis_blobs, wait_for
 from tests.test_backup_pipeline import _backup
 
 LAB_PASSWORD = "lab-admin"  # the lab's login password (lab/generate_inventory.py): vaulted in every inventory here
@@ -160,21 +161,131 @@ def test_a_missing_or_wrong_vault_password_is_one_clear_line(site, case):
         assert VAULT_PASSWORD not in proc.stderr and LAB_PASSWORD not in proc.stderr
 
 
-def test_a_constructed_group_backs_up_exactly_its_devices(site):
+def test_a_constructed_group_backs_up_exactly_its_devices_and_moves_no_files(site):
     """``plugin: ansible.builtin.constructed`` (FQCN, a collection-hosted inventory plugin) makes a group from a
-    variable (the enable password's ``ansible_become``: ios and eos, not nxos); ``backup --group`` takes it."""
+    variable (the enable password's ``ansible_become``: ios and eos, not nxos) and keyed groups (``aaa_os_…``);
+    ``backup --group`` takes it. Both sort before the lab's site groups, yet no device's storage group changes:
+    a new version of a device in them is filed where its earlier ones are, in the index and in git."""
+    from jobs.collect.inventory import load_inventory
+
     inventory = _inline_vaulted(site.lab.inventory, site.root / "constructed", site.password_file)
     (inventory / "zz-constructed.yml").write_text(yaml.safe_dump({
         "plugin": "ansible.builtin.constructed",
         "strict": True,
         "use_vars_plugins": True,  # group_vars/ are where ansible_become is set
         "groups": {"enable_required": "ansible_become | default(false) | bool"},
+        "keyed_groups": [{"key": "ansible_network_os", "prefix": "aaa_os"}],
     }))
     expected = {h for h in site.lab.hosts if "-ios-" in h or "-eos-" in h}
     assert expected and expected != set(site.lab.hosts)
+    computed = load_inventory(inventory, site.settings)
+    assert all("enable_required" in computed[h].groups for h in expected)
+    assert all(any(g.startswith("aaa_os_") for g in computed[h].groups) for h in site.lab.hosts)
+    before = {d["name"]: d["group"] for d in site.json("devices")}
+    assert set(before) == set(site.lab.hosts) and all(g.startswith("site_") for g in before.values()), before
+    assert {h: computed[h].group for h in site.lab.hosts} == before
+    changed = sorted(expected)[0]
+    had = len(site.json("versions", changed))
+    site.lab.control.change(changed)
     results = _backup(site, "--inventory", str(inventory), "--group", "enable_required")
     assert set(results) == expected
     _no_failures(results)
+    assert results[changed]["status"] == "changed"
+    assert {d["name"]: d["group"] for d in site.json("devices")} == before
+
+    def stored():  # the new version's copies, once every target stored it
+        versions = site.json("versions", changed)
+        copies = versions[-1]["copies"] if len(versions) == had + 1 else []
+        return copies if copies and all(c["status"] == "stored" for c in copies) else None
+
+    copies = wait_for(stored, f"the new version of {changed} on every target")
+    assert {c["backend"] for c in copies} == {"git", "fs"}
+    assert all(f"{before[changed]}/{changed}" in c["ref"] for c in copies), copies
+    repo = site.settings.git_repo
+    files = subprocess.run(["git", "-C", str(repo), "ls-files"], capture_output=True, text=True, check=True).stdout
+    assert not [f for f in files.splitlines() if f.startswith(("enable_required/", "aaa_os_"))], files
+
+
+class _NetBox:
+    """A real HTTP server answering the NetBox API calls of ``netbox.netbox.nb_inventory`` (status, schema, the
+    device list, the site lookup; every other list empty) with ``devices``."""
+
+    def __init__(self, devices: list[dict], sites: list[dict]):
+        import json
+        import threading
+        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+        from urllib.parse import urlparse
+
+        answers = {
+            "/api/status/": {"netbox-version": "4.1.0"},
+            "/api/schema/": {"info": {"version": "4.1.0"}, "paths": {
+                "/api/dcim/devices/": {"get": {"parameters": []}},
+                "/api/virtualization/virtual-machines/": {"get": {"parameters": []}}}},
+            "/api/dcim/devices/": {"count": len(devices), "next": None, "previous": None, "results": devices},
+            "/api/dcim/sites/": {"count": len(sites), "next": None, "previous": None, "results": sites},
+        }
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self):  # noqa: N802 - http.server's name
+                body = json.dumps(answers.get(urlparse(self.path).path,
+                                              {"count": 0, "next": None, "previous": None, "results": []})).encode()
+                self.send_response(200)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, *args):
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", free_port()), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_port}"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self):
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def test_a_netbox_inventory_backs_up_its_devices_filed_by_netbox_site(site):
+    """``plugin: netbox.netbox.nb_inventory`` (NetBox's collection, from the ansible package) against a NetBox
+    API (a real HTTP server): ``devicevault backup --inventory`` backs up its device (the lab's ios device by
+    another name, connection settings from the inventory's group_vars/), and files it under NetBox's
+    ``group_by`` site group, not under the keyed groups (``aaa_…``) that sort first."""
+    ios = site.lab.host("ios")
+    address = yaml.safe_load((site.lab.inventory / "hosts.yml").read_text())
+    address = next(h["hosts"][ios]["ansible_host"] for h in address["all"]["children"].values()
+                   if (h.get("hosts") or {}).get(ios))
+    name = "nb-zrh-ios-01"
+    netbox = _NetBox(
+        devices=[{"id": 1, "name": name, "site": {"id": 7, "slug": "zrh", "name": "Zurich"},
+                  "platform": {"id": 3, "slug": "ios", "name": "IOS"},
+                  "primary_ip4": {"id": 5, "address": f"{address}/32"}, "primary_ip": {"id": 5, "address": f"{address}/32"},
+                  "role": {"id": 2, "slug": "router", "name": "Router"}, "status": {"value": "active"},
+                  "tags": [], "custom_fields": {}, "config_context": {}}],
+        sites=[{"id": 7, "slug": "zrh", "name": "Zurich", "time_zone": None, "prefix_count": 0, "region": None,
+                "group": None, "tenant": None}])
+    try:
+        inventory = site.root / "netbox"
+        (inventory / "group_vars").mkdir(parents=True)
+        lab_vars = site.settings.inventory / "group_vars"  # the lab's settings (vaulted password), ios's too
+        (inventory / "group_vars" / "all.yml").write_text(
+            (lab_vars / "all.yml").read_text().rstrip("\n") + "\n" + (lab_vars / "ios.yml").read_text())
+        (inventory / "netbox.yml").write_text(yaml.safe_dump({
+            "plugin": "netbox.netbox.nb_inventory", "api_endpoint": netbox.url, "token": "nb-token-not-used",
+            "validate_certs": False, "group_by": ["sites"],
+            "keyed_groups": [{"key": "platform", "prefix": "aaa_platform"}],
+        }))
+        proc = site("backup", "--inventory", str(inventory), "--wait", "--json", check=False)
+        assert proc.returncode == 0, proc.stderr
+        results = {r["device"]: r for r in json.loads(proc.stdout)["results"]}
+        assert set(results) == {name}
+        _no_failures(results)
+        device = {d["name"]: d for d in site.json("devices")}[name]
+        assert device["group"] == "sites_zrh", device
+        assert "hostname" in site("show", name).stdout.lower()
+    finally:
+        netbox.close()
 
 
 def test_no_clear_password_reaches_index_logs_git_or_redis(site):

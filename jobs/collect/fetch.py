@@ -208,17 +208,22 @@ def sweep_runner_dirs() -> list[Path]:
     return removed
 
 
-def _batch_inventory(inventory: Path | str, hosts: list[str], settings: Settings, directory: Path) -> Path:
+def _batch_inventory(inventory: Path | str, hosts: list[str], settings: Settings, directory: Path
+                     ) -> str | list[str]:
     """The inventory the batch's ansible-playbook reads: just the batch's hosts, written from the inventory
     this process parsed (``jobs.collect.inventory.write_batch_inventory``), or the whole one where that
-    cannot be done (then ansible-playbook also reports what is wrong with it)."""
-    from jobs.collect.inventory import open_inventory, write_batch_inventory
+    cannot be done (then ansible-playbook also reports what is wrong with it): ansible-runner's ``inventory``,
+    a path, or the sources as a list (one ``-i`` each)."""
+    from jobs.collect.inventory import inventory_sources, open_inventory, write_batch_inventory
 
     try:
         written = write_batch_inventory(open_inventory(inventory, settings), hosts, directory)
     except errors.InventoryError:
         written = None
-    return written or Path(inventory).absolute()
+    sources = [str(p.absolute()) for p in inventory_sources(inventory)]
+    if written:
+        return str(written)
+    return sources[0] if len(sources) == 1 else sources
 
 
 def _run(workdir: Path, playbook: str, inventory: Path | str, hosts: list[str], settings: Settings, extravars: dict,
@@ -232,7 +237,7 @@ def _run(workdir: Path, playbook: str, inventory: Path | str, hosts: list[str], 
         private_data_dir=str(workdir),
         project_dir=str(PLAYBOOKS_DIR),
         playbook=playbook,
-        inventory=str(_batch_inventory(inventory, hosts, settings, workdir / "inventory")),
+        inventory=_batch_inventory(inventory, hosts, settings, workdir / "inventory"),
         limit=",".join(hosts),
         extravars=extravars,
         envvars=runner_env(settings, workdir),

@@ -12,7 +12,13 @@ ansible-core's CLI does before it reads an inventory:
   ``ANSIBLE_VAULT_PASSWORD_FILE`` / ``ANSIBLE_VAULT_IDENTITY_LIST``) open whole vaulted files and inline
   ``!vault`` values;
 * every vaulted value a host has (inline or from a vaulted file) is one of its :attr:`InventoryHost.secrets`,
-  masked wherever DeviceVault masks passwords.
+  masked wherever DeviceVault masks passwords;
+* an inventory is one source or several (``ansible-playbook -i a -i b``; as text ``a,b``, Ansible's own
+  ``ANSIBLE_INVENTORY`` form), read together as Ansible reads them (:func:`inventory_sources`);
+* it owns a host's *storage group* (:attr:`InventoryHost.group`, where its versions are filed): the host's
+  ``devicevault_group`` variable, else the alphabetically first group the inventory's own files or its source
+  (NetBox's ``group_by``) put it in that is not a platform group, never a group computed by ``groups:`` /
+  ``keyed_groups:`` (``ansible.builtin.constructed``), so adding such a group never moves a device's files.
 """
 
 from __future__ import annotations
@@ -22,13 +28,16 @@ import sys
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Iterator
+from typing import Any, Iterable, Iterator, Sequence
 
 from jobs.errors import InventoryError
 from jobs.settings import COLLECTIONS_DIR, VAULT_SETTING, Settings, parse_flag
 
-#: groups that say what a host *is* rather than where it is; a host's storage group is its first other group
+#: groups every host is in; never a storage group
 _IMPLICIT = {"all", "ungrouped"}
+#: the methods of Ansible's ``Constructable`` inventory plugins that make groups from templates (``groups:``,
+#: ``keyed_groups:``): the groups they create are computed, never a storage group (:func:`_storage_group`)
+_COMPUTING = ("_add_host_to_composed_groups", "_add_host_to_keyed_groups")
 _SECRET_VARS = ("ansible_password", "ansible_ssh_pass", "ansible_become_password", "ansible_become_pass")
 
 
@@ -37,6 +46,7 @@ class InventoryHost:
     name: str
     network_os: str
     address: str
+    #: the storage group: where the host's versions are filed (:func:`_storage_group` has the rule)
     group: str
     groups: tuple[str, ...] = field(default=())
     #: ``devicevault_location``: the storage location (``jobs/deliver/locations.py``); "" = by group, else default
@@ -131,11 +141,15 @@ def _one_line(exc: BaseException) -> str:
     return " ".join(str(text).split())
 
 
-def _vault_hint(settings: Settings, cause: str, file: str | None = None) -> str:
-    """``cause``, and for a vault failure which file and what to set."""
+def _vault_hint(settings: Settings, cause: str, file: str | None = None, held: bool = False) -> str:
+    """``cause``, and for a vault failure which file and what to set (``held``: the caller, ansible-playbook,
+    gave its own vault secrets too)."""
     if "vault" not in cause.lower() and "decrypt" not in cause.lower():
         return cause
     what = f"cannot decrypt {file}" if file else "cannot decrypt a vaulted value"
+    if held:
+        setting = f" nor those of {VAULT_SETTING}" if settings.vault_password_file else ""
+        return f"{what}: the playbook's vault passwords{setting} do not open it; Ansible says: {cause}"
     if not settings.vault_password_file:
         return f"{what}: no vault password is set ({VAULT_SETTING}); Ansible says: {cause}"
     return f"{what}: wrong vault password in {settings.vault_password_file} ({VAULT_SETTING}); Ansible says: {cause}"
@@ -153,8 +167,15 @@ class OpenInventory:
     #: the first file the loader read with an inline ``!vault`` value, if any (both grow as variable files are
     #: read, which Ansible does lazily, host by host)
     inline_vault: list[str] = field(default_factory=list)
-    #: the inventory source (a file or a directory) as given to Ansible
+    #: the inventory source (a file or a directory) as given to Ansible; None when there are several
     source: Path | None = None
+    #: the groups computed by ``groups:`` / ``keyed_groups:`` of Constructable plugins (``constructed``),
+    #: never a storage group
+    computed: set[str] = field(default_factory=set)
+    #: where the hosts came from, in messages: the source, or the sources comma separated
+    where: str = ""
+    #: the caller gave vault secrets of its own (``open_inventory``'s ``vault_secrets``)
+    held: bool = False
     #: held while the manager and the variables are used (a reused inventory may be shared by threads)
     lock: threading.RLock = field(default_factory=threading.RLock, repr=False, compare=False)
 
@@ -164,15 +185,33 @@ class OpenInventory:
         return bool(self.vaulted) or bool(self.inline_vault)
 
 
-#: inventories parsed by this process: ``{(source, vault ids): (parsed at, fingerprint, inventory)}``
-_REUSED: dict[tuple[str, str], tuple[float, tuple, OpenInventory]] = {}
+#: inventories parsed by this process: ``{(sources, vault ids, held secrets): (parsed at, fingerprint, inventory)}``
+_REUSED: dict[tuple[str, str, tuple], tuple[float, tuple, OpenInventory]] = {}
 
 
-def _fingerprint(path: Path, settings: Settings) -> tuple:
+def inventory_sources(inventory: Path | str | Sequence[Path | str]) -> list[Path]:
+    """The sources of an inventory as ``ansible-playbook -i a -i b`` takes them: one path (a file or a
+    directory), a list, or text naming several comma separated (``a,b``: Ansible's ``ANSIBLE_INVENTORY`` form,
+    and how a run records them, :func:`inventory_text`); a path that exists as written is one source."""
+    if isinstance(inventory, (list, tuple)):
+        parts = [str(p) for p in inventory]
+    else:
+        text = str(inventory)
+        parts = [text] if "," not in text or Path(text).exists() else text.split(",")
+    return [Path(p.strip()) for p in parts if p.strip()]
+
+
+def inventory_text(inventory: Path | str | Sequence[Path | str]) -> str:
+    """The inventory's sources as one text, absolute, comma separated (one source: its absolute path)."""
+    return ",".join(str(p.absolute()) for p in inventory_sources(inventory))
+
+
+def _fingerprint(sources: list[Path], settings: Settings) -> tuple:
     """What an inventory's parse depends on, as file stats: every file under a directory source, or a file
     source with its ``group_vars/`` and ``host_vars/``, and the vault password files."""
-    base = path if path.is_dir() else path.parent
-    roots = [path] if path.is_dir() else [path, base / "group_vars", base / "host_vars"]
+    roots: list[Path] = []
+    for path in sources:
+        roots += [path] if path.is_dir() else [path, path.parent / "group_vars", path.parent / "host_vars"]
     roots += [file for _, file in settings.vault_ids()]
     found = []
     for root in roots:
@@ -187,10 +226,12 @@ def _fingerprint(path: Path, settings: Settings) -> tuple:
     return tuple(found)
 
 
-def open_inventory(path: Path | str, settings: Settings | None = None, *, fresh_within: float | None = None
-                   ) -> OpenInventory:
-    """Parse the inventory at ``path`` as ``ansible-playbook -i path`` would, with the settings' vault
-    passwords. Raises :class:`InventoryError` naming the inventory and the cause.
+def open_inventory(path: Path | str | Sequence[Path | str], settings: Settings | None = None, *,
+                   fresh_within: float | None = None, vault_secrets: Sequence[tuple[str, Any]] = ()) -> OpenInventory:
+    """Parse the inventory at ``path`` (one source or several, :func:`inventory_sources`) as ``ansible-playbook
+    -i path`` would, with the settings' vault passwords and ``vault_secrets`` (``(vault id, secret)`` pairs
+    loaded already: those of the ``ansible-playbook`` this runs in, prompted ones included). Raises
+    :class:`InventoryError` naming the inventory and the cause.
 
     A process reuses what it parsed for up to ``settings.inventory_reuse`` seconds while no file of the
     inventory (nor a vault password file) changed (:func:`_fingerprint`): a worker parses a large inventory
@@ -199,27 +240,31 @@ def open_inventory(path: Path | str, settings: Settings | None = None, *, fresh_
     ``fresh_within`` seconds where the caller asks for a fresher one."""
     import time
 
-    path = Path(path)
-    if not path.exists():
-        raise InventoryError(f"{path}: inventory not found")
+    sources = inventory_sources(path)
+    if not sources:
+        raise InventoryError(f"{path!s}: no inventory source named")
+    for source in sources:
+        if not source.exists():
+            raise InventoryError(f"{source}: inventory not found")
     settings = settings or Settings.load()
-    key = (str(path.absolute()), settings.vault_password_file or "")
+    key = (inventory_text(sources), settings.vault_password_file or "", tuple(id(s) for _, s in vault_secrets))
     reused = _REUSED.get(key)
-    fingerprint = _fingerprint(path, settings) if settings.inventory_reuse > 0 else ()
+    fingerprint = _fingerprint(sources, settings) if settings.inventory_reuse > 0 else ()
     longest = settings.inventory_reuse if fresh_within is None else min(fresh_within, settings.inventory_reuse)
     if reused and time.monotonic() - reused[0] < longest and reused[1] == fingerprint:
         return reused[2]
     _REUSED.pop(key, None)
-    opened = _parse(path, settings)
+    opened = _parse(sources, settings, list(vault_secrets))
     if settings.inventory_reuse > 0:
         _REUSED[key] = (time.monotonic(), fingerprint, opened)
     return opened
 
 
-def _parse(path: Path, settings: Settings) -> OpenInventory:
+def _parse(sources: list[Path], settings: Settings, held: list) -> OpenInventory:
     start_ansible()
     _forget_vars_files()
     from ansible.errors import AnsibleError
+    from ansible.inventory.data import InventoryData
     from ansible.inventory.manager import InventoryManager
     from ansible.parsing.dataloader import DataLoader
     from ansible.parsing.vault import is_encrypted
@@ -260,23 +305,41 @@ def _parse(path: Path, settings: Settings) -> OpenInventory:
                 inline.append(real)
             return data
 
-    secrets = _vault_secrets(settings, path)
+    computed: set[str] = set()
+
+    class Data(InventoryData):
+        """Ansible's inventory data, noting the groups a Constructable plugin's ``groups:`` / ``keyed_groups:``
+        create: those its group-making methods (:data:`_COMPUTING`) add. A plugin may be loaded by another one
+        (``auto`` loads ``constructed``), so it is the caller that tells, not the plugin list."""
+
+        def add_group(self, group):
+            count = len(self.groups)
+            name = super().add_group(group)
+            if len(self.groups) > count and sys._getframe(1).f_code.co_name in _COMPUTING:
+                computed.add(name)
+            return name
+
+    where = ",".join(str(s) for s in sources)
+    secrets = list(held) + [s for s in _vault_secrets(settings, Path(where)) if s not in held]
     _use_vault_secrets(secrets)
     loader = Loader()
     loader.set_vault_secrets(secrets)
     try:
-        manager = InventoryManager(loader=loader, sources=[str(path)], parse=False)
+        manager = InventoryManager(loader=loader, sources=[str(s) for s in sources], parse=False)
+        manager._inventory = Data()  # noqa: SLF001 - what __init__ made, not used yet (parse=False)
         manager.parse_sources(cache=False)
     except AnsibleError as exc:
-        raise InventoryError(f"{path}: cannot parse inventory: {_vault_hint(settings, _one_line(exc), loader.failed)}") from None
+        raise InventoryError(f"{where}: cannot parse inventory: "
+                             f"{_vault_hint(settings, _one_line(exc), loader.failed, bool(held))}") from None
     if failed:  # Ansible warns and goes on without that file's hosts: a backup must not lose devices silently
         file, cause = failed[-1]
-        detail = _vault_hint(settings, cause, file) if is_vaulted(file) else f"{file}: {cause}"
-        raise InventoryError(f"{path}: cannot parse inventory: {detail}")
+        detail = _vault_hint(settings, cause, file, bool(held)) if is_vaulted(file) else f"{file}: {cause}"
+        raise InventoryError(f"{where}: cannot parse inventory: {detail}")
     if not manager._sources or not manager.get_hosts():  # noqa: SLF001 - no public "parsed ok" flag
-        raise InventoryError(f"{path}: no hosts found (malformed or empty inventory?)")
+        raise InventoryError(f"{where}: no hosts found (malformed or empty inventory?)")
     return OpenInventory(manager, VariableManager(loader=loader, inventory=manager), loader, vaulted, inline,
-                         source=path)
+                         source=sources[0] if len(sources) == 1 else None, computed=computed, where=where,
+                         held=bool(held))
 
 
 def inventory_names(path: Path | str, settings: Settings | None = None, *, fresh_within: float | None = None
@@ -336,19 +399,36 @@ def _vaulted_values(variables: dict, vaulted: set[str]) -> Iterator[str]:
 
 
 def load_inventory(
-    path: Path | str, settings: Settings | None = None, *, only: Iterable[str] | None = None
+    path: Path | str | Sequence[Path | str], settings: Settings | None = None, *, only: Iterable[str] | None = None,
+    vault_secrets: Sequence[tuple[str, Any]] = (),
 ) -> dict[str, InventoryHost]:
-    """Every host of the inventory at ``path`` by name (vault passwords from ``settings``, default: the
-    environment's); with ``only``, just those of these names that it has (a batch's hosts: working out each
-    host's variables is most of the cost on a large inventory). Raises :class:`InventoryError` naming the
-    inventory and the cause."""
+    """Every host of the inventory at ``path`` (one source or several) by name (vault passwords from
+    ``settings``, default: the environment's, and ``vault_secrets``: see :func:`open_inventory`); with ``only``,
+    just those of these names that it has (a batch's hosts: working out each host's variables is most of the
+    cost on a large inventory). Raises :class:`InventoryError` naming the inventory and the cause."""
     settings = settings or Settings.load()
-    opened = open_inventory(path, settings)
+    opened = open_inventory(path, settings, vault_secrets=vault_secrets)
     with opened.lock:
-        return _read_hosts(opened, Path(path), settings, only)
+        return _read_hosts(opened, opened.where, settings, only)
 
 
-def _read_hosts(opened: OpenInventory, path: Path, settings: Settings, only: Iterable[str] | None
+def _storage_group(variables: dict, groups: tuple[str, ...], computed: set[str], platform_groups: set[str],
+                   platform: str) -> str:
+    """A host's storage group, the folder its versions are filed under on every target (and the group
+    ``groups:`` of the storage file maps to a location): its ``devicevault_group`` variable; else the
+    alphabetically first of its groups that the inventory's own files or source made (NetBox's ``group_by``
+    included) and that is not a platform group (``ios``, ``eos``, the host's own platform name); else the first
+    such platform group; else ``ungrouped``. A group computed by ``groups:`` / ``keyed_groups:``
+    (``ansible.builtin.constructed``, or a dynamic source's own keyed groups) is never one: it comes and goes
+    with variables, and a device's files must not move with it."""
+    if variables.get("devicevault_group"):
+        return str(variables["devicevault_group"])
+    own = [g for g in groups if g not in computed]
+    site = [g for g in own if g not in platform_groups and g != platform]
+    return (site or own or ["ungrouped"])[0]
+
+
+def _read_hosts(opened: OpenInventory, path: str, settings: Settings, only: Iterable[str] | None
                 ) -> dict[str, InventoryHost]:
     from ansible.errors import AnsibleError
 
@@ -368,15 +448,14 @@ def _read_hosts(opened: OpenInventory, path: Path, settings: Settings, only: Ite
             address = str(hv.get("ansible_host") or host.name)
         except AnsibleError as exc:
             raise InventoryError(f"{path}: cannot read variables of host {host.name!r}: "
-                                 f"{_vault_hint(settings, _one_line(exc), opened.loader.failed)}") from None
+                                 f"{_vault_hint(settings, _one_line(exc), opened.loader.failed, opened.held)}") from None
         groups = tuple(sorted(g.name for g in host.get_groups() if g.name not in _IMPLICIT))
         own_platform = _platform_name(hv)
-        site_groups = [g for g in groups if g not in platform_groups and g != own_platform]
         hosts[host.name] = InventoryHost(
             name=host.name,
             network_os=network_os,
             address=address,
-            group=str(hv.get("devicevault_group") or (site_groups or list(groups) or ["ungrouped"])[0]),
+            group=_storage_group(hv, groups, opened.computed, platform_groups, own_platform),
             groups=groups,
             location=str(hv.get("devicevault_location") or ""),
             collector_group=str(hv.get("devicevault_collector_group") or ""),

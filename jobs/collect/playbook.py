@@ -31,7 +31,7 @@ from redis.exceptions import RedisError
 from jobs import errors
 from jobs.collect.collector import Batch, finish_batch, plan_batch
 from jobs.collect.fetch import FetchOutcome, apply_record
-from jobs.collect.inventory import load_inventory
+from jobs.collect.inventory import inventory_text, load_inventory
 from jobs.collect.locks import host_locks
 from jobs.deliver.locations import StorageConfigError, StorageLayout
 from jobs.settings import Settings, redact_url
@@ -71,9 +71,13 @@ class PlaybookRun:
     """One DeviceVault run for one ``ansible-playbook`` process (one per collect task that starts)."""
 
     settings: Settings
-    inventory: Path  # the playbook's (first) inventory source
+    #: the playbook's inventory: every ``-i`` source (a list, or :func:`~jobs.collect.inventory.inventory_text`)
+    inventory: Path | str | list
     source: str
     selector: str
+    #: the playbook's own vault secrets (``(vault id, secret)``: ``--vault-id``, ``--ask-vault-pass``,
+    #: ``--vault-password-file``), tried with the settings' to read the inventory as the playbook read it
+    vault_secrets: list = field(default_factory=list, repr=False)
     run_id: str = field(default_factory=lambda: uuid.uuid4().hex)
     redis: Redis | None = None
     batch: Batch | None = None
@@ -81,7 +85,7 @@ class PlaybookRun:
     _locks: contextlib.ExitStack = field(default_factory=contextlib.ExitStack)
 
     def __post_init__(self) -> None:
-        self.inventory = Path(self.inventory).absolute()
+        self.inventory = Path(inventory_text(self.inventory))  # how the run and its results name it
 
     def begin(self, hosts: list[str]) -> dict[str, dict[str, str]]:
         """Start the run for ``hosts`` (the collect task's): ``{"skip": {host: why}, "fail": {host: why}}``
@@ -95,7 +99,7 @@ class PlaybookRun:
             return self._fail_all(f"DeviceVault's Redis at {redact_url(self.settings.redis_url)} cannot be reached ({exc})")
         try:
             with _playbook_vault_kept():
-                inv = load_inventory(self.inventory, self.settings, only=self.hosts)
+                inv = load_inventory(self.inventory, self.settings, only=self.hosts, vault_secrets=self.vault_secrets)
             layout = StorageLayout.load(self.settings)
         except (errors.InventoryError, StorageConfigError) as exc:
             return self._fail_all(str(exc))

@@ -31,7 +31,9 @@ description:
   - Settings are DeviceVault's (E(DEVICEVAULT_REDIS_URL), E(DEVICEVAULT_DATABASE_URL),
     E(DEVICEVAULT_ENCRYPTION_KEYS), E(DEVICEVAULT_STORAGE_CONFIG)); in AWX a credential of the custom type
     C(DeviceVault) injects them (DeviceVault's README, "AWX / Tower"). The devices' group, location and
-    secrets mode are read from the playbook's (first) inventory source as C(devicevault backup) reads it.
+    secrets mode are read from the playbook's inventory (every C(-i) source, together, as Ansible reads
+    them) as C(devicevault backup) reads it, with the playbook's own vault secrets (C(--vault-id),
+    C(--vault-password-file), C(--ask-vault-pass)) besides those of E(DEVICEVAULT_VAULT_PASSWORD_FILE).
   - DeviceVault's Python packages must be importable by C(ansible-playbook)'s Python (in AWX, the execution
     environment of C(execution-environment.yml)). If they are not, the callback says so once and the
     playbook runs as plain Ansible.
@@ -57,6 +59,7 @@ from types import SimpleNamespace
 
 from ansible import context
 from ansible.executor.playbook_executor import PlaybookExecutor
+from ansible.parsing.vault import VaultSecretsContext
 from ansible.plugins.callback import CallbackBase
 
 from ansible_collections.devicevault.network.plugins.action.collect_batch import (
@@ -139,15 +142,16 @@ class CallbackModule(CallbackBase):
             return
         hosts = self._batch_hosts(variables._inventory)
         try:
-            settings = settings_cls.load(**self._vault())
+            settings = settings_cls.load()
             sources = [s for s in (context.CLIARGS.get("inventory") or []) if s and os.path.exists(s)]
             if not sources:
                 raise ValueError("the playbook's inventory is not a file or directory DeviceVault can read "
                                  "(%s)" % (", ".join(context.CLIARGS.get("inventory") or []) or "none"))
             limit = context.CLIARGS.get("subset")
             run = module.PlaybookRun(
-                settings=settings, inventory=os.path.abspath(sources[0]), source=module.run_source(extra),
-                selector="playbook %s%s" % (self._playbook_name or "?", " --limit %s" % limit if limit else ""))
+                settings=settings, inventory=[os.path.abspath(s) for s in sources], source=module.run_source(extra),
+                selector="playbook %s%s" % (self._playbook_name or "?", " --limit %s" % limit if limit else ""),
+                vault_secrets=self._vault_secrets())
             decided = run.begin(hosts)
         except Exception as exc:  # DeviceVault could not start the run: these hosts are not backed up into it
             cause = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
@@ -219,12 +223,9 @@ class CallbackModule(CallbackBase):
         return module, settings_cls, None
 
     @staticmethod
-    def _vault():
-        """The playbook's vault password files (``--vault-id``, ``--vault-password-file``), for DeviceVault's
-        reading of the inventory when its own setting names none."""
-        if os.environ.get("DEVICEVAULT_VAULT_PASSWORD_FILE"):
-            return {}
-        ids = list(context.CLIARGS.get("vault_ids") or [])
-        ids += list(context.CLIARGS.get("vault_password_files") or [])
-        files = [i for i in ids if os.path.exists(i.split("@", 1)[-1])]
-        return {"vault_password_file": ",".join(files)} if files else {}
+    def _vault_secrets():
+        """The vault secrets this ansible-playbook holds (``(vault id, secret)``, loaded by its CLI from
+        ``--vault-id``, ``--vault-password-file``, ``--ask-vault-pass`` or Ansible's settings), for
+        DeviceVault's reading of the same inventory: a prompted password is not asked for twice."""
+        current = VaultSecretsContext.current(optional=True)
+        return list(current.secrets) if current is not None else []

@@ -55,7 +55,7 @@ config:
   type: str
   returned: success, without O(commands)
 lines:
-  description: The number of lines of each output, when O(outputs) are left out.
+  description: The number of lines of each output, when RV(outputs) are left out.
   type: list
   elements: int
   returned: when the host has no platform file
