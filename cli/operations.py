@@ -23,7 +23,7 @@ log = logging.getLogger("devicevault.up")
 @guard
 def status(as_json) -> None:
     """Devices per status, queues and their depth, workers and what they run, stream lag, dead letters, stale
-    and unsaved devices, last runs, notification deliveries failing or dead."""
+    and unsaved devices, last runs, compliance, notification deliveries failing or dead."""
     from jobs.ops.status import gather_status
 
     data = gather_status(Settings.load())
@@ -50,6 +50,9 @@ def status(as_json) -> None:
     ):
         click.echo(f"== {title}")
         table(data[key], columns)
+    rules = data["compliance"]
+    click.echo(f"== compliance: {rules['violating']} of {rules['checked']} device(s) checked break a rule"
+               " (devicevault compliance lists them)")
     click.echo("== storage outbox (copies waiting for their target): "
                + (", ".join(f"{t} {n}" for t, n in data["outbox"].items()) or "none"))
     notes = data["notifications"]

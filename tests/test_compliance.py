@@ -99,6 +99,11 @@ def test_a_rule_lists_exactly_the_ios_devices_without_the_line(cv):
     listing = cv("compliance", "--group", "ios", check=False)
     assert listing.returncode == 1 and "ams-ios-02" in listing.stdout and "missing: service" in listing.stdout
     assert _violators(cv, "--group", "eos") == {}
+    # status counts the devices breaking any rule, as the compliance listing has them
+    breaking = {r["device"] for rows in _violators(cv).values() for r in rows}
+    counts = cv.json("status")["compliance"]
+    assert counts["violating"] == len(breaking) and counts["checked"] >= len(breaking) >= 1, (counts, breaking)
+    assert f"== compliance: {len(breaking)} of {counts['checked']} device(s) checked break a rule" in cv("status").stdout
 
 
 def test_rules_see_the_masked_view_only(cv):

@@ -19,6 +19,7 @@ def gather_status(settings: Settings) -> dict[str, Any]:
     from jobs.deliver.locations import StorageLayout
     from jobs.deliver.outbox import waiting
     from storage.index import health
+    from storage.index.compliance import standing_counts
     from storage.index.db import connect
     from storage.index.models import Device, aware
     from storage.index.queries import list_runs
@@ -76,11 +77,13 @@ def gather_status(settings: Settings) -> dict[str, Any]:
         ]
         runs = list_runs(session, 5)
         devices = health.counts(session)  # the portal's dashboard counts the same way
+        compliance = standing_counts(session)
     from jobs.notify.queue import summary as notification_summary
 
     notifications = notification_summary(redis)
-    return {"devices": devices, "notifications": notifications, "queues": queues, "workers": workers, "streams": streams, "outbox": outbox, "stale": stale,
-            "unsaved": unsaved, "runs": runs, "warnings": redis_warnings(settings.redis_url)}
+    return {"devices": devices, "compliance": compliance, "notifications": notifications, "queues": queues,
+            "workers": workers, "streams": streams, "outbox": outbox, "stale": stale, "unsaved": unsaved, "runs": runs,
+            "warnings": redis_warnings(settings.redis_url)}
 
 
 #: a stream consumer that has not read for this long is gone (a live one blocks for a second at a time)
