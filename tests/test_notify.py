@@ -174,6 +174,65 @@ def test_quiet_hours_and_rate_limits_only_move_a_delivery_and_a_repeat_is_not_qu
     redis.flushdb()
 
 
+def test_a_receiver_that_hangs_holds_back_only_its_own_channel(redis_server, tmp_path):
+    """Two webhook channels of one rule: one receiver takes the request and answers only when the test lets
+    it (a hung receiver, within the channel's timeout); the other channel's delivery arrives meanwhile, while
+    the first is still being sent (not failed, not retried). Real HTTP receivers, real Redis (database 1)."""
+    from redis import Redis
+
+    from jobs.notify import queue
+    from jobs.notify.events import Event
+    from jobs.notify.notifier import Pump, RulesFile, route
+    from jobs.notify.rules import EventKind
+
+    redis = Redis.from_url(redis_server.url.rsplit("/", 1)[0] + "/1")
+    redis.flushdb()
+    release, arrived = threading.Event(), threading.Event()
+
+    class Hung(BaseHTTPRequestHandler):
+        def do_POST(self):  # noqa: N802 - http.server's name
+            self.rfile.read(int(self.headers["Content-Length"]))
+            arrived.set()
+            release.wait(120)
+            self.send_response(200)
+            self.end_headers()
+
+        def log_message(self, *args):
+            pass
+
+    hung = ThreadingHTTPServer(("127.0.0.1", free_port()), Hung)
+    threading.Thread(target=hung.serve_forever, daemon=True).start()
+    quick = Receiver(free_port(), "quick-secret").start()
+    path = tmp_path / "notifications.yml"
+    path.write_text(f"""
+channels:
+  hang: {{type: webhook, url: "http://127.0.0.1:{hung.server_address[1]}/hook", timeout: 120}}
+  quick: {{type: webhook, url: "http://127.0.0.1:{quick.port}/hook", secret_env: DV_QUICK}}
+rules:
+  - {{name: both, events: [failed], channels: [hang, quick]}}
+""")
+    rules = RulesFile(path, env={"DV_QUICK": "quick-secret"})
+    event = Event(id="failed:r1:t", kind=EventKind.FAILED, title="x", device="r1", group="core")
+    assert route(redis, rules.current(), [event]) == 2
+    pump = Pump(redis, rules)
+    sending = threading.Thread(target=pump.once, daemon=True)
+    sending.start()
+    try:
+        wait_for(arrived.is_set, "the hung receiver's request")
+        wait_for(lambda: quick.events("failed"), "the other channel's delivery while the first one hangs")
+        hanging = queue.load(redis, queue.delivery_key(event.id, "both", "hang"))
+        assert (hanging.status, hanging.tries) == (queue.Status.QUEUED, 0)  # still being sent, not failed
+    finally:
+        release.set()
+        sending.join(60)
+        hung.shutdown()
+        hung.server_close()
+        quick.stop()
+    assert queue.load(redis, queue.delivery_key(event.id, "both", "hang")).status == queue.Status.SENT
+    assert pump.sent == 2 and pump.failures == 0
+    redis.flushdb()
+
+
 @pytest.mark.parametrize("text, cause", [
     ("channels: [", "not valid YAML: line 1"),
     ("rules: [{name: a, events: [nope], channels: [x]}]", "rule 'a': unknown event 'nope'"),
@@ -468,6 +527,13 @@ def test_stale_and_unsaved_devices_and_dead_letters_are_notified_once(dv):
 
 
 def test_status_shows_dead_deliveries_and_notify_test_sends_a_sample(dv):
+    from jobs.notify import queue
+
+    def settled() -> bool:  # the last run's summary to 'broken' may still be between its two tries
+        waiting = [k.decode() for zset in (queue.DUE, queue.RETRYING) for k in dv.redis.zrange(zset, 0, -1)]
+        return not any(queue.channel_of(k) == "broken" for k in waiting)
+
+    wait_for(settled, "every delivery to the broken channel to be dead")
     status = json.loads(_cli(dv, "status", "--json").stdout)
     notes = status["notifications"]
     assert notes["dead"] >= 1, notes  # the run summaries to a receiver nobody runs: dead after 2 tries

@@ -20,6 +20,7 @@ import logging
 import math
 import threading
 import time
+from concurrent.futures import Future, ThreadPoolExecutor
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Callable
@@ -227,12 +228,17 @@ class Notifier(StreamConsumer):
 
 
 class Pump:
-    """Sends due deliveries (``run`` in a thread, ``once`` for one pass)."""
+    """Sends due deliveries (``run`` in a thread, ``once`` for one pass). Each channel sends from a thread of
+    its own, its deliveries in the order they fell due, so a receiver that is slow or hangs until its
+    ``timeout`` holds back only its own channel's deliveries, never another channel's."""
 
     def __init__(self, redis: Redis, rules: RulesFile, *, poll: float = 0.5):
         self.redis, self.rules_file, self.poll = redis, rules, poll
         self.sent = 0
         self.failures = 0
+        self._senders: dict[str, ThreadPoolExecutor] = {}  # channel -> its one sending thread
+        self._count = threading.Lock()
+        self._in_flight: set[str] = set()  # handed to a sending thread, not finished (a lease may end meanwhile)
 
     def deliver(self, key: str) -> str:
         rules = self.rules_file.current()
@@ -258,7 +264,8 @@ class Pump:
         except Exception as exc:  # noqa: BLE001 - any failure of the receiver: retried, then dead
             error = rules.mask(str(exc) if isinstance(exc, ChannelError) else f"channel {config.name}: "
                                f"{type(exc).__name__}: {exc}")
-            self.failures += 1
+            with self._count:
+                self.failures += 1
             status = queue.failed(self.redis, key, error, max_tries=config.max_tries, base=config.retry_base,
                                   cap=config.retry_max)
             (log.error if status == queue.Status.DEAD else log.warning)(
@@ -266,27 +273,58 @@ class Pump:
                 delivery.tries + 1, error, "; dead" if status == queue.Status.DEAD else "; tried again later")
             return status
         queue.sent(self.redis, key)
-        self.sent += 1
+        with self._count:
+            self.sent += 1
         log.info("delivery %s sent to %s", key, config.name)
         return "sent"
 
-    def once(self) -> int:
-        done = 0
+    def _deliver_logged(self, key: str) -> str:
+        try:
+            return self.deliver(key)
+        except Exception as exc:  # noqa: BLE001 - Redis gone mid-delivery: its lease hands it out again later
+            log.warning("notification pump: delivery %s not finished, tried again once its lease ends: %s", key, exc)
+            return "interrupted"
+        finally:
+            with self._count:
+                self._in_flight.discard(key)
+
+    def dispatch(self) -> list[Future]:
+        """Claim the due deliveries and hand each to its channel's sending thread; returns their futures."""
+        futures = []
         for key in queue.claim_due(self.redis):
-            self.deliver(key)
-            done += 1
-        return done
+            with self._count:
+                if key in self._in_flight:  # its lease ended while it waited behind a slow receiver
+                    continue
+                self._in_flight.add(key)
+            channel = queue.channel_of(key)
+            sender = self._senders.get(channel)
+            if sender is None:
+                sender = self._senders[channel] = ThreadPoolExecutor(
+                    max_workers=1, thread_name_prefix=f"devicevault-notify-{channel}")
+            futures.append(sender.submit(self._deliver_logged, key))
+        return futures
+
+    def once(self) -> int:
+        """One pass: every due delivery sent (or failed) before it returns."""
+        futures = self.dispatch()
+        for future in futures:
+            future.result()
+        return len(futures)
 
     def run(self, stop: Callable[[], bool]) -> None:
         from redis.exceptions import RedisError
 
-        while not stop():
-            try:
-                if self.once():
-                    continue
-            except RedisError as exc:
-                log.warning("notification pump: Redis unavailable, retrying: %s", exc)
-            time.sleep(self.poll)
+        try:
+            while not stop():
+                try:
+                    if self.dispatch():  # claimed deliveries are leased: the next claim takes only new ones
+                        continue
+                except RedisError as exc:
+                    log.warning("notification pump: Redis unavailable, retrying: %s", exc)
+                time.sleep(self.poll)
+        finally:
+            for sender in self._senders.values():
+                sender.shutdown(wait=False, cancel_futures=True)
 
     def start(self, stop: Callable[[], bool]) -> threading.Thread:
         thread = threading.Thread(target=self.run, args=(stop,), name="devicevault-notify-pump", daemon=True)

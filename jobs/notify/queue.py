@@ -99,6 +99,11 @@ def delivery_key(event_id: str, rule: str, channel: str) -> str:
     return f"{event_id}|{rule}|{channel}"
 
 
+def channel_of(key: str) -> str:
+    """The channel a delivery key (:func:`delivery_key`) goes to."""
+    return key.rsplit("|", 1)[-1]
+
+
 def enqueue(redis: Redis, key: str, rule: str, channel: str, events: list[dict], *, due: float | None = None,
             digest: str = "") -> bool:
     """Queue a delivery, due at ``due`` (epoch seconds; default now). False when ``key`` was queued before
