@@ -17,6 +17,16 @@ Here the worker's connection retries each command for about a minute once it has
 tried, and :meth:`DeviceVaultWorker.work` keeps its loop going through a longer outage: it logs the error,
 waits with backoff (1 s doubling up to 30 s), registers the worker again if Redis lost it, and goes on. A job
 whose end could not be recorded stays in RQ's started registry and queue hygiene retries it.
+
+**RQ's scheduler child dies with its worker, and another worker takes its place at once.** The scheduler
+(the process that moves ``enqueue_in`` jobs, such as a collection's retries, into their queue when due) is
+a child the worker forks; a plain RQ scheduler outlived a SIGKILLed worker for good, keeping its process
+group, and so the dead worker in ``status``, alive. Here it asks for ``PR_SET_PDEATHSIG`` as the horse does.
+RQ gives each queue's scheduling to one worker through a lock (61 s) and lets the others try for it only in
+their maintenance pass (every 10 minutes, once their 405-second wait for a job ends): a collection retry
+waited up to a quarter of an hour after the worker that held the lock died. A DeviceVault worker whose
+scheduler does not run looks every :data:`SCHEDULER_CHECK` seconds, releases a lock whose scheduler ran on
+this host and is gone, and takes it.
 """
 
 from __future__ import annotations
@@ -28,7 +38,10 @@ import time
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 from rq.exceptions import StopRequested
+from rq.scheduler import SCHEDULER_KEY_TEMPLATE, RQScheduler
+from rq.scripts import release_lock
 
+from jobs import processes
 from jobs.queues import Worker
 
 log = logging.getLogger(__name__)
@@ -36,7 +49,9 @@ log = logging.getLogger(__name__)
 REDIS_DOWN = (RedisConnectionError, RedisTimeoutError, ConnectionResetError, BrokenPipeError)
 #: the worker loop's wait after an outage outlasted the connection's own retries: 1 s doubling up to this
 MAX_OUTAGE_WAIT = 30.0
-
+#: seconds between a worker's looks for a scheduler lock to take (when its own scheduler does not run); also
+#: the longest a worker waits for a job before looking again
+SCHEDULER_CHECK = 10
 
 
 def die_with_parent(parent_pid: int) -> None:
@@ -80,6 +95,38 @@ def warm_inventory(job) -> None:
         pass
 
 
+class Scheduler(RQScheduler):
+    """RQ's scheduler process, killed by the kernel when its worker dies (module docstring)."""
+
+    parent_pid = 0
+
+    def work(self):
+        die_with_parent(self.parent_pid)
+        return super().work()
+
+
+def release_dead_scheduler_locks(connection, queue_names, own: str) -> list[str]:
+    """Release the scheduler locks of ``queue_names`` held by a scheduler (not ``own``) that ran on this host
+    and whose process is gone (its lock would otherwise hold for up to 61 s more); the queues released."""
+    import socket
+
+    released = []
+    for queue in sorted(queue_names):
+        key = Scheduler.get_locking_key(queue)
+        holder = connection.get(key)
+        if not holder or holder.decode() == own:
+            continue
+        holder = holder.decode()
+        host, pid = connection.hmget(SCHEDULER_KEY_TEMPLATE % holder, "hostname", "pid")
+        if host is None or host.decode() != socket.gethostname() or not (pid or b"").isdigit():
+            continue
+        if int(pid) and not processes.alive(int(pid)) and release_lock(connection, key, holder):
+            log.warning("scheduler lock of queue %s released: its scheduler (pid %s on this host) is gone",
+                        queue, pid.decode())
+            released.append(queue)
+    return released
+
+
 class DeviceVaultWorker(Worker):
     """RQ's forking worker with JSON jobs (``jobs.queues``); its work horse is killed with it (see the module
     docstring), and starts with the jobs' imports done (:func:`preload`)."""
@@ -96,6 +143,52 @@ class DeviceVaultWorker(Worker):
     def main_work_horse(self, job, queue):
         die_with_parent(self._devicevault_parent)
         return super().main_work_horse(job, queue)
+
+    # --- the scheduler (module docstring) ---------------------------------------------------------------
+    def _start_scheduler(self, burst: bool = False, logging_level: str | None = "INFO", **formats):
+        """RQ's ``Worker._start_scheduler`` with :class:`Scheduler` (same steps)."""
+        self._scheduler_checked = time.monotonic()
+        self.scheduler = Scheduler(self.queues, connection=self.connection,
+                                   logging_level=logging_level if logging_level is not None else self.log.level,
+                                   serializer=self.serializer, **formats)
+        self.scheduler.parent_pid = os.getpid()
+        self.scheduler.acquire_locks()
+        if self.scheduler.acquired_locks:
+            if burst:
+                try:
+                    self.scheduler.register_birth()
+                    self.scheduler.enqueue_scheduled_jobs()
+                finally:
+                    self.scheduler.release_locks()
+                    self.scheduler.register_death()
+            else:
+                self.scheduler.start()
+
+    def _scheduler_idle(self) -> bool:
+        """Whether this (non-burst) worker has a scheduler that does not run."""
+        process = getattr(self.scheduler, "_process", False)
+        return (not getattr(self, "_burst", True) and self.scheduler is not None
+                and (process is None or not process.is_alive()))
+
+    @property
+    def should_run_maintenance_tasks(self):
+        return super().should_run_maintenance_tasks or (
+            self._scheduler_idle() and time.monotonic() - getattr(self, "_scheduler_checked", 0) >= SCHEDULER_CHECK)
+
+    def run_maintenance_tasks(self):
+        """RQ's maintenance when due (it starts the scheduler if a lock is free); in between, only the look
+        for a scheduler lock to take. Either way a lock of a dead scheduler on this host is released first."""
+        if self._scheduler_idle():
+            self._scheduler_checked = time.monotonic()
+            release_dead_scheduler_locks(self.connection, self.scheduler._queue_names, self.scheduler.name)
+        if super().should_run_maintenance_tasks:
+            super().run_maintenance_tasks()
+        elif self._scheduler_idle():
+            self.scheduler.acquire_locks(auto_start=True)
+
+    @property
+    def dequeue_timeout(self) -> int:
+        return min(super().dequeue_timeout, SCHEDULER_CHECK)
 
     # --- Redis restarts and outages (module docstring) ------------------------------------------------
     def heartbeat(self, *args, **kwargs):
@@ -125,6 +218,7 @@ class DeviceVaultWorker(Worker):
         a stop request (SIGTERM, SIGINT) still ends it, also during the wait."""
         self.bootstrap(logging_level or "INFO", **{k: v for k, v in kwargs.items() if k in ("date_format", "log_format")})
         self._dequeue_strategy = kwargs.get("dequeue_strategy") or "default"
+        self._burst = burst
         max_idle_time = kwargs.get("max_idle_time")
         completed_jobs = 0
         if with_scheduler:

@@ -162,7 +162,11 @@ def test_redis_killed_twice_mid_run_no_process_exits_and_nothing_is_lost_or_doub
     logs = "".join((vault.home / "logs" / f"{n}.log").read_text(errors="replace")
                    for n in ("worker-collect", "worker-git", "consumer"))
     assert "quitting" not in logs
-    print(f"\nredis killed twice; run {run_id} finished and landed {took:.1f} s after Redis returned")
+    added = {h: after[h] - before[h] for h in vault.hosts}
+    print(f"\nredis SIGKILLed and restarted twice mid-run: processes exited 0 of {len(vault.procs)} "
+          f"(plain workers + consumer); run {run_id} finished with every copy stored {took:.1f} s after Redis "
+          f"returned; new versions per device {sorted(set(added.values()))} over {len(added)} devices; "
+          f"duplicates 0 ({_commits(vault) - commits} git commits for {len(added)} changed devices)")
 
 
 def test_a_stale_git_index_lock_is_cleared_and_logged_and_copies_land(vault):
@@ -175,14 +179,18 @@ def test_a_stale_git_index_lock_is_cleared_and_logged_and_copies_land(vault):
     os.utime(lock, (old, old))
     commits = _commits(vault)
     vault.lab.change(host)
+    started = time.monotonic()
     rows = _backup_wait(vault, "--host", host)
     assert [r["status"] for r in rows] == ["changed"], rows
     run_id = vault.json("runs", "--limit", "1")[0]["run_id"]
-    wait_for(lambda: _copies_landed(vault, run_id), "the git copy to land", timeout=120, interval=1)
+    wait_for(lambda: _copies_landed(vault, run_id), "the git copy to land", timeout=120, interval=0.5)
+    took = time.monotonic() - started
     assert not lock.exists()
     assert _commits(vault) == commits + 1
     log = (vault.home / "logs" / "worker-git.log").read_text(errors="replace")
     assert "removed a stale index.lock" in log
+    print(f"\nstale index.lock (10 min old, no holder): the git copy landed {took:.1f} s after the backup started, "
+          f"lock removed and logged, {_commits(vault) - commits} commit")
 
 
 def test_a_lock_a_live_git_holds_is_left_alone(vault):
@@ -247,3 +255,63 @@ def test_a_storage_worker_killed_holding_a_job_frees_its_copies_long_before_the_
     redis.close()
     victim.stop()  # what is left of its process group (RQ's scheduler child)
     print(f"\nstorage worker killed holding a job; its copy landed {took:.1f} s later (lease: 960 s)")
+
+
+def test_a_killed_worker_leaves_no_process_and_its_scheduled_retries_go_on_at_once(vault):
+    """(d) the collector worker that holds the collector queue's scheduler lock SIGKILLed (its main process
+    only, as the OOM killer does): RQ's scheduler child dies with it (no process of its group is left,
+    ``status`` drops it), and the other collector worker takes the lock within seconds, so a collection
+    retry scheduled afterwards runs when due instead of after RQ's 10-minute maintenance interval."""
+    from jobs import processes
+    from jobs.queues import Queue
+    from rq.scheduler import SCHEDULER_KEY_TEMPLATE, RQScheduler
+
+    redis = _redis(vault)
+    lock = RQScheduler.get_locking_key("collector")
+    victim = vault.procs["collect"]
+    victim_name = victim.args[victim.args.index("--name") + 1]
+
+    def holder_pid() -> int:
+        holder = redis.get(lock)
+        pid = redis.hget(SCHEDULER_KEY_TEMPLATE % holder.decode(), "pid") if holder else None
+        return int(pid) if pid and pid.isdigit() else 0
+
+    wait_for(lambda: (processes.proc_stat(holder_pid()) or ("", 0))[1] == victim.popen.pid,
+             "the victim worker's scheduler to hold the collector lock", timeout=150, interval=1)
+    # the replacement: retries 8 s after a failure, so the fault can be cleared in between
+    vault.procs["collect2"] = vault.process("worker", "--queue", "collector", "--queue", "storage.fs",
+                                            "--name", f"collect2-{free_port()}", name="worker-collect2",
+                                            env={"DEVICEVAULT_COLLECT_RETRY_BASE": "8"}).start()
+    wait_for(lambda: any(w["worker"].startswith("collect2-") for w in vault.json("status")["workers"]),
+             "the second collector worker to register", timeout=60)
+    os.kill(victim.popen.pid, signal.SIGKILL)
+    killed = time.monotonic()
+    victim.popen.wait(10)
+    wait_for(lambda: processes.process_gone(victim.popen.pid), "the killed worker's scheduler child to go",
+             timeout=10, interval=0.2)
+    group_gone = time.monotonic() - killed
+    assert victim_name not in {w["worker"] for w in vault.json("status")["workers"]}
+    new_holder = wait_for(lambda: (processes.proc_stat(holder_pid()) or ("", 0))[1] == vault.procs["collect2"].popen.pid
+                          and time.monotonic(), "the other worker to take the scheduler lock", timeout=60, interval=0.5)
+    took_lock = new_holder - killed
+
+    host = vault.hosts[2]
+    vault.lab.change(host)
+    vault.lab.set_fault(host, "disconnect", fraction=0.3)
+    try:
+        run_id = vault.json("backup", "--host", host)["run_id"]
+        wait_for(lambda: Queue("collector", connection=redis).scheduled_job_registry.get_job_ids(),
+                 "the collection retry to be scheduled", timeout=120, interval=0.2)
+    finally:
+        vault.lab.set_fault(host, "none")
+    scheduled = time.monotonic()
+    wait_for(lambda: _run(vault, run_id).get("finished_at"), "the retried run to finish", timeout=90, interval=1)
+    finished = time.monotonic() - scheduled
+    rows = vault.json("run", run_id)
+    assert [(r["device"], r["status"]) for r in rows] == [(host, "changed")], rows
+    log = (vault.home / "logs" / "worker-collect2.log").read_text(errors="replace")
+    assert "released: its scheduler" in log
+    redis.close()
+    print(f"\nworker SIGKILLed: its process group gone after {group_gone:.1f} s, scheduler lock taken by the other "
+          f"worker after {took_lock:.1f} s; a retry scheduled 8 s ahead finished its run {finished:.1f} s later "
+          "(RQ alone: up to 10 min)")
