@@ -78,6 +78,7 @@ def hygiene(as_json, grace) -> None:
     report = run_maintenance(redis, settings, grace=grace)
     data = {
         "hygiene": [f.as_dict() for f in report["hygiene"]],
+        "swept": report["swept"],
         "stale": [s.device for s in report["stale"]],
         "retired": report["retired"].retired if report.get("retired") else [],
         "returned": report["retired"].returned if report.get("retired") else [],
@@ -92,6 +93,8 @@ def hygiene(as_json, grace) -> None:
     else:
         table(data["hygiene"], ["kind", "queue", "job_id", "action", "reason"])
         click.echo(f"stale devices: {len(data['stale'])}; trimmed: {data['trimmed'] or 'nothing'}")
+        for path in data["swept"]:
+            click.echo(f"removed the runner directory of a process that is gone: {path}")
         for name in data["retired"]:
             click.echo(f"retired (missing from the inventory for {settings.retire_after:g} h or more): {name}")
         for name in data["returned"]:
@@ -143,7 +146,7 @@ def up(workers, portal, portal_port, portal_address) -> None:
     signal.signal(signal.SIGINT, stop)
     try:
         for name, args in plan:
-            started.append((name, Process(args, logs / f"{name}.log").start()))
+            started.append((name, Process(args, logs / f"{name}.log", with_parent=True).start()))
             log.info("%s started (log %s)", name, logs / f"{name}.log")
         click.echo(f"devicevault up: {', '.join(n for n, _ in started)} running; logs in {logs}; Ctrl-C stops",
                    err=True)

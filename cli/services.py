@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import quote, urlparse
 
+from jobs.processes import end_with_parent
 from jobs.settings import SOURCE_ROOT
 
 
@@ -171,6 +172,8 @@ class Process:
     log: Path
     env: dict[str, str] = field(default_factory=dict)
     popen: subprocess.Popen | None = None
+    #: SIGTERM it when the process that started it dies (``devicevault up``'s children; the demo's outlive it)
+    with_parent: bool = False
 
     def start(self) -> "Process":
         self.log.parent.mkdir(parents=True, exist_ok=True)
@@ -181,7 +184,7 @@ class Process:
         with open(self.log, "ab") as out:
             self.popen = subprocess.Popen(
                 [sys.executable, "-m", "cli", *self.args], stdout=out, stderr=subprocess.STDOUT, env=env,
-                start_new_session=True,
+                start_new_session=True, preexec_fn=end_with_parent if self.with_parent else None,
             )
         return self
 

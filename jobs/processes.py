@@ -7,6 +7,7 @@ not reap orphans (some container inits), a killed process's orphaned children st
 
 from __future__ import annotations
 
+import signal
 import socket
 from pathlib import Path
 
@@ -55,3 +56,18 @@ def worker_process_dead(worker) -> bool:
     horse, and the job it ran, died with it: ``jobs.worker``), even while a child of it (RQ's scheduler)
     lingers in its process group."""
     return bool(worker.hostname == socket.gethostname() and worker.pid and not alive(worker.pid))
+
+
+def end_with_parent(sig: int = signal.SIGTERM) -> None:
+    """Have the kernel send ``sig`` to this process when its parent dies (Linux ``PR_SET_PDEATHSIG``; a no-op
+    elsewhere): for the processes a supervisor (``devicevault up``) starts, as ``preexec_fn``, so a SIGKILLed
+    supervisor leaves none of them running on its own. (The collection's ``batch_fetch.die_with_parent`` does
+    the same with SIGKILL, inside Ansible's processes.)"""
+    import ctypes
+    import ctypes.util
+
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+        libc.prctl(1, int(sig), 0, 0, 0)  # 1: PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass

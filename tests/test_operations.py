@@ -178,9 +178,11 @@ def test_a_killed_ansible_playbook_is_retried_and_leaves_nothing_behind(ops):
     slow.write_text("ansible_connect_timeout: 120\nansible_command_timeout: 120\n")
     lab.set_fault("ams-eos-01", "hang")
     before = {d["name"]: d["versions"] for d in ops.json("devices")}
+    log = ops.home / "logs" / "worker-ams.log"
+    log_start = log.stat().st_size
     try:
         started = json.loads(ops("backup", "--group", "site_ams", "--json").stdout)
-        _kill_playbook_mid_batch(ops, lab)
+        killed = _kill_playbook_mid_batch(ops, lab)
     finally:
         slow.unlink()
         lab.set_fault("ams-eos-01", "none")
@@ -193,6 +195,14 @@ def test_a_killed_ansible_playbook_is_retried_and_leaves_nothing_behind(ops):
     horses = set(_descendants(worker)) | {worker}
     left = [p for p in Path(tempfile.gettempdir()).glob("devicevault-runner-*-*") if int(p.name.split("-")[2]) in horses]
     assert left == [], left
+    retried = json.loads(ops("run", started["run_id"], "--json").stdout)
+    with open(log, "rb") as fh:
+        fh.seek(log_start)
+        retrying = [line for line in fh.read().decode(errors="replace").splitlines() if "retrying" in line]
+    assert retrying, "the devices without a result were not retried"
+    print(f"\nansible-playbook SIGKILLed mid-batch ({killed} processes below it): processes left 0, runner "
+          f"directories left {len(left)}; {sum(r['status'] == 'changed' for r in retried)} of {len(AMS)} devices "
+          f"backed up, one new version each, by the retry: {json.loads(retrying[0])['message']}")
 
 
 def _kill_playbook_mid_batch(ops, lab) -> None:
@@ -220,6 +230,14 @@ def _kill_playbook_mid_batch(ops, lab) -> None:
         time.sleep(0.2)
     left = {pid: Path(f"/proc/{pid}/status").read_text(errors="replace")[:300] for pid, _ in _still_running(below)}
     assert not left, f"processes of the killed ansible-playbook are still running: {left}"
+    return len(below)
+
+
+def _runner_dirs(pids: set[int]) -> list[Path]:
+    """The fetch's runner directories (``<tmp>/devicevault-runner-<pid>-<random>``) made by one of ``pids``."""
+    import tempfile
+
+    return [p for p in Path(tempfile.gettempdir()).glob("devicevault-runner-*-*") if int(p.name.split("-")[2]) in pids]
 
 
 def test_a_killed_worker_is_retried_without_duplicate_versions_and_its_locks_go(ops):
@@ -241,6 +259,7 @@ def test_a_killed_worker_is_retried_without_duplicate_versions_and_its_locks_go(
     assert set(started["jobs"]) <= set(registry.get_job_ids()), "the collection job never started"
     job_ids = registry.get_job_ids()
     worker = ops.workers["ams"]
+    runner_dirs = wait_for(lambda: _runner_dirs(set(_descendants(worker.popen.pid))), "the batch's runner directory")
     os.killpg(worker.popen.pid, signal.SIGKILL)  # the worker process group; its work horse dies with it
     worker.popen.wait(10)
     locks = [k for k in redis.scan_iter("lock:device:*")]
@@ -253,6 +272,9 @@ def test_a_killed_worker_is_retried_without_duplicate_versions_and_its_locks_go(
     worker.start()
     hygiene = json.loads(ops("hygiene", "--json", "--grace", "0").stdout)
     assert any(f["kind"] == "abandoned" and f["action"] == "requeued" for f in hygiene["hygiene"]), hygiene
+    # the dead horse's runner directory goes with this one maintenance pass, not only at some later batch
+    assert not any(d.exists() for d in runner_dirs), runner_dirs
+    assert {str(d) for d in runner_dirs} <= set(hygiene["swept"]), hygiene["swept"]
     rows = _wait_run(ops, started["run_id"])
     assert sorted(r["device"] for r in rows) == sorted(AMS)
     assert {r["status"] for r in rows} == {"changed"}, rows
@@ -381,6 +403,22 @@ def test_up_runs_worker_scheduler_consumer_and_notifier_and_stops_on_ctrl_c(ops,
     assert "devicevault up: stopped" in output
     assert Worker.all(connection=redis) == []  # the worker unregistered: a clean shutdown
     assert _processes_with(f"DEVICEVAULT_HOME={tmp_path}") == []  # every child process is gone
+
+    # `up` itself SIGKILLed (the OOM killer's choice): its children are told to stop and do, none is left
+    up = subprocess.Popen([sys.executable, "-m", "cli", "up", "--no-portal"], cwd=ROOT, env=env,
+                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    try:
+        wait_for(lambda: len(_processes_with(f"DEVICEVAULT_HOME={tmp_path}")) >= 5 and Worker.all(connection=redis),
+                 "up's children to start")
+        os.kill(up.pid, signal.SIGKILL)
+        up.wait(10)
+        killed = time.monotonic()
+        wait_for(lambda: not _processes_with(f"DEVICEVAULT_HOME={tmp_path}"), "up's children to end", timeout=60)
+        print(f"\n`devicevault up` SIGKILLed: its children (worker, scheduler, consumer, notifier) all ended "
+              f"{time.monotonic() - killed:.1f} s later, none left")
+    finally:
+        for pid in _processes_with(f"DEVICEVAULT_HOME={tmp_path}"):
+            os.kill(pid, signal.SIGKILL)
 
 
 def _processes_with(env_entry: str) -> list[int]:

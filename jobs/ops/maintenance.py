@@ -1,7 +1,9 @@
 """One maintenance pass, run periodically by ``devicevault scheduler`` (and on demand by
-``devicevault hygiene``): queue hygiene, retired devices (``jobs.ops.retire``), freshness, stream trimming, and at most once an hour (across
-every scheduler, through a Redis key each) storage retention, index retention and storage maintenance: every
-target whose backend has a ``maintain()`` (git: pack loose objects and small packs, see storage/git.py) gets it; a
+``devicevault hygiene``): queue hygiene, the runner directories of processes that are gone (a work horse
+killed with its worker, or by the OOM killer, never reached its clean-up: ``jobs.collect.fetch.sweep_runner_dirs``),
+retired devices (``jobs.ops.retire``), freshness, stream trimming, and at most once an hour (across every
+scheduler, through a Redis key each) storage retention, index retention and storage maintenance: every target
+whose backend has a ``maintain()`` (git: pack loose objects and small packs, see storage/git.py) gets it; a
 target whose store lock is busy is skipped and the key dropped, so the next pass tries again.
 
 Index retention (``storage.index.retention``: old device results and runs, ``DEVICEVAULT_RESULT_RETENTION_DAYS``)
@@ -50,9 +52,10 @@ def maintain_storage(layout: Any) -> tuple[dict[str, dict[str, Any]], list[str]]
 
 
 def run_maintenance(redis: Redis, settings: Settings, *, grace: float = 60.0) -> dict[str, Any]:
-    """Returns ``{"hygiene": [Finding...], "retired": Retirement | None, "stale": [Staleness...], "trimmed": {stream: n}, "pruned": [...],
-    "index_pruned": IndexPruning | None, "maintained": {target: what its maintain() did}, "errors": [...]}``."""
-    report: dict[str, Any] = {"hygiene": [], "retired": None, "stale": [], "trimmed": {}, "pruned": [],
+    """Returns ``{"hygiene": [Finding...], "swept": [runner directories removed], "retired": Retirement | None,
+    "stale": [Staleness...], "trimmed": {stream: n}, "pruned": [...], "index_pruned": IndexPruning | None,
+    "maintained": {target: what its maintain() did}, "errors": [...]}``."""
+    report: dict[str, Any] = {"hygiene": [], "swept": [], "retired": None, "stale": [], "trimmed": {}, "pruned": [],
                               "index_pruned": None, "maintained": {}, "errors": []}
     try:
         from jobs.ops.hygiene import check_queues
@@ -61,6 +64,16 @@ def run_maintenance(redis: Redis, settings: Settings, *, grace: float = 60.0) ->
     except Exception as exc:  # noqa: BLE001
         log.exception("queue hygiene failed")
         report["errors"].append(f"queue hygiene: {exc}")
+    try:
+        from jobs.collect.fetch import sweep_runner_dirs
+
+        report["swept"] = [str(p) for p in sweep_runner_dirs()]
+        if report["swept"]:
+            log.warning("removed %d runner directory(ies) of processes that are gone: %s", len(report["swept"]),
+                        ", ".join(report["swept"]))
+    except Exception as exc:  # noqa: BLE001
+        log.exception("runner directory sweep failed")
+        report["errors"].append(f"runner directories: {exc}")
     try:
         from storage.index.db import connect
 
