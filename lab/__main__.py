@@ -108,3 +108,6 @@ if __name__ == "__main__":
         sys.exit(main())
     except BrokenPipeError:   # e.g. `python -m lab status | head`
         sys.exit(0)
+    except C.AddressBusy as exc:  # a busy address or a lab already running: one line, no traceback
+        print(f"Error: {exc}", file=sys.stderr)
+        sys.exit(1)

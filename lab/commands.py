@@ -10,6 +10,7 @@
 """
 from __future__ import annotations
 
+import errno
 import json
 import logging
 import os
@@ -133,7 +134,8 @@ def up(inventory, state_dir, daemon: bool = True, pidfile=None, timeout: float =
     state_dir.mkdir(parents=True, exist_ok=True)
     old = read_pid(state_dir, pidfile)
     if old and old != os.getpid():
-        raise RuntimeError(f"lab already running (pid {old}) for {state_dir}")
+        raise AddressBusy(errno.EADDRINUSE, f"lab: already running (pid {old}) for {state_dir}; its devices hold "
+                                            "their addresses (stop it first: lab down)")
     check_addresses(inventory)
     (state_dir / "ready.json").unlink(missing_ok=True)
     if not daemon:

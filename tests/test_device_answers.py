@@ -125,6 +125,10 @@ def test_every_command_answered_with_an_unlisted_error_fails_at_once_quoting_it(
     assert took < RETRY_BASE, f"took {took:.0f}s: it waited for a retry"
     logs = "".join(p.read_text(errors="replace") for p in (dv.home / "logs").glob("worker*.log"))
     assert "No such command : show running-config" in logs
+    retries = [line for line in logs.splitlines() if "retrying" in line and host in line]
+    assert not retries, retries
+    print(f"\nunlisted error text on every command: attempts {1 + len(retries)}, failed in {took:.1f} s "
+          f"(retry base {RETRY_BASE} s): {result['error']}")
 
 
 def test_an_empty_reply_is_no_configuration(dv):
@@ -150,6 +154,8 @@ def test_a_rejected_show_version_gives_a_version_without_header_and_a_warning(dv
     assert "warning" in result["error"] and "No such command : show version" in result["error"], result
     text = dv("show", host, "-1").stdout
     assert "hostname " in text and not text.startswith("! Cisco IOS")
+    print(f"\nshow version rejected: status {result['status']}, version {len(dv.json('versions', host))} stored "
+          f"without the identity header; warning: {result['error']}")
     # the identity header is back once show version answers again
     result, _ = _backup(dv, host)
     assert result["status"] == "changed" and not result["error"]

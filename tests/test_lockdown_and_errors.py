@@ -12,6 +12,7 @@ import json
 import os
 import socket
 import subprocess
+import sys
 import time
 import zlib
 from pathlib import Path
@@ -48,6 +49,7 @@ def test_the_redis_devicevault_starts_refuses_clients_without_its_password(redis
     anonymous = subprocess.run(["redis-cli", "-h", "127.0.0.1", "-p", port, "ping"], capture_output=True, text=True,
                                timeout=30, env={k: v for k, v in os.environ.items() if k != "REDISCLI_AUTH"})
     assert "NOAUTH" in anonymous.stdout + anonymous.stderr and "PONG" not in anonymous.stdout
+    print(f"\nredis-cli without the password: {(anonymous.stdout + anonymous.stderr).strip()!r}")
     wrong = subprocess.run(["redis-cli", "-h", "127.0.0.1", "-p", port, "ping"], capture_output=True, text=True,
                            timeout=30, env={**os.environ, "REDISCLI_AUTH": "not-the-password"})
     assert "PONG" not in wrong.stdout
@@ -178,6 +180,8 @@ def test_job_payloads_and_results_are_json_and_a_pickled_job_never_runs(dv, tmp_
                             name="json-worker-2").start()
         worker.popen.wait(120)
         assert not target.exists()
+        print(f"\njob payload in Redis: JSON {data[:60].decode()!r}...; no pickle marker in "
+              f"{len(_job_hashes(redis))} job hashes or their results; a pickled job never ran")
     finally:
         stop_lab(tmp_path / "lab")
 
@@ -322,7 +326,20 @@ def test_lab_up_on_a_busy_address_is_one_line(dv, tmp_path):
         busy.listen()
         _one_line(dv("lab", "up", "--inventory", str(tmp_path / "inv"), "--state-dir", str(tmp_path / "lab"),
                      check=False), f"127.0.111.1:{port}", "already in use")
+        # the lab's own command line says the same
+        _one_line(subprocess.run([sys.executable, "-m", "lab", "up", "--inventory", str(tmp_path / "inv"),
+                                  "--state-dir", str(tmp_path / "lab")], capture_output=True, text=True, timeout=120,
+                                 cwd=Path(__file__).resolve().parent.parent), f"127.0.111.1:{port}", "already in use")
     assert not (tmp_path / "lab" / "lab.pid").exists()
+    # a lab already running for that state directory (its pid file names a live process): one line too
+    holder = subprocess.Popen(["sleep", "300"])
+    try:
+        (tmp_path / "lab" / "lab.pid").write_text(str(holder.pid))
+        _one_line(dv("lab", "up", "--inventory", str(tmp_path / "inv"), "--state-dir", str(tmp_path / "lab"),
+                     check=False), "already running", str(holder.pid))
+    finally:
+        holder.kill()
+        holder.wait()
 
 
 def test_an_unknown_run_exits_non_zero(dv):

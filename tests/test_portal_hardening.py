@@ -78,11 +78,15 @@ def test_a_catastrophic_regex_is_answered_at_once(hard_env, monkeypatch):
     # what Python's re does with it: still busy after 3 s (a real process, killed)
     with pytest.raises(subprocess.TimeoutExpired):
         subprocess.run([sys.executable, "-c", f"import re; re.search({CATASTROPHIC!r}, {line!r})"], timeout=3)
+    started = time.monotonic()
     at = ok(_search("victor", CATASTROPHIC))
+    took = time.monotonic() - started
     found = at.session_state["search_result"]
     assert not found["too_slow"] and found["searched"] == 3
     assert list(found["frame"]["text"]) == ["a" * 40] and list(found["frame"]["device"]) == [hard_env["formulas"]]
     assert "Too slow" not in texts(at)
+    print(f"\ncatastrophic regex {CATASTROPHIC!r} (Python's re: still busy after 3 s): answered in full by RE2 in "
+          f"{took:.2f} s, {found['searched']} configurations searched")
 
 
 def test_a_slow_search_is_answered_too_slow_at_its_limit_while_another_user_page_loads(hard_env, monkeypatch):
@@ -95,14 +99,18 @@ def test_a_slow_search_is_answered_too_slow_at_its_limit_while_another_user_page
         searched["at"] = _search("victor", SLOW_FOR_RE2)
 
     search = threading.Thread(target=viewer)
+    started = time.monotonic()
     search.start()
     deadline = time.monotonic() + 30  # wait until the viewer's search is running (its own thread)
     while not any(t.name == "devicevault-search" for t in threading.enumerate()):
         assert time.monotonic() < deadline and search.is_alive(), "the search never started"
         time.sleep(0.01)
+    page_started = time.monotonic()
     dashboard = ok(app("alice").run())
+    page_took = time.monotonic() - page_started
     still_searching = search.is_alive()
     search.join(120)
+    search_took = time.monotonic() - started
     assert [t.value for t in dashboard.title] == ["Dashboard"]
     assert still_searching, "the dashboard should have loaded while the search was running"
     assert not search.is_alive(), "the search was not stopped at its limit"
@@ -111,6 +119,8 @@ def test_a_slow_search_is_answered_too_slow_at_its_limit_while_another_user_page
     found = at.session_state["search_result"]
     assert found["too_slow"]
     assert any(e.value.startswith(f"Too slow: the search was too slow: stopped at its {limit} s limit") for e in at.error)
+    print(f"\nslow search (limit {limit} s): 'Too slow' answered {search_took:.1f} s after it started; another "
+          f"user's dashboard loaded meanwhile in {page_took:.1f} s")
 
 
 def test_patterns_re2_does_not_have_are_refused_readably(hard_env):
@@ -177,6 +187,9 @@ def test_ten_wrong_passwords_from_one_client_lock_it_out_and_are_logged(hard_env
     assert log.count("failed login for") == 10 and "refused: client unknown locked out" in log
     for secret in [*wrong, "victor-password"]:
         assert secret not in log
+    print(f"\n10 wrong passwords from one client: {len(delays)} growing delays, then locked out (the right password "
+          f"refused: {refused!r}); log: {log.count('failed login for')} 'failed login' lines, then "
+          f"{next(line for line in log.splitlines() if 'locked out for' in line)!r}")
 
 
 def test_login_limits_per_user_name_across_clients_and_delays_grow():
