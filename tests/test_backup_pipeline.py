@@ -443,7 +443,9 @@ def test_a_20_mb_configuration_is_one_version_equal_to_the_normalised_device_out
                 if platform_key(d["platform"]) == "ios" and d["status"] != "failed")
     assert control.grow(host, 20 * 1024 * 1024) >= 20 * 1024 * 1024
     before, commits = _total_versions(dv), _git_commits(dv.settings.git_repo)
+    started = time.monotonic()
     results = _backup(dv, "--host", host)
+    took = time.monotonic() - started
     assert results[host]["status"] == "changed", results[host]
     assert _total_versions(dv)[host] == before[host] + 1
     assert _git_commits(dv.settings.git_repo) == commits + 1
@@ -455,6 +457,10 @@ def test_a_20_mb_configuration_is_one_version_equal_to_the_normalised_device_out
     assert hashlib.sha256(stored.encode()).hexdigest() == hashlib.sha256(expected.encode()).hexdigest()
     assert dv.json("versions", host)[-1]["sha256"] == hashlib.sha256(expected.encode()).hexdigest()
     control.reset(host)
+    print(f"\n20 MB configuration ({len(stored) / 2**20:.1f} MiB stored, default timeouts): "
+          f"{_total_versions(dv)[host] - before[host]} version, {_git_commits(dv.settings.git_repo) - commits} commit, "
+          f"stored text == normalised device output (sha256 {hashlib.sha256(expected.encode()).hexdigest()[:12]}); "
+          f"backup --wait took {took:.1f} s")
 
 
 def test_a_300_character_host_name_fails_alone_and_the_other_19_are_backed_up(dv):
@@ -475,11 +481,26 @@ def test_a_300_character_host_name_fails_alone_and_the_other_19_are_backed_up(dv
     inventory.write_text(yaml.safe_dump(doc, sort_keys=False))
     try:
         args = [a for name in [long_name, *names] for a in ("--host", name)]
-        results = _backup(dv, *args)
+        from tests.conftest import DeviceVault
+
+        one_batch = DeviceVault({**dv.env, "DEVICEVAULT_BATCH_SIZE": "20"}, dv.home)  # all 20 in one batch
+        results = _backup(one_batch, *args)
     finally:
         inventory.write_text(original)
+    from redis import Redis
+
+    from jobs.queues import Job, Queue
+
+    run_id = dv.json("runs", "--limit", "1")[0]["run_id"]
+    queue = Queue(dv.settings.collector_queue, connection=Redis.from_url(dv.settings.redis_url))
+    ids = queue.finished_job_registry.get_job_ids() + queue.failed_job_registry.get_job_ids()
+    batches = [j.meta["hosts"] for j in Job.fetch_many(ids, connection=queue.connection)
+               if j is not None and j.meta.get("run_id") == run_id]
+    assert [len(b) for b in batches] == [20], batches  # one batch, the long name in it
     failed = results[long_name]
     assert failed["status"] == "failed" and "File name too long" in failed["error"], failed
     assert "permanent" in failed["error"], failed
     assert sorted(results) == sorted([long_name, *names])
     assert all(results[h]["status"] in ("changed", "unchanged") for h in names), results
+    reason = failed["error"].replace(long_name, f"core-x…({len(long_name)} chars)")
+    print(f"\n300-character host name in a batch of {len(results)}: {len(names)} backed up, 1 failed: {reason}")
