@@ -268,6 +268,9 @@ def test_restore_puts_version_1_back(vault):
     wait_for(lambda: any("now matches v1" in s.value for s in at.run().success), "the portal's restore job",
              timeout=120, interval=1)
     assert not at.error, [e.value for e in at.error]
+    # the page shows the version the restore's backup made, without a reload
+    wait_for(lambda: at.run().selectbox(key="device_show_version").value == 3, "the portal to show v3",
+             timeout=60, interval=1)
     for host in [*REPLACE, JUNOS]:
         assert lab.state(host)["changes"][-1] not in lab.running_config(host)
         versions = _versions(vault, host)

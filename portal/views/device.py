@@ -26,6 +26,7 @@ from storage.index.statuses import CopyStatus, DeviceStatus
 TIMELINE_PAGE = 50
 PICKER_LIMIT = 50  # names the device picker offers for what is typed
 BACKUP_KEY = "device_backup"  # the run "Back up now" started: {"run_id", "device"}
+DONE_KEY = "device_done"  # what a backup or restore just did, shown once above the next page: (kind, text[, diff])
 RESTORE_KEY = "device_restore"  # a restore being confirmed or followed: {"device", "number", "diff", "mode", "job_id"}
 REFRESH_SECONDS = 1.0
 MODES = {"unified": "unified", "side": "side by side"}
@@ -212,19 +213,25 @@ def _backup(s, user, info, versions) -> None:
         status, error = result
         st.session_state.pop(BACKUP_KEY, None)
         if status == DeviceStatus.CHANGED.value:
-            st.session_state["device_backup_done"] = ("success", f"Backed up: a new version (run {run_id[:12]}).")
-            for key in ("device_diff_a", "device_diff_b", "device_show_version"):  # show the new version
-                st.session_state.pop(key, None)
-            for param in ("a", "b", "v"):
-                st.query_params.pop(param, None)
-            st.session_state.pop("_device_url_seen", None)
+            st.session_state[DONE_KEY] = ("success", f"Backed up: a new version (run {run_id[:12]}).")
+            _show_newest()
         elif status == DeviceStatus.FAILED.value:
-            st.session_state["device_backup_done"] = ("error", f"The backup failed (run {run_id[:12]}): {ui.mask(error)}")
+            st.session_state[DONE_KEY] = ("error", f"The backup failed (run {run_id[:12]}): {ui.mask(error)}")
         else:
-            st.session_state["device_backup_done"] = ("info", f"Backed up: {status}, no new version (run {run_id[:12]}).")
+            st.session_state[DONE_KEY] = ("info", f"Backed up: {status}, no new version (run {run_id[:12]}).")
         st.rerun()  # the whole page: the new version in the header, the diff and the timeline
 
     progress()
+
+
+def _show_newest() -> None:
+    """The next run of the page shows the device's newest version (a backup or a restore just made one): the
+    diff and version choices, and their URL fields, are dropped."""
+    for key in ("device_diff_a", "device_diff_b", "device_show_version"):
+        st.session_state.pop(key, None)
+    for param in ("a", "b", "v"):
+        st.query_params.pop(param, None)
+    st.session_state.pop("_device_url_seen", None)
 
 
 def _runs(session, info) -> None:
@@ -239,9 +246,11 @@ def _runs(session, info) -> None:
 
 
 def _header(info, versions) -> None:
-    done = st.session_state.pop("device_backup_done", None)
+    done = st.session_state.pop(DONE_KEY, None)
     if done:
         getattr(st, done[0])(ui.md(done[1]))
+        if len(done) > 2 and done[2]:
+            st.code(done[2], language="diff")
     m = st.columns([2, 1, 2, 2, 2])
     m[0].caption("Status")  # the one vocabulary, colour-coded, never cut ("cha…" in a narrow metric)
     m[0].markdown(ui.health_badge(info.health), help="The most urgent of: failed, never backed up, stale, "
@@ -468,6 +477,18 @@ def _restore(s, user, info, number: int) -> None:
             (st.success if outcome.get("status") in ("matches", "same") else st.warning)(text)
             if outcome.get("remaining"):
                 st.code(ui.mask(outcome["remaining"]), language="diff")
+            run_id = outcome.get("run_id")
+            if run_id:  # once the restore's backup is in the index: the page again, with the version it made
+                with ui.sessions(s)() as session:
+                    landed = queries.device_result(session, run_id, info.name) is not None
+                if landed:
+                    kind = "success" if outcome.get("status") in ("matches", "same") else "warning"
+                    st.session_state[DONE_KEY] = (kind, ui.mask(str(outcome.get("summary", "restored"))),
+                                                  ui.mask(outcome.get("remaining") or ""))
+                    st.session_state.pop(RESTORE_KEY, None)
+                    if outcome.get("backup_status") == DeviceStatus.CHANGED.value:
+                        _show_newest()
+                    st.rerun()
         elif status in ("failed", "stopped", "canceled"):
             result = job.latest_result()
             lines = [ln for ln in (getattr(result, "exc_string", "") or "").splitlines() if ln.strip()]
