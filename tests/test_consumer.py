@@ -341,6 +341,47 @@ def test_with_the_cache_lost_either_order_leaves_the_index_consistent(streams, s
     assert len(_events(streams)) == 1  # run 1's version only
 
 
+def test_a_version_whose_text_redis_lost_finishes_its_run_and_is_stored_from_the_next_read(
+        streams, sessions, consumer, enqueued):
+    """Redis lost run 1's staged text between the collector and the decision: the version is made, each copy
+    gets a pending outcome naming the loss (run 1 finishes), the collector's cache is not set; run 2 reads the
+    same configuration (unchanged): its text is put in the outbox as run 1's version, its copies land, and no
+    second version is made."""
+    from jobs.collect import cache
+
+    first, second = uuid.uuid4().hex, uuid.uuid4().hex
+    with sessions.begin() as s:
+        create_run(s, first, total=1, selector="all", targets=["git", "fs"])
+        create_run(s, second, total=1, selector="all", targets=["git", "fs"])
+    _stage(streams, first, "r1")
+    streams.hdel(outbox.ITEMS, f"{first}:r1")  # lost with Redis (an append-only file a second behind)
+    streams.xadd(DEVICE_RESULTS_STREAM, _device_result(first, "r1").to_message())
+    consumer("c1").run(idle_exit=0.5, stop=within(20))
+    with sessions() as s:
+        run = s.get(Run, first)
+        assert run.finished_at is not None, "run 1 stays running"
+        copies = s.scalars(select(Copy)).all()
+        assert {(c.backend, c.status) for c in copies} == {("git", "pending"), ("fs", "pending")}
+        assert all("lost with Redis" in c.error for c in copies)
+    assert enqueued == [] and cache.lookup(streams, "r1") is None  # the next backup reads and stages again
+
+    item = _stage(streams, second, "r1")  # the same text, read again
+    streams.xadd(DEVICE_RESULTS_STREAM, _device_result(second, "r1").to_message())
+    consumer("c2").run(idle_exit=0.5, stop=within(20))
+    assert sorted(enqueued) == [("fs", [f"{first}:r1"]), ("git", [f"{first}:r1"])]
+    (restored,) = outbox.load(streams, [f"{first}:r1"])
+    assert (restored.run_id, restored.config, restored.sha256) == (first, item.config, item.sha256)
+    assert streams.hget(outbox.ITEMS, f"{second}:r1") is None  # the candidate itself is discarded
+    for target in ("git", "fs"):  # what the storage job then publishes for the item
+        streams.xadd(STORAGE_RESULTS_STREAM, _storage_result(first, "r1", target).to_message())
+    consumer("c3").run(idle_exit=0.5, stop=within(20))
+    with sessions() as s:
+        assert s.scalar(select(func.count()).select_from(Version)) == 1
+        assert {(c.status, c.error) for c in s.scalars(select(Copy))} == {("stored", "")}
+        assert s.scalar(select(DeviceResultRow.status).where(DeviceResultRow.run_id == second)) == "unchanged"
+        assert s.get(Run, second).finished_at is not None
+
+
 def _crashing_consumer(redis_url: str, database_url: str, inventory: str) -> None:
     """A consumer process that dies right after committing its first message (before its after-commit steps
     and its acknowledgement)."""
@@ -421,8 +462,10 @@ def test_a_batch_of_device_results_is_committed_in_one_transaction(streams, sess
     assert sorted(enqueued) == [("fs", [i.task_id for i in items]), ("git", [i.task_id for i in items])]
     assert _pending(streams, DEVICE_RESULTS_STREAM) == [] and len(ids) == 8
     # one message per batch (count=1) is the old way: one transaction each
-    streams.xadd(DEVICE_RESULTS_STREAM, _device_result(uuid.uuid4().hex, BATCH_HOSTS[0], sha="b" * 64).to_message())
-    streams.xadd(DEVICE_RESULTS_STREAM, _device_result(uuid.uuid4().hex, BATCH_HOSTS[1], sha="b" * 64).to_message())
+    for host in BATCH_HOSTS[:2]:
+        run = uuid.uuid4().hex
+        _stage(streams, run, host, sha="b" * 64)  # as the collector does (unstaged: a text Redis lost)
+        streams.xadd(DEVICE_RESULTS_STREAM, _device_result(run, host, sha="b" * 64).to_message())
     consumer("c2", count=1).run(idle_exit=0.3, stop=within(20))
     assert len(commits) == 3 and _count(sessions, Version) == 10
 

@@ -22,6 +22,9 @@ Keys
                                     acknowledged)
 ``storage:outbox:lease:<target>``   hash   item id -> ``<claimed at>|<job id>``: who holds its lease (the job
                                     id is empty until the job is enqueued, :func:`hold`)
+``storage:outbox:lost:<device>``    string a version the decider made whose text was not here to release (Redis
+                                    lost it): the device's next candidate with the same text is stored as
+                                    that version (:func:`mark_lost`, :func:`restore_lost`)
 ``storage:outbox:waiting:<target>`` string the id of the newest storage job enqueued for the target by the
                                     consumer (:func:`note_waiting`); while that job still waits in its queue,
                                     new versions are left due for it: it claims what is due when it starts
@@ -90,6 +93,10 @@ def _waiting(target: str) -> str:
 
 def _leases(target: str) -> str:
     return f"storage:outbox:lease:{target}"
+
+
+def _lost(device: str) -> str:
+    return f"storage:outbox:lost:{device}"
 
 
 @dataclass(frozen=True)
@@ -396,3 +403,27 @@ def waiting(redis: Redis, targets: list[str]) -> dict[str, int]:
     for target in targets:
         pipe.zcard(_due(target))
     return dict(zip(targets, pipe.execute()))
+
+
+def mark_lost(redis: Redis, item_id: str, run_id: str, device: str, sha256: str, targets: list[str] | tuple[str, ...]) -> None:
+    """The decider made version ``sha256`` of ``device`` (staged as ``item_id`` by run ``run_id``) but its text
+    is not here to release: Redis lost it. Remembered (for as long as a release guard) so that the device's next
+    candidate with the very same text is stored as that version (:func:`restore_lost`)."""
+    redis.set(_lost(device), json.dumps({"item_id": item_id, "run_id": run_id, "sha256": sha256,
+                                         "targets": list(targets)}), ex=RELEASE_GUARD_TTL)
+
+
+def restore_lost(redis: Redis, device: str, staged_id: str, now: float | None = None) -> StorageItem | None:
+    """If ``device`` has a version whose text was lost (:func:`mark_lost`) and the candidate staged as
+    ``staged_id`` (one the decider found unchanged) has the same text (sha256), put that text in the outbox as
+    the lost version's item (its id, run and targets), due at once, and forget the loss. Returns that item."""
+    raw, staged = redis.get(_lost(device)), redis.hget(ITEMS, staged_id)
+    if raw is None or staged is None:
+        return None
+    lost, item = json.loads(raw), StorageItem.from_json(staged)
+    if item.sha256 != lost["sha256"] or not lost["targets"]:
+        return None
+    item = replace(item, task_id=lost["item_id"], run_id=lost["run_id"], targets=tuple(lost["targets"]))
+    add(redis, [item], 0.0, now)
+    redis.delete(_lost(device))
+    return item

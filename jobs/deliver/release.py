@@ -14,9 +14,12 @@ acknowledgement and the message is then handled again (and the decision returned
    the target's last job still waits in its queue (busy workers), no other is enqueued: the versions stay
    due, and that job claims them when it starts (``jobs.deliver.store.claim_more``). If the
    consumer dies after the release and before the enqueue, the items are due already and the workers'
-   retry pump hands them to a job within ``DEVICEVAULT_RETRY_POLL``;
-2. not a new version: the staged candidate is discarded;
-3. the collector's cache is set to the device's newest version (or dropped when the index contradicted it).
+   retry pump hands them to a job within ``DEVICEVAULT_RETRY_POLL``. A new version whose text is not in the
+   outbox (Redis lost it) gets a ``pending`` outcome per copy naming the loss, and is stored from the
+   device's next read of the same configuration (:meth:`Releaser._lost`);
+2. not a new version: the staged candidate is discarded (after standing in for a lost one of the same text);
+3. the collector's cache is set to the device's newest version (or dropped when the index contradicted it,
+   or the version's text was lost).
 
 Storage jobs therefore only ever see versions the index already has.
 """
@@ -79,6 +82,7 @@ class Releaser:
 
     def after_commit(self, decision: Any) -> None:
         """The steps for one committed :class:`storage.index.records.Decision`."""
+        lost = False
         if decision.created:
             state = outbox.release(self.redis, decision.task_id, decision.targets,
                                    event=(VERSIONS_CREATED_STREAM, version_created(decision)))
@@ -88,15 +92,42 @@ class Releaser:
             elif state == 0:  # released before; a candidate staged again since (a rerun job) is not needed
                 outbox.discard(self.redis, decision.task_id)
             elif state == 1 and decision.targets:
-                log.error("%s: version %s of run %s is in the index but its text is not in the storage outbox "
-                          "(Redis lost it?): its copies stay pending; back the device up again",
-                          decision.device, decision.sha256[:12], decision.run_id)
+                self._lost(decision)
+                lost = True
         elif decision.discard:
+            restored = outbox.restore_lost(self.redis, decision.device, decision.task_id)
+            if restored is not None:
+                log.warning("%s: version %s of run %s, whose text Redis had lost, is stored from run %s's read of "
+                            "the same configuration", decision.device, restored.sha256[:12], restored.run_id,
+                            decision.run_id)
+                for target in restored.targets:
+                    self._targets.setdefault(target, [self.clock(), 0])[1] += 1
             outbox.discard(self.redis, decision.task_id)
-        if decision.drop_cache:
+        if decision.drop_cache or lost:
             cache.forget(self.redis, decision.device)
         elif decision.version_id is not None and decision.status in DeviceStatus.OK:
             cache.remember(self.redis, decision.device, decision.version_id, decision.view_sha256, decision.sha256)
+
+    def _lost(self, decision: Any) -> None:
+        """A new version whose text is not in the outbox (Redis lost it after the collector staged it): its
+        copies get a ``pending`` outcome naming the loss (so its run finishes), the collector's cache is
+        dropped (so the device's next backup reads and stages its configuration), and the loss is remembered:
+        a next read with the same text is stored as this version (``outbox.restore_lost``), without a person."""
+        from jobs.streams.results import STORAGE_RESULTS_STREAM, StorageResult, StorageStatus, utcnow
+
+        outbox.mark_lost(self.redis, decision.task_id, decision.run_id, decision.device, decision.sha256,
+                         decision.targets)
+        error = ("its text was lost with Redis before it could be stored; it is stored from the device's next "
+                 "backup that reads the same configuration")
+        pipe = self.redis.pipeline(transaction=True)
+        for target in decision.targets:
+            pipe.xadd(STORAGE_RESULTS_STREAM, StorageResult(
+                task_id=f"{decision.task_id}:{target}:lost", run_id=decision.run_id, device=decision.device,
+                backend=target, status=StorageStatus.PENDING, timestamp=utcnow(), group=decision.group,
+                sha256=decision.sha256, error=error).to_message())
+        pipe.execute()
+        log.error("%s: version %s of run %s is in the index but its text is not in the storage outbox (Redis lost "
+                  "it): %s", decision.device, decision.sha256[:12], decision.run_id, error)
 
     def flush(self) -> None:
         """Claim what is due on the targets released to since the last flush (leased to the job) and enqueue
