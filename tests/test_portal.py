@@ -818,3 +818,42 @@ def test_devices_filters_and_search_are_in_the_url(portal_env):
     at.checkbox(key="search_regex").check()
     click(at, "Search")
     assert (at.query_params["q"], at.query_params["regex"]) == ("hostname", "1")
+
+
+def test_a_version_no_target_has_stored_yet_is_read_from_the_storage_outbox(portal_env):
+    """A new version whose copies are all still pending (its storage jobs not run yet, or every target down)
+    is shown from the storage outbox, where its text waits for the targets: the real outbox in the session's
+    Redis (database 12, which no worker serves). Last in the module: it adds a device."""
+    from redis import Redis
+
+    from jobs.collect.collector import device_task_id
+    from jobs.deliver import outbox
+    from jobs.deliver.outbox import StorageItem
+    from jobs.streams.results import DeviceResult, DeviceStatus
+    from portal import content
+    from storage.index.db import connect
+    from storage.index.records import apply_device_result, create_run
+
+    settings = portal_env["settings"]
+    device, run_id = "waiting-r1", "run-waiting"
+    task = device_task_id(run_id, device)
+    text = config_text(device, 7)
+    sha = hashlib.sha256(text.encode()).hexdigest()
+    redis = Redis.from_url(settings.redis_url)
+    outbox.stage(redis, [StorageItem(task_id=task, run_id=run_id, device=device, group="core", sha256=sha,
+                                     config=text, collected_at=time.time(), targets=("git", "fs"))])
+    with connect(settings.database_url).begin() as session:
+        create_run(session, run_id, total=1, selector=f"host={device}", targets=["git", "fs"])
+        apply_device_result(session, DeviceResult(
+            task_id=task, run_id=run_id, device=device, status=DeviceStatus.CHANGED, timestamp=NOW, group="core",
+            platform="cisco.ios.ios", sha256=sha, size=len(text), targets="git,fs"))
+    assert outbox.release(redis, task, ["git", "fs"]) >= 2  # what the consumer does after its commit
+    content.CACHE.clear()
+    try:
+        at = ok(page("victor", "views/device.py", device=device))
+        shown = " ".join(c.value for c in at.code)
+        assert "ip access-list extended MGMT-7" in shown, shown[:300]
+        assert "git (pending)" in texts(at) and "fs (pending)" in texts(at)
+    finally:
+        outbox.discard(redis, task)
+        redis.delete(*redis.keys("storage:outbox:*"))

@@ -46,6 +46,7 @@ of the same device still waiting for this target puts the newer one back (git's 
 from __future__ import annotations
 
 import base64
+import hashlib
 import json
 import random
 import time
@@ -233,6 +234,19 @@ def load(redis: Redis, item_ids: list[str]) -> list[StorageItem]:
     raws = redis.hmget(ITEMS, item_ids)
     items = [StorageItem.from_json(raw) for raw in raws if raw is not None]
     return sorted(items, key=lambda i: (i.collected_at, i.task_id))
+
+
+def pending_text(redis: Redis, item_id: str, sha256: str, codec=None) -> bytes | None:
+    """The text of a version no target has stored yet, from the outbox: what its storage jobs will write
+    (unsealed with ``codec``), if the item is still here and is that version (``sha256`` of the text as
+    stored). None otherwise (stored meanwhile, or not this version)."""
+    from jobs.collect.normalize import to_bytes
+
+    items = load(redis, [item_id])
+    if not items:
+        return None
+    text = to_bytes(unseal(items[0], codec).config)
+    return text if hashlib.sha256(text).hexdigest() == sha256 else None
 
 
 _CLAIM = """

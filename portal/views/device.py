@@ -103,11 +103,32 @@ def _safe_name(name: str) -> str:
     return re.sub(r"[^A-Za-z0-9._-]+", "_", name).strip("._") or "device"
 
 
-def _read(s, session, chosen) -> dict[int, bytes | Exception]:
-    """version number -> content (or why it cannot be read)."""
+def _read(s, session, chosen, device: str) -> dict[int, bytes | Exception]:
+    """version number -> content (or why it cannot be read). A version no target has stored yet (a backup
+    that just made it, or every target down) is read from the storage outbox, where it waits for them."""
     copies = queries.copies_of(session, [v.id for v in chosen])
     got = content.read_many(((v.sha256, copies[v.id]) for v in chosen), ui.layout(s).open)
-    return {v.number: got.get(v.sha256, LookupError("not read")) for v in chosen}
+    out: dict[int, bytes | Exception] = {}
+    for v in chosen:
+        data = got.get(v.sha256, LookupError("not read"))
+        if isinstance(data, Exception) and not any(status in CopyStatus.LANDED for _, _, status in copies[v.id]):
+            data = _not_stored_yet(s, v, device) or data
+        out[v.number] = data
+    return out
+
+
+def _not_stored_yet(s, v, device: str) -> bytes | None:
+    from redis.exceptions import RedisError
+
+    from jobs.collect.collector import device_task_id
+    from jobs.deliver.outbox import pending_text
+
+    try:
+        return pending_text(ui.redis(s), device_task_id(v.run_id, device), v.sha256, ui.layout(s).sealing_codec())
+    except (RedisError, OSError, ValueError) as exc:  # Redis down, a key that cannot unseal: the copies' error
+        ui.log.warning("portal: version %s of %s is not stored yet and cannot be read from the outbox: %s",
+                       v.number, device, exc)
+        return None
 
 
 def _copies_text(copies) -> str:
@@ -142,7 +163,7 @@ def render(user) -> None:
         with diff_tab:
             _diff(s, session, info, versions, by_number)
         with timeline_tab:
-            _timeline(s, session, versions)
+            _timeline(s, session, info, versions)
         with show_tab:
             _show(s, session, info, versions, by_number, user)
         with runs_tab:
@@ -299,7 +320,7 @@ def _diff(s, session, info, versions, by_number) -> None:
         st.session_state["device_diff_context"] = 3
     st.session_state.setdefault("device_diff_context", 3)
     context = o[1].number_input("Context lines", min_value=0, max_value=1000, key="device_diff_context")
-    texts = _read(s, session, [by_number[a], by_number[b]])
+    texts = _read(s, session, [by_number[a], by_number[b]], info.name)
     for number in (a, b):
         if isinstance(texts[number], Exception):
             st.error(f"Version {number} cannot be read: {ui.md(ui.friendly(texts[number]))}")
@@ -345,7 +366,7 @@ def _no(number: int | None) -> str:
     return "" if number is None else str(number)
 
 
-def _timeline(s, session, versions) -> None:
+def _timeline(s, session, info, versions) -> None:
     n = len(versions)
     pages = max(1, math.ceil(n / TIMELINE_PAGE))
     page = int(st.session_state.get("device_timeline_page", 1))
@@ -354,7 +375,7 @@ def _timeline(s, session, versions) -> None:
     lo = max(0, hi - TIMELINE_PAGE)
     shown = list(reversed(versions[lo:hi]))  # newest first
     needed = shown + ([versions[lo - 1]] if lo > 0 else [])
-    texts = _read(s, session, needed)
+    texts = _read(s, session, needed, info.name)
     copies = queries.copies_of(session, [v.id for v in shown])
     rows = []
     for v in shown:
@@ -399,7 +420,7 @@ def _show(s, session, info, versions, by_number, user) -> None:
         st.session_state["device_show_version"] = n
     number = st.selectbox("Version", numbers, key="device_show_version", format_func=_label(by_number))
     v = by_number[number]
-    data = _read(s, session, [v])[number]
+    data = _read(s, session, [v], info.name)[number]
     if isinstance(data, Exception):
         st.error(f"Version {number} cannot be read: {ui.md(ui.friendly(data))}")
         return
