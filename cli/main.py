@@ -420,6 +420,7 @@ def versions(host, as_json) -> None:
 
 
 def _version_text(settings: Settings, host: str, selector: str | None, raw: bool = False) -> tuple[str, object]:
+    from storage.errors import StorageError
     from storage.index.queries import device_versions, resolve_version
     from storage.retrieve import read_first
 
@@ -429,8 +430,27 @@ def _version_text(settings: Settings, host: str, selector: str | None, raw: bool
     layout = storage_layout(settings)
     if raw:
         return _raw_text(layout, host, version), version
-    content, _ = read_first(version.copies, version.sha256, layout.open)
+    try:
+        content, _ = read_first(version.copies, version.sha256, layout.open)
+    except StorageError:  # a version a backup has just made: its storage jobs may not have run yet
+        content = _unstored(settings, layout, host, version)
+        if content is None:
+            raise
     return content.decode("utf-8", errors="surrogateescape"), version
+
+
+def _unstored(settings: Settings, layout, host: str, version) -> bytes | None:
+    from redis import Redis
+    from redis.exceptions import RedisError
+
+    from jobs.deliver.outbox import unstored_text
+
+    try:
+        return unstored_text(Redis.from_url(settings.redis_url, socket_timeout=10, socket_connect_timeout=5),
+                             version.copies, run_id=version.run_id, device=host, sha256=version.sha256,
+                             codec=layout.sealing_codec())
+    except (RedisError, OSError, ValueError):  # Redis down, a key that cannot unseal: the copies' error stands
+        return None
 
 
 def _raw_text(layout, host: str, version) -> str:

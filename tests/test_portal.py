@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import hashlib
 import os
+import subprocess
+import sys
 import time
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
@@ -826,10 +828,9 @@ def test_a_version_no_target_has_stored_yet_is_read_from_the_storage_outbox(port
     Redis (database 12, which no worker serves). Last in the module: it adds a device."""
     from redis import Redis
 
-    from jobs.collect.collector import device_task_id
     from jobs.deliver import outbox
     from jobs.deliver.outbox import StorageItem
-    from jobs.streams.results import DeviceResult, DeviceStatus
+    from jobs.streams.results import DeviceResult, DeviceStatus, device_task_id
     from portal import content
     from storage.index.db import connect
     from storage.index.records import apply_device_result, create_run
@@ -854,6 +855,9 @@ def test_a_version_no_target_has_stored_yet_is_read_from_the_storage_outbox(port
         shown = " ".join(c.value for c in at.code)
         assert "ip access-list extended MGMT-7" in shown, shown[:300]
         assert "git (pending)" in texts(at) and "fs (pending)" in texts(at)
+        shown = subprocess.run([sys.executable, "-m", "cli", "show", device], cwd=ROOT, capture_output=True,
+                               text=True, env={**os.environ, **portal_env["env"]}, timeout=120)
+        assert shown.returncode == 0 and "ip access-list extended MGMT-7" in shown.stdout, shown.stderr
     finally:
         outbox.discard(redis, task)
         redis.delete(*redis.keys("storage:outbox:*"))

@@ -31,14 +31,10 @@ from jobs.deliver import outbox
 from jobs.deliver.outbox import StorageItem, seal
 from jobs.collect.platforms import Platform, get_platform
 from jobs.redact import Redactor
-from jobs.streams.results import DEVICE_RESULTS_STREAM, DeviceResult, DeviceStatus, utcnow
+from jobs.streams.results import DEVICE_RESULTS_STREAM, DeviceResult, DeviceStatus, device_task_id, utcnow
 from jobs.settings import Settings
 
 log = logging.getLogger(__name__)
-
-
-def device_task_id(run_id: str, host: str) -> str:
-    return f"{run_id}:{host}"
 
 
 def _result(run_id: str, host: str, inv: InventoryHost | None, status: DeviceStatus, **fields) -> DeviceResult:

@@ -249,6 +249,19 @@ def pending_text(redis: Redis, item_id: str, sha256: str, codec=None) -> bytes |
     return text if hashlib.sha256(text).hexdigest() == sha256 else None
 
 
+def unstored_text(redis: Redis, copies, *, run_id: str, device: str, sha256: str, codec=None) -> bytes | None:
+    """The text of version ``sha256`` of ``device`` (made by run ``run_id``) when none of its ``copies``
+    (``(backend, ref, status)``) has landed yet: read from the outbox (:func:`pending_text`). None when a copy
+    has landed (read that), or the outbox no longer has it. Where a version is shown (the portal, ``show``,
+    ``diff``) this is the fallback for one a backup has just made: its storage jobs may not have run yet."""
+    from jobs.streams.results import device_task_id
+    from storage.index.statuses import CopyStatus
+
+    if any(status in CopyStatus.LANDED for _, _, status in copies):
+        return None
+    return pending_text(redis, device_task_id(run_id, device), sha256, codec)
+
+
 _CLAIM = """
 local ids = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'LIMIT', 0, tonumber(ARGV[3]))
 for _, id in ipairs(ids) do

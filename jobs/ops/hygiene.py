@@ -28,7 +28,8 @@ from rq.exceptions import NoSuchJobError
 from rq.job import JobStatus
 
 from jobs import processes
-from jobs.collect.collector import device_task_id, publish
+from jobs.collect.collector import publish
+from jobs.streams.results import device_task_id
 from jobs.errors import CollectionFailed
 from jobs.queues import Job, Queue, Worker
 from jobs.redact import Redactor

@@ -17,6 +17,13 @@ from typing import Any
 
 from storage.index.statuses import CopyStatus, DeviceStatus
 
+
+def device_task_id(run_id: str, host: str) -> str:
+    """The task id of ``host``'s result in run ``run_id``: its device result's, and its staged text's in the
+    storage outbox."""
+    return f"{run_id}:{host}"
+
+
 DEVICE_RESULTS_STREAM = "device:results"
 STORAGE_RESULTS_STREAM = "storage:results"
 

@@ -111,20 +111,20 @@ def _read(s, session, chosen, device: str) -> dict[int, bytes | Exception]:
     out: dict[int, bytes | Exception] = {}
     for v in chosen:
         data = got.get(v.sha256, LookupError("not read"))
-        if isinstance(data, Exception) and not any(status in CopyStatus.LANDED for _, _, status in copies[v.id]):
-            data = _not_stored_yet(s, v, device) or data
+        if isinstance(data, Exception):
+            data = _not_stored_yet(s, v, copies[v.id], device) or data
         out[v.number] = data
     return out
 
 
-def _not_stored_yet(s, v, device: str) -> bytes | None:
+def _not_stored_yet(s, v, copies, device: str) -> bytes | None:
     from redis.exceptions import RedisError
 
-    from jobs.collect.collector import device_task_id
-    from jobs.deliver.outbox import pending_text
+    from jobs.deliver.outbox import unstored_text
 
     try:
-        return pending_text(ui.redis(s), device_task_id(v.run_id, device), v.sha256, ui.layout(s).sealing_codec())
+        return unstored_text(ui.redis(s), copies, run_id=v.run_id, device=device, sha256=v.sha256,
+                             codec=ui.layout(s).sealing_codec())
     except (RedisError, OSError, ValueError) as exc:  # Redis down, a key that cannot unseal: the copies' error
         ui.log.warning("portal: version %s of %s is not stored yet and cannot be read from the outbox: %s",
                        v.number, device, exc)
