@@ -76,6 +76,23 @@ def test_a_newer_version_waits_for_an_older_one_of_the_same_device(r):
     assert outbox.older_waiting(r, "git", new) is None
 
 
+def test_a_newer_version_put_back_behind_a_leased_older_one_is_due_once_that_one_lands(r):
+    """Two jobs hold a device's versions apart: the newer one is put back "just after the older one is due",
+    which for a leased older one is its lease's end (960 s by default). Its landing makes the newer one due
+    at once, unless a job holds it."""
+    old, new, other = item("r1", 1), item("r1", 2), item("r1", 3)
+    outbox.add(r, [old], lease=60)  # leased to a job storing it
+    outbox.add(r, [new, other], lease=0)
+    now = time.time()
+    due = outbox.defer(r, "git", new, old.task_id)
+    assert due > now + 50  # behind the older one's lease
+    outbox.done(r, "git", old, now=now)
+    assert r.zscore("storage:outbox:due:git", new.task_id) <= now  # next in the device's order: due now
+    assert sorted(outbox.claim_due(r, "git", lease=60, now=now)) == [new.task_id, other.task_id]
+    outbox.done(r, "git", new, now=now + 1)  # the next one ('other') is held by a job: left as it is
+    assert r.zscore("storage:outbox:due:git", other.task_id) > now + 50
+
+
 # --- the layout ------------------------------------------------------------------------------------------
 KEY = base64.b64encode(b"k" * 32).decode()
 

@@ -372,6 +372,10 @@ _DONE = """
 redis.call('HDEL', KEYS[7], ARGV[1])
 redis.call('ZREM', KEYS[1], ARGV[1])
 redis.call('ZREM', KEYS[2], ARGV[2])
+local nxt = redis.call('ZRANGE', KEYS[2], 0, 0)[1]
+if nxt and redis.call('HEXISTS', KEYS[7], nxt) == 0 then
+  redis.call('ZADD', KEYS[1], 'XX', 'LT', ARGV[4], nxt)
+end
 redis.call('HDEL', KEYS[3], ARGV[1])
 redis.call('HDEL', KEYS[4], ARGV[1])
 redis.call('SREM', KEYS[5], ARGV[3])
@@ -383,10 +387,13 @@ return 0
 """
 
 
-def done(redis: Redis, target: str, item: StorageItem) -> None:
-    """``item`` has landed on ``target``; forget it there (and entirely once every target has it)."""
+def done(redis: Redis, target: str, item: StorageItem, now: float | None = None) -> None:
+    """``item`` has landed on ``target``; forget it there (and entirely once every target has it). The
+    device's next version waiting for ``target``, unless a job holds it, is due at once: it may have been put
+    back behind this one (:func:`defer`) until a time that only meant "after this one's lease"."""
+    now = time.time() if now is None else now
     redis.eval(_DONE, 7, _due(target), _order(target, item.device), _tries(target), _errors(target),
-               _left(item.task_id), ITEMS, _leases(target), item.task_id, item.task_id, target)
+               _left(item.task_id), ITEMS, _leases(target), item.task_id, item.task_id, target, repr(now))
 
 
 def backoff(tries: int, base: float, cap: float) -> float:
